@@ -1,0 +1,153 @@
+"""Small helpers more than one step needs: clean command-line errors, device and dtype choice,
+atomic file writes, and the one checkpoint format.
+
+Rooms import from here instead of repeating these blocks (nanoGPT pastes its device/dtype block
+into three scripts; llama2.c its checkpoint-key fix into four).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from config import GPTConfig
+
+
+class CLIError(Exception):
+    """A problem with the user's input or files. Scripts print it as one line and exit with 2."""
+
+
+def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
+    """Run a script's main(): a CLIError becomes one line on stderr and exit status 2, Ctrl-C exits 130."""
+    try:
+        main(argv)
+    except CLIError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# ----------------------------------------------------------------------------- device and dtype
+
+
+def pick_device(name: str = "auto") -> str:
+    """'auto' means cuda if available, then mps, then cpu. Anything else is checked and returned."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {name} asked for, but CUDA is not available here; use --device cpu")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CLIError("--device mps asked for, but MPS is not available here; use --device cpu")
+    if name != "cpu" and not name.startswith("cuda") and name != "mps":
+        raise CLIError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    return name
+
+
+def pick_dtype(name: str, device: str) -> str:
+    """'auto' means bfloat16 on a GPU that supports it, float16 on other GPUs, float32 on CPU."""
+    import torch
+
+    if name == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if name not in ("float32", "bfloat16", "float16"):
+        raise CLIError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+    return name
+
+
+def autocast(device: str, dtype: str):
+    """Mixed-precision context for forward passes; a no-op for float32."""
+    import torch
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    device_type = "cuda" if device.startswith("cuda") else device
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Call write(tmp_path), then rename tmp over path: readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+#
+# One format for both files training writes:
+#   best_model_params.pt  {"model", "config", "data", "step", "val_loss"}
+#   ckpt.pt               the same keys plus {"optimizer", "scheduler", "scaler", "rng", "train_config",
+#                         "best_val_loss", ...}: everything training needs to resume.
+# "config" is dataclasses.asdict(GPTConfig) and "data" the tokenizer/source facts of meta.json, both
+# plain dicts, so torch.load(path, weights_only=True) reads every file.
+
+
+def config_to_dict(config: GPTConfig) -> dict:
+    return asdict(config)
+
+
+def config_from_dict(d: dict) -> GPTConfig:
+    known = {f.name for f in fields(GPTConfig)}
+    unknown = set(d) - known
+    if unknown:
+        raise CLIError(f"checkpoint has unknown model settings {sorted(unknown)}; was it made by another tool?")
+    return GPTConfig(**d)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
+    """Load a checkpoint dict safely (weights_only), with one clear error for each way it can be bad."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise CLIError(f"no checkpoint at {path}; train one first with: python training.py")
+    if path.is_dir():
+        raise CLIError(f"{path} is a directory; pass the checkpoint file (e.g. {path / 'best_model_params.pt'})")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, pickles of arbitrary objects, ...
+        raise CLIError(f"{path} is not a readable checkpoint (truncated or not made by training.py): {e}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise CLIError(f"{path} is not a checkpoint made by training.py (no 'model' and 'config' entries)")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
+    """Rebuild the GPT from the config stored in the checkpoint (never today's defaults), strict load."""
+    from model import GPT
+
+    model = GPT(config_from_dict(ckpt["config"]))
+    try:
+        model.load_state_dict(ckpt["model"], strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CLIError(f"checkpoint weights do not match its own config: {first}") from None
+    return model.to(device)

@@ -1,0 +1,37 @@
+"""Shared test fixtures. Tests are hermetic: no network, CPU only, everything written under tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+# A real TinyStories sample in the dataset's raw .txt format, beside the checkout when present.
+SHARED_TINYSTORIES = REPO.parent / "shared" / "data" / "tinystories"
+
+# Never let a test reach the network, even on a machine that has it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_tinystories() -> Path:
+    """Directory holding train.txt / validation.txt of the real sample; skips the test when absent."""
+    if not (SHARED_TINYSTORIES / "train.txt").is_file():
+        pytest.skip(f"real TinyStories sample not found at {SHARED_TINYSTORIES}")
+    return SHARED_TINYSTORIES
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """A data directory with raw/, train.bin, validation.bin and meta.json from a small built-in corpus."""
+    import load_dataset
+    import tokenization
+
+    data_dir = tmp_path_factory.mktemp("data")
+    load_dataset.prepare(source="builtin", data_dir=data_dir, num_stories=400, seed=0)
+    tokenization.tokenize(data_dir, num_proc=1)
+    return data_dir
