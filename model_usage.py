@@ -1,0 +1,202 @@
+"""Step 6: continue a story from a sentence with the trained model, printed as it is written.
+
+Edit `sentence` below, save, and run `python model_usage.py`. Flags override the file:
+
+    python model_usage.py --prompt "Once upon a time" --temperature 0 --max-new-tokens 100
+
+The story comes from out/best_model_params.pt (written by `python training.py`) unless --checkpoint
+says otherwise. The line before the story names the checkpoint and the data it was trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import sys
+from typing import Iterable, TextIO
+
+from common import CLIError, autocast, load_checkpoint, model_from_checkpoint, pick_device, pick_dtype, run_cli
+from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME
+
+# The sentence the story starts from. Edit it and run `python model_usage.py`.
+sentence = "Once upon a time, there was a little girl named Lily. She loved to play in the park."
+
+DEFAULT_CHECKPOINT = "out/best_model_params.pt"
+# Sampling defaults, shared with evaluate.py's generated-story metrics.
+MAX_NEW_TOKENS = 300  # TinyStories stories are about 200 tokens; generation usually stops at EOT first
+TEMPERATURE = 0.8  # below 1 sharpens the distribution; 0 is greedy
+TOP_K = 200  # sample only among the 200 most likely tokens (None: all)
+TOP_P = None  # nucleus sampling threshold (None: off)
+EOT_TEXT = "<|endoftext|>"
+
+
+# ----------------------------------------------------------------------------- helpers evaluate.py shares
+
+
+def encode_prompt(enc, prompt: str) -> list[int]:
+    """[EOT] + the prompt's tokens: every training story follows an EOT, so a prompt starts a story.
+
+    encode_ordinary treats the characters <|endoftext|> in a prompt as text, never as token 50256.
+    """
+    assert EOT_POSITION == "before", "prompt encoding assumes one EOT before every story"
+    return [EOT_ID] + enc.encode_ordinary(prompt)
+
+
+def check_vocab(ckpt: dict, enc, path) -> None:
+    """Refuse a checkpoint whose vocabulary is not the tokenizer's: its token ids would mean other text."""
+    data = ckpt.get("data") or {}
+    tokenizer = data.get("tokenizer", TOKENIZER_NAME)
+    model_vocab = ckpt["config"].get("vocab_size")
+    if tokenizer != TOKENIZER_NAME or model_vocab != enc.n_vocab or data.get("vocab_size", enc.n_vocab) != enc.n_vocab:
+        raise CLIError(
+            f"{path} was trained with tokenizer {tokenizer!r} and a vocabulary of {model_vocab} tokens, but this "
+            f"project's tokenizer is {TOKENIZER_NAME!r} with {enc.n_vocab}; retrain with: python training.py"
+        )
+    eot = data.get("eot_id", EOT_ID)
+    if eot != EOT_ID or data.get("eot_position", EOT_POSITION) != EOT_POSITION:
+        raise CLIError(
+            f"{path} puts end-of-text token {eot} {data.get('eot_position')!r} each story, but this project uses "
+            f"{EOT_ID} {EOT_POSITION!r}; retrain with: python training.py"
+        )
+
+
+def describe_source(ckpt: dict) -> str:
+    """What the checkpoint was trained on, in a few words; the built-in demo corpus is said loudly."""
+    source = (ckpt.get("data") or {}).get("source") or {}
+    kind = source.get("source") or source.get("kind") or source.get("name")
+    if kind is None:
+        return "training data unknown (the checkpoint does not record it)"
+    if kind == "builtin":
+        return "trained on the BUILT-IN DEMO CORPUS (generated stories, not TinyStories)"
+    if kind == "hub":
+        return f"trained on TinyStories from the Hugging Face hub ({source.get('dataset', 'roneneldan/TinyStories')})"
+    files = source.get("data_files") or source.get("files") or source.get("input_files")
+    if kind == "local" and files:
+        if isinstance(files, dict):
+            files = ", ".join(f"{k}={v}" for k, v in files.items())
+        elif isinstance(files, (list, tuple)):
+            files = ", ".join(str(f) for f in files)
+        return f"trained on local files ({files})"
+    return f"trained on source {kind!r}"
+
+
+def load_for_inference(path, device: str):
+    """(model in eval mode on device, checkpoint dict, tokenizer), each checked; CLIError on any problem."""
+    from tokenization import get_encoding
+
+    ckpt = load_checkpoint(path, map_location="cpu")
+    enc = get_encoding()
+    check_vocab(ckpt, enc, path)
+    model = model_from_checkpoint(ckpt, device)
+    model.eval()
+    return model, ckpt, enc
+
+
+def stream_text(tokens: Iterable[int], enc, out: TextIO) -> list[int]:
+    """Print tokens as text as they arrive. A character split over several tokens (emoji, accents) is held
+    back until its last byte comes, so the terminal never shows half a character. Returns the tokens."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    seen = []
+    for tok in tokens:
+        seen.append(tok)
+        piece = f"\n{EOT_TEXT}\n" if tok == EOT_ID else decoder.decode(enc.decode_single_token_bytes(tok))
+        if piece:
+            out.write(piece)
+            out.flush()
+    out.write(decoder.decode(b"", final=True))
+    out.flush()
+    return seen
+
+
+# ----------------------------------------------------------------------------- the script
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Continue a story from a sentence with the trained model, printing it as it is generated.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--prompt", default=None, help="text the story starts from (default: `sentence` at the top of this file); '' starts a fresh story")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model file written by training.py")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="most tokens to generate per story")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="sampling temperature; 0 is greedy (always the most likely token)")
+    p.add_argument("--top-k", type=int, default=TOP_K, help="sample only among the k most likely tokens (0: no limit)")
+    p.add_argument("--top-p", type=float, default=TOP_P, help="sample only among the most likely tokens whose probabilities sum to p (nucleus)")
+    p.add_argument("--num-samples", type=int, default=1, help="how many stories to write from the prompt")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: a fresh one, printed so it can be reused)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-stop-at-eot", action="store_true", help="keep generating past the end-of-text token (prints it as <|endoftext|>)")
+    args = p.parse_args(argv)
+    if args.max_new_tokens < 1:
+        p.error("--max-new-tokens must be at least 1")
+    if args.temperature < 0:
+        p.error("--temperature must be 0 (greedy) or more")
+    if args.top_k is not None and args.top_k < 0:
+        p.error("--top-k must be 0 (no limit) or more")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        p.error("--top-p must be in (0, 1]")
+    if args.num_samples < 1:
+        p.error("--num-samples must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    args = parse_args(argv)
+    prompt = sentence if args.prompt is None else args.prompt
+    device = pick_device(args.device)
+    dtype = pick_dtype("auto", device)
+    model, ckpt, enc = load_for_inference(args.checkpoint, device)
+    block_size = model.config.block_size
+
+    seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
+    generator = torch.Generator(device=device).manual_seed(seed)
+    top_k = args.top_k or None  # 0 means no limit
+    step = ckpt.get("step")
+    val_loss = ckpt.get("val_loss")
+    trained = f"step {step}" + (f", val loss {val_loss:.3f}" if isinstance(val_loss, float) else "")
+    print(
+        f"[{args.checkpoint} ({trained}) | {describe_source(ckpt)} | temperature {args.temperature}, "
+        f"top-k {top_k}, top-p {args.top_p}, seed {seed}, {device}]"
+    )
+
+    ids = encode_prompt(enc, prompt)
+    shown = prompt
+    if len(ids) > block_size:
+        ids = ids[-block_size:]
+        shown = "..." + enc.decode(ids)
+        print(
+            f"[the prompt is {len(enc.encode_ordinary(prompt)) + 1} tokens, longer than the model's context of "
+            f"{block_size}: keeping its last {block_size}]"
+        )
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    eos_id = None if args.no_stop_at_eot else EOT_ID
+
+    for i in range(args.num_samples):
+        if args.num_samples > 1:
+            print(f"--- story {i + 1} of {args.num_samples} ---")
+        sys.stdout.write(shown)
+        with torch.no_grad(), autocast(device, dtype):
+            stream = model.generate_stream(
+                idx, args.max_new_tokens, temperature=args.temperature, top_k=top_k, top_p=args.top_p,
+                eos_id=eos_id, generator=generator,
+            )
+            # Stop at EOT without printing it (whether or not the model yields it before stopping).
+            stream = (int(t) for t in stream)
+            if eos_id is not None:
+                stream = _until(stream, eos_id)
+            stream_text(stream, enc, sys.stdout)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+def _until(tokens: Iterable[int], stop: int):
+    for t in tokens:
+        if t == stop:
+            return
+        yield t
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,105 @@
+"""export_hf.py: the exported directory loads offline in transformers and computes what our model computes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import export_hf
+from common import run_cli
+from config import EOT_ID
+from test_model_usage import call_cli, save_checkpoint, tiny_model
+
+transformers = pytest.importorskip("transformers", reason="transformers is a test dependency (requirements-dev.txt)")
+
+
+def randomized(model):
+    """Random values in every parameter, biases and LayerNorms included, so a wrong mapping cannot hide."""
+    torch.manual_seed(123)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and p.ndim == 1:  # LayerNorm gains
+                p.copy_(1 + 0.2 * torch.randn_like(p))
+            else:
+                p.copy_(0.2 * torch.randn_like(p))
+    return model.eval()
+
+
+def export_cli(ckpt, out, capsys) -> int:
+    return call_cli(export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys)[0]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    d = tmp_path_factory.mktemp("export")
+    ours = randomized(tiny_model(n_layer=2, block_size=64))
+    ckpt = save_checkpoint(ours, d / "best_model_params.pt")
+    run_cli(export_hf.main, ["--checkpoint", str(ckpt), "--out", str(d / "hf")])
+    return ours, d / "hf"
+
+
+def load_hf(path):
+    model, info = transformers.GPT2LMHeadModel.from_pretrained(path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    return model.eval()
+
+
+def test_files_and_config(exported):
+    _, out = exported
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json"} <= names
+    assert not any(n.endswith(".tmp") for n in names)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["activation_function"] == "gelu" and cfg["n_positions"] == 64 and cfg["n_layer"] == 2
+    assert cfg["eos_token_id"] == EOT_ID and cfg["tie_word_embeddings"] is True
+
+
+def test_logits_match_ours(exported):
+    ours, out = exported
+    hf = load_hf(out)
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied on load
+    idx = torch.randint(0, 50257, (3, 64), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, _ = ours(idx)
+        got = hf(idx).logits
+    assert torch.allclose(got, expected, atol=1e-4, rtol=0), (got - expected).abs().max()
+
+
+def test_greedy_generation_matches_ours(exported):
+    ours, out = exported
+    hf = load_hf(out)
+    prompt = torch.tensor([[EOT_ID, 7454, 2402, 257, 640]])  # <|endoftext|>Once upon a time
+    with torch.no_grad():
+        mine = list(ours.generate_stream(prompt, 40, temperature=0.0))
+        theirs = hf.generate(prompt, max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=EOT_ID,
+                             attention_mask=torch.ones_like(prompt))
+    assert theirs[0, prompt.shape[1]:].tolist() == [int(t) for t in mine]
+
+
+def test_tokenizer_loads_offline_and_encodes_like_gpt2(exported):
+    _, out = exported
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    assert tok("Hello world")["input_ids"] == [15496, 995]
+    assert tok.eos_token_id == EOT_ID and len(tok) == 50257
+    assert tok.decode([EOT_ID, 7454, 2402]) == "<|endoftext|>Once upon"
+
+
+def test_model_without_biases_exports_exactly(tmp_path, capsys):
+    ours = randomized(tiny_model(bias=False))
+    ckpt = save_checkpoint(ours, tmp_path / "nobias.pt")
+    assert export_cli(ckpt, tmp_path / "hf", capsys) == 0
+    hf = load_hf(tmp_path / "hf")
+    idx = torch.randint(0, 50257, (2, 32), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(hf(idx).logits, ours(idx)[0], atol=1e-4, rtol=0)
+
+
+def test_errors(tmp_path, capsys):
+    assert export_cli(tmp_path / "missing.pt", tmp_path / "hf", capsys) == 2
+    small = save_checkpoint(tiny_model(vocab_size=1000), tmp_path / "v.pt", vocab_size=1000)
+    assert export_cli(small, tmp_path / "hf", capsys) == 2
+    (tmp_path / "file").write_text("x")
+    ok = save_checkpoint(tiny_model(), tmp_path / "ok.pt")
+    assert export_cli(ok, tmp_path / "file", capsys) == 2
