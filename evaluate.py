@@ -42,25 +42,20 @@ EVAL_TOKENS_PER_BATCH = 1024  # positions per forward pass: bounds the (B, T, vo
 # ----------------------------------------------------------------------------- token streams
 
 
-def parse_raw_stories(text: str) -> list[str]:
-    """Stories of TinyStories' raw .txt format: separated by lines holding only <|endoftext|>.
+def read_raw_stories(path: Path) -> list[str]:
+    """Stories of a TinyStories raw .txt file (separated by lines holding only <|endoftext|>), parsed by
+    load_dataset.py's own reader, so a file scores exactly like the same stories loaded by Step 1."""
+    from load_dataset import iter_raw_stories
 
-    The characters <|endoftext|> inside a line are story text, not a separator."""
-    try:
-        from load_dataset import parse_raw_text  # the data step's own parser, when it exposes one
-    except ImportError:
-        parse_raw_text = None
-    if parse_raw_text is not None:
-        return list(parse_raw_text(text))
-    stories, lines = [], []
-    for line in text.splitlines():
-        if line.strip() == model_usage.EOT_TEXT:
-            stories.append("\n".join(lines).strip())
-            lines = []
-        else:
-            lines.append(line)
-    stories.append("\n".join(lines).strip())
-    return [s for s in stories if s]
+    def lines(f):
+        for lineno, raw in enumerate(f, 1):
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CLIError(f"{path} line {lineno} is not UTF-8 text ({e.reason})") from None
+
+    with open(path, "rb") as f:
+        return list(iter_raw_stories(lines(f)))
 
 
 def encode_stories(enc, stories: list[str]) -> np.ndarray:
@@ -276,10 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
         path = Path(args.text_file)
         if not path.is_file():
             raise CLIError(f"--text-file {path} does not exist or is not a file")
-        try:
-            stories = parse_raw_stories(path.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise CLIError(f"--text-file {path} is not UTF-8 text: {e}") from None
+        stories = read_raw_stories(path)
         if not stories:
             raise CLIError(f"--text-file {path} holds no stories")
         tokens = encode_stories(enc, stories)

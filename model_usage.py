@@ -63,19 +63,16 @@ def check_vocab(ckpt: dict, enc, path) -> None:
 def describe_source(ckpt: dict) -> str:
     """What the checkpoint was trained on, in a few words; the built-in demo corpus is said loudly."""
     source = (ckpt.get("data") or {}).get("source") or {}
-    kind = source.get("source") or source.get("kind") or source.get("name")
+    kind = source.get("source")  # load_dataset.py's raw/source.json, copied into meta.json and the checkpoint
     if kind is None:
         return "training data unknown (the checkpoint does not record it)"
-    if kind == "builtin":
-        return "trained on the BUILT-IN DEMO CORPUS (generated stories, not TinyStories)"
+    if kind == "builtin" or source.get("demo"):
+        why = "; the hub could not be reached" if source.get("fallback_reason") else ""
+        return f"trained on the BUILT-IN DEMO CORPUS (generated stories, not TinyStories{why})"
     if kind == "hub":
         return f"trained on TinyStories from the Hugging Face hub ({source.get('dataset', 'roneneldan/TinyStories')})"
-    files = source.get("data_files") or source.get("files") or source.get("input_files")
-    if kind == "local" and files:
-        if isinstance(files, dict):
-            files = ", ".join(f"{k}={v}" for k, v in files.items())
-        elif isinstance(files, (list, tuple)):
-            files = ", ".join(str(f) for f in files)
+    if kind == "local":
+        files = ", ".join(f"{split}={path}" for split, path in (source.get("data_files") or {}).items())
         return f"trained on local files ({files})"
     return f"trained on source {kind!r}"
 

@@ -23,7 +23,8 @@ from config import EOT_ID, GPTConfig
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(block_size=32, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
 LA, DI = 8591, 2566  # GPT-2 tokens " la" and " di"
-BUILTIN_SOURCE = {"source": "builtin", "num_stories": 400, "seed": 0}
+BUILTIN_SOURCE = {"source": "builtin", "requested": "auto", "demo": True, "num_stories": 400, "seed": 0,
+                  "fallback_reason": "no network"}  # the shape of load_dataset.py's raw/source.json
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -305,3 +306,5 @@ def test_describe_source_says_builtin_loudly():
 
     assert "BUILT-IN DEMO CORPUS" in model_usage.describe_source({"data": {"source": BUILTIN_SOURCE}})
     assert "unknown" in model_usage.describe_source({"data": {}})
+    local = {"source": "local", "demo": False, "data_files": {"train": "a.txt", "validation": "b.txt"}}
+    assert model_usage.describe_source({"data": {"source": local}}) == "trained on local files (train=a.txt, validation=b.txt)"
