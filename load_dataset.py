@@ -152,14 +152,11 @@ def _resolve_source(source: str, data_files: dict[str, str]) -> str:
         raise CLIError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
     if data_files and source in ("hub", "builtin"):
         raise CLIError(f"--data-files only applies to --source local (or auto); drop it or use --source local")
-    if source == "auto" and data_files:
-        return "local"
-    if source == "local":
-        if not data_files:
-            raise CLIError("--source local needs files: --data-files train=PATH [validation=PATH]")
     if data_files and "train" not in data_files:
         raise CLIError("--data-files has no train=PATH; a validation file alone is not enough")
-    return source
+    if source == "local" and not data_files:
+        raise CLIError("--source local needs files: --data-files train=PATH [validation=PATH]")
+    return "local" if data_files else source
 
 
 def _request(source: str, files: dict[str, Path], num_stories: int, seed: int) -> dict:
@@ -232,12 +229,43 @@ def _text_only(ds, what: str):
     return ds
 
 
+def _first_fields(path: Path) -> list[str] | None:
+    """The field names of a .jsonl file's first record or a .parquet file's schema, read cheaply (None: unknown).
+
+    Lets a file without a text field fail at once, before any progress bar; JSON arrays are checked after loading."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.read_schema(path).names)
+        except Exception as e:
+            raise CLIError(f"{path} is not a readable parquet file ({type(e).__name__}: {e}); re-download it") from None
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            if line.startswith(b"["):
+                return None  # a JSON array: datasets reads it whole
+            try:
+                record = json.loads(line)
+            except ValueError:
+                return None  # one JSON object over many lines, or broken: datasets says which
+            return list(record) if isinstance(record, dict) else None
+    return None
+
+
 def _load_local_file(split: str, path: Path, cache_dir: Path):
     import datasets
     from datasets.exceptions import DatasetGenerationError
 
     suffix = path.suffix.lower()
     what = f"{split} file {path}"
+    if suffix not in RAW_SUFFIXES:
+        fields = _first_fields(path)
+        if fields is not None and "text" not in fields and "story" not in fields:
+            raise CLIError(f"{what} has no 'text' field (its fields: {', '.join(fields) or 'none'}); "
+                           "pass a file with one story per record in a 'text' field")
     try:
         if suffix in RAW_SUFFIXES:
             st = path.stat()
@@ -267,6 +295,8 @@ def _load_local_file(split: str, path: Path, cache_dir: Path):
     except CLIError:
         raise
     except Exception as e:
+        if "corresponds to no data" in str(e):  # datasets' word for a file that yielded no rows
+            raise CLIError(f"{what} holds no stories; pass a file with stories in it") from None
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CLIError(f"{what} could not be read as {suffix} ({type(e).__name__}: {first}); check the file") from None
     ds = _text_only(ds, what)
@@ -531,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
                              "hub; local (--data-files); builtin (generated offline, a demo corpus, not TinyStories)")
     parser.add_argument("--data-files", nargs="+", metavar="SPLIT=PATH",
                         help="local files: train=PATH [validation=PATH]; raw .txt, .json/.jsonl (field 'text') or "
-                             f".parquet; without validation, {LOCAL_VALIDATION_FRACTION:.0%} of train is held out")
+                             f".parquet; without validation, {LOCAL_VALIDATION_FRACTION:.0%}% of train is held out")
     parser.add_argument("--data-dir", default=Paths.data_dir, help="output directory; the dataset goes to DATA_DIR/raw "
                                                                    "(default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even when DATA_DIR/raw already holds these inputs")
