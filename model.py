@@ -1,0 +1,253 @@
+"""Step 4: the GPT. Token + position embeddings, pre-LayerNorm blocks, tied LM head, KV-cached generation.
+
+Pure: no files, no arguments, no prints. The attention path is SDPA (flash kernels on GPU); set
+`CausalSelfAttention.use_sdpa = False` (class attribute, or on one module) for the plain masked-softmax
+path the tests compare it against.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from config import GPTConfig
+
+__all__ = ["GPT", "GPTConfig"]
+
+
+class CausalSelfAttention(nn.Module):
+    use_sdpa = True  # False: explicit masked softmax (reference path for tests)
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:  # append this step's keys and values to the ones already computed
+            if "k" in cache:
+                k = torch.cat([cache["k"], k], dim=2)  # (B, nh, P+T, hs)
+                v = torch.cat([cache["v"], v], dim=2)  # (B, nh, P+T, hs)
+            cache["k"], cache["v"] = k, v
+        S = k.size(2)  # keys visible: the cached prefix plus this chunk
+        p = self.dropout if self.training else 0.0
+        if self.use_sdpa:
+            if S == T:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
+            else:
+                mask = self._causal_mask(T, S, x.device)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, S)
+            att = att.masked_fill(~self._causal_mask(T, S, x.device), float("-inf"))
+            att = self.attn_dropout(F.softmax(att, dim=-1))
+            y = att @ v  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    @staticmethod
+    def _causal_mask(T: int, S: int, device) -> torch.Tensor:
+        """(T, S) bool, True where query i (at absolute position S-T+i) may attend to key j."""
+        return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()  # exact (erf) form, as GPT-2's "gelu"
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache)  # (B, T, C)
+        x = x + self.mlp(self.ln_2(x))  # (B, T, C)
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied: one matrix embeds and un-embeds
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The one init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 n_layer)."""
+        if isinstance(module, nn.Linear):
+            std = 0.02
+            if module in self._residual_projections():
+                std = 0.02 / math.sqrt(2 * self.config.n_layer)
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def _residual_projections(self) -> list[nn.Module]:
+        return [m for b in self.transformer.h for m in (b.attn.c_proj, b.mlp.c_proj)]
+
+    # ------------------------------------------------------------------------- facts
+
+    def num_params(self) -> int:
+        """Parameters, the tied embedding / LM head matrix counted once."""
+        return sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6N for the matmuls plus attention (PaLM appendix B; nanoGPT's MFU)."""
+        c = self.config
+        n = self.num_params() - self.transformer.wpe.weight.numel()
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def optim_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay matrices and embeddings (2+ dims), never biases or LayerNorm gains."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+    # ------------------------------------------------------------------------- forward
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[dict] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy when targets are given.
+
+        caches: one dict per block for KV-cached generation; positions continue after what they hold.
+        """
+        B, T = idx.shape
+        start = caches[0]["k"].size(2) if caches and "k" in caches[0] else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, caches[i] if caches is not None else None)  # (B, T, C)
+        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    # ------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate_stream(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """Yield each new token, (B,) ids, as it is sampled. Stops after max_new_tokens, or once every row
+        has produced eos_id (rows that finished earlier keep receiving eos_id).
+
+        Semantics equal full recomputation: each step samples from model(context[-block_size:])[:, -1].
+        The prompt is processed once into a key/value cache; each step then feeds one token. Once the
+        context outgrows block_size, the window slides one token a step and, since learned absolute
+        positions cannot be shifted inside a cache, each such step recomputes the last block_size tokens
+        (correct, and as fast as generation without a cache).
+        """
+        block = self.config.block_size
+        ctx = idx[:, -block:]  # (B, T) a long prompt keeps its end
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
+        caches = None
+        for _ in range(max_new_tokens):
+            if caches is None:  # (re)fill the cache from the context
+                caches = [{} for _ in self.transformer.h]
+                logits, _ = self(ctx, caches=caches)
+            else:
+                logits, _ = self(ctx[:, -1:], caches=caches)
+            nxt = self._sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)  # (B,)
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done |= nxt == eos_id
+            yield nxt
+            if eos_id is not None and bool(done.all()):
+                return
+            ctx = torch.cat([ctx, nxt[:, None]], dim=1)  # (B, T+1)
+            if ctx.size(1) > block:  # the cache cannot take another position: slide and recompute
+                ctx = ctx[:, -block:]
+                caches = None
+
+    @torch.no_grad()
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """idx (B, T) -> (B, T + new): the prompt followed by the sampled tokens (see generate_stream)."""
+        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator))
+        return torch.cat([idx] + [t[:, None] for t in new], dim=1) if new else idx
+
+    @staticmethod
+    def _sample(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
+        """logits (B, vocab) -> (B,) ids. temperature 0 is greedy; top_k and top_p restrict the choice."""
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits / temperature
+        if top_k is not None and top_k < logits.size(-1):
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None and top_p < 1.0:
+            sorted_logits, order = torch.sort(logits, descending=True)  # (B, vocab)
+            cum = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+            drop = cum - F.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest prefix reaching top_p
+            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+        probs = F.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
