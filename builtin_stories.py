@@ -20,7 +20,7 @@ import random
 from itertools import islice
 from typing import Callable, Iterator
 
-VERSION = 1  # bump whenever the stories for a given seed change; load_dataset.py rebuilds then
+VERSION = 2  # bump whenever the stories for a given seed change; load_dataset.py rebuilds then
 
 GIRLS = ("Lily", "Mia", "Emma", "Sara", "Anna", "Lucy", "Zoe", "Ella", "Amy", "Rose", "Kim", "Sue", "Ava",
          "Grace", "Nora", "Ruby", "Daisy", "Molly", "Jenny", "Maya", "Chloe", "Hannah", "Sophie", "Tina",
@@ -74,6 +74,7 @@ PLACES = (("the park", "tall trees and a big slide", "played on the swings", "pl
            "in a pile of snow"),
           ("the market", "fruit, bread and flowers", "looked at the apples", "look at the fruit",
            "under a table"))
+INSIDE_PLACES = ("the forest", "the garden", "the backyard", "the meadow", "the snowy field")  # "in", not "at"
 OPENINGS = ("Once upon a time, there was a {trait} {kid} named {name}.",
             "Once upon a time, in a small town, there lived a {trait} {kid} named {name}.",
             "There was once a {trait} {kid} called {name}.",
@@ -95,7 +96,7 @@ GO = ("One {time}, {name} and {F} went to {place}.",
       "One {time}, {name} took {his} {obj} and went to {place} with {F}.",
       "On a {time_adj} day, {name} and {F} walked to {place}.",
       "One day, {name}'s {a_rel} said, \"Let's go to {place}!\" {name} and {F} were very happy.")
-SIGHTS = ("At {place}, there were {sights}.", "{place_cap} had {sights}.", "They saw {sights}.")
+SIGHTS = ("{place_at_cap}, {name} saw {sights}.", "{place_cap} had {sights}.", "They saw {sights}.")
 PLAY = ("They {act_past} and laughed.", "{name} and {F} {act_past} together.",
         "First, they {act_past}. It was so much fun!", "They liked to {act_base} more than anything.")
 TIMES = ("morning", "afternoon", "sunny day", "windy day", "warm day", "cold morning", "Saturday", "summer day")
@@ -346,6 +347,7 @@ def _lost_way(r: random.Random, s: dict) -> tuple[list[str], str | None]:
     c = r.choice
     place, sights, act_past, act_base, hide = next(p for p in PLACES if p[0] == "the forest")
     s.update(place=place, place_cap=_cap(place), sights=sights, act_past=act_past, act_base=act_base, hide=hide)
+    s["place_at_cap"] = "In the forest"
     p1 = [c(("They went deep into the forest to look for berries.", "They followed a pretty butterfly into the forest.",
              "{name} wanted to see what was behind the big trees, so they walked far into the forest.")),
           c(("Soon all the trees looked the same.", "After a while, they could not see the path anymore.",
@@ -444,6 +446,7 @@ def _cast(r: random.Random) -> dict:
     s.update(obj=obj, obj_do=do, obj_tags=tags, color=color, a_color=("an " if color[0] in "aeiou" else "a ") + color, obj_soft=c(("hat", "scarf", "blanket", "basket", "hands")))
     place, sights, act_past, act_base, hide = c(PLACES)
     s.update(place=place, place_cap=_cap(place), sights=sights, act_past=act_past, act_base=act_base, hide=hide)
+    s["place_at_cap"] = ("In " if place in INSIDE_PLACES else "At ") + place
     s.update(time=c(TIMES), time_adj=c(TIME_ADJ), sad=c(FEEL_SAD), good=c(FEEL_GOOD))
     return s
 

@@ -344,7 +344,7 @@ def _load_builtin(num_stories: int, seed: int):
 # ----------------------------------------------------------------------------- writing raw/, atomically
 
 
-def _split_facts(ds) -> dict:
+def _split_facts(ds, split: str) -> dict:
     """Story count, characters and sha256 of one split, read back from what was written."""
     from tqdm import tqdm
 
@@ -352,12 +352,12 @@ def _split_facts(ds) -> dict:
     sep = f"\n{EOT_TEXT}\n".encode()
     chars = 0
     n = 0
-    with tqdm(total=len(ds), desc=f"verifying {ds.split or 'split'}", unit=" stories", mininterval=0.5,
+    with tqdm(total=len(ds), desc=f"verifying {split}", unit=" stories", mininterval=0.5,
               disable=len(ds) < 50_000) as bar:
         for batch in ds.iter(batch_size=10_000):
             for story in batch["text"]:
                 if not isinstance(story, str) or not story.strip():
-                    raise CLIError(f"a {ds.split} story is empty or missing (row {n}); clean the input file")
+                    raise CLIError(f"a {split} story is empty or missing (row {n}); clean the input file")
                 h.update(story.encode("utf-8"))
                 h.update(sep)
                 chars += len(story)
@@ -380,7 +380,7 @@ def _write_raw(splits: dict, out: Path, facts: dict) -> dict:
 
     datasets.DatasetDict({s: splits[s] for s in SPLITS}).save_to_disk(str(out))
     written = datasets.load_from_disk(str(out))
-    facts["splits"] = {s: _split_facts(written[s]) for s in SPLITS}
+    facts["splits"] = {s: _split_facts(written[s], s) for s in SPLITS}
     facts["sha256_of"] = SHA256_OF
     facts["tools"] = _tool_versions()
     facts["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -260,6 +260,7 @@ def test_hub_probe_is_quick_when_nothing_answers(monkeypatch):
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
+    monkeypatch.setenv("no_proxy", "*")  # straight to it, even where a proxy is configured
     t0 = time.perf_counter()
     reason = load_dataset._hub_offline_reason()
     assert reason is not None and "127.0.0.1:9" in reason
