@@ -388,16 +388,21 @@ def _write_raw(splits: dict, out: Path, facts: dict) -> dict:
     return facts
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def _swap_in(new: Path, raw: Path) -> None:
     """Put new at raw; the old raw is moved aside first and deleted only after the swap."""
     old = raw.with_name(raw.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if raw.exists():
+    _remove(old)
+    if raw.exists() or raw.is_symlink():
         os.replace(raw, old)
     os.replace(new, raw)
-    if old.exists():
-        shutil.rmtree(old)
+    _remove(old)
 
 
 def _recover(raw: Path) -> None:
@@ -407,10 +412,10 @@ def _recover(raw: Path) -> None:
         os.replace(old, raw)
         print(f"restored {raw} from {old} (an earlier run stopped mid-swap)")
     elif old.exists():
-        shutil.rmtree(old)
+        _remove(old)
     partial = raw.with_name(raw.name + ".partial")
     if partial.exists():
-        shutil.rmtree(partial)
+        _remove(partial)
         print(f"removed {partial}, left by an earlier run that did not finish")
 
 
@@ -465,20 +470,27 @@ def prepare(
     if source == "builtin" and num_stories < 2:
         raise CLIError(f"--num-stories {num_stories} is too few; use at least 2 (one per split)")
 
-    fallback_reason = None
-    if source == "auto":
-        fallback_reason = _hub_offline_reason()
-        if fallback_reason is None:
-            source = "hub"
-        else:
-            source = "builtin"
-            print(f"the Hugging Face hub cannot be reached ({fallback_reason}): using the BUILT-IN DEMO CORPUS "
-                  f"instead, NOT TinyStories (--source hub forces the hub, --source local reads downloaded files)",
-                  file=sys.stderr)
-
     data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise CLIError(f"--data-dir {data_dir} is a file, not a directory; pass a directory (it is created if missing)")
     raw = data_dir / "raw"
     _recover(raw)
+
+    fallback_reason = None
+    if source == "auto":
+        hub_request = _request("hub", files, num_stories, seed)
+        if not force and _up_to_date(raw, hub_request) is not None:
+            source = "hub"  # the real dataset is already here: no need to ask the hub, never replace it by the demo
+        else:
+            fallback_reason = _hub_offline_reason()
+            if fallback_reason is None:
+                source = "hub"
+            else:
+                source = "builtin"
+                print(f"the Hugging Face hub cannot be reached ({fallback_reason}): using the BUILT-IN DEMO CORPUS "
+                      f"instead, NOT TinyStories (--source hub forces the hub, --source local reads downloaded files)",
+                      file=sys.stderr)
+
     request = _request(source, files, num_stories, seed)
     if not force:
         info = _up_to_date(raw, request)

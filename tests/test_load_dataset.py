@@ -254,6 +254,18 @@ def test_auto_falls_back_to_builtin_loudly(tmp_path, capsys, monkeypatch):
     assert "HF_HUB_OFFLINE" in info["fallback_reason"]
 
 
+def test_auto_keeps_a_hub_dataset_already_here_when_offline(tmp_path, hub_stand_in, monkeypatch, capsys):
+    load_dataset.prepare(source="hub", data_dir=tmp_path)
+    before = snapshot(tmp_path / "raw")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(load_dataset, "_hub_offline_reason", lambda: pytest.fail("no need to ask the hub"))
+    capsys.readouterr()
+    load_dataset.prepare(source="auto", data_dir=tmp_path)
+    out = capsys.readouterr()
+    assert "up to date" in out.out and "BUILT-IN" not in out.err
+    assert snapshot(tmp_path / "raw") == before
+
+
 def test_hub_probe_is_quick_when_nothing_answers(monkeypatch):
     import time
 
@@ -352,6 +364,7 @@ def bad_inputs() -> dict[str, tuple[list[str], str]]:
         "files with builtin": (["--source", "builtin", "--data-files", "train=ok.txt"], "only applies"),
         "too few stories": (["--source", "builtin", "--num-stories", "1"], "too few"),
         "one story, no validation": (["--data-files", "train=one.txt"], "too few"),
+        "data dir is a file": (["--source", "builtin", "--num-stories", "10", "--data-dir", "ok.txt"], "is a file"),
     }
 
 
@@ -375,7 +388,7 @@ def bad_dir(tmp_path_factory):
 @pytest.mark.parametrize("case", [
     "missing file", "empty file", "no stories", "JSON without text", "broken JSON", "not UTF-8", "unknown file type",
     "unknown split", "not SPLIT=PATH", "directory", "validation only", "local without files", "files with builtin",
-    "too few stories", "one story, no validation"])
+    "too few stories", "one story, no validation", "data dir is a file"])
 def test_bad_input_is_one_line_exit_2_and_nothing_replaced(bad_dir, case):
     args, expected = bad_inputs()[case]
     before = snapshot(bad_dir / "data" / "raw")
@@ -392,7 +405,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_replaced(bad_dir, case):
         os.chdir(bad_dir)
         try:
             with pytest.raises(CLIError, match=expected.replace("(", r"\(")) as e:
-                load_dataset.main([*args, "--data-dir", "data"])
+                load_dataset.main(args if "--data-dir" in args else [*args, "--data-dir", "data"])
         finally:
             os.chdir(cwd)
         assert "\n" not in str(e.value)
