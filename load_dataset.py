@@ -151,7 +151,7 @@ def _resolve_source(source: str, data_files: dict[str, str]) -> str:
     if source not in SOURCES:
         raise CLIError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
     if data_files and source in ("hub", "builtin"):
-        raise CLIError(f"--data-files only applies to --source local (or auto); drop it or use --source local")
+        raise CLIError("--data-files only applies to --source local (or auto); drop it or use --source local")
     if data_files and "train" not in data_files:
         raise CLIError("--data-files has no train=PATH; a validation file alone is not enough")
     if source == "local" and not data_files:
