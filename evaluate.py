@@ -58,31 +58,24 @@ def read_raw_stories(path: Path) -> list[str]:
         return list(iter_raw_stories(lines(f)))
 
 
-def encode_stories(enc, stories: list[str]) -> np.ndarray:
-    """[EOT] story [EOT] story ...: the same layout tokenization.py writes into the .bin files."""
-    ids: list[int] = []
-    for story_ids in enc.encode_ordinary_batch(stories):
-        ids.append(EOT_ID)
-        ids.extend(story_ids)
-    return np.asarray(ids, dtype=np.int64)
+def text_file_tokens(path: Path) -> tuple[np.ndarray, int]:
+    """[EOT] story [EOT] story ... of a raw .txt file, exactly as tokenization.py lays out a split; and the story count."""
+    from tokenization import encode_stories
+
+    if not path.is_file():
+        raise CLIError(f"--text-file {path} does not exist or is not a file")
+    stories = read_raw_stories(path)
+    if not stories:
+        raise CLIError(f"--text-file {path} holds no stories")
+    return encode_stories(stories), len(stories)
 
 
 def split_tokens(data_dir: str | Path, split: str) -> tuple[np.ndarray, dict]:
-    """The tokens of DATA/<split>.bin (memory-mapped) and meta.json's record of that split, checked."""
-    from tokenization import read_meta
+    """The tokens of DATA/<split>.bin (memory-mapped) and meta.json's record of that split, both checked."""
+    from tokenization import bin_path, read_meta
 
     meta = read_meta(data_dir)
-    info = (meta.get("splits") or {}).get(split)
-    if info is None:
-        raise CLIError(f"{data_dir}/meta.json has no split {split!r} (it has {sorted(meta.get('splits', {}))})")
-    path = Path(data_dir) / f"{split}.bin"
-    dtype = np.dtype(meta.get("dtype", "uint16"))
-    if not path.is_file() or path.stat().st_size != info["tokens"] * dtype.itemsize:
-        raise CLIError(
-            f"{path} is missing or does not hold the {info['tokens']} tokens meta.json records; "
-            f"rebuild it with: python tokenization.py --data-dir {data_dir} --force"
-        )
-    return np.memmap(path, dtype=dtype, mode="r"), info
+    return np.memmap(bin_path(data_dir, split, meta), dtype=np.uint16, mode="r"), meta["splits"][split]
 
 
 def token_byte_lengths(enc) -> np.ndarray:
@@ -268,14 +261,8 @@ def main(argv: list[str] | None = None) -> dict:
     model, ckpt, enc = model_usage.load_for_inference(args.checkpoint, device)
 
     if args.text_file is not None:
-        path = Path(args.text_file)
-        if not path.is_file():
-            raise CLIError(f"--text-file {path} does not exist or is not a file")
-        stories = read_raw_stories(path)
-        if not stories:
-            raise CLIError(f"--text-file {path} holds no stories")
-        tokens = encode_stories(enc, stories)
-        source = {"text_file": str(path), "stories": len(stories)}
+        tokens, num_stories = text_file_tokens(Path(args.text_file))
+        source = {"text_file": args.text_file, "stories": num_stories}
     else:
         tokens, info = split_tokens(args.data_dir, args.split)
         source = {"split": args.split, "data_dir": str(args.data_dir), "stories": info.get("stories")}
