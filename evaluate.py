@@ -227,22 +227,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Score a checkpoint over every token of a split or a raw TinyStories .txt file, and measure "
         "stories it generates. Prints one JSON object on stdout (progress goes to stderr).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", default=model_usage.DEFAULT_CHECKPOINT, help="model file written by training.py")
+    p.add_argument("--checkpoint", default=model_usage.DEFAULT_CHECKPOINT, help="model file written by training.py (default: %(default)s)")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--split", default="validation", choices=["train", "validation"], help="score DATA/<split>.bin")
+    what.add_argument("--split", default="validation", choices=["train", "validation"], help="score DATA/<split>.bin (default: %(default)s)")
     what.add_argument("--text-file", default=None, help="score this raw .txt file instead (stories separated by lines holding only <|endoftext|>)")
-    p.add_argument("--data-dir", default=Paths.data_dir, help="directory with <split>.bin and meta.json (from tokenization.py)")
+    p.add_argument("--data-dir", default=Paths.data_dir, help="directory with <split>.bin and meta.json from tokenization.py (default: %(default)s)")
     p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default: block_size, non-overlapping windows)")
     p.add_argument("--batch-size", type=int, default=None, help=f"windows per forward pass (default: {EVAL_TOKENS_PER_BATCH} // block_size)")
-    p.add_argument("--num-samples", type=int, default=20, help="stories to generate for the story figures (0 skips them)")
-    p.add_argument("--seed", type=int, default=1337, help="seed of the story sampler")
-    p.add_argument("--max-new-tokens", type=int, default=model_usage.MAX_NEW_TOKENS, help="most tokens per generated story")
-    p.add_argument("--temperature", type=float, default=model_usage.TEMPERATURE, help="sampling temperature; 0 is greedy")
-    p.add_argument("--top-k", type=int, default=model_usage.TOP_K, help="sample among the k most likely tokens (0: no limit)")
-    p.add_argument("--top-p", type=float, default=model_usage.TOP_P, help="nucleus sampling threshold")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--num-samples", type=int, default=20, help="stories to generate for the story figures; 0 skips them (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1337, help="seed of the story sampler (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=model_usage.MAX_NEW_TOKENS, help="most tokens per generated story (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=model_usage.TEMPERATURE, help="sampling temperature; 0 is greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=model_usage.TOP_K, help="sample among the k most likely tokens; 0: no limit (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=model_usage.TOP_P, help="nucleus sampling threshold (default: off)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     args = p.parse_args(argv)
     if args.stride is not None and args.stride < 1:

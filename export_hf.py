@@ -174,9 +174,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Write a checkpoint as a transformers GPT2LMHeadModel directory (config.json, model.safetensors, "
         "tokenizer files) that from_pretrained loads with no network.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--checkpoint", default="out/best_model_params.pt", help="model file written by training.py")
+    p.add_argument("--checkpoint", default="out/best_model_params.pt", help="model file written by training.py (default: %(default)s)")
     p.add_argument("--out", required=True, help="directory to write (created; files in it are replaced)")
     return p.parse_args(argv)
 

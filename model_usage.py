@@ -109,17 +109,16 @@ def stream_text(tokens: Iterable[int], enc, out: TextIO) -> list[int]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Continue a story from a sentence with the trained model, printing it as it is generated.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--prompt", default=None, help="text the story starts from (default: `sentence` at the top of this file); '' starts a fresh story")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model file written by training.py")
-    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="most tokens to generate per story")
-    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="sampling temperature; 0 is greedy (always the most likely token)")
-    p.add_argument("--top-k", type=int, default=TOP_K, help="sample only among the k most likely tokens (0: no limit)")
-    p.add_argument("--top-p", type=float, default=TOP_P, help="sample only among the most likely tokens whose probabilities sum to p (nucleus)")
-    p.add_argument("--num-samples", type=int, default=1, help="how many stories to write from the prompt")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model file written by training.py (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="most tokens to generate per story (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="sampling temperature; 0 is greedy, always the most likely token (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=TOP_K, help="sample only among the k most likely tokens; 0: no limit (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=TOP_P, help="sample only among the most likely tokens whose probabilities sum to p (nucleus; default: off)")
+    p.add_argument("--num-samples", type=int, default=1, help="how many stories to write from the prompt (default: %(default)s)")
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: a fresh one, printed so it can be reused)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--no-stop-at-eot", action="store_true", help="keep generating past the end-of-text token (prints it as <|endoftext|>)")
     args = p.parse_args(argv)
     if args.max_new_tokens < 1:
