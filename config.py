@@ -68,6 +68,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     compile: bool = False  # torch.compile the model
+    max_minutes: float = 0.0  # time budget of one run: evaluate, save and stop when it runs out (0 = none)
 
 
 @dataclass

@@ -1,0 +1,339 @@
+"""Step 5: the schedule's shape, settings checked before any work, loss falling, exact resume, crash
+safety of the checkpoint files (failed save, SIGKILL, Ctrl-C), non-finite loss, and torchrun data
+parallelism matching one process. Tiny models, a few dozen steps each, CPU only."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import training
+from common import CLIError, load_checkpoint, model_from_checkpoint
+from config import PRESETS, GPTConfig, TrainConfig
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_FIELDS = {f.name for f in fields(GPTConfig)}
+
+
+def smoke(data_dir, out_dir, **over) -> tuple[GPTConfig, TrainConfig]:
+    """The smoke preset pointed at data_dir/out_dir, with some settings changed."""
+    p = PRESETS["smoke"]
+    mc = replace(p.model, **{k: v for k, v in over.items() if k in MODEL_FIELDS})
+    tc = replace(p.train, data_dir=str(data_dir), out_dir=str(out_dir),
+                 **{k: v for k, v in over.items() if k not in MODEL_FIELDS})
+    return mc, tc
+
+
+def run_training(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "training.py", "--no-progress", *args], cwd=REPO, capture_output=True,
+                          text=True, **kw)
+
+
+def start_training(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "training.py", "--no-progress", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_log_step(proc: subprocess.Popen, log: Path, step: int, timeout: float = 60) -> None:
+    """Block until OUT/log.csv has a row at or past step (ckpt.pt is saved just before that row)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"training ended early (rc {proc.returncode}):\n{out}\n{err}")
+        if log.exists():
+            rows = training.read_log(log)
+            if rows and rows[-1]["step"] >= step:
+                return
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"no evaluation at step {step} within {timeout} s")
+
+
+def assert_same_rows(a: list[dict], b: list[dict], tol: float, keys=("train_loss", "val_loss", "step_loss")):
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for k in keys:
+            if math.isnan(ra[k]) and math.isnan(rb[k]):
+                continue
+            assert ra[k] == pytest.approx(rb[k], abs=tol), (k, ra["step"], ra[k], rb[k])
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def lr_curve(tc: TrainConfig) -> list[float]:
+    """The learning rate each optimizer step uses, then the one after the last step."""
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=tc.learning_rate)
+    sched = training.make_scheduler(opt, tc)
+    lrs = []
+    for _ in range(tc.max_iters):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return lrs + [opt.param_groups[0]["lr"]]
+
+
+def test_schedule_warms_up_to_the_peak_then_decays_to_the_minimum():
+    tc = replace(TrainConfig(), max_iters=100, warmup_iters=10, learning_rate=1e-3, min_lr=1e-4)
+    lrs = lr_curve(tc)
+    warm, decay = lrs[: tc.warmup_iters + 1], lrs[tc.warmup_iters:]
+    assert lrs[0] == pytest.approx(1e-3 * training.WARMUP_START_FACTOR)
+    assert all(a < b for a, b in zip(warm, warm[1:])), "warmup must rise every step"
+    assert lrs[tc.warmup_iters] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
+    assert all(a > b for a, b in zip(decay, decay[1:])), "cosine must fall every step after warmup"
+    assert lrs[-1] == pytest.approx(1e-4) and min(decay) == pytest.approx(1e-4)
+    # Half way through the cosine, the rate is half way between peak and floor.
+    assert lrs[tc.warmup_iters + 45] == pytest.approx((1e-3 + 1e-4) / 2, rel=1e-6)
+
+
+def test_schedule_without_warmup_starts_at_the_peak():
+    lrs = lr_curve(replace(TrainConfig(), max_iters=20, warmup_iters=0, learning_rate=2e-3, min_lr=0.0))
+    assert lrs[0] == pytest.approx(2e-3)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def test_flags_override_the_preset_and_the_default_preset_is_cpu_without_cuda():
+    preset, why, mc, tc = training.resolve(None, {"n_layer": 3}, {"batch_size": 2})
+    assert (preset, "CUDA is not available" in why) == (("gpu", False) if torch.cuda.is_available() else ("cpu", True))
+    assert mc.n_layer == 3 and tc.batch_size == 2
+    assert mc.n_embd == PRESETS[preset].model.n_embd and tc.max_iters == PRESETS[preset].train.max_iters
+    args = training.build_parser().parse_args(["--lr", "0.01", "--no-bias", "--dropout", "0"])
+    model_over, train_over = training.explicit_settings(args)
+    assert model_over == {"bias": False, "dropout": 0.0} and train_over == {"learning_rate": 0.01}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--batch-size", "0"], "--batch-size 0 must be at least 1"),
+        (["--learning-rate", "-0.001"], "--learning-rate -0.001 must be a positive number"),
+        (["--min-lr", "0.1"], "--min-lr 0.1 must be between 0 and the peak"),
+        (["--n-embd", "30", "--n-head", "4"], "--n-embd 30 is not divisible by --n-head 4"),
+        (["--block-size", "100000"], "--block-size 100000 is longer than the train data"),
+        (["--warmup-iters", "30"], "--warmup-iters 30 must be at least 0 and below --max-iters 30"),
+        (["--dropout", "1.5"], "--dropout 1.5 must be in [0, 1)"),
+    ],
+)
+def test_bad_settings_stop_before_any_work(tiny_data_dir, tmp_path, flags, message):
+    out = tmp_path / "out"
+    with pytest.raises(CLIError) as e:
+        training.main(["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(out), *flags])
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not out.exists(), "nothing may be written before the settings are checked"
+
+
+def test_data_dir_without_meta_json_stops_with_the_command_that_makes_it(tmp_path):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    with pytest.raises(CLIError, match="tokenization.py --data-dir"):
+        training.main(["--preset", "smoke", "--data-dir", str(empty), "--out-dir", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_setting_is_one_line_on_stderr_and_exit_status_2(tiny_data_dir, tmp_path):
+    r = run_training(["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "o"),
+                      "--batch-size", "0"])
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["error: --batch-size 0 must be at least 1"]
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_loss_falls_and_the_outputs_are_complete(tiny_data_dir, tmp_path):
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=40)
+    s = training.train(mc, tc, progress=False)
+    out = Path(tc.out_dir)
+    rows = training.read_log(out / training.LOG_FILE)
+    assert [r["step"] for r in rows] == [0, 10, 20, 30, 40]
+    assert rows[0]["val_loss"] == pytest.approx(math.log(mc.vocab_size), abs=0.5)  # untrained: ~uniform
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 2.0 and rows[-1]["train_loss"] < rows[0]["train_loss"] - 2.0
+    assert s["stopped"] == "done" and s["step"] == 40 and s["best_val_loss"] == min(r["val_loss"] for r in rows)
+    assert "BUILT-IN DEMO CORPUS" in s["data"]
+    assert (out / training.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    best = torch.load(out / training.BEST_FILE, weights_only=True)  # plain data only
+    assert best["config"] == training.config_to_dict(mc) and best["step"] == s["best_step"]
+    assert best["data"]["source"]["source"] == "builtin" and best["data"]["eot_id"] == 50256
+    assert best["val_loss"] == pytest.approx(s["best_val_loss"])
+    model = model_from_checkpoint(best).eval()
+    assert not any(k.startswith("_orig_mod.") for k in best["model"])
+    ckpt = load_checkpoint(out / training.CKPT_FILE)
+    assert ckpt["step"] == 40 and {"optimizer", "scheduler", "scaler", "rng", "train_config"} <= set(ckpt)
+    # The best model scores its recorded validation loss on the same fixed batches.
+    dist = training.Dist("cpu")
+    from batches import Batches
+
+    again = training.evaluate(model, Batches(tc.data_dir, mc.block_size), tc, "cpu", "float32", dist)
+    assert again["validation"] == pytest.approx(best["val_loss"], rel=1e-5)
+
+
+def test_real_tinystories_sample_loss_falls(shared_tinystories, tmp_path):
+    import load_dataset
+    import tokenization
+
+    data = tmp_path / "data"
+    load_dataset.prepare(source="local", data_dir=data, data_files={
+        "train": str(shared_tinystories / "train.txt"), "validation": str(shared_tinystories / "validation.txt")})
+    tokenization.tokenize(data, num_proc=1)
+    mc, tc = smoke(data, tmp_path / "out", max_iters=40)
+    training.train(mc, tc, progress=False)
+    rows = training.read_log(Path(tc.out_dir) / training.LOG_FILE)
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 2.0
+
+
+def test_resume_continues_exactly(tiny_data_dir, tmp_path):
+    over = dict(max_iters=16, eval_interval=4, dropout=0.1, batch_size=4, eval_iters=2)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "straight", **over)
+    straight = training.train(mc, tc, progress=False)
+
+    mc, tc = smoke(tiny_data_dir, tmp_path / "halves", **over)
+    first = training.train(mc, tc, progress=False, stop_after=8)
+    assert first["stopped"] == "stop_after" and load_checkpoint(Path(tc.out_dir) / "ckpt.pt")["step"] == 8
+    # The second half through the command line, as a user would: settings come from ckpt.pt.
+    second = training.main(["--resume", "--out-dir", tc.out_dir, "--no-progress"])
+    assert second["stopped"] == "done"
+
+    assert [s for s, _ in first["losses"] + second["losses"]] == list(range(1, 17))
+    got = [loss for _, loss in first["losses"] + second["losses"]]
+    assert got == pytest.approx([loss for _, loss in straight["losses"]], abs=1e-6)
+    assert_same_rows(training.read_log(Path(tc.out_dir) / "log.csv"),
+                     training.read_log(tmp_path / "straight" / "log.csv"), tol=1e-6)
+    a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)["model"]
+    b = torch.load(Path(tc.out_dir) / "ckpt.pt", weights_only=True)["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_refuses_changed_settings(tiny_data_dir, tmp_path):
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=4, eval_interval=2, batch_size=2, eval_iters=1)
+    training.train(mc, tc, progress=False, stop_after=2)
+    with pytest.raises(CLIError, match="--max-iters 100 differs from the 4"):
+        training.main(["--resume", "--out-dir", tc.out_dir, "--max-iters", "100"])
+    with pytest.raises(CLIError, match="no checkpoint at"):
+        training.main(["--resume", "--out-dir", str(tmp_path / "nowhere")])
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tiny_data_dir, tmp_path, monkeypatch):
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=8, eval_interval=4, batch_size=2, eval_iters=1)
+    training.train(mc, tc, progress=False, stop_after=4)
+    ckpt_path = Path(tc.out_dir) / "ckpt.pt"
+    before = ckpt_path.read_bytes()
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *a, **k):  # write half the file, then fail (disk full, power cut, kill...)
+        real_save(obj, f, *a, **k)
+        data = Path(f).read_bytes()
+        Path(f).write_bytes(data[: len(data) // 2])
+        raise OSError("injected failure in the middle of writing")
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(OSError, match="injected"):
+        training.train(mc, tc, progress=False, resume=True)
+    monkeypatch.undo()
+    assert ckpt_path.read_bytes() == before
+    assert load_checkpoint(ckpt_path)["step"] == 4
+    assert not list(Path(tc.out_dir).glob("*.tmp"))
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoints(tiny_data_dir, tmp_path, monkeypatch):
+    import model as model_module
+
+    class BreaksAtStep6(model_module.GPT):
+        calls = 0
+
+        def forward(self, idx, targets=None, **kw):
+            logits, loss = super().forward(idx, targets, **kw)
+            if self.training:
+                BreaksAtStep6.calls += 1
+                if BreaksAtStep6.calls >= 6:
+                    loss = loss * float("nan")
+            return logits, loss
+
+    monkeypatch.setattr(model_module, "GPT", BreaksAtStep6)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=10, eval_interval=4, batch_size=2, eval_iters=1)
+    with pytest.raises(CLIError, match=r"loss became nan at step 6 .*last saved at step 4"):
+        training.train(mc, tc, progress=False)
+    assert load_checkpoint(Path(tc.out_dir) / "ckpt.pt")["step"] == 4
+    assert load_checkpoint(Path(tc.out_dir) / "best_model_params.pt")["step"] in (0, 4)
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def test_sigkill_at_a_random_step_then_resume_finishes_like_a_straight_run(tiny_data_dir, tmp_path):
+    over = dict(max_iters=40, eval_interval=5, batch_size=4, eval_iters=2)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "straight", **over)
+    training.train(mc, tc, progress=False)
+
+    out = tmp_path / "killed"
+    args = ["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(out), "--max-iters", "40",
+            "--eval-interval", "5", "--batch-size", "4", "--eval-iters", "2"]
+    seed = random.randrange(10**6)
+    target = random.Random(seed).choice([5, 10, 15, 20, 25, 30])
+    proc = start_training(args)
+    wait_for_log_step(proc, out / "log.csv", target)
+    time.sleep(random.Random(seed).uniform(0, 0.3))  # land anywhere in the steps after it, even mid-save
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"seed {seed}: the run finished before it could be killed"
+    killed_at = load_checkpoint(out / "ckpt.pt")["step"]
+    assert killed_at >= target
+
+    r = run_training(["--out-dir", str(out), "--resume"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"resuming from {out / 'ckpt.pt'} at step {killed_at}" in r.stdout
+    assert "finished at step 40 of 40" in r.stdout
+    assert_same_rows(training.read_log(out / "log.csv"), training.read_log(tmp_path / "straight" / "log.csv"),
+                     tol=1e-5)
+
+
+def test_ctrl_c_saves_the_checkpoint_and_says_how_to_resume(tiny_data_dir, tmp_path):
+    out = tmp_path / "out"
+    proc = start_training(["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(out),
+                           "--max-iters", "100000", "--eval-interval", "3", "--eval-iters", "1", "--batch-size", "2"])
+    wait_for_log_step(proc, out / "log.csv", 3)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    ckpt = load_checkpoint(out / "ckpt.pt")
+    assert ckpt["step"] >= 3
+    assert f"stopped at step {ckpt['step']} of 100000 (SIGINT)" in stdout
+    assert f"python training.py --out-dir {out} --resume" in stdout
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
+def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(tiny_data_dir, tmp_path):
+    common = ["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--max-iters", "8", "--eval-interval", "1",
+              "--eval-iters", "2", "--warmup-iters", "2", "--dropout", "0"]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "training.py", "--no-progress", *common,
+                        "--batch-size", "2", "--out-dir", str(tmp_path / "two")],
+                       cwd=REPO, capture_output=True, text=True, env=env, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 process(es)" in r.stdout and r.stdout.count("finished at step 8") == 1  # only rank 0 speaks
+
+    one = training.main([*common, "--batch-size", "4", "--out-dir", str(tmp_path / "one"), "--no-progress"])
+    assert one["world_size"] == 1
+    two_rows = training.read_log(tmp_path / "two" / "log.csv")
+    one_rows = training.read_log(tmp_path / "one" / "log.csv")
+    assert len(one_rows) == 9
+    assert_same_rows(two_rows, one_rows, tol=1e-4)
+    assert one_rows[-1]["val_loss"] < one_rows[0]["val_loss"]  # the curve being compared does move

@@ -1,0 +1,791 @@
+"""Step 5: train the GPT on DATA/train.bin, evaluate on fixed batches, keep the best model.
+
+    python training.py                          # preset gpu where CUDA is available, else cpu (says which)
+    python training.py --preset smoke           # seconds: a tiny model, for tests
+    python training.py --max-iters 500 --batch-size 8 --learning-rate 1e-3    # any setting, any preset
+    python training.py --resume                 # continue OUT/ckpt.pt exactly where it stopped
+    torchrun --standalone --nproc_per_node=4 training.py --preset gpu          # data parallel on 4 GPUs
+
+Writes into OUT (--out-dir, default out/):
+    best_model_params.pt   the model at its best validation loss (what model_usage.py loads)
+    ckpt.pt                everything needed to resume: model, optimizer, schedule, scaler, RNG states, step
+    log.csv                one row per evaluation: step, fixed-batch train and validation loss, lr, tokens, time
+    loss.png               train and validation loss against step, best point marked
+
+Both .pt files are written to a temporary file and renamed over the old one, so a crash at any moment
+leaves the previous file intact. Ctrl-C (or SIGTERM) stops after the current step, saves ckpt.pt and
+says how to resume. Under torchrun every rank draws the same global batch from one seeded generator
+and trains on its own slice of it, so N ranks x batch B follow exactly the same path as 1 process with
+batch N*B; only rank 0 prints and writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import ctypes
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+from common import (
+    CLIError,
+    atomic_torch_save,
+    atomic_write,
+    autocast,
+    config_from_dict,
+    config_to_dict,
+    load_checkpoint,
+    pick_device,
+    pick_dtype,
+    run_cli,
+)
+from config import PRESETS, GPTConfig, TrainConfig
+
+BEST_FILE = "best_model_params.pt"
+CKPT_FILE = "ckpt.pt"
+LOG_FILE = "log.csv"
+PLOT_FILE = "loss.png"
+LOG_FIELDS = ["step", "train_loss", "val_loss", "step_loss", "lr", "tokens", "elapsed_s", "best"]
+H100_BF16_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak of one H100 SXM, the usual MFU denominator
+WARMUP_START_FACTOR = 0.01  # the first warmup step runs at 1% of the peak learning rate
+# Evaluation batches come from their own generators, seeded apart from the training one, and are drawn
+# afresh from the same seed at every evaluation: each evaluation scores the very same windows.
+EVAL_SEED_OFFSET = {"train": 1, "validation": 2}
+# Settings that may differ when resuming: where and how the run executes, not what it computes.
+RESUME_MAY_CHANGE = {"data_dir", "out_dir", "device", "dtype", "compile", "max_minutes"}
+
+
+# ----------------------------------------------------------------------------- settings
+
+# One line of --help per setting; argparse flags are generated from the dataclass fields with these.
+MODEL_HELP = {
+    "vocab_size": "vocabulary size; must match the tokenizer's (DATA/meta.json)",
+    "block_size": "context length in tokens",
+    "n_layer": "transformer blocks",
+    "n_head": "attention heads per block (must divide --n-embd)",
+    "n_embd": "width of the residual stream",
+    "dropout": "dropout probability on attention, residual branches and embeddings",
+    "bias": "biases in Linear and LayerNorm layers",
+}
+TRAIN_HELP = {
+    "data_dir": "directory with train.bin, validation.bin and meta.json (from tokenization.py)",
+    "out_dir": "where checkpoints, log.csv and loss.png go",
+    "batch_size": "sequences per micro-batch, per process",
+    "grad_accum": "micro-batches accumulated per optimizer step, per process",
+    "max_iters": "optimizer steps in all; the cosine schedule ends here",
+    "learning_rate": "peak learning rate, reached at the end of warmup",
+    "min_lr": "learning rate at the end of the cosine decay (at most the peak)",
+    "warmup_iters": "optimizer steps of linear warmup",
+    "weight_decay": "AdamW weight decay, on 2+-dimensional tensors only",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "grad_clip": "clip the global gradient norm to this (0 disables)",
+    "eval_interval": "optimizer steps between evaluations (each also saves ckpt.pt)",
+    "eval_iters": "fixed batches per split in each evaluation",
+    "seed": "seed for initialisation, batch sampling and dropout",
+    "device": "auto | cpu | cuda | cuda:N | mps",
+    "dtype": "auto (bfloat16 on GPUs that have it, else float16; float32 on CPU) | float32 | bfloat16 | float16",
+    "compile": "torch.compile the model",
+    "max_minutes": "stop after this many minutes of this run, evaluate and save (0 = no limit)",
+}
+
+
+FLAG_ALIASES = {"learning_rate": ["--lr"]}
+
+
+def _preset_values(group: str, name: str) -> str:
+    values = [getattr(getattr(PRESETS[p], group), name) for p in PRESETS]
+    if len(set(map(str, values))) == 1:
+        return f"all presets: {values[0]}"
+    return "presets " + ", ".join(f"{p} {v}" for p, v in zip(PRESETS, values))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Step 5: train the GPT on DATA/*.bin; writes OUT/best_model_params.pt, ckpt.pt, log.csv, loss.png. "
+        "Each model and training setting defaults to the chosen preset's value (shown in brackets)."
+    )
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="named settings from config.py; default: gpu where CUDA is available, else cpu. "
+                   + "; ".join(f"{name}: {pr.description}" for name, pr in PRESETS.items()))
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/ckpt.pt with its settings (only device, dtype, compile, time budget "
+                        "and directories may change)")
+    p.add_argument("--stop-after", type=int, default=0, metavar="N",
+                   help="stop this run after N optimizer steps and save ckpt.pt; the schedule still runs to "
+                        "--max-iters, so --resume continues it (default 0: no limit)")
+    p.add_argument("--peak-flops", type=float, default=H100_BF16_PEAK_FLOPS,
+                   help="peak FLOP/s of one accelerator, for the MFU shown on GPUs (default: H100 bf16, 989e12)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
+    for group, cls, helps in (("model", GPTConfig, MODEL_HELP), ("train", TrainConfig, TRAIN_HELP)):
+        arg_group = p.add_argument_group(f"{group} settings")
+        for f in fields(cls):
+            flags = ["--" + f.name.replace("_", "-")] + FLAG_ALIASES.get(f.name, [])
+            help_text = f"{helps[f.name]} [{_preset_values(group, f.name)}]"
+            if isinstance(f.default, bool):
+                arg_group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            else:
+                arg_group.add_argument(*flags, type=type(f.default), default=None, metavar=f.name.upper(),
+                                       help=help_text)
+    return p
+
+
+def explicit_settings(args: argparse.Namespace) -> tuple[dict, dict]:
+    """The model and training settings given on the command line (the rest come from the preset)."""
+    model = {f.name: getattr(args, f.name) for f in fields(GPTConfig) if getattr(args, f.name) is not None}
+    train = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    return model, train
+
+
+def default_preset() -> tuple[str, str]:
+    if torch.cuda.is_available():
+        return "gpu", "no --preset given and CUDA is available"
+    return "cpu", "no --preset given and CUDA is not available"
+
+
+def resolve(preset: str | None, model_over: dict, train_over: dict) -> tuple[str, str, GPTConfig, TrainConfig]:
+    """(preset name, why it was chosen, model config, training config): the preset, then the flags given."""
+    why = "--preset given"
+    if preset is None:
+        preset, why = default_preset()
+    p = PRESETS[preset]
+    return preset, why, replace(p.model, **model_over), replace(p.train, **train_over)
+
+
+def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flops: float = 1.0) -> None:
+    """One clear CLIError for the first bad setting; nothing has been built or written yet."""
+    positive = {
+        "--batch-size": tc.batch_size, "--grad-accum": tc.grad_accum, "--max-iters": tc.max_iters,
+        "--eval-interval": tc.eval_interval, "--eval-iters": tc.eval_iters, "--block-size": mc.block_size,
+        "--n-layer": mc.n_layer, "--n-head": mc.n_head, "--n-embd": mc.n_embd, "--vocab-size": mc.vocab_size,
+    }
+    for flag, value in positive.items():
+        if value < 1:
+            raise CLIError(f"{flag} {value} must be at least 1")
+    if not (tc.learning_rate > 0 and math.isfinite(tc.learning_rate)):
+        raise CLIError(f"--learning-rate {tc.learning_rate} must be a positive number")
+    if not (0 <= tc.min_lr <= tc.learning_rate):
+        raise CLIError(f"--min-lr {tc.min_lr} must be between 0 and the peak --learning-rate {tc.learning_rate}, "
+                       "so the schedule decays")
+    if not (0 <= tc.warmup_iters < tc.max_iters):
+        raise CLIError(f"--warmup-iters {tc.warmup_iters} must be at least 0 and below --max-iters {tc.max_iters}")
+    if tc.weight_decay < 0:
+        raise CLIError(f"--weight-decay {tc.weight_decay} must not be negative")
+    for flag, beta in (("--beta1", tc.beta1), ("--beta2", tc.beta2)):
+        if not 0 <= beta < 1:
+            raise CLIError(f"{flag} {beta} must be in [0, 1)")
+    if tc.grad_clip < 0:
+        raise CLIError(f"--grad-clip {tc.grad_clip} must not be negative (0 disables clipping)")
+    if tc.max_minutes < 0:
+        raise CLIError(f"--max-minutes {tc.max_minutes} must not be negative (0 = no limit)")
+    if stop_after < 0:
+        raise CLIError(f"--stop-after {stop_after} must not be negative (0 = no limit)")
+    if not peak_flops > 0:
+        raise CLIError(f"--peak-flops {peak_flops} must be positive")
+    if not 0 <= mc.dropout < 1:
+        raise CLIError(f"--dropout {mc.dropout} must be in [0, 1)")
+    if mc.n_embd % mc.n_head:
+        raise CLIError(f"--n-embd {mc.n_embd} is not divisible by --n-head {mc.n_head}; "
+                       f"pick a head count that divides it (e.g. {math.gcd(mc.n_embd, mc.n_head)})")
+
+
+def check_data(mc: GPTConfig, tc: TrainConfig) -> dict:
+    """DATA/meta.json, checked against the settings: the vocabulary fits and each split is longer than a window."""
+    from tokenization import read_meta
+
+    if not Path(tc.data_dir).is_dir():
+        raise CLIError(f"no data directory {tc.data_dir}; make it with: python load_dataset.py --data-dir {tc.data_dir} "
+                       f"&& python tokenization.py --data-dir {tc.data_dir}")
+    meta = read_meta(tc.data_dir)
+    if meta.get("vocab_size") != mc.vocab_size:
+        raise CLIError(f"{tc.data_dir}/meta.json has a vocabulary of {meta.get('vocab_size')} tokens but the model "
+                       f"{mc.vocab_size}; use --vocab-size {meta.get('vocab_size')} or retokenize")
+    for split in ("train", "validation"):
+        tokens = meta["splits"][split]["tokens"]
+        if tokens < mc.block_size + 1:
+            raise CLIError(f"--block-size {mc.block_size} is longer than the {split} data ({tokens} tokens in "
+                           f"{tc.data_dir}); use a smaller --block-size or more data")
+    return meta
+
+
+def data_facts(meta: dict) -> dict:
+    """What a checkpoint records about its data: the tokenizer facts and the source (from meta.json)."""
+    facts = {k: meta.get(k) for k in ("tokenizer", "vocab_size", "eot_id", "eot_position")}
+    facts["source"] = meta.get("source") or {}
+    facts["splits"] = {s: {"tokens": v.get("tokens"), "sha256": v.get("sha256")} for s, v in meta["splits"].items()}
+    return facts
+
+
+def describe_data(facts: dict) -> str:
+    """The data source in a few words; the built-in demo corpus is said LOUDLY."""
+    from model_usage import describe_source
+
+    return describe_source({"data": facts})
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig):
+    """Linear warmup to the optimizer's lr (the peak), then cosine down to min_lr at max_iters.
+
+    Stepped once per optimizer step. The schedulers multiply the optimizer's lr, so the optimizer is
+    built with lr = the peak; eta_min is the absolute floor.
+    """
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, tc.max_iters - tc.warmup_iters), eta_min=tc.min_lr)
+    if tc.warmup_iters == 0:
+        return cosine
+    warmup = LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, end_factor=1.0, total_iters=tc.warmup_iters)
+    return SequentialLR(optimizer, [warmup, cosine], milestones=[tc.warmup_iters])
+
+
+def make_optimizer(model, tc: TrainConfig, device: str) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        model.optim_groups(tc.weight_decay),
+        lr=tc.learning_rate,
+        betas=(tc.beta1, tc.beta2),
+        fused=device.startswith("cuda"),
+    )
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+
+def rng_state(batch_gen: torch.Generator) -> dict:
+    """Every random state training draws from, as plain lists and tensors (torch.load weights_only reads it)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": np_state["state"]["key"].tolist(),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "batches": batch_gen.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, batch_gen: torch.Generator) -> None:
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state({
+        "bit_generator": n["bit_generator"],
+        "state": {"key": np.array(n["key"], dtype=np.uint32), "pos": n["pos"]},
+        "has_gauss": n["has_gauss"],
+        "gauss": n["gauss"],
+    })
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    batch_gen.set_state(state["batches"])
+
+
+def _tuple_to_list(x):
+    return [_tuple_to_list(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _list_to_tuple(x):
+    return tuple(_list_to_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+# ----------------------------------------------------------------------------- log and plot
+
+
+def write_log(path: Path, history: list[dict]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            w.writeheader()
+            w.writerows(history)
+
+    atomic_write(path, write)
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k in ("step", "tokens", "best") else float(v)) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def plot_losses(path: Path, history: list[dict], title: str) -> None:
+    """Train and validation loss (fixed batches) against step; the best validation point marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
+    ax.plot(steps, [r["train_loss"] for r in history], "o-", ms=3, label="train (fixed batches)")
+    ax.plot(steps, [r["val_loss"] for r in history], "o-", ms=3, label="validation (fixed batches)")
+    best = min(history, key=lambda r: r["val_loss"])
+    ax.plot([best["step"]], [best["val_loss"]], "*", ms=16, color="red", zorder=5,
+            label=f"best validation {best['val_loss']:.3f} at step {best['step']}")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss (nats per token)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- CPU memory
+
+
+def keep_freed_memory() -> None:
+    """Let glibc reuse freed heap memory for big tensors instead of mapping fresh zeroed pages each step.
+
+    The (batch * block_size, vocab) logits and their gradients are 100+ MB; by default glibc hands each
+    such block back to the OS when freed and page-faults a new one on the next step. Raising the mmap
+    and trim thresholds made CPU training steps about 2x faster on this project's 2-core machine.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, ...): nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from malloc.h
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 30)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+class Dist:
+    """Who this process is: world size 1 without torchrun; under torchrun one rank of a process group."""
+
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = device
+        self.ddp = self.world > 1
+        if self.ddp:
+            import torch.distributed as dist
+
+            if device.startswith("cuda"):
+                self.device = f"cuda:{self.local_rank}"
+                torch.cuda.set_device(self.device)
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.ddp:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def close(self) -> None:
+        if self.ddp:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def global_batch(batches, split: str, batch_size: int, gen: torch.Generator, dist: Dist):
+    """This rank's slice of one global batch of world * batch_size windows drawn from gen.
+
+    Every rank holds the same generator, so all draw the same global batch and each trains on its own
+    rows: N ranks x B is exactly 1 process x N*B."""
+    x, y = batches.get_batch(split, batch_size * dist.world, generator=gen)
+    if dist.world == 1:
+        return x, y
+    rows = slice(dist.rank * batch_size, (dist.rank + 1) * batch_size)
+    return x[rows], y[rows]
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(model, batches, tc: TrainConfig, device: str, dtype: str, dist: Dist) -> dict[str, float]:
+    """Mean loss over the same eval_iters global batches of each split every time.
+
+    Like training, each rank scores its slice of every global batch, so the result does not depend on
+    how many processes share the work."""
+    model.eval()
+    losses = {}
+    for split, offset in EVAL_SEED_OFFSET.items():
+        gen = torch.Generator().manual_seed(tc.seed + offset)
+        total = torch.zeros((), dtype=torch.float64, device=device)
+        for _ in range(tc.eval_iters):
+            x, y = global_batch(batches, split, tc.batch_size, gen, dist)
+            with autocast(device, dtype):
+                _, loss = model(x, y)
+            total += loss.double()
+        losses[split] = dist.all_sum(total).item() / (tc.eval_iters * dist.world)
+    model.train()
+    return losses
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM set a flag that the loop reads between steps; a second Ctrl-C aborts at once."""
+
+    def __init__(self, say):
+        self.signal = None
+        self.say = say
+        self.old = {}
+
+    def __enter__(self):
+        if threading_is_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        self.say(f"\n{self.signal}: stopping after this step and saving ckpt.pt (Ctrl-C again aborts at once)")
+
+    def __exit__(self, *exc):
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def train(
+    mc: GPTConfig,
+    tc: TrainConfig,
+    *,
+    resume: bool = False,
+    stop_after: int = 0,
+    peak_flops: float = H100_BF16_PEAK_FLOPS,
+    progress: bool = True,
+    preset: str | None = None,
+) -> dict:
+    """Train (or resume) with settings already checked by check_settings; returns a summary dict.
+
+    summary["stopped"] is "done", "time" (max_minutes), "stop_after" or the signal name (SIGINT, SIGTERM).
+    A non-finite loss raises CLIError naming the step; the checkpoints on disk are left as they were.
+    """
+    from tqdm import tqdm
+
+    from batches import Batches
+    from model import GPT
+
+    t_start = time.time()
+    out_dir = Path(tc.out_dir)
+    device = pick_device(tc.device)
+    dtype = pick_dtype(tc.dtype, device)
+    if dtype == "float16" and not device.startswith("cuda"):
+        raise CLIError(f"--dtype float16 needs a CUDA GPU (GradScaler); on {device} use float32 or bfloat16")
+    dist = Dist(device)
+    device = dist.device
+    if device == "cpu":
+        keep_freed_memory()
+    say = print if dist.master else (lambda *a, **k: None)
+    meta = check_data(mc, tc)
+    facts = data_facts(meta)
+
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out_dir / CKPT_FILE, map_location="cpu")
+        if "optimizer" not in ckpt:
+            raise CLIError(f"{out_dir / CKPT_FILE} has no optimizer state; it cannot be resumed")
+        for split, v in facts["splits"].items():
+            was = ckpt["data"]["splits"][split]["sha256"]
+            if v["sha256"] != was:
+                raise CLIError(f"the {split} data in {tc.data_dir} changed since {out_dir / CKPT_FILE} was written "
+                               f"(sha256 {v['sha256'][:12]} != {was[:12]}); resume on the same data or start afresh")
+
+    torch.manual_seed(tc.seed + dist.rank)  # init (rank 0's copy wins under DDP) and per-rank dropout
+    random.seed(tc.seed + dist.rank)
+    np.random.seed(tc.seed + dist.rank)
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    batches = Batches(tc.data_dir, mc.block_size, device=device)
+    raw_model = GPT(mc).to(device)  # the uncompiled module: its state_dict is what gets saved
+    optimizer = make_optimizer(raw_model, tc, device)
+    scheduler = make_scheduler(optimizer, tc)
+    scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
+    batch_gen = torch.Generator().manual_seed(tc.seed)
+
+    step, best_val, best_step, history, step_loss = 0, math.inf, -1, [], math.nan
+    if ckpt is not None:
+        raw_model.load_state_dict(ckpt["model"], strict=True)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        step, best_val, best_step = ckpt["step"], ckpt["best_val_loss"], ckpt["best_step"]
+        history, step_loss = list(ckpt["history"]), ckpt["step_loss"]
+        rng = dict(ckpt["rng"])
+        rng["python"] = _list_to_tuple(rng["python"])
+        set_rng_state(rng, batch_gen)
+        if not dist.master:  # only rank 0's dropout RNG was saved; the others restart theirs deterministically
+            torch.manual_seed(tc.seed + 1000 * dist.rank + step)
+        say(f"resuming from {out_dir / CKPT_FILE} at step {step} (best validation loss {best_val:.4f} at "
+            f"step {best_step})")
+    del ckpt
+
+    model = torch.compile(raw_model) if tc.compile else raw_model
+    train_model = model
+    if dist.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(model, device_ids=[dist.local_rank] if device.startswith("cuda") else None)
+
+    tokens_per_step = tc.batch_size * tc.grad_accum * mc.block_size * dist.world
+    flops_per_token = raw_model.flops_per_token()
+    say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters, {flops_per_token / 1e6:.1f} MFLOPs per token")
+    say(f"device {device}, dtype {dtype}, {dist.world} process(es), compile {tc.compile}, "
+        f"{tokens_per_step:,} tokens per optimizer step")
+    say(f"data: {tc.data_dir}, {meta['splits']['train']['tokens']:,} train / "
+        f"{meta['splits']['validation']['tokens']:,} validation tokens, {describe_data(facts)}")
+    if dist.master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and (out_dir / CKPT_FILE).exists():
+            say(f"note: starting afresh; {out_dir / CKPT_FILE} will be overwritten (--resume continues it)")
+
+    def checkpoint(val_loss: float) -> dict:
+        return {
+            "model": raw_model.state_dict(),
+            "config": config_to_dict(mc),
+            "data": facts,
+            "step": step,
+            "val_loss": val_loss,
+        }
+
+    def save_resume_state(val_loss: float) -> None:
+        if not dist.master:
+            return
+        rng = rng_state(batch_gen)
+        rng["python"] = _tuple_to_list(rng["python"])
+        state = checkpoint(val_loss)
+        state.update(
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            scaler=scaler.state_dict(),
+            rng=rng,
+            train_config=asdict(tc),
+            best_val_loss=best_val,
+            best_step=best_step,
+            history=history,
+            step_loss=step_loss,
+            preset=preset,
+        )
+        atomic_torch_save(state, out_dir / CKPT_FILE)
+
+    title = (f"{mc.n_layer} layers x {mc.n_embd} wide, {raw_model.num_params() / 1e6:.1f}M parameters, "
+             f"{tokens_per_step:,} tokens per step\n{describe_data(facts)}")
+
+    def run_evaluation(step_loss: float) -> None:
+        nonlocal best_val, best_step
+        losses = evaluate(model, batches, tc, device, dtype, dist)
+        is_best = losses["validation"] < best_val
+        if is_best:
+            best_val, best_step = losses["validation"], step
+        history.append({
+            "step": step, "train_loss": losses["train"], "val_loss": losses["validation"], "step_loss": step_loss,
+            "lr": optimizer.param_groups[0]["lr"], "tokens": step * tokens_per_step,
+            "elapsed_s": round(time.time() - t_start, 2), "best": int(is_best),
+        })
+        if dist.master:
+            if is_best:
+                atomic_torch_save(checkpoint(losses["validation"]), out_dir / BEST_FILE)
+            save_resume_state(losses["validation"])
+            write_log(out_dir / LOG_FILE, history)
+            plot_losses(out_dir / PLOT_FILE, history, title)
+            bar.write(f"step {step}: train loss {losses['train']:.4f}, validation loss {losses['validation']:.4f}"
+                      f"{' (best)' if is_best else ''}")
+
+    evaluated_at = history[-1]["step"] if history else -1
+    start_step = step
+    losses: list[tuple[int, float]] = []
+    stopped = "done"
+    tok_per_s = 0.0
+    budget_s = tc.max_minutes * 60
+    t_train = time.time()
+    eval_s = 0.0  # how long the last evaluation took, so the time budget leaves room for the final one
+    bar = tqdm(total=tc.max_iters, initial=step, desc="training", unit="step", dynamic_ncols=True,
+               disable=not (progress and dist.master), file=sys.stderr)
+    train_model.train()
+    with StopRequest(bar.write if dist.master else (lambda *a: None)) as stop:
+        while True:
+            due = step % tc.eval_interval == 0 or step == tc.max_iters or stopped == "time"
+            if due and step != evaluated_at:
+                t0 = time.time()
+                run_evaluation(step_loss)
+                evaluated_at, eval_s = step, time.time() - t0
+            if step >= tc.max_iters or stopped != "done":
+                break
+
+            t0 = time.time()
+            loss_sum = torch.zeros((), dtype=torch.float32, device=device)
+            for micro in range(tc.grad_accum):
+                x, y = global_batch(batches, "train", tc.batch_size, batch_gen, dist)
+                sync = micro == tc.grad_accum - 1
+                with (train_model.no_sync() if dist.ddp and not sync else contextlib.nullcontext()):
+                    with autocast(device, dtype):
+                        _, loss = train_model(x, y)
+                        loss = loss / tc.grad_accum
+                    scaler.scale(loss).backward()
+                loss_sum += loss.detach().float()
+            # One all-reduce per step carries the loss (for the log) and any rank's wish to stop.
+            wants_stop = stop.signal is not None or (budget_s and time.time() - t_train + eval_s >= budget_s)
+            stats = dist.all_sum(torch.stack([loss_sum, torch.tensor(float(bool(wants_stop)), device=device)]))
+            step_loss = stats[0].item() / dist.world
+            if not math.isfinite(step_loss):
+                bar.close()
+                dist.close()
+                kept = f"the checkpoints in {out_dir} (last saved at step {evaluated_at}) are kept" \
+                    if evaluated_at >= 0 else "no checkpoint was written"
+                raise CLIError(f"loss became {step_loss} at step {step + 1} (learning rate "
+                               f"{optimizer.param_groups[0]['lr']:.3g}); training stopped, {kept}; try a lower "
+                               "--learning-rate, --grad-clip 1 or --dtype float32")
+            if tc.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), tc.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
+            losses.append((step, step_loss))
+
+            dt = time.time() - t0
+            rate = tokens_per_step / max(dt, 1e-9)
+            tok_per_s = rate if step - start_step == 1 else 0.9 * tok_per_s + 0.1 * rate
+            post = f"loss {step_loss:.4f}, lr {lr:.2e}, {tok_per_s:,.0f} tok/s"
+            if device.startswith("cuda"):
+                post += f", MFU {flops_per_token * tok_per_s / (peak_flops * dist.world):.1%}"
+            bar.set_postfix_str(post, refresh=False)
+            bar.update(1)
+
+            if stats[1].item() > 0:
+                stopped = stop.signal or "time"
+            elif stop_after and step - start_step >= stop_after:
+                stopped = "stop_after"
+            if stopped in ("SIGINT", "SIGTERM", "stop_after"):
+                save_resume_state(history[-1]["val_loss"] if history else math.nan)
+                break
+            if stopped == "time":  # evaluate and save at the top of the loop, then stop
+                say(f"\ntime budget of {tc.max_minutes} minutes reached at step {step}: evaluating and stopping")
+    bar.close()
+    dist.close()
+
+    elapsed = time.time() - t_start
+    trained_steps = step - start_step
+    summary = {
+        "stopped": stopped,
+        "step": step,
+        "max_iters": tc.max_iters,
+        "best_val_loss": best_val,
+        "best_step": best_step,
+        "final_train_loss": history[-1]["train_loss"] if history else math.nan,
+        "final_val_loss": history[-1]["val_loss"] if history else math.nan,
+        "losses": losses,
+        "tokens_trained": trained_steps * tokens_per_step,
+        "tokens_per_s": trained_steps * tokens_per_step / max(time.time() - t_train, 1e-9),
+        "elapsed_s": elapsed,
+        "out_dir": str(out_dir),
+        "data": describe_data(facts),
+        "world_size": dist.world,
+    }
+    return summary
+
+
+# ----------------------------------------------------------------------------- the script
+
+
+def settings_for_resume(out_dir: str, model_over: dict, train_over: dict) -> tuple[GPTConfig, TrainConfig]:
+    """The settings stored in OUT/ckpt.pt; flags may only change how the run executes, not what it computes."""
+    ckpt = load_checkpoint(Path(out_dir) / CKPT_FILE)
+    if "train_config" not in ckpt:
+        raise CLIError(f"{Path(out_dir) / CKPT_FILE} has no training state; it cannot be resumed")
+    mc = config_from_dict(ckpt["config"])
+    tc = TrainConfig(**ckpt["train_config"])
+    for name, value in {**model_over, **train_over}.items():
+        was = getattr(mc, name) if name in model_over else getattr(tc, name)
+        if name not in RESUME_MAY_CHANGE and value != was:
+            flag = "--" + name.replace("_", "-")
+            raise CLIError(f"{flag} {value} differs from the {was} that {Path(out_dir) / CKPT_FILE} was trained with; "
+                           f"--resume continues with the checkpoint's settings (start afresh in another --out-dir "
+                           f"to change them)")
+    return mc, replace(tc, **{k: v for k, v in train_over.items() if k in RESUME_MAY_CHANGE})
+
+
+def format_settings(mc: GPTConfig, tc: TrainConfig) -> str:
+    model = ", ".join(f"{k}={v}" for k, v in asdict(mc).items())
+    train = ", ".join(f"{k}={v}" for k, v in asdict(tc).items())
+    return f"model: {model}\ntraining: {train}"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    model_over, train_over = explicit_settings(args)
+    if args.resume:
+        out_dir = train_over.get("out_dir", TrainConfig.out_dir)
+        mc, tc = settings_for_resume(out_dir, model_over, train_over)
+        chosen = f"settings from {Path(out_dir) / CKPT_FILE}"
+    else:
+        preset, why, mc, tc = resolve(args.preset, model_over, train_over)
+        chosen = f"preset {preset} ({why}): {PRESETS[preset].description}"
+    check_settings(mc, tc, args.stop_after, args.peak_flops)
+    check_data(mc, tc)
+    master = int(os.environ.get("RANK", "0")) == 0
+    if master:
+        print(chosen)
+        print(format_settings(mc, tc))
+    summary = train(mc, tc, resume=args.resume, stop_after=args.stop_after, peak_flops=args.peak_flops,
+                    progress=args.progress, preset=None if args.resume else preset)
+    if not master:
+        return summary
+    out = Path(tc.out_dir)
+    if summary["stopped"] in ("SIGINT", "SIGTERM", "stop_after"):
+        resume_cmd = f"python training.py --out-dir {out} --resume"
+        print(f"stopped at step {summary['step']} of {summary['max_iters']} ({summary['stopped']}): saved "
+              f"{out / CKPT_FILE}; continue with: {resume_cmd}")
+        if summary["stopped"] != "stop_after":
+            sys.exit(130)
+        return summary
+    how = "finished" if summary["stopped"] == "done" else f"stopped by the {tc.max_minutes}-minute budget"
+    print(f"{how} at step {summary['step']} of {summary['max_iters']} in {summary['elapsed_s'] / 60:.1f} min "
+          f"({summary['tokens_per_s']:,.0f} tokens/s): best validation loss {summary['best_val_loss']:.4f} at step "
+          f"{summary['best_step']} -> {out / BEST_FILE}; log {out / LOG_FILE}, plot {out / PLOT_FILE}; "
+          f"{summary['data']}")
+    return summary
+
+
+if __name__ == "__main__":
+    run_cli(main)
