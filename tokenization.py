@@ -16,9 +16,11 @@ ordinary text, never token 50256), and ONE end-of-text token 50256 goes *before*
 (config.EOT_POSITION, reason in meta.json). Tokens are uint16, in split order, so the same raw/ always
 gives byte-identical .bin files whatever --num-proc is.
 
-How it is fast. Each split is cut into shards of SHARD_STORIES consecutive stories. Worker processes
-(all cores by default) each open the split's Arrow file memory-mapped, read only their shard's rows,
-encode them, and send back the shard's uint16 tokens (a few MB; no lists of strings cross processes).
+How it is fast. Each split is cut into shards of SHARD_STORIES consecutive stories; the main process
+finds where each Arrow record batch starts from the message headers alone (raw/ is read with pyarrow
+directly, without importing datasets). Worker processes (all cores by default) each memory-map the
+Arrow file, read only their shard's record batches, encode the stories, and send back the shard's
+uint16 tokens (a few MB; no lists of strings cross processes).
 The main process appends the shards in order to DATA/<split>.bin.tmp, hashing as it writes, with at
 most 2 x --num-proc shards in flight. Every story is encoded once and every token written once, and
 memory stays bounded by a few shard buffers whatever the size of the corpus. (Counting tokens first

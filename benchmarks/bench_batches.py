@@ -30,12 +30,12 @@ from config import EOT_ID, EOT_POSITION, VOCAB_SIZE, GPTConfig, TrainConfig  # n
 
 
 def memory() -> dict[str, int]:
-    """RssAnon, RssFile, VmRSS of this process in MiB."""
+    """RssAnon, RssFile, VmRSS of this process in KiB."""
     fields = {}
     for line in Path("/proc/self/status").read_text().splitlines():
         key, _, value = line.partition(":")
         if key in ("RssAnon", "RssFile", "VmRSS"):
-            fields[key] = int(value.split()[0]) // 1024
+            fields[key] = int(value.split()[0])
     return fields
 
 
@@ -80,16 +80,16 @@ def main() -> None:
         for _ in range(2_000):  # warm-up: allocator pools, and most of the file's pages touched once
             batches.get_batch("train", args.batch_size, generator=gen)
         start = memory()
-        print(f"after 2,000 warm-up calls: {start}")
+        print(f"after 2,000 warm-up calls: {start} KiB")
         checkpoints = {args.calls * k // 4 for k in (1, 2, 3, 4)}
         t = time.perf_counter()
         for i in range(1, args.calls + 1):
             batches.get_batch("train", args.batch_size, generator=gen)
             if i in checkpoints:
-                print(f"after {i:>7,} more calls:     {memory()}  ({(time.perf_counter() - t) / i * 1e6:.0f} us/call)")
+                print(f"after {i:>7,} more calls:     {memory()} KiB ({(time.perf_counter() - t) / i * 1e6:.0f} us/call)")
         end = memory()
-        print(f"heap growth over {args.calls:,} calls: RssAnon {end['RssAnon'] - start['RssAnon']:+d} MiB; "
-              f"VmRSS {end['VmRSS'] - start['VmRSS']:+d} MiB")
+        print(f"growth over {args.calls:,} calls: RssAnon {end['RssAnon'] - start['RssAnon']:+,d} KiB, "
+              f"RssFile {end['RssFile'] - start['RssFile']:+,d} KiB, VmRSS {end['VmRSS'] - start['VmRSS']:+,d} KiB")
 
         timings = {}
         for name, fn in (("Batches.get_batch", lambda: batches.get_batch("train", args.batch_size, generator=gen)),
