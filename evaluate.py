@@ -59,7 +59,7 @@ def read_raw_stories(path: Path) -> list[str]:
 
 
 def text_file_tokens(path: Path) -> tuple[np.ndarray, int]:
-    """[EOT] story [EOT] story ... of a raw .txt file, exactly as tokenization.py lays out a split; and the story count."""
+    """([EOT] story [EOT] story ... of a raw .txt file, laid out as tokenization.py lays out a split, story count)."""
     from tokenization import encode_stories
 
     if not path.is_file():
@@ -144,6 +144,8 @@ def score_tokens(model, tokens: np.ndarray, byte_lengths: np.ndarray, stride: in
     bar.close()
     assert scored == n - 1, (scored, n)
     loss = nats / scored
+    overlap = ("non-overlapping" if stride == length else
+               f"overlapping: after the first window every scored token sees >= {length - stride} tokens of context")
     return {
         "loss": loss,
         "perplexity": math.exp(loss),
@@ -154,11 +156,8 @@ def score_tokens(model, tokens: np.ndarray, byte_lengths: np.ndarray, stride: in
         "windows": len(starts),
         "window": length,
         "stride": stride,
-        "windowing": (
-            f"windows of {length} tokens every {stride} tokens"
-            + (" (non-overlapping)" if stride == length else f" (overlapping; each scored token has >= {length - stride} tokens of context after the first window)")
-            + f", the last one ending at the final token; each of the {scored} tokens after the first scored once"
-        ),
+        "windowing": f"windows of {length} tokens every {stride} tokens ({overlap}), the last one ending at the "
+                     f"final token; each of the {scored} tokens after the first scored once",
     }
 
 
@@ -228,18 +227,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Score a checkpoint over every token of a split or a raw TinyStories .txt file, and measure "
         "stories it generates. Prints one JSON object on stdout (progress goes to stderr).",
     )
-    p.add_argument("--checkpoint", default=model_usage.DEFAULT_CHECKPOINT, help="model file written by training.py (default: %(default)s)")
+    p.add_argument("--checkpoint", default=model_usage.DEFAULT_CHECKPOINT,
+                   help="model file written by training.py (default: %(default)s)")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--split", default="validation", choices=["train", "validation"], help="score DATA/<split>.bin (default: %(default)s)")
-    what.add_argument("--text-file", default=None, help="score this raw .txt file instead (stories separated by lines holding only <|endoftext|>)")
-    p.add_argument("--data-dir", default=Paths.data_dir, help="directory with <split>.bin and meta.json from tokenization.py (default: %(default)s)")
-    p.add_argument("--stride", type=int, default=None, help="tokens between window starts (default: block_size, non-overlapping windows)")
-    p.add_argument("--batch-size", type=int, default=None, help=f"windows per forward pass (default: {EVAL_TOKENS_PER_BATCH} // block_size)")
-    p.add_argument("--num-samples", type=int, default=20, help="stories to generate for the story figures; 0 skips them (default: %(default)s)")
+    what.add_argument("--split", default="validation", choices=["train", "validation"],
+                      help="score DATA/<split>.bin (default: %(default)s)")
+    what.add_argument("--text-file", default=None,
+                      help="score this raw .txt file instead (stories separated by lines holding only <|endoftext|>)")
+    p.add_argument("--data-dir", default=Paths.data_dir,
+                   help="directory with <split>.bin and meta.json from tokenization.py (default: %(default)s)")
+    p.add_argument("--stride", type=int, default=None,
+                   help="tokens between window starts (default: block_size, non-overlapping windows)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"windows per forward pass (default: {EVAL_TOKENS_PER_BATCH} // block_size)")
+    p.add_argument("--num-samples", type=int, default=20,
+                   help="stories to generate for the story figures; 0 skips them (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the story sampler (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=model_usage.MAX_NEW_TOKENS, help="most tokens per generated story (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=model_usage.TEMPERATURE, help="sampling temperature; 0 is greedy (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=model_usage.TOP_K, help="sample among the k most likely tokens; 0: no limit (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=model_usage.MAX_NEW_TOKENS,
+                   help="most tokens per generated story (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=model_usage.TEMPERATURE,
+                   help="sampling temperature; 0 is greedy (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=model_usage.TOP_K,
+                   help="sample among the k most likely tokens; 0: no limit (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=model_usage.TOP_P, help="nucleus sampling threshold (default: off)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")

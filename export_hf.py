@@ -22,6 +22,7 @@ from pathlib import Path
 
 from common import CLIError, atomic_write, config_from_dict, load_checkpoint, run_cli
 from config import EOT_ID, VOCAB_SIZE
+from model_usage import DEFAULT_CHECKPOINT, describe_source
 from tokenization import EOT_TEXT, GPT2_FILES
 
 def hf_config(cfg) -> dict:
@@ -113,8 +114,6 @@ def gpt2_tokenizer_files() -> tuple[Path, Path]:
 
 
 def model_card(ckpt: dict, cfg, num_params: int) -> str:
-    from model_usage import describe_source
-
     val = ckpt.get("val_loss")
     return (
         "---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [gpt2, tinystories]\n---\n\n"
@@ -140,7 +139,8 @@ def export(ckpt: dict, out_dir: str | Path) -> Path:
 
     cfg = config_from_dict(ckpt["config"])
     if cfg.vocab_size != VOCAB_SIZE:
-        raise CLIError(f"checkpoint vocabulary is {cfg.vocab_size} tokens, not GPT-2's {VOCAB_SIZE}; cannot pair it with the GPT-2 tokenizer")
+        raise CLIError(f"checkpoint vocabulary is {cfg.vocab_size} tokens, not GPT-2's {VOCAB_SIZE}; "
+                       "it cannot be paired with the GPT-2 tokenizer")
     tensors = hf_state_dict(ckpt["model"], cfg)
     encoder_json, vocab_bpe = gpt2_tokenizer_files()
     out = Path(out_dir)
@@ -175,7 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Write a checkpoint as a transformers GPT2LMHeadModel directory (config.json, model.safetensors, "
         "tokenizer files) that from_pretrained loads with no network.",
     )
-    p.add_argument("--checkpoint", default="out/best_model_params.pt", help="model file written by training.py (default: %(default)s)")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help="model file written by training.py (default: %(default)s)")
     p.add_argument("--out", required=True, help="directory to write (created; files in it are replaced)")
     return p.parse_args(argv)
 

@@ -110,16 +110,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Continue a story from a sentence with the trained model, printing it as it is generated.",
     )
-    p.add_argument("--prompt", default=None, help="text the story starts from (default: `sentence` at the top of this file); '' starts a fresh story")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT, help="model file written by training.py (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="most tokens to generate per story (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=TEMPERATURE, help="sampling temperature; 0 is greedy, always the most likely token (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=TOP_K, help="sample only among the k most likely tokens; 0: no limit (default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=TOP_P, help="sample only among the most likely tokens whose probabilities sum to p (nucleus; default: off)")
-    p.add_argument("--num-samples", type=int, default=1, help="how many stories to write from the prompt (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (default: a fresh one, printed so it can be reused)")
+    p.add_argument("--prompt", default=None,
+                   help="text the story starts from (default: `sentence` at the top of this file); "
+                   "'' starts a fresh story")
+    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                   help="model file written by training.py (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                   help="most tokens to generate per story (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=TEMPERATURE,
+                   help="sampling temperature; 0 is greedy, always the most likely token (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=TOP_K,
+                   help="sample only among the k most likely tokens; 0: no limit (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=TOP_P,
+                   help="sample only among the most likely tokens whose probabilities sum to p (nucleus; default: off)")
+    p.add_argument("--num-samples", type=int, default=1,
+                   help="how many stories to write from the prompt (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed for sampling (default: a fresh one, printed so it can be reused)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    p.add_argument("--no-stop-at-eot", action="store_true", help="keep generating past the end-of-text token (prints it as <|endoftext|>)")
+    p.add_argument("--no-stop-at-eot", action="store_true",
+                   help="keep generating past the end-of-text token (prints it as <|endoftext|>)")
     args = p.parse_args(argv)
     if args.max_new_tokens < 1:
         p.error("--max-new-tokens must be at least 1")
@@ -158,12 +168,10 @@ def main(argv: list[str] | None = None) -> None:
     ids = encode_prompt(enc, prompt)
     shown = prompt
     if len(ids) > block_size:
+        print(f"[the prompt is {len(ids)} tokens, longer than the model's context of {block_size}: "
+              f"keeping its last {block_size}]")
         ids = ids[-block_size:]
         shown = "..." + enc.decode(ids)
-        print(
-            f"[the prompt is {len(enc.encode_ordinary(prompt)) + 1} tokens, longer than the model's context of "
-            f"{block_size}: keeping its last {block_size}]"
-        )
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     eos_id = None if args.no_stop_at_eot else EOT_ID
 
@@ -176,8 +184,8 @@ def main(argv: list[str] | None = None) -> None:
                 idx, args.max_new_tokens, temperature=args.temperature, top_k=top_k, top_p=args.top_p,
                 eos_id=eos_id, generator=generator,
             )
-            # Stop at EOT without printing it (whether or not the model yields it before stopping).
-            stream = (int(t) for t in stream)
+            stream = (int(t) for t in stream)  # (1,) tensors -> ids
+            # generate_stream yields the EOT it stops at: end the story there without printing it.
             if eos_id is not None:
                 stream = _until(stream, eos_id)
             stream_text(stream, enc, sys.stdout)

@@ -96,7 +96,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
 
 
 def call_cli(main, argv: list[str], capsys) -> tuple[int, str, str]:
-    """A script's main() in-process through run_cli, as `python script.py ARGV` runs it: (exit status, stdout, stderr)."""
+    """A script's main() in-process through run_cli, as `python script.py ARGV` runs it: (status, stdout, stderr)."""
     try:
         run_cli(main, argv)
         code = 0
@@ -309,4 +309,5 @@ def test_describe_source_says_builtin_loudly():
     assert "BUILT-IN DEMO CORPUS" in model_usage.describe_source({"data": {"source": BUILTIN_SOURCE}})
     assert "unknown" in model_usage.describe_source({"data": {}})
     local = {"source": "local", "demo": False, "data_files": {"train": "a.txt", "validation": "b.txt"}}
-    assert model_usage.describe_source({"data": {"source": local}}) == "trained on local files (train=a.txt, validation=b.txt)"
+    described = model_usage.describe_source({"data": {"source": local}})
+    assert described == "trained on local files (train=a.txt, validation=b.txt)"
