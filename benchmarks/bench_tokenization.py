@@ -12,7 +12,9 @@ On the same stories (DATA/raw made by load_dataset.py --source builtin) and the 
   end to end   tokenization.tokenize(DATA, num_proc=N, force=True) in a fresh process: reading raw/,
                encoding, writing and hashing both .bin files, meta.json
 Rates are story tokens per second (end-of-text tokens not counted, so all rows count the same tokens);
-the best of --repeats runs, interleaved, since the machine is shared. Peak RSS of the end-to-end process
+the best of --repeats runs, interleaved, since the machine is shared. CPU seconds (user + system, all
+processes and threads of a contender; the fewest over the runs) are printed too: other people's jobs
+on a shared machine stretch wall times, much less the CPU time that the work itself takes. Peak RSS of the end-to-end process
 and of its largest worker comes from getrusage in that process.
 """
 
@@ -33,6 +35,14 @@ sys.path.insert(0, str(REPO))
 
 CHARS_PER_STORY = 696  # the built-in generator's average, to size the corpus
 
+
+def cpu_seconds() -> float:
+    """User + system CPU of this process and of its finished children (worker pools are joined on exit)."""
+    import resource
+
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+
 # Runs in a fresh interpreter: tokenize() timed from call to return, then this process's and its
 # workers' peak RSS in KiB. The main process reads VmHWM (ru_maxrss would still hold the RSS of the big
 # benchmark process it was forked from before exec); workers are forked from it, so ru_maxrss is theirs.
@@ -40,10 +50,13 @@ END_TO_END = """
 import json, resource, sys, time
 sys.path.insert(0, {repo!r})
 import tokenization
-t = time.perf_counter()
+def cpu():
+    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+               for f in ("ru_utime", "ru_stime"))
+c, t = cpu(), time.perf_counter()
 meta = tokenization.tokenize({data_dir!r}, num_proc={num_proc}, force=True)
-seconds = time.perf_counter() - t
-print(json.dumps({{"seconds": seconds, "tokens": sum(s["tokens"] for s in meta["splits"].values()),
+seconds, cpu_seconds = time.perf_counter() - t, cpu() - c
+print(json.dumps({{"seconds": seconds, "cpu": cpu_seconds, "tokens": sum(s["tokens"] for s in meta["splits"].values()),
                    "rss_main_kib": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]),
                    "rss_worker_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}}))
 """
@@ -156,6 +169,7 @@ def main() -> None:
           f"best of {args.repeats} (common approach: {args.common_repeats})")
     best: dict[str, float] = {}
     tokens: dict[str, int] = {}
+    least_cpu: dict[str, float] = {}
     e2e = []
     for r in range(args.repeats):
         for name, run in (("limit", lambda: run_limit(texts, args.num_proc)),
@@ -165,21 +179,24 @@ def main() -> None:
             if run is None:
                 res = run_end_to_end(big, args.num_proc)
                 e2e.append(res)
-                seconds, n = res["seconds"], res["tokens"] - len(texts)  # minus one EOT per story
+                seconds, n, cpu = res["seconds"], res["tokens"] - len(texts), res["cpu"]  # minus one EOT per story
             else:
+                c = cpu_seconds()
                 result = run()
                 if result is None:
                     continue
-                seconds, n = result
+                (seconds, n), cpu = result, cpu_seconds() - c
             tokens[name] = n
             best[name] = min(best.get(name, float("inf")), seconds)
-            print(f"  run {r + 1} {name:12s} {seconds:7.2f} s  {n / seconds / 1e6:5.2f} M tokens/s")
+            least_cpu[name] = min(least_cpu.get(name, float("inf")), cpu)
+            print(f"  run {r + 1} {name:12s} {seconds:7.2f} s  {n / seconds / 1e6:5.2f} M tokens/s  {cpu:6.2f} CPU s")
     assert len(set(tokens.values())) == 1, f"contenders counted different tokens: {tokens}"
     n = tokens["limit"]
     print(f"\nloadavg {os.getloadavg()}")
-    print(f"{'contender':14s} {'seconds':>8s} {'M tok/s':>8s} {'vs limit':>9s}")
+    print(f"{'contender':14s} {'seconds':>8s} {'M tok/s':>8s} {'vs limit':>9s} {'CPU s':>8s} {'CPU vs limit':>13s}")
     for name in best:
-        print(f"{name:14s} {best[name]:8.2f} {n / best[name] / 1e6:8.2f} {best['limit'] / best[name]:9.2f}")
+        print(f"{name:14s} {best[name]:8.2f} {n / best[name] / 1e6:8.2f} {best['limit'] / best[name]:9.2f} "
+              f"{least_cpu[name]:8.2f} {least_cpu['limit'] / least_cpu[name]:13.2f}")
     print(f"end to end / limit        = {best['limit'] / best['end to end']:.2f}  (target >= 0.8)")
     print(f"end to end / limit/procs  = {best['limit/procs'] / best['end to end']:.2f}")
     if "common" in best:
