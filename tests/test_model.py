@@ -1,0 +1,344 @@
+"""Step 4: the GPT against Hugging Face's GPT-2, its attention paths against each other, KV-cached
+generation against full recomputation, training sanity, and sampling rules. CPU, no files, no network."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import model
+from model import GPT, GPTConfig
+
+SMALL = GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=4, n_embd=64, dropout=0.1)
+
+
+def make(config: GPTConfig, seed: int = 0, scale: float = 0.0) -> GPT:
+    """A model in eval mode; scale > 0 also perturbs every tensor (biases, LayerNorm gains too), so that
+    a mapping mistake or a zero-initialised tensor cannot hide behind the default init."""
+    torch.manual_seed(seed)
+    m = GPT(config).eval()
+    if scale:
+        with torch.no_grad():
+            for name, p in m.named_parameters():
+                base = 1.0 if name.endswith("ln_1.weight") or "ln_2.weight" in name or "ln_f.weight" in name else 0.0
+                p.copy_(base + scale * torch.randn_like(p))
+    return m
+
+
+@pytest.fixture(autouse=True)
+def _restore_attention_path():
+    yield
+    model.CausalSelfAttention.use_sdpa = True
+
+
+def random_ids(shape, seed=1, vocab=50257):
+    return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------- size, init, groups
+
+
+def test_default_config_size_and_quiet_constructor(capsys):
+    m = GPT(GPTConfig())
+    assert capsys.readouterr() == ("", "")  # the constructor prints nothing
+    assert m.num_params() == 51_213_824
+    assert 50e6 <= m.num_params() <= 60e6
+    assert m.lm_head.weight is m.transformer.wte.weight  # tied
+    # an independent count: every tensor of the state dict, the tied matrix once
+    sd = m.state_dict()
+    assert m.num_params() == sum(t.numel() for k, t in sd.items() if k != "lm_head.weight")
+
+
+def test_init_statistics_and_flops():
+    c = GPTConfig(n_layer=8, n_embd=256, n_head=4, block_size=128, dropout=0.0)
+    m = GPT(c)
+    proj = torch.cat([m.transformer.h[i].attn.c_proj.weight.flatten() for i in range(c.n_layer)])
+    fc = torch.cat([m.transformer.h[i].mlp.c_fc.weight.flatten() for i in range(c.n_layer)])
+    assert proj.std().item() == pytest.approx(0.02 / math.sqrt(2 * c.n_layer), rel=0.05)
+    assert fc.std().item() == pytest.approx(0.02, rel=0.05)
+    assert m.transformer.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    biases = [p for n, p in m.named_parameters() if n.endswith(".bias")]
+    assert biases and all(torch.all(b == 0) for b in biases)
+    n = m.num_params() - c.block_size * c.n_embd  # nanoGPT's estimate_mfu leaves position embeddings out
+    assert m.flops_per_token() == 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+
+
+def test_optim_groups_decay_only_matrices_each_parameter_once():
+    m = GPT(SMALL)
+    decay, no_decay = m.optim_groups(0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    ids = [id(p) for p in decay["params"] + no_decay["params"]]
+    assert len(ids) == len(set(ids)) == len(list(m.parameters()))
+    assert sum(p.numel() for p in decay["params"] + no_decay["params"]) == m.num_params()
+    torch.optim.AdamW(m.optim_groups(0.1), lr=1e-3)  # accepted as is
+
+
+# ----------------------------------------------------------------------------- against Hugging Face GPT-2
+
+
+def to_hf(m: GPT):
+    """The same weights in transformers' GPT2LMHeadModel (Conv1D layers store weights transposed)."""
+    transformers = pytest.importorskip("transformers")
+    c = m.config
+    hf_config = transformers.GPT2Config(
+        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+        activation_function="gelu_python",  # 0.5 x (1 + erf(x / sqrt 2)): nn.GELU's exact form, computed apart
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+    )
+    hf_config._attn_implementation = "eager"  # its own masked softmax, not SDPA
+    hf = transformers.GPT2LMHeadModel(hf_config).eval()
+    sd = {}
+    for k, v in m.state_dict().items():
+        if k.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")):
+            v = v.t()
+        sd[k] = v
+    if not c.bias:  # our bias-free layers are GPT-2 layers with zero biases
+        for k, v in hf.state_dict().items():
+            if k.endswith(".bias") and k not in sd:
+                sd[k] = torch.zeros_like(v)
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
+    assert not unexpected and not [k for k in missing if k != "lm_head.weight"], (missing, unexpected)
+    hf.tie_weights()
+    assert torch.equal(hf.lm_head.weight, m.lm_head.weight)
+    return hf
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_logits_match_hugging_face_gpt2_small(bias):
+    m = make(GPTConfig(block_size=64, n_layer=3, n_head=4, n_embd=64, dropout=0.1, bias=bias), scale=0.05)
+    hf = to_hf(m)
+    idx = random_ids((3, 64))
+    with torch.no_grad():
+        ours, _ = m(idx)
+        theirs = hf(idx).logits
+    assert ours.shape == (3, 64, 50257)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+def test_logits_match_hugging_face_gpt2_default_config():
+    m = make(GPTConfig(), scale=0.02)
+    hf = to_hf(m)
+    idx = random_ids((2, 24))
+    with torch.no_grad():
+        ours, _ = m(idx)
+        theirs = hf(idx).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+@pytest.mark.parametrize("use_sdpa", [True, False])
+def test_causality(use_sdpa):
+    model.CausalSelfAttention.use_sdpa = use_sdpa
+    m = make(SMALL, scale=0.05)
+    idx = random_ids((2, 40))
+    t = 25
+    changed = idx.clone()
+    changed[:, t] = (changed[:, t] + 1) % 50257
+    with torch.no_grad():
+        a, _ = m(idx)
+        b, _ = m(changed)
+    torch.testing.assert_close(a[:, :t], b[:, :t], atol=0, rtol=0)
+    assert (a[:, t:] - b[:, t:]).abs().amax(dim=-1).min() > 0  # and every later position sees it
+
+
+def test_sdpa_equals_plain_attention_full_and_chunked_with_cache():
+    m = make(SMALL, scale=0.05)
+    idx = random_ids((2, 50))
+    with torch.no_grad():
+        sdpa, _ = m(idx)
+        model.CausalSelfAttention.use_sdpa = False
+        plain, _ = m(idx)
+        # the prompt fed in uneven chunks through the cache: the causal mask of a query chunk of T
+        # tokens after S - T cached ones is tril(diagonal=S - T), on both paths
+        for use_sdpa in (False, True):
+            model.CausalSelfAttention.use_sdpa = use_sdpa
+            caches = [{} for _ in m.transformer.h]
+            chunks = [m(idx[:, a:b], caches=caches)[0] for a, b in [(0, 17), (17, 18), (18, 41), (41, 50)]]
+            torch.testing.assert_close(torch.cat(chunks, dim=1), plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(sdpa, plain, atol=1e-5, rtol=0)
+
+
+def test_forward_rejects_more_than_block_size():
+    m = make(SMALL)
+    with pytest.raises(ValueError, match="block_size"):
+        m(random_ids((1, SMALL.block_size + 1)))
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def full_recompute(m: GPT, idx, n, temperature=0.0, top_k=None, top_p=None, generator=None):
+    """nanoGPT's generate: the whole (cropped) context through the public forward at every step."""
+    for _ in range(n):
+        logits, _ = m(idx[:, -m.config.block_size:])
+        probs_from = logits[:, -1, :]
+        if temperature == 0:
+            nxt = probs_from.argmax(-1)
+        else:
+            nxt = GPT._sample(probs_from, temperature, top_k, top_p, generator)
+        idx = torch.cat([idx, nxt[:, None]], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("prompt_len", [5, 45])  # short, and longer than block_size
+def test_kv_cached_greedy_equals_full_recompute_past_block_size(prompt_len):
+    cfg = GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    m = make(cfg, seed=3, scale=0.3)  # large weights: varied, non-repeating greedy output
+    idx = random_ids((2, prompt_len), seed=4)
+    with torch.no_grad():
+        expected = full_recompute(m, idx, 300)
+    got = m.generate(idx, 300, temperature=0.0)
+    assert got.shape == (2, prompt_len + 300)
+    assert torch.equal(got[:, :prompt_len], idx)
+    assert got.tolist() == expected.tolist()
+    assert len(set(got[0, prompt_len:].tolist())) > 20  # the comparison was not of a constant stream
+
+
+def test_kv_cached_sampling_equals_full_recompute_with_the_same_seed():
+    cfg = GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    m = make(cfg, seed=5, scale=0.1)
+    idx = random_ids((3, 10), seed=6)
+    with torch.no_grad():
+        expected = full_recompute(m, idx, 60, 0.8, 50, 0.9, torch.Generator().manual_seed(7))
+    got = m.generate(idx, 60, temperature=0.8, top_k=50, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    assert got.tolist() == expected.tolist()
+
+
+def test_stream_yields_the_tokens_generate_returns_one_at_a_time():
+    m = make(SMALL, scale=0.1)
+    idx = random_ids((1, 4))
+    stream = m.generate_stream(idx, 12, generator=torch.Generator().manual_seed(0))
+    first = next(stream)  # produced before the rest is computed
+    assert first.shape == (1,) and first.dtype == torch.long
+    toks = [int(first)] + [int(t) for t in stream]
+    got = m.generate(idx, 12, generator=torch.Generator().manual_seed(0))
+    assert got[0, 4:].tolist() == toks
+
+
+def test_prompt_longer_than_block_size_keeps_its_last_block_size_tokens():
+    m = make(SMALL, scale=0.1)
+    idx = random_ids((1, 150))
+    got = m.generate(idx, 10, temperature=0.0)
+    cropped = m.generate(idx[:, -SMALL.block_size:], 10, temperature=0.0)
+    assert got.shape == (1, 160) and torch.equal(got[:, :150], idx)
+    assert torch.equal(got[:, 150:], cropped[:, SMALL.block_size:])
+
+
+def test_stops_at_eos_padding_rows_that_finished_first():
+    m = make(SMALL, seed=2, scale=0.3)
+    idx = random_ids((2, 6), seed=8)
+    free = m.generate(idx, 30, temperature=0.0)[:, 6:]  # no eos: 30 new tokens per row
+    eos = int(free[0, 4])
+    first = [row.index(eos) if eos in row else None for row in free.tolist()]
+    got = m.generate(idx, 30, temperature=0.0, eos_id=eos)[:, 6:]
+    n = 30 if None in first else max(first) + 1
+    assert got.shape == (2, n)
+    for r, f in enumerate(first):
+        if f is None:
+            assert got[r].tolist() == free[r].tolist()
+        else:  # the row up to and including its eos, then eos until every row is done
+            assert got[r, : f + 1].tolist() == free[r, : f + 1].tolist()
+            assert (got[r, f:] == eos).all()
+    assert list(m.generate_stream(idx[:1], 30, temperature=0.0, eos_id=eos))[-1].item() == eos
+
+
+def test_seeded_generator_gives_the_same_sample_twice():
+    m = make(SMALL, scale=0.1)
+    idx = random_ids((2, 5))
+    a = m.generate(idx, 40, temperature=1.0, generator=torch.Generator().manual_seed(123))
+    b = m.generate(idx, 40, temperature=1.0, generator=torch.Generator().manual_seed(123))
+    c = m.generate(idx, 40, temperature=1.0, generator=torch.Generator().manual_seed(124))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_zero_new_tokens_and_bad_arguments():
+    m = make(SMALL)
+    idx = random_ids((1, 3))
+    assert torch.equal(m.generate(idx, 0), idx)
+    for kwargs in ({"temperature": -1.0}, {"top_k": 0}, {"top_p": 0.0}, {"top_p": 1.5}):
+        with pytest.raises(ValueError):
+            m.generate(idx, 1, **kwargs)
+
+
+# ----------------------------------------------------------------------------- sampling rules
+
+
+def allowed_top_k(logits: torch.Tensor, k: int) -> set[int]:
+    return set(sorted(range(len(logits)), key=lambda i: -logits[i].item())[:k])
+
+
+def allowed_top_p(logits: torch.Tensor, p: float) -> set[int]:
+    """The smallest set of likeliest tokens whose total probability reaches p (in float64)."""
+    probs = torch.softmax(logits.double(), dim=-1).tolist()
+    kept, total = set(), 0.0
+    for i in sorted(range(len(probs)), key=lambda i: -probs[i]):
+        kept.add(i)
+        total += probs[i]
+        if total >= p:
+            break
+    return kept
+
+
+@pytest.mark.parametrize("top_k, top_p", [(5, None), (1, None), (None, 0.5), (None, 0.9), (20, 0.6)])
+def test_top_k_top_p_never_sample_outside_the_allowed_set(top_k, top_p):
+    logits = 3.0 * torch.randn(200, generator=torch.Generator().manual_seed(top_k or 0))
+    allowed = set(range(200))
+    if top_k is not None:
+        allowed &= allowed_top_k(logits, top_k)
+    if top_p is not None:  # top-p applies to what top-k left, renormalised
+        masked = torch.full_like(logits, float("-inf"))
+        masked[list(allowed)] = logits[list(allowed)]
+        allowed &= allowed_top_p(masked, top_p)
+    assert 1 <= len(allowed) < 200
+    draws = GPT._sample(logits.expand(20000, -1), 1.0, top_k, top_p, torch.Generator().manual_seed(1))
+    seen = set(draws.tolist())
+    assert seen <= allowed
+    assert seen == allowed or len(allowed) > 30  # small sets are hit in full: the filter is not too tight
+
+
+def test_top_k_one_is_greedy_in_generate():
+    m = make(SMALL, scale=0.1)
+    idx = random_ids((2, 5))
+    sampled = m.generate(idx, 20, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sampled, m.generate(idx, 20, temperature=0.0))
+
+
+# ----------------------------------------------------------------------------- training sanity
+
+
+def test_initial_loss_is_log_vocab():
+    m = make(GPTConfig(), seed=0)
+    idx, targets = random_ids((2, 128), seed=1), random_ids((2, 128), seed=2)
+    with torch.no_grad():
+        _, loss = m(idx, targets)
+    assert abs(loss.item() - math.log(50257)) < 0.1
+
+
+def test_small_model_overfits_one_batch():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=64, dropout=0.0))
+    x, y = random_ids((4, 32), seed=1), random_ids((4, 32), seed=2)
+    opt = torch.optim.AdamW(m.optim_groups(0.0), lr=3e-3)
+    for _ in range(150):
+        _, loss = m(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1
+
+
+def test_targets_minus_one_are_ignored():
+    m = make(SMALL)
+    idx, targets = random_ids((1, 8)), random_ids((1, 8), seed=2)
+    masked = targets.clone()
+    masked[:, 4:] = -1
+    with torch.no_grad():
+        _, half = m(idx, masked)
+        logits, _ = m(idx)
+    expected = torch.nn.functional.cross_entropy(logits[0, :4], targets[0, :4])
+    torch.testing.assert_close(half, expected)
