@@ -755,6 +755,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     model_over, train_over = explicit_settings(args)
     if args.resume:
+        if args.preset:
+            print(f"note: --preset {args.preset} is ignored with --resume; the checkpoint's settings are used")
         out_dir = train_over.get("out_dir", TrainConfig.out_dir)
         mc, tc = settings_for_resume(out_dir, model_over, train_over)
         chosen = f"settings from {Path(out_dir) / CKPT_FILE}"
