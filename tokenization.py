@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -481,8 +482,9 @@ def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None 
     writers = {split: _BinWriter(data_dir / f"{split}.bin") for split in SPLITS}
     start = time.perf_counter()
     try:
-        with tqdm(total=len(shards), desc="tokenizing", unit=" shards", mininterval=0.5) as bar:
-            for shard, tokens in zip(shards, _encoded_in_order(shards, num_proc)):
+        with tqdm(total=len(shards), desc="tokenizing", unit=" shards", mininterval=0.5) as bar, \
+                contextlib.closing(_encoded_in_order(shards, num_proc)) as encoded:  # closing: stop the workers now
+            for shard, tokens in zip(shards, encoded):
                 writers[shard.split].write(tokens)
                 bar.set_postfix_str(shard.split, refresh=False)
                 bar.update(1)

@@ -142,3 +142,11 @@ def test_memory_does_not_grow_over_many_calls(tmp_path):
     for _ in range(10_000):
         b.get_batch("train", 16, generator=gen)
     assert anon_rss_kib() - before < 4 * 1024  # KiB; a per-call leak of even 1 KiB would show 10 MB
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_batches_match_cpu_batches(counting):
+    cpu = Batches(counting, block_size=8).get_batch("train", 4, generator=torch.Generator().manual_seed(3))
+    gpu = Batches(counting, block_size=8, device="cuda").get_batch("train", 4, generator=torch.Generator().manual_seed(3))
+    assert gpu[0].is_cuda and gpu[0].dtype == torch.int64
+    assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
