@@ -157,9 +157,19 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[dict] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy when targets are given.
+        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy when targets are given
+        (targets (B, T); -1 marks positions to ignore). caches: see hidden_states."""
+        logits = self.lm_head(self.hidden_states(idx, caches))  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
 
-        caches: one dict per block for KV-cached generation; positions continue after what they hold.
+    def hidden_states(self, idx: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
+        """idx (B, T) -> the final LayerNorm's output (B, T, C); forward's logits are lm_head of this.
+
+        caches: one dict per block for KV-cached generation. Each block appends this chunk's keys and
+        values to its dict, and positions continue after the ones the caches already hold.
         """
         B, T = idx.shape
         start = caches[0]["k"].size(2) if caches and "k" in caches[0] else 0
@@ -169,11 +179,7 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
         for i, block in enumerate(self.transformer.h):
             x = block(x, caches[i] if caches is not None else None)  # (B, T, C)
-        logits = self.lm_head(self.transformer.ln_f(x))  # (B, T, vocab)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return self.transformer.ln_f(x)  # (B, T, C)
 
     # ------------------------------------------------------------------------- generation
 
@@ -188,35 +194,55 @@ class GPT(nn.Module):
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Iterator[torch.Tensor]:
-        """Yield each new token, (B,) ids, as it is sampled. Stops after max_new_tokens, or once every row
-        has produced eos_id (rows that finished earlier keep receiving eos_id).
+        """Yield each new token as it is sampled: a (B,) LongTensor (batch 1: `int(tok)` is the id).
 
-        Semantics equal full recomputation: each step samples from model(context[-block_size:])[:, -1].
-        The prompt is processed once into a key/value cache; each step then feeds one token. Once the
-        context outgrows block_size, the window slides one token a step and, since learned absolute
-        positions cannot be shifted inside a cache, each such step recomputes the last block_size tokens
-        (correct, and as fast as generation without a cache).
+        idx (B, T) is the prompt. temperature 0 is greedy; otherwise logits / temperature, then top_k
+        (keep the k likeliest), then top_p (keep the smallest set of likeliest tokens whose probability
+        reaches top_p), then one draw from `generator`. Call model.eval() first: dropout stays on in
+        training mode.
+
+        Stops after max_new_tokens, or once every row has produced eos_id. The eos_id is yielded; a row
+        that finished before the others keeps receiving eos_id until the last one ends.
+
+        Semantics are those of recomputing the whole context at each step (nanoGPT's generate): the
+        logits of each step are model(context[:, -block_size:])[:, -1], so a prompt longer than
+        block_size keeps its last block_size tokens. The prompt is processed once into a key/value
+        cache and each following step feeds one token. Positions are learned and absolute, so once
+        the context outgrows block_size every token's position shifts at each step and no cache can
+        be reused: from then on each step recomputes the last block_size tokens (exact, and as fast
+        as generation without a cache).
         """
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
         block = self.config.block_size
         ctx = idx[:, -block:]  # (B, T) a long prompt keeps its end
-        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
-        caches = None
+        done = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)  # (B,)
+        caches = None  # None: (re)compute from ctx; a list: ctx[:, :-1] is in the caches already
         for _ in range(max_new_tokens):
-            if caches is None:  # (re)fill the cache from the context
+            if caches is not None:
+                h = self.hidden_states(ctx[:, -1:], caches)  # (B, 1, C) one new token
+            elif ctx.size(1) < block:  # the prompt, or nothing cached yet: fill the caches
                 caches = [{} for _ in self.transformer.h]
-                logits, _ = self(ctx, caches=caches)
-            else:
-                logits, _ = self(ctx[:, -1:], caches=caches)
-            nxt = self._sample(logits[:, -1, :].float(), temperature, top_k, top_p, generator)  # (B,)
+                h = self.hidden_states(ctx, caches)  # (B, T, C)
+            else:  # a full window: the next step shifts every position, so keep no cache
+                h = self.hidden_states(ctx)  # (B, block, C)
+            logits = self.lm_head(h[:, -1, :]).float()  # (B, vocab) only the last position is needed
+            nxt = self._sample(logits, temperature, top_k, top_p, generator)  # (B,)
             if eos_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)  # finished rows keep eos_id
                 done |= nxt == eos_id
             yield nxt
             if eos_id is not None and bool(done.all()):
                 return
             ctx = torch.cat([ctx, nxt[:, None]], dim=1)  # (B, T+1)
-            if ctx.size(1) > block:  # the cache cannot take another position: slide and recompute
-                ctx = ctx[:, -block:]
+            if ctx.size(1) > block:  # slide the window: positions shift, the caches are stale
+                ctx = ctx[:, -block:]  # (B, block)
                 caches = None
 
     @torch.no_grad()
@@ -230,24 +256,31 @@ class GPT(nn.Module):
         eos_id: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """idx (B, T) -> (B, T + new): the prompt followed by the sampled tokens (see generate_stream)."""
+        """idx (B, T) -> (B, T + new): the whole prompt followed by the sampled tokens, new <=
+        max_new_tokens (fewer only when every row reached eos_id). Arguments as in generate_stream."""
         new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator))
-        return torch.cat([idx] + [t[:, None] for t in new], dim=1) if new else idx
+        return torch.cat([idx] + [t[:, None] for t in new], dim=1) if new else idx.clone()  # (B, T+new)
 
     @staticmethod
-    def _sample(logits, temperature, top_k, top_p, generator) -> torch.Tensor:
+    def _sample(
+        logits: torch.Tensor,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         """logits (B, vocab) -> (B,) ids. temperature 0 is greedy; top_k and top_p restrict the choice."""
         if temperature == 0:
-            return logits.argmax(dim=-1)
-        logits = logits / temperature
+            return logits.argmax(dim=-1)  # (B,)
+        logits = logits / temperature  # (B, vocab)
         if top_k is not None and top_k < logits.size(-1):
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest logit
+            logits = logits.masked_fill(logits < kth, float("-inf"))  # (B, vocab)
         if top_p is not None and top_p < 1.0:
-            sorted_logits, order = torch.sort(logits, descending=True)  # (B, vocab)
-            cum = F.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-            drop = cum - F.softmax(sorted_logits, dim=-1) >= top_p  # keep the smallest prefix reaching top_p
-            sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-        probs = F.softmax(logits, dim=-1)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            sorted_logits, order = torch.sort(logits, descending=True)  # (B, vocab) each
+            probs = F.softmax(sorted_logits, dim=-1)  # (B, vocab)
+            before = probs.cumsum(dim=-1) - probs  # (B, vocab) mass of the likelier tokens
+            sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the first always stays
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)  # (B, vocab)
+        probs = F.softmax(logits, dim=-1)  # (B, vocab)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
