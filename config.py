@@ -96,18 +96,22 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
     "cpu": Preset(
-        description="about 10 minutes on 2 CPU cores: a small model that writes readable stories",
-        model=GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
+        description="about 9 minutes on 2 CPU cores: a small model that writes readable stories",
+        # The 50257-row LM head is most of the compute at this width (~1,700 tokens/s on 2 idle cores).
+        # At a fixed token budget, small batches and more steps won clearly: 4 x 256 reached validation
+        # loss 2.89 where 8 x 256 reached 3.96 on the same 205k tokens (built-in corpus).
+        model=GPTConfig(block_size=256, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
         train=replace(
             TrainConfig(),
-            batch_size=16,
-            max_iters=2000,
+            batch_size=4,
+            max_iters=800,
             learning_rate=2e-3,
             min_lr=2e-4,
-            warmup_iters=100,
-            eval_interval=200,
-            eval_iters=20,
+            warmup_iters=30,
+            eval_interval=100,
+            eval_iters=10,
             dtype="float32",
+            max_minutes=9.5,  # safety net for slower machines: evaluate, save and stop
         ),
     ),
     "gpu": Preset(

@@ -490,7 +490,7 @@ def train(
     progress: bool = True,
     preset: str | None = None,
 ) -> dict:
-    """Train (or resume) with settings already checked by check_settings; returns a summary dict.
+    """Train (or resume from OUT/ckpt.pt); returns a summary dict. Settings are checked first.
 
     summary["stopped"] is "done", "time" (max_minutes), "stop_after" or the signal name (SIGINT, SIGTERM).
     A non-finite loss raises CLIError naming the step; the checkpoints on disk are left as they were.
@@ -500,6 +500,7 @@ def train(
     from batches import Batches
     from model import GPT
 
+    check_settings(mc, tc, stop_after, peak_flops)
     t_start = time.time()
     out_dir = Path(tc.out_dir)
     device = pick_device(tc.device)
@@ -734,6 +735,10 @@ def settings_for_resume(out_dir: str, model_over: dict, train_over: dict) -> tup
     if "train_config" not in ckpt:
         raise CLIError(f"{Path(out_dir) / CKPT_FILE} has no training state; it cannot be resumed")
     mc = config_from_dict(ckpt["config"])
+    unknown = set(ckpt["train_config"]) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise CLIError(f"{Path(out_dir) / CKPT_FILE} has training settings this version does not know "
+                       f"({', '.join(sorted(unknown))}); resume it with the version that wrote it")
     tc = TrainConfig(**ckpt["train_config"])
     for name, value in {**model_over, **train_over}.items():
         was = getattr(mc, name) if name in model_over else getattr(tc, name)
