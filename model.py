@@ -27,6 +27,7 @@ class CausalSelfAttention(nn.Module):
         assert config.n_embd % config.n_head == 0, "n_embd must be divisible by n_head"
         self.n_head = config.n_head
         self.n_embd = config.n_embd
+        self.block_size = config.block_size
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -40,17 +41,25 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:  # append this step's keys and values to the ones already computed
-            if "k" in cache:
-                k = torch.cat([cache["k"], k], dim=2)  # (B, nh, P+T, hs)
-                v = torch.cat([cache["v"], v], dim=2)  # (B, nh, P+T, hs)
-            cache["k"], cache["v"] = k, v
+        if cache is not None:  # write this chunk's keys and values after the P already cached
+            if "k" not in cache:  # buffers for the whole window, allocated once: no copy per step
+                cache["k"] = k.new_empty(B, self.n_head, self.block_size, hs)  # (B, nh, block, hs)
+                cache["v"] = v.new_empty(B, self.n_head, self.block_size, hs)  # (B, nh, block, hs)
+                cache["n"] = 0
+            P = cache["n"]
+            cache["k"][:, :, P : P + T] = k
+            cache["v"][:, :, P : P + T] = v
+            cache["n"] = P + T
+            k = cache["k"][:, :, : P + T]  # (B, nh, P+T, hs)
+            v = cache["v"][:, :, : P + T]  # (B, nh, P+T, hs)
         S = k.size(2)  # keys visible: the cached prefix plus this chunk
         p = self.dropout if self.training else 0.0
         if self.use_sdpa:
-            if S == T:
+            if S == T:  # no cache, or the prompt into an empty one
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
-            else:
+            elif T == 1:  # one new token sees every cached key: no mask needed
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, nh, 1, hs)
+            else:  # a chunk after cached tokens: is_causal would align the mask to the top left, not here
                 mask = self._causal_mask(T, S, x.device)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
         else:
@@ -168,11 +177,12 @@ class GPT(nn.Module):
     def hidden_states(self, idx: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
         """idx (B, T) -> the final LayerNorm's output (B, T, C); forward's logits are lm_head of this.
 
-        caches: one dict per block for KV-cached generation. Each block appends this chunk's keys and
-        values to its dict, and positions continue after the ones the caches already hold.
+        caches: one dict per block for KV-cached generation, empty at first. Each block keeps its keys
+        and values in it ("k", "v": (B, nh, block_size, hs) buffers, "n": positions filled), writes
+        this chunk's after them, and this chunk's positions continue from there.
         """
         B, T = idx.shape
-        start = caches[0]["k"].size(2) if caches and "k" in caches[0] else 0
+        start = caches[0].get("n", 0) if caches else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
