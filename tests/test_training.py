@@ -157,7 +157,7 @@ def test_bad_setting_is_one_line_on_stderr_and_exit_status_2(tiny_data_dir, tmp_
 
 
 def test_loss_falls_and_the_outputs_are_complete(tiny_data_dir, tmp_path):
-    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=30, eval_interval=15, eval_iters=2)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=30, eval_interval=15, eval_iters=2, batch_size=4)
     s = training.train(mc, tc, progress=False)
     out = Path(tc.out_dir)
     rows = training.read_log(out / training.LOG_FILE)
@@ -221,7 +221,8 @@ def test_resume_continues_exactly(tiny_data_dir, tmp_path):
 
 
 def test_resume_refuses_changed_settings(tiny_data_dir, tmp_path):
-    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=4, eval_interval=2, batch_size=2, eval_iters=1)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=4, warmup_iters=1, eval_interval=2, batch_size=2,
+                   eval_iters=1)
     training.train(mc, tc, progress=False, stop_after=2)
     with pytest.raises(CLIError, match="--max-iters 100 differs from the 4"):
         training.main(["--resume", "--out-dir", tc.out_dir, "--max-iters", "100"])
