@@ -24,7 +24,7 @@ def make(config: GPTConfig, seed: int = 0, scale: float = 0.0) -> GPT:
     if scale:
         with torch.no_grad():
             for name, p in m.named_parameters():
-                base = 1.0 if name.endswith("ln_1.weight") or "ln_2.weight" in name or "ln_f.weight" in name else 0.0
+                base = 1.0 if p.dim() == 1 and name.endswith(".weight") else 0.0  # LayerNorm gains around 1
                 p.copy_(base + scale * torch.randn_like(p))
     return m
 
@@ -188,11 +188,11 @@ def full_recompute(m: GPT, idx, n, temperature=0.0, top_k=None, top_p=None, gene
     """nanoGPT's generate: the whole (cropped) context through the public forward at every step."""
     for _ in range(n):
         logits, _ = m(idx[:, -m.config.block_size:])
-        probs_from = logits[:, -1, :]
+        last = logits[:, -1, :]  # (B, vocab)
         if temperature == 0:
-            nxt = probs_from.argmax(-1)
+            nxt = last.argmax(-1)
         else:
-            nxt = GPT._sample(probs_from, temperature, top_k, top_p, generator)
+            nxt = GPT._sample(last, temperature, top_k, top_p, generator)
         idx = torch.cat([idx, nxt[:, None]], dim=1)
     return idx
 
