@@ -1,6 +1,7 @@
 """Benchmark for Step 5: train a preset, then write three sample stories from the best model.
 
     python benchmarks/bench_training.py --data-dir data --out-dir out/bench-cpu -- --preset cpu
+    python benchmarks/bench_training.py --no-train --out-dir out     # report the run `make run` just made
 
 Everything after `--` goes to training.py unchanged. Prints the machine's load average beside the
 figures (the machine may be shared, so timings are noisy), the validation loss reached, where the loss
@@ -52,11 +53,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-train", action="store_true",
+                   help="report the finished run in --out-dir (its log and samples) instead of training one; "
+                        "its wall time is in training.py's own closing line")
     args = p.parse_args(own)
 
     load_before = os.getloadavg()
     cmd = ["--data-dir", args.data_dir, "--out-dir", args.out_dir, *extra]
-    summary = training.main(cmd)
+    summary = None if args.no_train else training.main(cmd)
     load_after = os.getloadavg()
     out = Path(args.out_dir)
     stories = sample_stories(out / training.BEST_FILE, args.stories, args.max_new_tokens, args.temperature,
@@ -65,14 +69,21 @@ def main(argv: list[str] | None = None) -> None:
     rows = training.read_log(out / training.LOG_FILE)
     print("\n" + "=" * 80)
     print(f"## {datetime.date.today()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
-    print(f"command: python training.py {' '.join(cmd)}")
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1-minute)")
-    print(f"data: {summary['data']}")
-    print(f"stopped: {summary['stopped']} at step {summary['step']} of {summary['max_iters']}, "
-          f"{summary['elapsed_s'] / 60:.1f} min wall, {summary['tokens_trained']:,} tokens, "
-          f"{summary['tokens_per_s']:,.0f} tokens/s (training loop, evaluations included)")
-    print(f"validation loss: {rows[0]['val_loss']:.4f} at step 0 -> best {summary['best_val_loss']:.4f} at step "
-          f"{summary['best_step']} (train {rows[-1]['train_loss']:.4f} at the end)")
+    if summary is None:
+        best = min(rows, key=lambda r: r["val_loss"])
+        print(f"report of the finished run in {out} (not trained by this command)")
+        print(f"data: {training.describe_data(load_checkpoint(out / training.BEST_FILE)['data'])}")
+        print(f"validation loss: {rows[0]['val_loss']:.4f} at step 0 -> best {best['val_loss']:.4f} at step "
+              f"{best['step']} (train {rows[-1]['train_loss']:.4f} at the end)")
+    else:
+        print(f"command: python training.py {' '.join(cmd)}")
+        print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1-minute)")
+        print(f"data: {summary['data']}")
+        print(f"stopped: {summary['stopped']} at step {summary['step']} of {summary['max_iters']}, "
+              f"{summary['elapsed_s'] / 60:.1f} min wall, {summary['tokens_trained']:,} tokens, "
+              f"{summary['tokens_per_s']:,.0f} tokens/s (training loop, evaluations included)")
+        print(f"validation loss: {rows[0]['val_loss']:.4f} at step 0 -> best {summary['best_val_loss']:.4f} at step "
+              f"{summary['best_step']} (train {rows[-1]['train_loss']:.4f} at the end)")
     print(f"loss plot: {out / training.PLOT_FILE}")
     print("evaluations (step: train / validation):")
     for r in rows:
