@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -19,6 +20,13 @@ from config import GPTConfig
 
 class CLIError(Exception):
     """A problem with the user's input or files. Scripts print it as one line and exit with 2."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its class name if it has none), without terminal colour
+    codes: libraries' messages can run to many lines, and a CLIError must stay one line."""
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
+    return lines[0].strip() if lines else type(e).__name__
 
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
@@ -134,7 +142,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickles of arbitrary objects, ...
-        raise CLIError(f"{path} is not a readable checkpoint (truncated or not made by training.py): {e}") from None
+        raise CLIError(f"{path} is not a readable checkpoint (truncated or not made by training.py): {first_line(e)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CLIError(f"{path} is not a checkpoint made by training.py (no 'model' and 'config' entries)")
     return ckpt
@@ -148,6 +156,5 @@ def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CLIError(f"checkpoint weights do not match its own config: {first}") from None
+        raise CLIError(f"checkpoint weights do not match its own config: {first_line(e)}") from None
     return model.to(device)

@@ -48,7 +48,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from common import CLIError, run_cli
+from common import CLIError, first_line, run_cli
 from config import Paths
 
 HUB_DATASET = "roneneldan/TinyStories"
@@ -203,9 +203,8 @@ def _load_hub():
     try:
         dd = datasets.load_dataset(HUB_DATASET)
     except Exception as e:  # network errors come in many classes (requests, httpx, hub, datasets)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CLIError(
-            f"could not load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}: {first}); check the "
+            f"could not load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}: {first_line(e)}); check the "
             "connection, or use --source local --data-files train=PATH, or --source builtin"
         ) from None
     missing = [s for s in SPLITS if s not in dd]
@@ -290,15 +289,13 @@ def _load_local_file(split: str, path: Path, cache_dir: Path):
         if cause is not None:
             raise cause from None
         inner = e.__cause__ or e
-        first = (str(inner).strip().splitlines() or [type(inner).__name__])[0]
-        raise CLIError(f"{what} could not be read as {suffix} ({first}); check that the file is complete") from None
+        raise CLIError(f"{what} could not be read as {suffix} ({first_line(inner)}); check that the file is complete") from None
     except CLIError:
         raise
     except Exception as e:
         if "corresponds to no data" in str(e):  # datasets' word for a file that yielded no rows
             raise CLIError(f"{what} holds no stories; pass a file with stories in it") from None
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CLIError(f"{what} could not be read as {suffix} ({type(e).__name__}: {first}); check the file") from None
+        raise CLIError(f"{what} could not be read as {suffix} ({type(e).__name__}: {first_line(e)}); check the file") from None
     ds = _text_only(ds, what)
     if len(ds) == 0:
         raise CLIError(f"{what} holds no stories; pass a file with stories in it")

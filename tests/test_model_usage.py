@@ -7,6 +7,7 @@ The helpers at the top are shared with test_evaluate.py and test_export_hf.py.
 
 from __future__ import annotations
 
+import argparse
 import io
 import os
 import re
@@ -281,10 +282,13 @@ def test_not_a_checkpoint_and_truncated_are_one_line_errors(tmp_path, ckpts, cap
     truncated.write_bytes(data[: len(data) // 2])
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(3)}, other)
-    for path in (garbage, truncated, other, tmp_path):
+    pickled = tmp_path / "pickled.pt"  # arbitrary Python objects: torch's refusal is many lines, with colour codes
+    torch.save({"model": argparse.Namespace(), "config": {}}, pickled)
+    for path in (garbage, truncated, other, pickled, tmp_path):
         code, out, err = run_main(["--checkpoint", str(path)], capsys)
         assert code == 2, path
         assert err.startswith("error: ") and err.count("\n") == 1 and str(path) in err
+        assert "\x1b" not in err
         assert out == ""
 
 
