@@ -42,29 +42,14 @@ EVAL_TOKENS_PER_BATCH = 1024  # positions per forward pass: bounds the (B, T, vo
 # ----------------------------------------------------------------------------- token streams
 
 
-def read_raw_stories(path: Path) -> list[str]:
-    """Stories of a TinyStories raw .txt file (separated by lines holding only <|endoftext|>), parsed by
-    load_dataset.py's own reader, so a file scores exactly like the same stories loaded by Step 1."""
-    from load_dataset import iter_raw_stories
-
-    def lines(f):
-        for lineno, raw in enumerate(f, 1):
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise CLIError(f"{path} line {lineno} is not UTF-8 text ({e.reason})") from None
-
-    with open(path, "rb") as f:
-        return list(iter_raw_stories(lines(f)))
-
-
 def text_file_tokens(path: Path) -> tuple[np.ndarray, int]:
     """([EOT] story [EOT] story ... of a raw .txt file, laid out as tokenization.py lays out a split, story count)."""
+    from load_dataset import iter_raw_file  # Step 1's own reader: a file scores like the same stories loaded there
     from tokenization import encode_stories
 
     if not path.is_file():
         raise CLIError(f"--text-file {path} does not exist or is not a file")
-    stories = read_raw_stories(path)
+    stories = list(iter_raw_file(path))
     if not stories:
         raise CLIError(f"--text-file {path} holds no stories")
     return encode_stories(stories), len(stories)

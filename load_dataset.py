@@ -93,6 +93,22 @@ def parse_raw_text(text: str) -> list[str]:
     return list(iter_raw_stories(io.StringIO(text, newline="\n")))  # split on \n only, as the file reader does
 
 
+def iter_raw_file(path: str | os.PathLike, bar=None) -> Iterator[str]:
+    """The stories of a raw .txt file, streamed line by line (bar: a tqdm advanced by the bytes read)."""
+
+    def lines(f):
+        for lineno, raw in enumerate(f, 1):
+            if bar is not None:
+                bar.update(len(raw))
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CLIError(f"{path} line {lineno} is not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
+
+    with open(path, "rb") as f:
+        yield from iter_raw_stories(lines(f))
+
+
 def _raw_file_rows(path: str, size: int, mtime_ns: int) -> Iterator[dict]:
     """Rows {"text": story} of a raw .txt file, read line by line with a byte progress bar.
 
@@ -100,16 +116,8 @@ def _raw_file_rows(path: str, size: int, mtime_ns: int) -> Iterator[dict]:
     fingerprint changes when the file does."""
     from tqdm import tqdm
 
-    def lines(f, bar):
-        for lineno, raw in enumerate(f, 1):
-            bar.update(len(raw))
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise CLIError(f"{path} line {lineno} is not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
-
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {Path(path).name}") as bar:
-        for story in iter_raw_stories(lines(f, bar)):
+    with tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {Path(path).name}") as bar:
+        for story in iter_raw_file(path, bar):
             yield {"text": story}
 
 
