@@ -23,22 +23,17 @@ import torch  # noqa: E402
 
 import training  # noqa: E402
 from common import load_checkpoint, model_from_checkpoint, run_cli  # noqa: E402
-from config import EOT_ID  # noqa: E402
 
 
 def sample_stories(checkpoint: Path, n: int, max_new_tokens: int, temperature: float, top_k: int, seed: int):
+    """n stories from an empty prompt, by evaluate.py's sampler (one generator seeded once), as text."""
+    import evaluate
     from tokenization import get_encoding
 
-    enc = get_encoding()
     model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    gen = torch.Generator().manual_seed(seed)
-    stories = []
-    for _ in range(n):
-        idx = torch.tensor([[EOT_ID]])  # an empty prompt: the start of a story
-        out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, eos_id=EOT_ID, generator=gen)
-        tokens = [t for t in out[0, 1:].tolist() if t != EOT_ID]
-        stories.append(enc.decode(tokens).strip())
-    return stories
+    stories, _ = evaluate.sample_stories(model, n, max_new_tokens, seed, temperature, top_k, None)
+    enc = get_encoding()
+    return [enc.decode(tokens).strip() for tokens in stories]
 
 
 def main(argv: list[str] | None = None) -> None:
