@@ -104,6 +104,58 @@ class Block(nn.Module):
         return x
 
 
+HEAD_LOSS_ROWS = 32  # positions per chunk: 32 x 50257 float32 logits (6 MB) stay in the CPU's cache
+
+
+class _HeadLoss(torch.autograd.Function):
+    """Mean cross-entropy of softmax(h @ w.T) against targets, with its gradient computed on the way.
+
+    The LM head's logits are (N, 50257): at width 128 the head is ~90% of the model's FLOPs, and on a
+    CPU the plain path spends more time than that moving its float32 logits (cast, log-softmax, its
+    backward, zero-filled gradients) than multiplying. Here each chunk of HEAD_LOSS_ROWS rows is
+    multiplied, exponentiated once, turned into its loss and into its gradient (softmax - one_hot) / n
+    while it is still in cache; the gradients of h and w then come from two large matmuls. The numbers
+    are those of F.cross_entropy(h @ w.T, targets, ignore_index=-1) (the tests compare them).
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        hl, wl = h.to(dtype), w.to(dtype)  # (N, C), (V, C) the matmul inputs, as autocast would cast them
+        keep = targets != -1  # (N,)
+        n = keep.sum().clamp(min=1).float()  # positions scored
+        want_grad = any(ctx.needs_input_grad[:2])
+        grad_logits = torch.empty(h.size(0), w.size(0), dtype=dtype, device=h.device) if want_grad else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s in range(0, h.size(0), HEAD_LOSS_ROWS):
+            rows = slice(s, s + HEAD_LOSS_ROWS)
+            e = torch.mm(hl[rows], wl.t()).float()  # (R, V) logits
+            m = e.amax(dim=1, keepdim=True)  # (R, 1)
+            e.sub_(m).exp_()  # (R, V) exp(logit - max)
+            z = e.sum(dim=1, keepdim=True)  # (R, 1)
+            k = keep[rows, None].float()  # (R, 1)
+            t = targets[rows, None].clamp(min=0)  # (R, 1)
+            total += ((z.log() - e.gather(1, t).log()) * k).sum()  # -log softmax at the target
+            if want_grad:
+                e.mul_(k / (n * z))  # (R, V) softmax / n, zero on ignored rows
+                e.scatter_add_(1, t, -k / n)  # minus one_hot / n
+                grad_logits[rows] = e
+        if want_grad:
+            ctx.save_for_backward(torch.mm(grad_logits, wl).to(h.dtype), torch.mm(grad_logits.t(), hl).to(w.dtype))
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors  # (N, C), (V, C)
+        return grad_h * grad_loss, grad_w * grad_loss, None
+
+
+def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """h (N, C) final hidden states, w (V, C) the LM head, targets (N,) with -1 ignored -> mean cross-entropy."""
+    return _HeadLoss.apply(h, w, targets)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -164,11 +216,22 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------- forward
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, caches: list[dict] | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        caches: list[dict] | None = None,
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy when targets are given
-        (targets (B, T); -1 marks positions to ignore). caches: see hidden_states."""
-        logits = self.lm_head(self.hidden_states(idx, caches))  # (B, T, vocab)
+        (targets (B, T); -1 marks positions to ignore). caches: see hidden_states.
+
+        return_logits=False (with targets): logits come back as None and the loss, the same number, is
+        computed by head_loss a few rows at a time, never holding the (B*T, vocab) float32 logits: on a
+        CPU that makes a training step about twice as fast (see head_loss)."""
+        h = self.hidden_states(idx, caches)  # (B, T, C)
+        if targets is not None and not return_logits:
+            return None, head_loss(h.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
+        logits = self.lm_head(h)  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)

@@ -367,3 +367,27 @@ def test_targets_minus_one_are_ignored():
         logits, _ = m(idx)
     expected = torch.nn.functional.cross_entropy(logits[0, :4], targets[0, :4])
     torch.testing.assert_close(half, expected)
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_head_loss_equals_the_logits_path_in_loss_and_every_gradient(dtype):
+    """return_logits=False (the chunked head loss training uses on a CPU) against F.cross_entropy over the
+    full logits: the same loss and the same gradient for every parameter, ignored targets included, in
+    float32 and under bfloat16 autocast. 70 positions: two full 32-row chunks and a partial one."""
+    m = make(SMALL, scale=0.05)  # eval mode: no dropout, gradients all the same
+    x, y = random_ids((2, 35), seed=3), random_ids((2, 35), seed=4)
+    y[0, :9] = -1
+    results = []
+    for return_logits in (True, False):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            logits, loss = m(x, y, return_logits=return_logits)
+        loss.backward()
+        assert (logits is None) == (not return_logits)
+        results.append((loss.item(), {n: p.grad.clone() for n, p in m.named_parameters()}))
+    (loss_full, grads_full), (loss_chunked, grads_chunked) = results
+    assert loss_chunked == pytest.approx(loss_full, rel=1e-5)
+    for name, g in grads_full.items():  # bfloat16 rounds each path's products in its own order
+        assert (grads_chunked[name] - g).norm() <= (1e-5 if dtype is None else 1e-2) * g.norm(), name
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        assert m(x, y, return_logits=False)[1].item() == pytest.approx(loss_full, rel=1e-5)  # no gradient wanted
