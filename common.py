@@ -1,5 +1,5 @@
 """Small helpers more than one step needs: clean command-line errors, device and dtype choice,
-atomic file writes, and the one checkpoint format.
+atomic file writes, the one checkpoint format, and how a checkpoint's training data is described.
 
 Rooms import from here instead of repeating these blocks (nanoGPT pastes its device/dtype block
 into three scripts; llama2.c its checkpoint-key fix into four).
@@ -176,3 +176,23 @@ def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
     except RuntimeError as e:
         raise CLIError(f"checkpoint weights do not match its own config: {first_line(e)}") from None
     return model.to(device)
+
+
+# ----------------------------------------------------------------------------- where a checkpoint's data came from
+
+
+def describe_source(ckpt: dict) -> str:
+    """What the checkpoint was trained on, in a few words; the built-in demo corpus is said loudly."""
+    source = (ckpt.get("data") or {}).get("source") or {}
+    kind = source.get("source")  # load_dataset.py's raw/source.json, copied into meta.json and the checkpoint
+    if kind is None:
+        return "training data unknown (the checkpoint does not record it)"
+    if kind == "builtin" or source.get("demo"):
+        why = "; the hub could not be reached" if source.get("fallback_reason") else ""
+        return f"trained on the BUILT-IN DEMO CORPUS (generated stories, not TinyStories{why})"
+    if kind == "hub":
+        return f"trained on TinyStories from the Hugging Face hub ({source.get('dataset', 'roneneldan/TinyStories')})"
+    if kind == "local":
+        files = ", ".join(f"{split}={path}" for split, path in (source.get("data_files") or {}).items())
+        return f"trained on local files ({files})"
+    return f"trained on source {kind!r}"

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 import model_usage
-from common import CLIError, autocast, pick_device, pick_dtype, run_cli
+from common import CLIError, autocast, describe_source, pick_device, pick_dtype, run_cli
 from config import EOT_ID, Paths
 
 EVAL_TOKENS_PER_BATCH = 1024  # positions per forward pass: bounds the (B, T, vocab) logits to ~200 MB
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "checkpoint": str(args.checkpoint),
         "step": ckpt.get("step"),
-        "trained_on": model_usage.describe_source(ckpt),
+        "trained_on": describe_source(ckpt),
         "scored": source,
     }
     result.update(score_tokens(model, tokens, token_byte_lengths(enc), stride=args.stride,

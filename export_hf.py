@@ -19,9 +19,9 @@ import argparse
 import json
 from pathlib import Path
 
-from common import CLIError, atomic_write, config_from_dict, load_checkpoint, run_cli
+from common import CLIError, atomic_write, config_from_dict, describe_source, load_checkpoint, run_cli
 from config import EOT_ID, VOCAB_SIZE
-from model_usage import DEFAULT_CHECKPOINT, describe_source
+from model_usage import DEFAULT_CHECKPOINT
 from tokenization import EOT_TEXT, gpt2_file_bytes
 
 def hf_config(cfg) -> dict:

@@ -15,7 +15,16 @@ import codecs
 import sys
 from typing import Iterable, TextIO
 
-from common import CLIError, autocast, load_checkpoint, model_from_checkpoint, pick_device, pick_dtype, run_cli
+from common import (
+    CLIError,
+    autocast,
+    describe_source,
+    load_checkpoint,
+    model_from_checkpoint,
+    pick_device,
+    pick_dtype,
+    run_cli,
+)
 from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME
 from tokenization import EOT_TEXT, get_encoding
 
@@ -58,23 +67,6 @@ def check_vocab(ckpt: dict, enc, path) -> None:
             f"{path} puts end-of-text token {eot} {data.get('eot_position')!r} each story, but this project uses "
             f"{EOT_ID} {EOT_POSITION!r}; retrain with: python training.py"
         )
-
-
-def describe_source(ckpt: dict) -> str:
-    """What the checkpoint was trained on, in a few words; the built-in demo corpus is said loudly."""
-    source = (ckpt.get("data") or {}).get("source") or {}
-    kind = source.get("source")  # load_dataset.py's raw/source.json, copied into meta.json and the checkpoint
-    if kind is None:
-        return "training data unknown (the checkpoint does not record it)"
-    if kind == "builtin" or source.get("demo"):
-        why = "; the hub could not be reached" if source.get("fallback_reason") else ""
-        return f"trained on the BUILT-IN DEMO CORPUS (generated stories, not TinyStories{why})"
-    if kind == "hub":
-        return f"trained on TinyStories from the Hugging Face hub ({source.get('dataset', 'roneneldan/TinyStories')})"
-    if kind == "local":
-        files = ", ".join(f"{split}={path}" for split, path in (source.get("data_files") or {}).items())
-        return f"trained on local files ({files})"
-    return f"trained on source {kind!r}"
 
 
 def load_for_inference(path, device: str):

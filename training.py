@@ -45,6 +45,7 @@ from common import (
     autocast,
     config_from_dict,
     config_to_dict,
+    describe_source,
     load_checkpoint,
     pick_device,
     pick_dtype,
@@ -229,8 +230,6 @@ def data_facts(meta: dict) -> dict:
 
 def describe_data(facts: dict) -> str:
     """The data source in a few words; the built-in demo corpus is said LOUDLY."""
-    from model_usage import describe_source
-
     return describe_source({"data": facts})
 
 
