@@ -31,8 +31,9 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -451,7 +452,251 @@ def evaluate(model, batches, tc: TrainConfig, device: str, dtype: str, dist: Dis
     return losses
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- one run: build and restore
+
+
+@dataclass
+class Run:
+    """One training run: its settings, where it runs, what it trains, and how far it has got.
+
+    build_run() makes it (and restore() brings it to a checkpoint's step); train_step() and
+    evaluate_and_save() move it on. The loop in train() only calls these."""
+
+    mc: GPTConfig
+    tc: TrainConfig
+    preset: str | None
+    device: str
+    dtype: str
+    dist: Dist
+    say: Callable[[str], None]  # prints on rank 0 only, above the progress bar
+    out_dir: Path
+    facts: dict  # what the checkpoints record about the data (data_facts)
+    batches: Any
+    raw_model: torch.nn.Module  # uncompiled: its state_dict is what gets saved, so no _orig_mod. keys
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    batch_gen: torch.Generator  # draws the training batches; evaluation has its own generators
+    tokens_per_step: int
+    t_start: float
+    model: torch.nn.Module = None  # raw_model, compiled if asked: what evaluates
+    train_model: torch.nn.Module = None  # model, wrapped in DDP under torchrun: what trains
+    # progress: what the checkpoints save and restore
+    step: int = 0  # optimizer steps done
+    best_val: float = math.inf
+    best_step: int = -1
+    history: list = field(default_factory=list)  # one row per evaluation, as in log.csv
+    step_loss: float = math.nan  # training loss of the last step
+    # this process only
+    lr: float = math.nan  # learning rate the last step used
+    eval_s: float = 0.0  # how long the last evaluate_and_save took
+    t_train: float = 0.0  # when the loop started
+
+
+def pick_hardware(tc: TrainConfig) -> tuple[str, str, Dist]:
+    """(device, dtype, Dist): where this process trains, in which precision, as which rank."""
+    device = pick_device(tc.device)
+    dtype = pick_dtype(tc.dtype, device)
+    if dtype == "float16" and not device.startswith("cuda"):
+        raise CLIError(f"--dtype float16 needs a CUDA GPU (GradScaler); on {device} use float32 or bfloat16")
+    dist = Dist(device)
+    if dist.device == "cpu":
+        keep_freed_memory()
+    if dist.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return dist.device, dtype, dist
+
+
+def read_resume_checkpoint(out_dir: Path, tc: TrainConfig, facts: dict) -> dict:
+    """OUT/ckpt.pt, checked: it holds a training state and was trained on the same data."""
+    ckpt = load_checkpoint(out_dir / CKPT_FILE, map_location="cpu")
+    if "optimizer" not in ckpt:
+        raise CLIError(f"{out_dir / CKPT_FILE} has no optimizer state; it cannot be resumed")
+    for split, v in facts["splits"].items():
+        was = ckpt["data"]["splits"][split]["sha256"]
+        if v["sha256"] != was:
+            raise CLIError(f"the {split} data in {tc.data_dir} changed since {out_dir / CKPT_FILE} was written "
+                           f"(sha256 {v['sha256'][:12]} != {was[:12]}); resume on the same data or start afresh")
+    return ckpt
+
+
+def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | None) -> Run:
+    """Everything a run needs, in order: hardware, data, seeds, model, optimizer, schedule; then the
+    checkpoint's state when resuming, then compile and DDP. Nothing is written to OUT here."""
+    from batches import Batches
+    from model import GPT
+
+    t_start = time.time()
+    device, dtype, dist = pick_hardware(tc)
+    meta = check_data(mc, tc)
+    facts = data_facts(meta)
+    out_dir = Path(tc.out_dir)
+    ckpt = read_resume_checkpoint(out_dir, tc, facts) if resume else None
+
+    torch.manual_seed(tc.seed + dist.rank)  # init (rank 0's copy wins under DDP) and per-rank dropout
+    random.seed(tc.seed + dist.rank)
+    np.random.seed(tc.seed + dist.rank)
+    batches = Batches(tc.data_dir, mc.block_size, device=device)
+    raw_model = GPT(mc).to(device)
+    optimizer = make_optimizer(raw_model, tc, device)
+    run = Run(
+        mc=mc, tc=tc, preset=preset, device=device, dtype=dtype, dist=dist,
+        say=print if dist.master else (lambda *a, **k: None), out_dir=out_dir, facts=facts, batches=batches,
+        raw_model=raw_model, optimizer=optimizer, scheduler=make_scheduler(optimizer, tc),
+        scaler=torch.amp.GradScaler("cuda", enabled=(dtype == "float16")),
+        batch_gen=torch.Generator().manual_seed(tc.seed),
+        tokens_per_step=tc.batch_size * tc.grad_accum * mc.block_size * dist.world, t_start=t_start,
+    )
+    if ckpt is not None:
+        restore(run, ckpt)
+    del ckpt
+
+    run.model = torch.compile(raw_model) if tc.compile else raw_model
+    run.train_model = run.model
+    if dist.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        run.train_model = DDP(run.model, device_ids=[dist.local_rank] if device.startswith("cuda") else None)
+    announce(run, meta, resume)
+    return run
+
+
+def restore(run: Run, ckpt: dict) -> None:
+    """Bring a freshly built run to the checkpoint's step: weights, optimizer, schedule, scaler, RNGs, history."""
+    run.raw_model.load_state_dict(ckpt["model"], strict=True)
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.step, run.best_val, run.best_step = ckpt["step"], ckpt["best_val_loss"], ckpt["best_step"]
+    run.history, run.step_loss = list(ckpt["history"]), ckpt["step_loss"]
+    rng = dict(ckpt["rng"])
+    rng["python"] = _list_to_tuple(rng["python"])
+    set_rng_state(rng, run.batch_gen)
+    if not run.dist.master:  # only rank 0's dropout RNG was saved; the others restart theirs deterministically
+        torch.manual_seed(run.tc.seed + 1000 * run.dist.rank + run.step)
+    run.say(f"resuming from {run.out_dir / CKPT_FILE} at step {run.step} (best validation loss {run.best_val:.4f} "
+            f"at step {run.best_step})")
+
+
+def announce(run: Run, meta: dict, resume: bool) -> None:
+    """Say what is about to train, on what, and make OUT (rank 0)."""
+    mc, tc = run.mc, run.tc
+    run.say(f"model: {run.raw_model.num_params() / 1e6:.2f}M parameters, "
+            f"{run.raw_model.flops_per_token() / 1e6:.1f} MFLOPs per token")
+    run.say(f"device {run.device}, dtype {run.dtype}, {run.dist.world} process(es), compile {tc.compile}, "
+            f"{run.tokens_per_step:,} tokens per optimizer step")
+    run.say(f"data: {tc.data_dir}, {meta['splits']['train']['tokens']:,} train / "
+            f"{meta['splits']['validation']['tokens']:,} validation tokens, {describe_data(run.facts)}")
+    if run.dist.master:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+        if not resume and (run.out_dir / CKPT_FILE).exists():
+            run.say(f"note: starting afresh; {run.out_dir / CKPT_FILE} will be overwritten (--resume continues it)")
+
+
+# ----------------------------------------------------------------------------- one run: step, evaluate, save
+
+
+def train_step(run: Run, wants_stop: Callable[[], bool]) -> bool:
+    """One optimizer step over grad_accum micro-batches: run.step advances, run.step_loss is its loss.
+
+    One all-reduce per step carries the loss (for the log) and whether any rank wants_stop() (a signal,
+    the time budget); returns that. A non-finite loss raises CLIError before the weights are touched."""
+    tc, dist = run.tc, run.dist
+    loss_sum = torch.zeros((), dtype=torch.float32, device=run.device)
+    for micro in range(tc.grad_accum):
+        x, y = global_batch(run.batches, "train", tc.batch_size, run.batch_gen, dist)
+        sync = micro == tc.grad_accum - 1  # under DDP, only the last micro-batch all-reduces the gradients
+        with (run.train_model.no_sync() if dist.ddp and not sync else contextlib.nullcontext()):
+            with autocast(run.device, run.dtype):
+                _, loss = run.train_model(x, y, return_logits=keep_logits(run.device))
+                loss = loss / tc.grad_accum
+            run.scaler.scale(loss).backward()
+        loss_sum += loss.detach().float()
+    stats = dist.all_sum(torch.stack([loss_sum, torch.tensor(float(bool(wants_stop())), device=run.device)]))
+    run.step_loss = stats[0].item() / dist.world
+    run.lr = run.optimizer.param_groups[0]["lr"]
+    if not math.isfinite(run.step_loss):
+        kept = (f"the checkpoints in {run.out_dir} (last saved at step {run.history[-1]['step']}) are kept"
+                if run.history else "no checkpoint was written")
+        raise CLIError(f"loss became {run.step_loss} at step {run.step + 1} (learning rate {run.lr:.3g}); training "
+                       f"stopped, {kept}; try a lower --learning-rate, --grad-clip 1 or --dtype float32")
+    if tc.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), tc.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    run.step += 1
+    return stats[1].item() > 0
+
+
+def evaluate_and_save(run: Run) -> None:
+    """Score the fixed batches, add a history row; rank 0 saves best_model_params.pt when the validation loss
+    is the best so far, then ckpt.pt, log.csv and loss.png."""
+    t0 = time.time()
+    losses = evaluate(run.model, run.batches, run.tc, run.device, run.dtype, run.dist)
+    is_best = losses["validation"] < run.best_val
+    if is_best:
+        run.best_val, run.best_step = losses["validation"], run.step
+    run.history.append({
+        "step": run.step, "train_loss": losses["train"], "val_loss": losses["validation"],
+        "step_loss": run.step_loss, "lr": run.optimizer.param_groups[0]["lr"],
+        "tokens": run.step * run.tokens_per_step, "elapsed_s": round(time.time() - run.t_start, 2),
+        "best": int(is_best),
+    })
+    if run.dist.master:
+        if is_best:
+            atomic_torch_save(model_file(run, losses["validation"]), run.out_dir / BEST_FILE)
+        save_resume_state(run)
+        write_log(run.out_dir / LOG_FILE, run.history)
+        plot_losses(run.out_dir / PLOT_FILE, run.history, plot_title(run))
+        run.say(f"step {run.step}: train loss {losses['train']:.4f}, validation loss {losses['validation']:.4f}"
+                f"{' (best)' if is_best else ''}")
+    run.eval_s = time.time() - t0
+
+
+def model_file(run: Run, val_loss: float) -> dict:
+    """best_model_params.pt: the weights and what they are (model config, data, step, validation loss)."""
+    return {
+        "model": run.raw_model.state_dict(),
+        "config": config_to_dict(run.mc),
+        "data": run.facts,
+        "step": run.step,
+        "val_loss": val_loss,
+    }
+
+
+def save_resume_state(run: Run) -> None:
+    """ckpt.pt (rank 0): the model file plus everything --resume needs to continue exactly."""
+    if not run.dist.master:
+        return
+    rng = rng_state(run.batch_gen)
+    rng["python"] = _tuple_to_list(rng["python"])
+    state = model_file(run, run.history[-1]["val_loss"] if run.history else math.nan)
+    state.update(
+        optimizer=run.optimizer.state_dict(),
+        scheduler=run.scheduler.state_dict(),
+        scaler=run.scaler.state_dict(),
+        rng=rng,
+        train_config=asdict(run.tc),
+        best_val_loss=run.best_val,
+        best_step=run.best_step,
+        history=run.history,
+        step_loss=run.step_loss,
+        preset=run.preset,
+    )
+    atomic_torch_save(state, run.out_dir / CKPT_FILE)
+
+
+def plot_title(run: Run) -> str:
+    return (f"{run.mc.n_layer} layers x {run.mc.n_embd} wide, {run.raw_model.num_params() / 1e6:.1f}M parameters, "
+            f"{run.tokens_per_step:,} tokens per step\n{describe_data(run.facts)}")
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 class StopRequest:
@@ -486,6 +731,32 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+def out_of_time(run: Run) -> bool:
+    """The time budget is spent, leaving room for one more evaluation (as long as the last one took)."""
+    budget_s = run.tc.max_minutes * 60
+    return bool(budget_s) and time.time() - run.t_train + run.eval_s >= budget_s
+
+
+class Speedometer:
+    """Tokens per second (a moving average) and, on GPUs, the MFU, shown on the progress bar."""
+
+    def __init__(self, run: Run, peak_flops: float):
+        self.run, self.tok_per_s, self.steps = run, 0.0, 0
+        self.peak_flops = peak_flops if run.device.startswith("cuda") else None
+        self.flops_per_token = run.raw_model.flops_per_token()
+
+    def show(self, bar, step_s: float) -> None:
+        run = self.run
+        rate = run.tokens_per_step / max(step_s, 1e-9)
+        self.steps += 1
+        self.tok_per_s = rate if self.steps == 1 else 0.9 * self.tok_per_s + 0.1 * rate
+        post = f"loss {run.step_loss:.4f}, lr {run.lr:.2e}, {self.tok_per_s:,.0f} tok/s"
+        if self.peak_flops:
+            post += f", MFU {self.flops_per_token * self.tok_per_s / (self.peak_flops * run.dist.world):.1%}"
+        bar.set_postfix_str(post, refresh=False)
+        bar.update(1)
+
+
 def train(
     mc: GPTConfig,
     tc: TrainConfig,
@@ -503,233 +774,62 @@ def train(
     """
     from tqdm import tqdm
 
-    from batches import Batches
-    from model import GPT
-
     check_settings(mc, tc, stop_after, peak_flops)
-    t_start = time.time()
-    out_dir = Path(tc.out_dir)
-    device = pick_device(tc.device)
-    dtype = pick_dtype(tc.dtype, device)
-    if dtype == "float16" and not device.startswith("cuda"):
-        raise CLIError(f"--dtype float16 needs a CUDA GPU (GradScaler); on {device} use float32 or bfloat16")
-    dist = Dist(device)
-    device = dist.device
-    if device == "cpu":
-        keep_freed_memory()
-    say = print if dist.master else (lambda *a, **k: None)
-    meta = check_data(mc, tc)
-    facts = data_facts(meta)
-
-    ckpt = None
-    if resume:
-        ckpt = load_checkpoint(out_dir / CKPT_FILE, map_location="cpu")
-        if "optimizer" not in ckpt:
-            raise CLIError(f"{out_dir / CKPT_FILE} has no optimizer state; it cannot be resumed")
-        for split, v in facts["splits"].items():
-            was = ckpt["data"]["splits"][split]["sha256"]
-            if v["sha256"] != was:
-                raise CLIError(f"the {split} data in {tc.data_dir} changed since {out_dir / CKPT_FILE} was written "
-                               f"(sha256 {v['sha256'][:12]} != {was[:12]}); resume on the same data or start afresh")
-
-    torch.manual_seed(tc.seed + dist.rank)  # init (rank 0's copy wins under DDP) and per-rank dropout
-    random.seed(tc.seed + dist.rank)
-    np.random.seed(tc.seed + dist.rank)
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-    batches = Batches(tc.data_dir, mc.block_size, device=device)
-    raw_model = GPT(mc).to(device)  # the uncompiled module: its state_dict is what gets saved
-    optimizer = make_optimizer(raw_model, tc, device)
-    scheduler = make_scheduler(optimizer, tc)
-    scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
-    batch_gen = torch.Generator().manual_seed(tc.seed)
-
-    step, best_val, best_step, history, step_loss = 0, math.inf, -1, [], math.nan
-    if ckpt is not None:
-        raw_model.load_state_dict(ckpt["model"], strict=True)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        step, best_val, best_step = ckpt["step"], ckpt["best_val_loss"], ckpt["best_step"]
-        history, step_loss = list(ckpt["history"]), ckpt["step_loss"]
-        rng = dict(ckpt["rng"])
-        rng["python"] = _list_to_tuple(rng["python"])
-        set_rng_state(rng, batch_gen)
-        if not dist.master:  # only rank 0's dropout RNG was saved; the others restart theirs deterministically
-            torch.manual_seed(tc.seed + 1000 * dist.rank + step)
-        say(f"resuming from {out_dir / CKPT_FILE} at step {step} (best validation loss {best_val:.4f} at "
-            f"step {best_step})")
-    del ckpt
-
-    model = torch.compile(raw_model) if tc.compile else raw_model
-    train_model = model
-    if dist.ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        train_model = DDP(model, device_ids=[dist.local_rank] if device.startswith("cuda") else None)
-
-    tokens_per_step = tc.batch_size * tc.grad_accum * mc.block_size * dist.world
-    flops_per_token = raw_model.flops_per_token()
-    say(f"model: {raw_model.num_params() / 1e6:.2f}M parameters, {flops_per_token / 1e6:.1f} MFLOPs per token")
-    say(f"device {device}, dtype {dtype}, {dist.world} process(es), compile {tc.compile}, "
-        f"{tokens_per_step:,} tokens per optimizer step")
-    say(f"data: {tc.data_dir}, {meta['splits']['train']['tokens']:,} train / "
-        f"{meta['splits']['validation']['tokens']:,} validation tokens, {describe_data(facts)}")
-    if dist.master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if not resume and (out_dir / CKPT_FILE).exists():
-            say(f"note: starting afresh; {out_dir / CKPT_FILE} will be overwritten (--resume continues it)")
-
-    def checkpoint(val_loss: float) -> dict:
-        return {
-            "model": raw_model.state_dict(),
-            "config": config_to_dict(mc),
-            "data": facts,
-            "step": step,
-            "val_loss": val_loss,
-        }
-
-    def save_resume_state(val_loss: float) -> None:
-        if not dist.master:
-            return
-        rng = rng_state(batch_gen)
-        rng["python"] = _tuple_to_list(rng["python"])
-        state = checkpoint(val_loss)
-        state.update(
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict(),
-            rng=rng,
-            train_config=asdict(tc),
-            best_val_loss=best_val,
-            best_step=best_step,
-            history=history,
-            step_loss=step_loss,
-            preset=preset,
-        )
-        atomic_torch_save(state, out_dir / CKPT_FILE)
-
-    title = (f"{mc.n_layer} layers x {mc.n_embd} wide, {raw_model.num_params() / 1e6:.1f}M parameters, "
-             f"{tokens_per_step:,} tokens per step\n{describe_data(facts)}")
-
-    def run_evaluation(step_loss: float) -> None:
-        nonlocal best_val, best_step
-        losses = evaluate(model, batches, tc, device, dtype, dist)
-        is_best = losses["validation"] < best_val
-        if is_best:
-            best_val, best_step = losses["validation"], step
-        history.append({
-            "step": step, "train_loss": losses["train"], "val_loss": losses["validation"], "step_loss": step_loss,
-            "lr": optimizer.param_groups[0]["lr"], "tokens": step * tokens_per_step,
-            "elapsed_s": round(time.time() - t_start, 2), "best": int(is_best),
-        })
-        if dist.master:
-            if is_best:
-                atomic_torch_save(checkpoint(losses["validation"]), out_dir / BEST_FILE)
-            save_resume_state(losses["validation"])
-            write_log(out_dir / LOG_FILE, history)
-            plot_losses(out_dir / PLOT_FILE, history, title)
-            bar.write(f"step {step}: train loss {losses['train']:.4f}, validation loss {losses['validation']:.4f}"
-                      f"{' (best)' if is_best else ''}")
-
-    evaluated_at = history[-1]["step"] if history else -1
-    start_step = step
-    losses: list[tuple[int, float]] = []
-    stopped = "done"
-    tok_per_s = 0.0
-    budget_s = tc.max_minutes * 60
-    t_train = time.time()
-    eval_s = 0.0  # how long the last evaluation took, so the time budget leaves room for the final one
-    bar = tqdm(total=tc.max_iters, initial=step, desc="training", unit="step", dynamic_ncols=True,
-               disable=not (progress and dist.master), file=sys.stderr)
-    train_model.train()
-    with StopRequest(bar.write if dist.master else (lambda *a: None)) as stop:
-        while True:
-            due = step % tc.eval_interval == 0 or step == tc.max_iters or stopped == "time"
-            if due and step != evaluated_at:
+    run = build_run(mc, tc, resume=resume, preset=preset)
+    start_step, evaluated_at, losses, stopped = run.step, (run.history[-1]["step"] if run.history else -1), [], "done"
+    speed = Speedometer(run, peak_flops)
+    bar = tqdm(total=tc.max_iters, initial=run.step, desc="training", unit="step", dynamic_ncols=True,
+               disable=not (progress and run.dist.master), file=sys.stderr)
+    run.say = bar.write if run.dist.master else run.say
+    run.t_train = time.time()
+    run.train_model.train()
+    try:
+        with StopRequest(run.say) as stop:
+            while True:
+                due = run.step % tc.eval_interval == 0 or run.step == tc.max_iters or stopped == "time"
+                if due and run.step != evaluated_at:
+                    evaluate_and_save(run)
+                    evaluated_at = run.step
+                if run.step >= tc.max_iters or stopped != "done":
+                    break
                 t0 = time.time()
-                run_evaluation(step_loss)
-                evaluated_at, eval_s = step, time.time() - t0
-            if step >= tc.max_iters or stopped != "done":
-                break
+                someone_stops = train_step(run, wants_stop=lambda: stop.signal is not None or out_of_time(run))
+                losses.append((run.step, run.step_loss))
+                speed.show(bar, time.time() - t0)
+                if someone_stops:
+                    stopped = stop.signal or "time"
+                elif stop_after and run.step - start_step >= stop_after:
+                    stopped = "stop_after"
+                if stopped in ("SIGINT", "SIGTERM", "stop_after"):
+                    save_resume_state(run)
+                    break
+                if stopped == "time":  # evaluate and save at the top of the loop, then stop
+                    run.say(f"\ntime budget of {tc.max_minutes} minutes reached at step {run.step}: "
+                            "evaluating and stopping")
+    finally:
+        bar.close()
+        run.dist.close()
+    return summarize(run, stopped, losses, start_step)
 
-            t0 = time.time()
-            loss_sum = torch.zeros((), dtype=torch.float32, device=device)
-            for micro in range(tc.grad_accum):
-                x, y = global_batch(batches, "train", tc.batch_size, batch_gen, dist)
-                sync = micro == tc.grad_accum - 1
-                with (train_model.no_sync() if dist.ddp and not sync else contextlib.nullcontext()):
-                    with autocast(device, dtype):
-                        _, loss = train_model(x, y, return_logits=keep_logits(device))
-                        loss = loss / tc.grad_accum
-                    scaler.scale(loss).backward()
-                loss_sum += loss.detach().float()
-            # One all-reduce per step carries the loss (for the log) and any rank's wish to stop.
-            wants_stop = stop.signal is not None or (budget_s and time.time() - t_train + eval_s >= budget_s)
-            stats = dist.all_sum(torch.stack([loss_sum, torch.tensor(float(bool(wants_stop)), device=device)]))
-            step_loss = stats[0].item() / dist.world
-            if not math.isfinite(step_loss):
-                bar.close()
-                dist.close()
-                kept = f"the checkpoints in {out_dir} (last saved at step {evaluated_at}) are kept" \
-                    if evaluated_at >= 0 else "no checkpoint was written"
-                raise CLIError(f"loss became {step_loss} at step {step + 1} (learning rate "
-                               f"{optimizer.param_groups[0]['lr']:.3g}); training stopped, {kept}; try a lower "
-                               "--learning-rate, --grad-clip 1 or --dtype float32")
-            if tc.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), tc.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            losses.append((step, step_loss))
 
-            dt = time.time() - t0
-            rate = tokens_per_step / max(dt, 1e-9)
-            tok_per_s = rate if step - start_step == 1 else 0.9 * tok_per_s + 0.1 * rate
-            post = f"loss {step_loss:.4f}, lr {lr:.2e}, {tok_per_s:,.0f} tok/s"
-            if device.startswith("cuda"):
-                post += f", MFU {flops_per_token * tok_per_s / (peak_flops * dist.world):.1%}"
-            bar.set_postfix_str(post, refresh=False)
-            bar.update(1)
-
-            if stats[1].item() > 0:
-                stopped = stop.signal or "time"
-            elif stop_after and step - start_step >= stop_after:
-                stopped = "stop_after"
-            if stopped in ("SIGINT", "SIGTERM", "stop_after"):
-                save_resume_state(history[-1]["val_loss"] if history else math.nan)
-                break
-            if stopped == "time":  # evaluate and save at the top of the loop, then stop
-                say(f"\ntime budget of {tc.max_minutes} minutes reached at step {step}: evaluating and stopping")
-    bar.close()
-    dist.close()
-
-    elapsed = time.time() - t_start
-    trained_steps = step - start_step
-    summary = {
+def summarize(run: Run, stopped: str, losses: list[tuple[int, float]], start_step: int) -> dict:
+    trained_steps = run.step - start_step
+    return {
         "stopped": stopped,
-        "step": step,
-        "max_iters": tc.max_iters,
-        "best_val_loss": best_val,
-        "best_step": best_step,
-        "final_train_loss": history[-1]["train_loss"] if history else math.nan,
-        "final_val_loss": history[-1]["val_loss"] if history else math.nan,
+        "step": run.step,
+        "max_iters": run.tc.max_iters,
+        "best_val_loss": run.best_val,
+        "best_step": run.best_step,
+        "final_train_loss": run.history[-1]["train_loss"] if run.history else math.nan,
+        "final_val_loss": run.history[-1]["val_loss"] if run.history else math.nan,
         "losses": losses,
-        "tokens_trained": trained_steps * tokens_per_step,
-        "tokens_per_s": trained_steps * tokens_per_step / max(time.time() - t_train, 1e-9),
-        "elapsed_s": elapsed,
-        "out_dir": str(out_dir),
-        "data": describe_data(facts),
-        "world_size": dist.world,
+        "tokens_trained": trained_steps * run.tokens_per_step,
+        "tokens_per_s": trained_steps * run.tokens_per_step / max(time.time() - run.t_train, 1e-9),
+        "elapsed_s": time.time() - run.t_start,
+        "out_dir": str(run.out_dir),
+        "data": describe_data(run.facts),
+        "world_size": run.dist.world,
     }
-    return summary
 
 
 # ----------------------------------------------------------------------------- the script
