@@ -2,7 +2,8 @@
 
     python training.py                          # preset gpu where CUDA is available, else cpu (says which)
     python training.py --preset smoke           # seconds: a tiny model, for tests
-    python training.py --max-iters 500 --batch-size 8 --learning-rate 1e-3    # any setting, any preset
+    python training.py --max-minutes 5          # train 5 minutes: warmup and cosine laid over exactly that
+    python training.py --max-iters 500 --max-minutes 0 --batch-size 8   # a set step count; any setting, any preset
     python training.py --resume                 # continue OUT/ckpt.pt exactly where it stopped
     torchrun --standalone --nproc_per_node=4 training.py --preset gpu          # data parallel on 4 GPUs
 
@@ -11,6 +12,13 @@ Writes into OUT (--out-dir, default out/):
     ckpt.pt                everything needed to resume: model, optimizer, schedule, scaler, RNG states, step
     log.csv                one row per evaluation: step, fixed-batch train and validation loss, lr, tokens, time
     loss.png               train and validation loss against step, best point marked
+
+With --max-minutes M (the cpu preset: 10) the time budget is the schedule: the first warmup steps and
+one evaluation are timed, and max_iters is fixed at the step count whose steps and evaluations fill the
+rest of the M minutes; the LinearLR warmup -> CosineAnnealingLR schedule then runs over exactly those
+steps, ending at --min-lr. The count is printed with the command that reproduces the run step for step
+(--max-iters N --max-minutes 0), saved in ckpt.pt, and kept by --resume. A run that falls 5% behind its
+budget (the machine slowed down) evaluates, saves and stops.
 
 Both .pt files are written to a temporary file and renamed over the old one, so a crash at any moment
 leaves the previous file intact. Ctrl-C (or SIGTERM) stops after the current step, saves ckpt.pt and
@@ -66,6 +74,11 @@ WARMUP_START_FACTOR = 0.01  # the first warmup step runs at 1% of the peak learn
 EVAL_SEED_OFFSET = {"train": 1, "validation": 2}
 # Settings that may differ when resuming: where and how the run executes, not what it computes.
 RESUME_MAY_CHANGE = {"data_dir", "out_dir", "device", "dtype", "compile", "max_minutes"}
+# The time budget's probe: untimed steps first (memory allocation, torch.compile, autotuning), then timed
+# ones; all inside the LinearLR warmup, whose learning rates do not depend on the step count still unknown.
+PROBE_UNTIMED_STEPS = 2
+PROBE_TIMED_STEPS = 3
+BUDGET_OVERRUN = 0.05  # a budget run this far past its minutes (the machine slowed down) evaluates, saves, stops
 
 
 # ----------------------------------------------------------------------------- settings
@@ -85,7 +98,8 @@ TRAIN_HELP = {
     "out_dir": "where checkpoints, log.csv and loss.png go",
     "batch_size": "sequences per micro-batch, per process",
     "grad_accum": "micro-batches accumulated per optimizer step, per process",
-    "max_iters": "optimizer steps in all; the cosine schedule ends here",
+    "max_iters": "optimizer steps in all; the cosine schedule ends here (with --max-minutes above 0 the budget "
+                 "fixes it instead)",
     "learning_rate": "peak learning rate, reached at the end of warmup",
     "min_lr": "learning rate at the end of the cosine decay (at most the peak)",
     "warmup_iters": "optimizer steps of linear warmup",
@@ -99,7 +113,10 @@ TRAIN_HELP = {
     "device": "auto | cpu | cuda | cuda:N | mps",
     "dtype": "auto (bfloat16 on GPUs and on CPUs with native bfloat16, else float16 on GPUs, float32 on CPUs) | float32 | bfloat16 | float16",
     "compile": "torch.compile the model",
-    "max_minutes": "stop after this many minutes of this run, evaluate and save (0 = no limit)",
+    "max_minutes": "train for this many minutes: the first warmup steps and one evaluation are timed and the "
+                   "step count that fills the budget, evaluations included, is fixed (printed, saved in ckpt.pt, "
+                   "kept by --resume); a run 5%% past the budget evaluates, saves and stops (0 = no budget: "
+                   "--max-iters steps)",
 }
 
 
@@ -180,7 +197,11 @@ def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flo
     if not (0 <= tc.min_lr <= tc.learning_rate):
         raise CLIError(f"--min-lr {tc.min_lr} must be between 0 and the peak --learning-rate {tc.learning_rate}, "
                        "so the schedule decays")
-    if not (0 <= tc.warmup_iters < tc.max_iters):
+    if tc.max_minutes > 0 and tc.warmup_iters < PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS:
+        raise CLIError(f"--warmup-iters {tc.warmup_iters} is too short for --max-minutes {tc.max_minutes}: the step "
+                       f"count is fixed by timing the first {PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS} warmup steps; use "
+                       f"more warmup, or a set step count with --max-iters N --max-minutes 0")
+    if tc.max_minutes == 0 and not (0 <= tc.warmup_iters < tc.max_iters):
         raise CLIError(f"--warmup-iters {tc.warmup_iters} must be at least 0 and below --max-iters {tc.max_iters}")
     if tc.weight_decay < 0:
         raise CLIError(f"--weight-decay {tc.weight_decay} must not be negative")
@@ -237,17 +258,24 @@ def describe_data(facts: dict) -> str:
 # ----------------------------------------------------------------------------- schedule
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig):
+def make_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, at_step: int = 0):
     """Linear warmup to the optimizer's lr (the peak), then cosine down to min_lr at max_iters.
 
     Stepped once per optimizer step. The schedulers multiply the optimizer's lr, so the optimizer is
-    built with lr = the peak; eta_min is the absolute floor.
+    built with lr = the peak; eta_min is the absolute floor. at_step > 0 builds it part way, for a time
+    budget that fixes max_iters after some warmup steps: the rates go back to the peak and the new
+    schedule is stepped at_step times, which leaves it exactly where it would be had it run from step 0.
     """
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("initial_lr", group["lr"])  # set by the first scheduler built on the optimizer
     cosine = CosineAnnealingLR(optimizer, T_max=max(1, tc.max_iters - tc.warmup_iters), eta_min=tc.min_lr)
-    if tc.warmup_iters == 0:
-        return cosine
-    warmup = LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, end_factor=1.0, total_iters=tc.warmup_iters)
-    return SequentialLR(optimizer, [warmup, cosine], milestones=[tc.warmup_iters])
+    scheduler = cosine
+    if tc.warmup_iters > 0:
+        warmup = LinearLR(optimizer, start_factor=WARMUP_START_FACTOR, end_factor=1.0, total_iters=tc.warmup_iters)
+        scheduler = SequentialLR(optimizer, [warmup, cosine], milestones=[tc.warmup_iters])
+    for _ in range(at_step):
+        scheduler.step()
+    return scheduler
 
 
 def make_optimizer(model, tc: TrainConfig, device: str) -> torch.optim.AdamW:
@@ -401,6 +429,13 @@ class Dist:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
+    def all_max(self, t: torch.Tensor) -> torch.Tensor:
+        if self.ddp:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
+
     def close(self) -> None:
         if self.ddp:
             import torch.distributed as dist
@@ -487,10 +522,17 @@ class Run:
     best_step: int = -1
     history: list = field(default_factory=list)  # one row per evaluation, as in log.csv
     step_loss: float = math.nan  # training loss of the last step
+    schedule: dict | None = None  # how max_iters was fixed; None while a time budget's probe still runs
     # this process only
     lr: float = math.nan  # learning rate the last step used
     eval_s: float = 0.0  # how long the last evaluate_and_save took
+    save_s: float = 0.0  # how much of that was saving files
+    step_times: list = field(default_factory=list)  # seconds per step, while the probe runs
     t_train: float = 0.0  # when the loop started
+
+    @property
+    def finished(self) -> bool:
+        return self.schedule is not None and self.step >= self.tc.max_iters
 
 
 def pick_hardware(tc: TrainConfig) -> tuple[str, str, Dist]:
@@ -547,6 +589,7 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
         scaler=torch.amp.GradScaler("cuda", enabled=(dtype == "float16")),
         batch_gen=torch.Generator().manual_seed(tc.seed),
         tokens_per_step=tc.batch_size * tc.grad_accum * mc.block_size * dist.world, t_start=t_start,
+        schedule=None if tc.max_minutes > 0 else {"max_iters": tc.max_iters, "fixed_by": "--max-iters"},
     )
     if ckpt is not None:
         restore(run, ckpt)
@@ -571,6 +614,10 @@ def restore(run: Run, ckpt: dict) -> None:
         run.scaler.load_state_dict(ckpt["scaler"])
     run.step, run.best_val, run.best_step = ckpt["step"], ckpt["best_val_loss"], ckpt["best_step"]
     run.history, run.step_loss = list(ckpt["history"]), ckpt["step_loss"]
+    run.schedule = ckpt.get("schedule", {"max_iters": run.tc.max_iters, "fixed_by": "--max-iters"})
+    if run.schedule is None and run.tc.max_minutes == 0:
+        raise CLIError(f"{run.out_dir / CKPT_FILE} stopped at step {run.step}, before its time budget fixed the step "
+                       f"count; resume it with a budget (--max-minutes M)")
     rng = dict(ckpt["rng"])
     rng["python"] = _list_to_tuple(rng["python"])
     set_rng_state(rng, run.batch_gen)
@@ -648,11 +695,13 @@ def evaluate_and_save(run: Run) -> None:
         "best": int(is_best),
     })
     if run.dist.master:
+        t_save = time.time()
         if is_best:
             atomic_torch_save(model_file(run, losses["validation"]), run.out_dir / BEST_FILE)
         save_resume_state(run)
         write_log(run.out_dir / LOG_FILE, run.history)
         plot_losses(run.out_dir / PLOT_FILE, run.history, plot_title(run))
+        run.save_s = time.time() - t_save
         run.say(f"step {run.step}: train loss {losses['train']:.4f}, validation loss {losses['validation']:.4f}"
                 f"{' (best)' if is_best else ''}")
     run.eval_s = time.time() - t0
@@ -686,6 +735,7 @@ def save_resume_state(run: Run) -> None:
         best_step=run.best_step,
         history=run.history,
         step_loss=run.step_loss,
+        schedule=run.schedule,
         preset=run.preset,
     )
     atomic_torch_save(state, run.out_dir / CKPT_FILE)
@@ -694,6 +744,65 @@ def save_resume_state(run: Run) -> None:
 def plot_title(run: Run) -> str:
     return (f"{run.mc.n_layer} layers x {run.mc.n_embd} wide, {run.raw_model.num_params() / 1e6:.1f}M parameters, "
             f"{run.tokens_per_step:,} tokens per step\n{describe_data(run.facts)}")
+
+
+# ----------------------------------------------------------------------------- the time budget
+
+
+def steps_that_fit(step: int, seconds: float, step_s: float, eval_s: float, eval_interval: int) -> int:
+    """The largest step count N >= step whose remaining steps and evaluations (one at each multiple of
+    eval_interval after step, and the final one at N) take at most `seconds`."""
+    step_s = max(step_s, 1e-9)
+
+    def cost(n: int) -> float:
+        evals = n // eval_interval - step // eval_interval + (n % eval_interval != 0)
+        return (n - step) * step_s + evals * eval_s
+
+    lo, hi = step, step + int(max(seconds, 0.0) / step_s) + 1  # cost(hi) > seconds: its steps alone exceed it
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if cost(mid) <= seconds else (lo, mid)
+    return lo
+
+
+def probe_schedule(run: Run, step_s: float) -> None:
+    """Record one step's time; once the probe has its steps (or warmup ends), fix max_iters from it."""
+    run.step_times.append(step_s)
+    if len(run.step_times) >= PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS or run.step >= run.tc.warmup_iters:
+        fix_schedule(run)
+
+
+def fix_schedule(run: Run) -> None:
+    """Fix max_iters at the steps that fill the rest of the budget, evaluations included, and rebuild the
+    schedule for them at the current step (warmup so far does not depend on max_iters, so the learning rates
+    already used are exactly those of a run with --max-iters N --max-minutes 0)."""
+    tc, dist = run.tc, run.dist
+    timed = run.step_times[PROBE_UNTIMED_STEPS:] or run.step_times
+    t0 = time.time()
+    evaluate(run.model, run.batches, tc, run.device, run.dtype, dist)  # timed only: the result is not used
+    eval_s = time.time() - t0 + run.save_s
+    measured = torch.tensor([sum(timed) / len(timed), eval_s, time.time() - run.t_train], dtype=torch.float64,
+                            device=run.device)
+    step_s, eval_s, elapsed = dist.all_max(measured).tolist()  # every rank fixes the same count
+    max_iters = steps_that_fit(run.step, tc.max_minutes * 60 - elapsed, step_s, eval_s, tc.eval_interval)
+    if max_iters <= tc.warmup_iters:
+        run.say(f"note: {tc.max_minutes} minutes fit only {max_iters} steps here, fewer than the {tc.warmup_iters} "
+                f"warmup steps; training {tc.warmup_iters + 1} steps (the budget cut may stop them)")
+        max_iters = tc.warmup_iters + 1
+    run.tc = replace(tc, max_iters=max_iters)
+    run.scheduler = make_scheduler(run.optimizer, run.tc, at_step=run.step)
+    run.schedule = {"max_iters": max_iters, "fixed_by": "--max-minutes", "max_minutes": tc.max_minutes,
+                    "fixed_at_step": run.step, "probe_ms_per_step": round(step_s * 1000, 3),
+                    "eval_s": round(eval_s, 3)}
+    run.say(f"schedule: {max_iters} steps fixed from a probe of {step_s * 1000:,.0f} ms/step and {eval_s:.1f} s per "
+            f"evaluation to fill {tc.max_minutes} minutes; reproduce with --max-iters {max_iters} --max-minutes 0")
+
+
+def out_of_time(run: Run) -> bool:
+    """The run is BUDGET_OVERRUN past its minutes (counting one more evaluation as long as the last one):
+    the machine slowed down after the probe, or a resumed run had less time than it needs."""
+    budget_s = run.tc.max_minutes * 60 * (1 + BUDGET_OVERRUN)
+    return bool(budget_s) and time.time() - run.t_train + run.eval_s >= budget_s
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -731,12 +840,6 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def out_of_time(run: Run) -> bool:
-    """The time budget is spent, leaving room for one more evaluation (as long as the last one took)."""
-    budget_s = run.tc.max_minutes * 60
-    return bool(budget_s) and time.time() - run.t_train + run.eval_s >= budget_s
-
-
 class Speedometer:
     """Tokens per second (a moving average) and, on GPUs, the MFU, shown on the progress bar."""
 
@@ -769,7 +872,7 @@ def train(
 ) -> dict:
     """Train (or resume from OUT/ckpt.pt); returns a summary dict. Settings are checked first.
 
-    summary["stopped"] is "done", "time" (max_minutes), "stop_after" or the signal name (SIGINT, SIGTERM).
+    summary["stopped"] is "done", "time" (past max_minutes), "stop_after" or the signal name (SIGINT, SIGTERM).
     A non-finite loss raises CLIError naming the step; the checkpoints on disk are left as they were.
     """
     from tqdm import tqdm
@@ -778,7 +881,7 @@ def train(
     run = build_run(mc, tc, resume=resume, preset=preset)
     start_step, evaluated_at, losses, stopped = run.step, (run.history[-1]["step"] if run.history else -1), [], "done"
     speed = Speedometer(run, peak_flops)
-    bar = tqdm(total=tc.max_iters, initial=run.step, desc="training", unit="step", dynamic_ncols=True,
+    bar = tqdm(total=run.schedule and run.tc.max_iters, initial=run.step, desc="training", unit="step", dynamic_ncols=True,
                disable=not (progress and run.dist.master), file=sys.stderr)
     run.say = bar.write if run.dist.master else run.say
     run.t_train = time.time()
@@ -786,16 +889,20 @@ def train(
     try:
         with StopRequest(run.say) as stop:
             while True:
-                due = run.step % tc.eval_interval == 0 or run.step == tc.max_iters or stopped == "time"
+                due = run.step % tc.eval_interval == 0 or run.finished or stopped == "time"
                 if due and run.step != evaluated_at:
                     evaluate_and_save(run)
                     evaluated_at = run.step
-                if run.step >= tc.max_iters or stopped != "done":
+                if run.finished or stopped != "done":
                     break
                 t0 = time.time()
                 someone_stops = train_step(run, wants_stop=lambda: stop.signal is not None or out_of_time(run))
+                step_s = time.time() - t0
                 losses.append((run.step, run.step_loss))
-                speed.show(bar, time.time() - t0)
+                speed.show(bar, step_s)
+                if run.schedule is None:
+                    probe_schedule(run, step_s)
+                    bar.total = run.schedule and run.tc.max_iters
                 if someone_stops:
                     stopped = stop.signal or "time"
                 elif stop_after and run.step - start_step >= stop_after:
@@ -804,8 +911,8 @@ def train(
                     save_resume_state(run)
                     break
                 if stopped == "time":  # evaluate and save at the top of the loop, then stop
-                    run.say(f"\ntime budget of {tc.max_minutes} minutes reached at step {run.step}: "
-                            "evaluating and stopping")
+                    run.say(f"\n{tc.max_minutes}-minute budget overrun by {BUDGET_OVERRUN:.0%} at step {run.step} "
+                            "(the machine is slower than the probe measured): evaluating and stopping")
     finally:
         bar.close()
         run.dist.close()
@@ -817,7 +924,8 @@ def summarize(run: Run, stopped: str, losses: list[tuple[int, float]], start_ste
     return {
         "stopped": stopped,
         "step": run.step,
-        "max_iters": run.tc.max_iters,
+        "max_iters": run.tc.max_iters if run.schedule else None,  # None: stopped before the budget fixed it
+        "schedule": run.schedule,
         "best_val_loss": run.best_val,
         "best_step": run.best_step,
         "final_train_loss": run.history[-1]["train_loss"] if run.history else math.nan,
@@ -856,9 +964,10 @@ def settings_for_resume(out_dir: str, model_over: dict, train_over: dict) -> tup
     return mc, replace(tc, **{k: v for k, v in train_over.items() if k in RESUME_MAY_CHANGE})
 
 
-def format_settings(mc: GPTConfig, tc: TrainConfig) -> str:
+def format_settings(mc: GPTConfig, tc: TrainConfig, budget_fixes_steps: bool = False) -> str:
     model = ", ".join(f"{k}={v}" for k, v in asdict(mc).items())
-    train = ", ".join(f"{k}={v}" for k, v in asdict(tc).items())
+    values = asdict(tc) | ({"max_iters": "(fixed by the time budget)"} if budget_fixes_steps else {})
+    train = ", ".join(f"{k}={v}" for k, v in values.items())
     return f"model: {model}\ntraining: {train}"
 
 
@@ -874,12 +983,15 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         preset, why, mc, tc = resolve(args.preset, model_over, train_over)
         chosen = f"preset {preset} ({why}): {PRESETS[preset].description}"
+        if "max_iters" in train_over and tc.max_minutes > 0:
+            raise CLIError(f"--max-iters {tc.max_iters} and the {tc.max_minutes}-minute budget (--max-minutes) both set "
+                           f"the step count; add --max-minutes 0 to train exactly {tc.max_iters} steps")
     check_settings(mc, tc, args.stop_after, args.peak_flops)
     check_data(mc, tc)
     master = int(os.environ.get("RANK", "0")) == 0
     if master:
         print(chosen)
-        print(format_settings(mc, tc))
+        print(format_settings(mc, tc, budget_fixes_steps=not args.resume and tc.max_minutes > 0))
     summary = train(mc, tc, resume=args.resume, stop_after=args.stop_after, peak_flops=args.peak_flops,
                     progress=args.progress, preset=None if args.resume else preset)
     if not master:
@@ -887,12 +999,13 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(tc.out_dir)
     if summary["stopped"] in ("SIGINT", "SIGTERM", "stop_after"):
         resume_cmd = f"python training.py --out-dir {out} --resume"
-        print(f"stopped at step {summary['step']} of {summary['max_iters']} ({summary['stopped']}): saved "
+        of = summary["max_iters"] or "a count the time budget has not fixed yet"
+        print(f"stopped at step {summary['step']} of {of} ({summary['stopped']}): saved "
               f"{out / CKPT_FILE}; continue with: {resume_cmd}")
         if summary["stopped"] != "stop_after":
             sys.exit(130)
         return summary
-    how = "finished" if summary["stopped"] == "done" else f"stopped by the {tc.max_minutes}-minute budget"
+    how = "finished" if summary["stopped"] == "done" else f"cut {BUDGET_OVERRUN:.0%} past the {tc.max_minutes}-minute budget"
     print(f"{how} at step {summary['step']} of {summary['max_iters']} in {summary['elapsed_s'] / 60:.1f} min "
           f"({summary['tokens_per_s']:,.0f} tokens/s): best validation loss {summary['best_val_loss']:.4f} at step "
           f"{summary['best_step']} -> {out / BEST_FILE}; log {out / LOG_FILE}, plot {out / PLOT_FILE}; "

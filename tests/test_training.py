@@ -337,3 +337,114 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(tiny_da
     assert len(one_rows) == 6
     assert_same_rows(two_rows, one_rows, tol=1e-4)
     assert one_rows[-1]["val_loss"] < one_rows[0]["val_loss"]  # the curve being compared does move
+
+
+# ----------------------------------------------------------------------------- the time budget is the schedule
+
+
+class FakeClock:
+    """Stands in for training.py's `time` module: the clock moves only by what the test charges for each
+    training step and each evaluation, so a run's timing is known exactly and takes no real time."""
+
+    def __init__(self, step_s, eval_s: float):
+        self.now, self.step_s, self.eval_s = 1000.0, step_s, eval_s
+
+    def time(self) -> float:
+        return self.now
+
+
+def fake_clock(monkeypatch, step_s, eval_s: float) -> FakeClock:
+    """Patch training.py's clock; step_s is seconds per step, or a function of the step about to run."""
+    clock = FakeClock(step_s, eval_s)
+    real_step, real_evaluate = training.train_step, training.evaluate
+
+    def timed_step(run, wants_stop):
+        clock.now += clock.step_s(run.step) if callable(clock.step_s) else clock.step_s
+        return real_step(run, wants_stop)
+
+    def timed_evaluate(*a, **k):
+        clock.now += clock.eval_s
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(training, "time", clock)
+    monkeypatch.setattr(training, "train_step", timed_step)
+    monkeypatch.setattr(training, "evaluate", timed_evaluate)
+    return clock
+
+
+# 1 minute, 1 s per step, 3 s per evaluation, an evaluation every 20 steps, warmup 5 (smoke). Before the
+# count is fixed: the step-0 evaluation (3 s), the 5 probe steps (5 s), the probe's timed evaluation (3 s):
+# 11 s. The 49 s left hold N = 45 steps: 40 more steps and evaluations at 20, 40 and 45 = 40 + 9 = 49 s
+# (N = 46 would need 41 + 9 = 50 s).
+BUDGET = dict(max_minutes=1.0, eval_interval=20, eval_iters=1, batch_size=2, warmup_iters=5, max_iters=30)
+
+
+def test_the_time_budget_fixes_the_step_count_and_the_cosine_ends_at_min_lr(tiny_data_dir, tmp_path, monkeypatch,
+                                                                             capsys):
+    clock = fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET)
+    start = clock.now
+    s = training.train(mc, tc, progress=False)
+    assert s["stopped"] == "done" and s["step"] == s["max_iters"] == 45
+    assert clock.now - start == pytest.approx(60.0), "the run fills its minute exactly"
+    assert s["schedule"]["probe_ms_per_step"] == pytest.approx(1000) and s["schedule"]["fixed_at_step"] == 5
+    assert "schedule: 45 steps fixed from a probe of 1,000 ms/step" in capsys.readouterr().out
+    rows = training.read_log(tmp_path / "out" / training.LOG_FILE)
+    assert [r["step"] for r in rows] == [0, 20, 40, 45]
+    assert rows[-1]["lr"] == pytest.approx(tc.min_lr, rel=1e-9), "the cosine ends at min_lr at the last step"
+    ckpt = load_checkpoint(tmp_path / "out" / training.CKPT_FILE)
+    assert ckpt["schedule"]["max_iters"] == ckpt["train_config"]["max_iters"] == 45
+
+
+def test_a_budget_run_resumes_with_its_step_count_and_matches_the_printed_reproduction(tiny_data_dir, tmp_path,
+                                                                                        monkeypatch, capsys):
+    fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "budget", **BUDGET)
+    first = training.train(mc, tc, progress=False, stop_after=20)
+    assert first["stopped"] == "stop_after" and first["max_iters"] == 45
+    capsys.readouterr()
+    # The resumed run is much slower, which would fix a smaller count, but it keeps the checkpoint's.
+    fake_clock(monkeypatch, step_s=0.5, eval_s=1.0)
+    second = training.main(["--resume", "--out-dir", tc.out_dir, "--no-progress"])
+    assert second["stopped"] == "done" and second["step"] == second["max_iters"] == 45
+    assert "schedule:" not in capsys.readouterr().out, "no second probe on --resume"
+    monkeypatch.undo()
+
+    # The printed reproduction: the same steps, step-based, on the real clock.
+    mc, tc = smoke(tiny_data_dir, tmp_path / "steps", **{**BUDGET, "max_minutes": 0.0, "max_iters": 45})
+    steps = training.train(mc, tc, progress=False)
+    assert [s for s, _ in first["losses"] + second["losses"]] == list(range(1, 46))
+    assert [loss for _, loss in first["losses"] + second["losses"]] == pytest.approx(
+        [loss for _, loss in steps["losses"]], abs=1e-6)
+    assert_same_rows(training.read_log(tmp_path / "budget" / "log.csv"), training.read_log(tmp_path / "steps" / "log.csv"),
+                     tol=1e-6, keys=("train_loss", "val_loss", "step_loss", "lr"))
+
+
+def test_a_machine_that_slows_down_is_cut_just_past_the_budget_with_everything_saved(tiny_data_dir, tmp_path,
+                                                                                       monkeypatch):
+    # The probe measures 1 s per step and fixes 45 steps; then each step takes 3 s. Step 21 ends at 62 s, and
+    # 62 s + the last evaluation's 3 s passes 1.05 minutes (63 s): evaluate at step 21, save, stop.
+    fake_clock(monkeypatch, step_s=lambda step: 1.0 if step < 5 else 3.0, eval_s=3.0)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET)
+    s = training.train(mc, tc, progress=False)
+    assert s["stopped"] == "time" and s["step"] == 21 and s["max_iters"] == 45
+    assert [r["step"] for r in training.read_log(tmp_path / "out" / "log.csv")] == [0, 20, 21]
+    assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["step"] == 21
+
+
+def test_steps_that_fit_counts_every_evaluation():
+    # From step 0, 10 s: steps of 1 s, evaluations of 2 s every 4 steps and at the end.
+    # N=6: 6 steps + evaluations at 4 and 6 = 10 s; N=7: 7 + 4 = 11 s.
+    assert training.steps_that_fit(0, 10.0, 1.0, 2.0, 4) == 6
+    assert training.steps_that_fit(4, 10.0, 1.0, 2.0, 4) == 10  # 6 steps + evaluations at 8 and 10
+    assert training.steps_that_fit(3, 0.5, 1.0, 2.0, 4) == 3  # not even one step fits
+
+
+def test_max_iters_with_a_time_budget_is_refused_in_one_line(tiny_data_dir, tmp_path):
+    with pytest.raises(CLIError, match="add --max-minutes 0 to train exactly 50 steps"):
+        training.main(["--preset", "cpu", "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "o"),
+                       "--max-iters", "50"])
+    with pytest.raises(CLIError, match="--warmup-iters 2 is too short for --max-minutes 1.0"):
+        training.main(["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "o"),
+                       "--max-minutes", "1", "--warmup-iters", "2"])
+    assert not (tmp_path / "o").exists()
