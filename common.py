@@ -1,4 +1,4 @@
-"""Small helpers more than one step needs: clean command-line errors, device and dtype choice,
+"""Small helpers more than one step needs: clean command-line errors, device and dtype choice, GPU peaks,
 atomic file writes, the one checkpoint format, and how a checkpoint's training data is described.
 
 Rooms import from here instead of repeating these blocks (nanoGPT pastes its device/dtype block
@@ -102,6 +102,33 @@ def autocast(device: str, dtype: str):
         return contextlib.nullcontext()
     device_type = "cuda" if device.startswith("cuda") else device
     return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+
+
+# Dense (no sparsity) 16-bit tensor-core peak FLOP/s of one GPU at its boost clock, from NVIDIA's datasheets and
+# architecture whitepapers: bf16 with fp32 accumulation, as torch's matmuls run; fp16 on GPUs without bf16 (T4,
+# V100). The MFU denominator. Patterns are searched in torch.cuda.get_device_name(), first match wins.
+GPU_PEAK_FLOPS = [
+    (r"H100.*PCIe", 756e12),
+    (r"H100.*NVL|H200.*NVL", 835e12),
+    (r"H100|H200", 989e12),  # SXM, and the Grace Hopper GH200
+    (r"A100", 312e12),  # SXM and PCIe alike
+    (r"L40S", 362e12),
+    (r"\bL4\b", 121e12),
+    (r"\bA10\b", 125e12),  # not the A10G (AWS's variant, slower tensor cores, no NVIDIA datasheet): unknown
+    (r"RTX 4090(?! D)(?!.*Laptop)", 165e12),  # GeForce: half-rate fp32 accumulation (330 with fp16 accumulation)
+    (r"RTX 3090(?! Ti)(?!.*Laptop)", 71e12),  # likewise (142 with fp16 accumulation)
+    (r"\bT4\b", 65e12),  # fp16: Turing has no bf16
+    (r"V100.*PCIE", 112e12),  # fp16
+    (r"V100", 125e12),  # fp16, SXM2
+]
+
+
+def gpu_peak_flops(name: str) -> float | None:
+    """The dense bf16 peak FLOP/s of the GPU called `name` (torch.cuda.get_device_name()); None if not known."""
+    for pattern, peak in GPU_PEAK_FLOPS:
+        if re.search(pattern, name, re.IGNORECASE):
+            return peak
+    return None
 
 
 # ----------------------------------------------------------------------------- atomic writes

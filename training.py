@@ -55,6 +55,7 @@ from common import (
     config_from_dict,
     config_to_dict,
     describe_source,
+    gpu_peak_flops,
     load_checkpoint,
     pick_device,
     pick_dtype,
@@ -67,7 +68,6 @@ CKPT_FILE = "ckpt.pt"
 LOG_FILE = "log.csv"
 PLOT_FILE = "loss.png"
 LOG_FIELDS = ["step", "train_loss", "val_loss", "step_loss", "lr", "tokens", "elapsed_s", "best"]
-H100_BF16_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak of one H100 SXM, the usual MFU denominator
 WARMUP_START_FACTOR = 0.01  # the first warmup step runs at 1% of the peak learning rate
 # Evaluation batches come from their own generators, seeded apart from the training one, and are drawn
 # afresh from the same seed at every evaluation: each evaluation scores the very same windows.
@@ -144,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-after", type=int, default=0, metavar="N",
                    help="stop this run after N optimizer steps and save ckpt.pt; the schedule still runs to "
                         "--max-iters, so --resume continues it (default 0: no limit)")
-    p.add_argument("--peak-flops", type=float, default=H100_BF16_PEAK_FLOPS,
-                   help="peak FLOP/s of one accelerator, for the MFU shown on GPUs (default: H100 bf16, 989e12)")
+    p.add_argument("--peak-flops", type=float, default=None,
+                   help="peak FLOP/s of one accelerator, for the MFU on the progress bar (default: the dense bf16 "
+                        "peak of the GPU present, looked up by name in common.GPU_PEAK_FLOPS: H100, H200, A100, L40S, "
+                        "L4, A10, RTX 4090, RTX 3090, T4, V100; another GPU shows no MFU and says so)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
     for group, cls, helps in (("model", GPTConfig, MODEL_HELP), ("train", TrainConfig, TRAIN_HELP)):
         arg_group = p.add_argument_group(f"{group} settings")
@@ -182,7 +184,7 @@ def resolve(preset: str | None, model_over: dict, train_over: dict) -> tuple[str
     return preset, why, replace(p.model, **model_over), replace(p.train, **train_over)
 
 
-def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flops: float = 1.0) -> None:
+def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flops: float | None = None) -> None:
     """One clear CLIError for the first bad setting; nothing has been built or written yet."""
     positive = {
         "--batch-size": tc.batch_size, "--grad-accum": tc.grad_accum, "--max-iters": tc.max_iters,
@@ -199,8 +201,8 @@ def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flo
                        "so the schedule decays")
     if tc.max_minutes > 0 and tc.warmup_iters < PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS:
         raise CLIError(f"--warmup-iters {tc.warmup_iters} is too short for --max-minutes {tc.max_minutes}: the step "
-                       f"count is fixed by timing the first {PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS} warmup steps; use "
-                       f"more warmup, or a set step count with --max-iters N --max-minutes 0")
+                       f"count is fixed by timing the first {PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS} warmup "
+                       "steps; use more warmup, or a set step count with --max-iters N --max-minutes 0")
     if tc.max_minutes == 0 and not (0 <= tc.warmup_iters < tc.max_iters):
         raise CLIError(f"--warmup-iters {tc.warmup_iters} must be at least 0 and below --max-iters {tc.max_iters}")
     if tc.weight_decay < 0:
@@ -214,7 +216,7 @@ def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flo
         raise CLIError(f"--max-minutes {tc.max_minutes} must not be negative (0 = no limit)")
     if stop_after < 0:
         raise CLIError(f"--stop-after {stop_after} must not be negative (0 = no limit)")
-    if not peak_flops > 0:
+    if peak_flops is not None and not peak_flops > 0:
         raise CLIError(f"--peak-flops {peak_flops} must be positive")
     if not 0 <= mc.dropout < 1:
         raise CLIError(f"--dropout {mc.dropout} must be in [0, 1)")
@@ -595,7 +597,10 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
         restore(run, ckpt)
     del ckpt
 
-    run.model = torch.compile(raw_model) if tc.compile else raw_model
+    problem = compile_problem(device) if tc.compile else None
+    if problem:
+        run.say(f"note: {problem}; training without torch.compile (eager)")
+    run.model = torch.compile(raw_model) if tc.compile and not problem else raw_model
     run.train_model = run.model
     if dist.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -627,12 +632,33 @@ def restore(run: Run, ckpt: dict) -> None:
             f"at step {run.best_step})")
 
 
+def compile_problem(device: str) -> str | None:
+    """Why torch.compile cannot work for this device here, or None when it can: it needs Triton on a CUDA
+    GPU (not shipped for Windows), a C++ compiler on a CPU, and has no stable backend for Apple's MPS."""
+    import shutil
+
+    import torch._dynamo
+    from torch.utils._triton import has_triton
+
+    if not torch._dynamo.is_dynamo_supported():
+        return (f"torch {torch.__version__} does not support torch.compile with Python {sys.version.split()[0]} "
+                f"on {sys.platform}")
+    if device.startswith("cuda") and not has_triton():
+        return "torch.compile needs Triton for CUDA GPUs and it is not installed (Windows: pip install triton-windows)"
+    if device == "mps":
+        return f"torch.compile has no stable backend for MPS in torch {torch.__version__}"
+    if device == "cpu" and not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++", "cl")):
+        return "torch.compile on a CPU needs a C++ compiler (g++, clang++ or MSVC's cl) and none is on PATH"
+    return None
+
+
 def announce(run: Run, meta: dict, resume: bool) -> None:
     """Say what is about to train, on what, and make OUT (rank 0)."""
     mc, tc = run.mc, run.tc
     run.say(f"model: {run.raw_model.num_params() / 1e6:.2f}M parameters, "
             f"{run.raw_model.flops_per_token() / 1e6:.1f} MFLOPs per token")
-    run.say(f"device {run.device}, dtype {run.dtype}, {run.dist.world} process(es), compile {tc.compile}, "
+    run.say(f"device {run.device}, dtype {run.dtype}, {run.dist.world} process(es), "
+            f"compile {run.model is not run.raw_model}, "
             f"{run.tokens_per_step:,} tokens per optimizer step")
     run.say(f"data: {tc.data_dir}, {meta['splits']['train']['tokens']:,} train / "
             f"{meta['splits']['validation']['tokens']:,} validation tokens, {describe_data(run.facts)}")
@@ -840,13 +866,29 @@ def threading_is_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-class Speedometer:
-    """Tokens per second (a moving average) and, on GPUs, the MFU, shown on the progress bar."""
+def mfu_peak(device: str, peak_flops: float | None) -> tuple[float | None, str]:
+    """The peak FLOP/s the MFU divides by (None: no MFU shown) and a line saying where it comes from."""
+    if peak_flops:
+        return peak_flops, f"MFU against --peak-flops {peak_flops:.4g} FLOP/s per device"
+    if not device.startswith("cuda"):
+        return None, ""
+    name = torch.cuda.get_device_name(device)
+    peak = gpu_peak_flops(name)
+    if peak is None:
+        return None, (f"MFU not shown: the peak FLOP/s of {name!r} is unknown here; pass --peak-flops with its "
+                      "dense bf16 tensor FLOP/s")
+    return peak, f"MFU against the {name}'s dense bf16 peak of {peak / 1e12:,.0f} TFLOP/s"
 
-    def __init__(self, run: Run, peak_flops: float):
+
+class Speedometer:
+    """Tokens per second (a moving average) and the MFU where the peak is known, shown on the progress bar."""
+
+    def __init__(self, run: Run, peak_flops: float | None):
         self.run, self.tok_per_s, self.steps = run, 0.0, 0
-        self.peak_flops = peak_flops if run.device.startswith("cuda") else None
+        self.peak_flops, line = mfu_peak(run.device, peak_flops)
         self.flops_per_token = run.raw_model.flops_per_token()
+        if line:
+            run.say(line)
 
     def show(self, bar, step_s: float) -> None:
         run = self.run
@@ -866,7 +908,7 @@ def train(
     *,
     resume: bool = False,
     stop_after: int = 0,
-    peak_flops: float = H100_BF16_PEAK_FLOPS,
+    peak_flops: float | None = None,
     progress: bool = True,
     preset: str | None = None,
 ) -> dict:
@@ -881,8 +923,8 @@ def train(
     run = build_run(mc, tc, resume=resume, preset=preset)
     start_step, evaluated_at, losses, stopped = run.step, (run.history[-1]["step"] if run.history else -1), [], "done"
     speed = Speedometer(run, peak_flops)
-    bar = tqdm(total=run.schedule and run.tc.max_iters, initial=run.step, desc="training", unit="step", dynamic_ncols=True,
-               disable=not (progress and run.dist.master), file=sys.stderr)
+    bar = tqdm(total=run.schedule and run.tc.max_iters, initial=run.step, desc="training", unit="step",
+               dynamic_ncols=True, disable=not (progress and run.dist.master), file=sys.stderr)
     run.say = bar.write if run.dist.master else run.say
     run.t_train = time.time()
     run.train_model.train()
@@ -984,8 +1026,8 @@ def main(argv: list[str] | None = None) -> dict:
         preset, why, mc, tc = resolve(args.preset, model_over, train_over)
         chosen = f"preset {preset} ({why}): {PRESETS[preset].description}"
         if "max_iters" in train_over and tc.max_minutes > 0:
-            raise CLIError(f"--max-iters {tc.max_iters} and the {tc.max_minutes}-minute budget (--max-minutes) both set "
-                           f"the step count; add --max-minutes 0 to train exactly {tc.max_iters} steps")
+            raise CLIError(f"--max-iters {tc.max_iters} and the {tc.max_minutes}-minute budget (--max-minutes) both "
+                           f"set the step count; add --max-minutes 0 to train exactly {tc.max_iters} steps")
     check_settings(mc, tc, args.stop_after, args.peak_flops)
     check_data(mc, tc)
     master = int(os.environ.get("RANK", "0")) == 0
@@ -1005,7 +1047,9 @@ def main(argv: list[str] | None = None) -> dict:
         if summary["stopped"] != "stop_after":
             sys.exit(130)
         return summary
-    how = "finished" if summary["stopped"] == "done" else f"cut {BUDGET_OVERRUN:.0%} past the {tc.max_minutes}-minute budget"
+    how = "finished"
+    if summary["stopped"] == "time":
+        how = f"cut {BUDGET_OVERRUN:.0%} past the {tc.max_minutes}-minute budget"
     print(f"{how} at step {summary['step']} of {summary['max_iters']} in {summary['elapsed_s'] / 60:.1f} min "
           f"({summary['tokens_per_s']:,.0f} tokens/s): best validation loss {summary['best_val_loss']:.4f} at step "
           f"{summary['best_step']} -> {out / BEST_FILE}; log {out / LOG_FILE}, plot {out / PLOT_FILE}; "

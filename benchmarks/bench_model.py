@@ -26,10 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import CLIError, autocast, pick_device, run_cli  # noqa: E402
+from common import CLIError, autocast, gpu_peak_flops, pick_device, run_cli  # noqa: E402
 from config import GPTConfig  # noqa: E402
 from model import GPT  # noqa: E402
-from training import H100_BF16_PEAK_FLOPS  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -45,8 +44,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed training steps (default: 3 on CPU, 20 on CUDA)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed training steps first (default: 1 on CPU, 5 on CUDA; compile happens here)")
-    p.add_argument("--peak-flops", type=float, default=H100_BF16_PEAK_FLOPS,
-                   help="accelerator's dense bf16 peak FLOP/s for MFU (default: H100 SXM, 989e12)")
+    p.add_argument("--peak-flops", type=float, default=None,
+                   help="accelerator's dense bf16 peak FLOP/s for MFU (default: the GPU's, by name, from "
+                        "common.GPU_PEAK_FLOPS; no MFU for a GPU not listed there)")
     p.add_argument("--no-compile", action="store_true", help="CUDA: skip the torch.compile measurement")
     p.add_argument("--no-max-batch", action="store_true", help="CUDA: skip the search for the largest batch")
     p.add_argument("--skip-generation", action="store_true", help="measure training only")
@@ -162,9 +162,10 @@ def bench_training(raw: GPT, args, device: str, dtype: str, compiled: bool) -> d
     line = (f"  training {label:18s}: batch {B} x {T}, {seconds * 1e3:8.1f} ms/step = {tok_s:10.0f} tokens/s, "
             f"{flops_tok * tok_s / 1e12:7.3f} TFLOP/s")
     mfu = None
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and args.peak_flops:
         mfu = flops_tok * tok_s / args.peak_flops
         line += f", MFU {mfu:.1%} of {args.peak_flops / 1e12:.0f} TFLOP/s"
+    if device.startswith("cuda"):
         line += f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
     say(line + f"  (warm-up {warm:.1f} s; {load()})")
     del opt
@@ -234,6 +235,10 @@ def main(argv=None) -> None:
     model = GPT(config).to(device)
     name = torch.cuda.get_device_name(device) if cuda else f"{platform.machine()} CPU, {os.cpu_count()} cores"
     say(f"device: {name}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads; {dtype}")
+    if cuda and args.peak_flops is None:
+        args.peak_flops = gpu_peak_flops(name)
+        if args.peak_flops is None:
+            say(f"MFU not shown: the peak FLOP/s of {name!r} is unknown here; pass --peak-flops")
     say(f"model: default GPTConfig, {model.num_params():,} parameters, "
         f"{model.flops_per_token() / 1e6:.1f} MFLOPs per training token at T={config.block_size}")
     say(load())
