@@ -416,8 +416,9 @@ def test_a_budget_run_resumes_with_its_step_count_and_matches_the_printed_reprod
     assert [s for s, _ in first["losses"] + second["losses"]] == list(range(1, 46))
     assert [loss for _, loss in first["losses"] + second["losses"]] == pytest.approx(
         [loss for _, loss in steps["losses"]], abs=1e-6)
-    assert_same_rows(training.read_log(tmp_path / "budget" / "log.csv"), training.read_log(tmp_path / "steps" / "log.csv"),
-                     tol=1e-6, keys=("train_loss", "val_loss", "step_loss", "lr"))
+    assert_same_rows(training.read_log(tmp_path / "budget" / "log.csv"),
+                     training.read_log(tmp_path / "steps" / "log.csv"), tol=1e-6,
+                     keys=("train_loss", "val_loss", "step_loss", "lr"))
 
 
 def test_a_machine_that_slows_down_is_cut_just_past_the_budget_with_everything_saved(tiny_data_dir, tmp_path,
@@ -448,3 +449,205 @@ def test_max_iters_with_a_time_budget_is_refused_in_one_line(tiny_data_dir, tmp_
         training.main(["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "o"),
                        "--max-minutes", "1", "--warmup-iters", "2"])
     assert not (tmp_path / "o").exists()
+
+
+# ----------------------------------------------------------------------------- the gpu preset's settings, on a CPU
+
+# The gpu preset's training settings (bfloat16, torch.compile, grad_accum 2, dropout 0.1) on a tiny model.
+TINY_GPU = ["--preset", "gpu", "--device", "cpu", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
+            "--block-size", "64", "--batch-size", "2", "--max-iters", "6", "--warmup-iters", "2",
+            "--eval-interval", "3", "--eval-iters", "1", "--no-progress"]
+
+
+@pytest.mark.slow  # the first torch.compile of a run takes 20-50 s on 2 cores
+def test_gpu_preset_settings_compile_on_cpu_save_plain_keys_and_resume_exactly(tiny_data_dir, tmp_path, monkeypatch,
+                                                                                capsys):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # compiled kernels stay in tmp_path
+    args = TINY_GPU + ["--data-dir", str(tiny_data_dir)]
+    straight = training.main(args + ["--out-dir", str(tmp_path / "straight")])
+    out = capsys.readouterr().out
+    assert "dtype bfloat16" in out and "compile True" in out and "256 tokens per optimizer step" in out  # 2 x 2 x 64
+    first = training.main(args + ["--out-dir", str(tmp_path / "halves"), "--stop-after", "4"])
+    second = training.main(["--resume", "--out-dir", str(tmp_path / "halves"), "--no-progress"])
+    assert "compile True" in capsys.readouterr().out
+
+    for name in ("ckpt.pt", "best_model_params.pt"):
+        keys = load_checkpoint(tmp_path / "halves" / name)["model"]
+        assert not any("_orig_mod" in k for k in keys), name
+    assert [s for s, _ in first["losses"] + second["losses"]] == list(range(1, 7))
+    assert [loss for _, loss in first["losses"] + second["losses"]] == pytest.approx(
+        [loss for _, loss in straight["losses"]], abs=1e-6)
+    a = load_checkpoint(tmp_path / "straight" / "ckpt.pt")["model"]
+    b = load_checkpoint(tmp_path / "halves" / "ckpt.pt")["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_bfloat16_on_cpu_trains_resumes_exactly_and_its_model_loads_in_evaluate_and_model_usage(
+        tiny_data_dir, tmp_path, capsys):
+    import evaluate
+    import model_usage
+
+    over = dict(dtype="bfloat16", max_iters=16, eval_interval=8, eval_iters=2, batch_size=4)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "straight", **over)
+    straight = training.train(mc, tc, progress=False)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "halves", **over)
+    first = training.train(mc, tc, progress=False, stop_after=5)
+    second = training.train(mc, tc, progress=False, resume=True)
+    assert [loss for _, loss in first["losses"] + second["losses"]] == pytest.approx(
+        [loss for _, loss in straight["losses"]], abs=1e-6)
+    rows = training.read_log(tmp_path / "halves" / "log.csv")
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5  # 10.83 -> 9.83 in 16 steps
+
+    best = tmp_path / "halves" / training.BEST_FILE
+    model_from_checkpoint(load_checkpoint(best))
+    capsys.readouterr()
+    scored = evaluate.main(["--checkpoint", str(best), "--data-dir", str(tiny_data_dir), "--num-samples", "0",
+                            "--quiet"])
+    assert scored["loss"] == pytest.approx(rows[-1]["val_loss"], abs=0.5)  # all windows vs the fixed batches
+    model_usage.main(["--checkpoint", str(best), "--prompt", "Once", "--max-new-tokens", "5", "--seed", "0"])
+    assert f"[{best} (step 16" in capsys.readouterr().out
+
+
+def test_grad_accum_2_with_batch_b_equals_grad_accum_1_with_batch_2b(tiny_data_dir, tmp_path):
+    over = dict(max_iters=4, eval_interval=4, eval_iters=1, warmup_iters=1, dropout=0.0)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "accum", grad_accum=2, batch_size=2, **over)
+    accum = training.train(mc, tc, progress=False)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "wide", grad_accum=1, batch_size=4, **over)
+    wide = training.train(mc, tc, progress=False)
+    assert [loss for _, loss in accum["losses"]] == pytest.approx([loss for _, loss in wide["losses"]], abs=1e-5)
+    a = load_checkpoint(tmp_path / "accum" / "ckpt.pt")["model"]
+    b = load_checkpoint(tmp_path / "wide" / "ckpt.pt")["model"]
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert not torch.equal(a["transformer.wte.weight"], training_start_weights(mc)), "the weights did move"
+
+
+def training_start_weights(mc: GPTConfig) -> torch.Tensor:
+    from model import GPT
+
+    torch.manual_seed(PRESETS["smoke"].train.seed)
+    return GPT(mc).state_dict()["transformer.wte.weight"]
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_every_preset_passes_its_checks_and_builds_its_model(name):
+    from model import GPT
+
+    p = PRESETS[name]
+    training.check_settings(p.model, p.train)
+    model = GPT(p.model)
+    _, loss = model(torch.zeros((1, 8), dtype=torch.long), torch.zeros((1, 8), dtype=torch.long))
+    assert math.isfinite(loss.item())
+    if name == "gpu":
+        assert model.num_params() == 51_213_824 and p.train.compile and p.train.dtype == "bfloat16"
+
+
+def test_float16_without_cuda_is_a_one_line_refusal(tiny_data_dir, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here: float16 is allowed")
+    with pytest.raises(CLIError) as e:
+        training.main(["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "o"),
+                       "--dtype", "float16"])
+    assert "--dtype float16 needs a CUDA GPU" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_float16_with_grad_scaler_and_pinned_batches_trains_and_resumes(tiny_data_dir, tmp_path):
+    over = dict(device="cuda", dtype="float16", max_iters=12, eval_interval=6, eval_iters=1, batch_size=4)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "straight", **over)
+    straight = training.train(mc, tc, progress=False)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "halves", **over)
+    first = training.train(mc, tc, progress=False, stop_after=6)
+    second = training.train(mc, tc, progress=False, resume=True)
+    scaler = load_checkpoint(tmp_path / "halves" / "ckpt.pt")["scaler"]
+    assert scaler and scaler["scale"] > 0, "float16 runs save the GradScaler's state"
+    assert [loss for _, loss in first["losses"] + second["losses"]] == pytest.approx(
+        [loss for _, loss in straight["losses"]], abs=1e-4)
+    rows = training.read_log(tmp_path / "halves" / "log.csv")
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs for NCCL")
+def test_torchrun_nccl_two_gpus_match_one_gpu_with_the_same_global_batch(tiny_data_dir, tmp_path):
+    common = ["--preset", "smoke", "--device", "cuda", "--data-dir", str(tiny_data_dir), "--max-iters", "5",
+              "--eval-interval", "1", "--eval-iters", "2", "--warmup-iters", "1", "--dropout", "0"]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    r = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "training.py", "--no-progress", *common,
+                        "--batch-size", "2", "--out-dir", str(tmp_path / "two")],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    training.main([*common, "--batch-size", "4", "--out-dir", str(tmp_path / "one"), "--no-progress"])
+    assert_same_rows(training.read_log(tmp_path / "two" / "log.csv"), training.read_log(tmp_path / "one" / "log.csv"),
+                     tol=1e-3)
+
+
+# ----------------------------------------------------------------------------- what a GPU user trips on
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA GH200 480GB", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+    ("NVIDIA A100 80GB PCIe", 312e12), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12), ("NVIDIA A10", 125e12),
+    ("NVIDIA GeForce RTX 4090", 165e12), ("NVIDIA GeForce RTX 3090", 71e12), ("Tesla T4", 65e12),
+    ("Tesla V100-SXM2-16GB", 125e12), ("Tesla V100-PCIE-32GB", 112e12),
+    # not in the table: said so, never another GPU's peak
+    ("NVIDIA A10G", None), ("NVIDIA GeForce RTX 3090 Ti", None), ("NVIDIA GeForce RTX 4090 Laptop GPU", None),
+    ("NVIDIA GeForce RTX 4090 D", None), ("NVIDIA B200", None), ("Radeon RX 7900 XTX", None),
+])
+def test_gpu_peak_flops_by_device_name(name, peak):
+    from common import gpu_peak_flops
+
+    assert gpu_peak_flops(name) == peak
+
+
+def test_mfu_uses_the_peak_of_the_gpu_detected_and_says_when_it_is_unknown(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L4")
+    peak, line = training.mfu_peak("cuda", None)
+    assert peak == 121e12 and "NVIDIA L4's dense bf16 peak of 121 TFLOP/s" in line
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Hypothetical X1")
+    peak, line = training.mfu_peak("cuda", None)
+    assert peak is None and "MFU not shown" in line and "'NVIDIA Hypothetical X1'" in line and "--peak-flops" in line
+    assert training.mfu_peak("cuda", 2e14)[0] == 2e14, "--peak-flops wins over the table"
+    assert training.mfu_peak("cpu", None) == (None, "")
+
+
+def test_compile_problem_names_what_is_missing(monkeypatch):
+    import shutil
+
+    import torch.utils._triton
+
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: False)
+    assert "needs Triton" in training.compile_problem("cuda")
+    assert "MPS" in training.compile_problem("mps")
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "needs a C++ compiler" in training.compile_problem("cpu")
+    monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
+    assert "does not support torch.compile" in training.compile_problem("cpu")
+
+
+def test_without_a_compiler_compile_says_so_in_one_line_and_trains_eager(tiny_data_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    import shutil
+
+    def no_compile(*a, **k):
+        raise AssertionError("torch.compile called where it cannot work")
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)  # no C++ compiler on PATH: inductor cannot build
+    monkeypatch.setattr(torch, "compile", no_compile)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", compile=True, max_iters=2, eval_interval=2, eval_iters=1,
+                   batch_size=2, warmup_iters=1)
+    s = training.train(mc, tc, progress=False)
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if "torch.compile" in line]
+    assert notes == ["note: torch.compile on a CPU needs a C++ compiler (g++, clang++ or MSVC's cl) and none is on "
+                     "PATH; training without torch.compile (eager)"]
+    assert "compile False" in out and s["stopped"] == "done" and s["step"] == 2
+
+
+def test_training_does_not_import_model_usage():
+    import ast
+
+    tree = ast.parse((REPO / "training.py").read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "model_usage" not in imported and "common" in imported
