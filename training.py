@@ -979,6 +979,7 @@ def summarize(run: Run, stopped: str, losses: list[tuple[int, float]], start_ste
         "out_dir": str(run.out_dir),
         "data": describe_data(run.facts),
         "world_size": run.dist.world,
+        "gpu_peak_gib": torch.cuda.max_memory_allocated(run.device) / 2**30 if run.device.startswith("cuda") else None,
     }
 
 
@@ -1054,6 +1055,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"({summary['tokens_per_s']:,.0f} tokens/s): best validation loss {summary['best_val_loss']:.4f} at step "
           f"{summary['best_step']} -> {out / BEST_FILE}; log {out / LOG_FILE}, plot {out / PLOT_FILE}; "
           f"{summary['data']}")
+    if summary["gpu_peak_gib"] is not None:
+        print(f"peak GPU memory {summary['gpu_peak_gib']:.1f} GiB (torch.cuda.max_memory_allocated, rank 0)")
     return summary
 
 
