@@ -184,6 +184,7 @@ def test_loss_falls_and_the_outputs_are_complete(tiny_data_dir, tmp_path):
     assert again["validation"] == pytest.approx(best["val_loss"], rel=1e-5)
 
 
+@pytest.mark.slow  # tokenizes the 0.9M-token sample first
 def test_real_tinystories_sample_loss_falls(shared_tinystories, tmp_path):
     import load_dataset
     import tokenization
@@ -277,6 +278,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoints(tiny_da
 # ----------------------------------------------------------------------------- processes
 
 
+@pytest.mark.slow  # a subprocess and three runs
 def test_sigkill_at_a_random_step_then_resume_finishes_like_a_straight_run(tiny_data_dir, tmp_path):
     over = dict(max_iters=24, eval_interval=3, batch_size=2, eval_iters=1)
     mc, tc = smoke(tiny_data_dir, tmp_path / "straight", **over)
@@ -318,6 +320,7 @@ def test_ctrl_c_saves_the_checkpoint_and_says_how_to_resume(tiny_data_dir, tmp_p
     assert f"python training.py --out-dir {out} --resume" in stdout
 
 
+@pytest.mark.slow  # three processes
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun")
 def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(tiny_data_dir, tmp_path):
     common = ["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--max-iters", "5", "--eval-interval", "1",
