@@ -942,23 +942,29 @@ def train(
                 step_s = time.time() - t0
                 losses.append((run.step, run.step_loss))
                 speed.show(bar, step_s)
-                if run.schedule is None:
+                if run.schedule is None:  # a time budget's probe: max_iters is fixed once its steps are timed
                     probe_schedule(run, step_s)
                     bar.total = run.schedule and run.tc.max_iters
-                if someone_stops:
-                    stopped = stop.signal or "time"
-                elif stop_after and run.step - start_step >= stop_after:
-                    stopped = "stop_after"
-                if stopped in ("SIGINT", "SIGTERM", "stop_after"):
+                asked = (stop.signal or "time") if someone_stops else None
+                stopped = why_stop(run, asked, stop_after, run.step - start_step)
+                if stopped in ("SIGINT", "SIGTERM", "stop_after"):  # save where it is, without an evaluation
                     save_resume_state(run)
                     break
-                if stopped == "time":  # evaluate and save at the top of the loop, then stop
-                    run.say(f"\n{tc.max_minutes}-minute budget overrun by {BUDGET_OVERRUN:.0%} at step {run.step} "
-                            "(the machine is slower than the probe measured): evaluating and stopping")
     finally:
         bar.close()
         run.dist.close()
     return summarize(run, stopped, losses, start_step)
+
+
+def why_stop(run: Run, asked: str | None, stop_after: int, steps_done: int) -> str:
+    """"done" to go on; else what stops the run: a signal, "time" (evaluated and saved at the top of the
+    loop), or "stop_after" (--stop-after steps done)."""
+    if asked == "time":
+        run.say(f"\n{run.tc.max_minutes}-minute budget overrun by {BUDGET_OVERRUN:.0%} at step {run.step} (the "
+                "machine is slower than the probe measured): evaluating and stopping")
+    if asked:
+        return asked
+    return "stop_after" if stop_after and steps_done >= stop_after else "done"
 
 
 def summarize(run: Run, stopped: str, losses: list[tuple[int, float]], start_step: int) -> dict:
