@@ -209,14 +209,18 @@ def model_from_checkpoint(ckpt: dict, device: str = "cpu"):
 
 
 def describe_source(ckpt: dict) -> str:
-    """What the checkpoint was trained on, in a few words; the built-in demo corpus is said loudly."""
+    """What the checkpoint was trained on, in a few words; a demo corpus (older checkpoints) is said loudly."""
     source = (ckpt.get("data") or {}).get("source") or {}
     kind = source.get("source")  # load_dataset.py's raw/source.json, copied into meta.json and the checkpoint
     if kind is None:
         return "training data unknown (the checkpoint does not record it)"
-    if kind == "builtin" or source.get("demo"):
+    if source.get("demo"):  # checkpoints from before the bundled sample, trained on generated stories
+        return "trained on a DEMO CORPUS (generated stories, not TinyStories)"
+    if kind == "sample":
         why = "; the hub could not be reached" if source.get("fallback_reason") else ""
-        return f"trained on the BUILT-IN DEMO CORPUS (generated stories, not TinyStories{why})"
+        n = ((source.get("splits") or {}).get("train") or {}).get("stories")
+        size = f", {n:,} train stories" if isinstance(n, int) else ""
+        return f"trained on the TinyStories sample bundled in sample_data/tinystories (real stories{size}{why})"
     if kind == "hub":
         return f"trained on TinyStories from the Hugging Face hub ({source.get('dataset', 'roneneldan/TinyStories')})"
     if kind == "local":

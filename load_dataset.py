@@ -67,7 +67,8 @@ FORMAT_VERSION = 1  # of DATA/raw + source.json; bump when the layout changes
 SHA256_OF = "each story's UTF-8 text followed by '\\n<|endoftext|>\\n', in split order (the raw .txt format)"
 # The real TinyStories sample shipped with the project (see sample_data/tinystories/README.md): each split's
 # xz file and the sha256 of the raw .txt text it decompresses to. The text must hash to this exactly.
-SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data" / "tinystories"
+SAMPLE_REL = "sample_data/tinystories"  # in the repository
+SAMPLE_DIR = Path(__file__).resolve().parent / SAMPLE_REL
 SAMPLE_FILES = {
     "train": ("train.txt.xz", "6f004d1bc0b4fac56874349ea3699aed129596e4c4961ea64b7de9bbb58b3b27"),
     "validation": ("validation.txt.xz", "290ca8c65919533f17e6cf82e89736eed6d11c603b5a7f231be84d902032fdce"),
@@ -340,7 +341,7 @@ def _read_sample_split(split: str) -> list[str]:
     """Every story of one split of the bundled sample, after checking the sha256 of its decompressed text."""
     name, expected = SAMPLE_FILES[split]
     path = SAMPLE_DIR / name
-    restore = f"restore it with: git checkout -- {Path(SAMPLE_DIR.parent.name) / SAMPLE_DIR.name / name}"
+    restore = f"restore it with: git checkout -- {SAMPLE_REL}/{name}"
     if not path.is_file():
         raise CLIError(f"the bundled sample file {path} is missing; {restore}")
     digest = hashlib.sha256()
@@ -477,7 +478,7 @@ def _up_to_date(raw: Path, request: dict) -> dict | None:
 def _summary(info: dict) -> str:
     sp = info["splits"]
     mb = sum(sp[s]["chars"] for s in SPLITS) / 1e6
-    what = {"sample": f"the TinyStories sample bundled in {SAMPLE_DIR.parent.name}/{SAMPLE_DIR.name}",
+    what = {"sample": f"the TinyStories sample bundled in {SAMPLE_REL}",
             "hub": HUB_DATASET, "local": "local files"}[info["source"]]
     return f"{sp['train']['stories']:,} train / {sp['validation']['stories']:,} validation stories, {mb:.1f}M chars, from {what}"
 
@@ -524,7 +525,7 @@ def prepare(
             else:
                 source = "sample"
                 print(f"the Hugging Face hub cannot be reached ({fallback_reason}): using the real TinyStories sample "
-                      f"bundled in {SAMPLE_DIR.parent.name}/{SAMPLE_DIR.name} instead, a few thousand stories rather "
+                      f"bundled in {SAMPLE_REL} instead, a few thousand stories rather "
                       f"than the whole dataset (--source hub forces the hub, --source local reads downloaded files)",
                       file=sys.stderr)
 
@@ -540,7 +541,7 @@ def prepare(
         facts["fallback_reason"] = fallback_reason
     if source == "sample":
         facts.update(demo=False, dataset=HUB_DATASET, note=SAMPLE_NOTE, num_stories=num_stories,
-                     sample_files={split: {"file": f"{SAMPLE_DIR.parent.name}/{SAMPLE_DIR.name}/{name}", "sha256": sha}
+                     sample_files={split: {"file": f"{SAMPLE_REL}/{name}", "sha256": sha}
                                    for split, (name, sha) in SAMPLE_FILES.items()})
     elif source == "hub":
         facts.update(demo=False, dataset=HUB_DATASET)
@@ -610,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the stories come from: auto (default) = local if --data-files is given, else "
                              f"the hub ({HUB_DATASET}), else the bundled sample when the hub cannot be reached; "
                              "hub; local (--data-files); sample (the real TinyStories sample shipped in "
-                             f"{SAMPLE_DIR.parent.name}/{SAMPLE_DIR.name}: no network, a few thousand stories)")
+                             f"{SAMPLE_REL}: no network, a few thousand stories)")
     parser.add_argument("--data-files", nargs="+", metavar="SPLIT=PATH",
                         help="local files: train=PATH [validation=PATH]; raw .txt, .json/.jsonl (field 'text') or "
                              f".parquet; without validation, {LOCAL_VALIDATION_FRACTION:.0%}% of train is held out")

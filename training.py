@@ -253,7 +253,7 @@ def data_facts(meta: dict) -> dict:
 
 
 def describe_data(facts: dict) -> str:
-    """The data source in a few words; the built-in demo corpus is said LOUDLY."""
+    """The data source in a few words (common.describe_source)."""
     return describe_source({"data": facts})
 
 

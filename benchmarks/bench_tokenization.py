@@ -1,10 +1,13 @@
 """Benchmark of Step 2: tokenization.py end to end against the limit and the common approach, and its
 peak memory at two corpus sizes 4x apart.
 
-    .venv/bin/python benchmarks/bench_tokenization.py            # >= 50 MB of built-in stories, 2 workers
+    .venv/bin/python benchmarks/bench_tokenization.py            # >= 50 MB of real stories, 2 workers
     .venv/bin/python benchmarks/bench_tokenization.py --mb 50 --num-proc 2 --repeats 2
 
-On the same stories (DATA/raw made by load_dataset.py --source builtin) and the same number of workers N:
+On the same stories and the same number of workers N. The corpus is the bundled real TinyStories sample
+(sample_data/tinystories, 3.7 MB) with its train stories repeated whole until the corpus reaches --mb,
+written as a raw .txt file and loaded with load_dataset.py --source local; validation is the sample's
+validation split once. (Figures recorded before the sample was bundled used a generated corpus instead.)
   limit        enc.encode_ordinary_batch(texts, num_threads=N) on texts already held in memory, no I/O
   limit/procs  the same texts split over N forked processes, each encoding its part in memory, no I/O
   common       Dataset.map(tokenize, num_proc=N) then np.concatenate into one array (nanoGPT's prepare.py,
@@ -33,9 +36,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-CHARS_PER_STORY = 696  # the built-in generator's average, to size the corpus
-
-
 def cpu_seconds() -> float:
     """User + system CPU of this process and of its finished children (worker pools are joined on exit)."""
     import resource
@@ -63,9 +63,25 @@ print(json.dumps({{"seconds": seconds, "cpu": cpu_seconds, "tokens": sum(s["toke
 
 
 def make_corpus(data_dir: Path, mb: float) -> dict:
+    """DATA/raw holding about mb million characters of real stories: the bundled sample's train stories
+    repeated whole as often as needed (the sample alone is too small to time), its validation stories once."""
+    import math
+
     import load_dataset
 
-    load_dataset.prepare(source="builtin", data_dir=data_dir, num_stories=int(mb * 1e6 / CHARS_PER_STORY), seed=0)
+    stories = {split: list(load_dataset.iter_raw_file(load_dataset.SAMPLE_DIR / load_dataset.SAMPLE_FILES[split][0]))
+               for split in load_dataset.SPLITS}
+    chars = {split: sum(map(len, s)) for split, s in stories.items()}
+    copies = max(1, math.ceil((mb * 1e6 - chars["validation"]) / chars["train"]))
+    files = {}
+    for split, repeat in (("train", copies), ("validation", 1)):
+        files[split] = data_dir.parent / f"{data_dir.name}-{split}.txt"
+        with open(files[split], "w", encoding="utf-8") as f:
+            for _ in range(repeat):
+                f.writelines(story + f"\n{load_dataset.EOT_TEXT}\n" for story in stories[split])
+    print(f"corpus {data_dir.name}: the bundled sample's {len(stories['train']):,} train stories x {copies}, "
+          f"{len(stories['validation']):,} validation stories")
+    load_dataset.prepare(source="local", data_dir=data_dir, data_files={k: str(v) for k, v in files.items()})
     return load_dataset.read_source(data_dir)
 
 

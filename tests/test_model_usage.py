@@ -24,8 +24,9 @@ from config import EOT_ID, GPTConfig
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(block_size=32, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
 LA, DI = 8591, 2566  # GPT-2 tokens " la" and " di"
-BUILTIN_SOURCE = {"source": "builtin", "requested": "auto", "demo": True, "num_stories": 400, "seed": 0,
-                  "fallback_reason": "no network"}  # the shape of load_dataset.py's raw/source.json
+SAMPLE_SOURCE = {"source": "sample", "requested": "auto", "demo": False, "num_stories": 400,
+                 "fallback_reason": "no network", "splits": {"train": {"stories": 400}, "validation": {"stories": 25}},
+                 }  # the shape of load_dataset.py's raw/source.json
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -55,7 +56,7 @@ def constant_logits(model, logits: dict[int, float]):
     return model
 
 
-def save_checkpoint(model, path, source: dict | None = BUILTIN_SOURCE, **data_overrides) -> Path:
+def save_checkpoint(model, path, source: dict | None = SAMPLE_SOURCE, **data_overrides) -> Path:
     """Write `model` in the checkpoint format of best_model_params.pt."""
     data = {"tokenizer": "gpt2", "vocab_size": model.config.vocab_size, "eot_id": EOT_ID, "eot_position": "before",
             "source": source}
@@ -131,7 +132,7 @@ def test_default_sentence_and_default_checkpoint(tmp_path, ckpts):
     assert r.returncode == 0, r.stderr
     header, story = r.stdout.splitlines()[:2]
     assert "out/best_model_params.pt" in header and "step 7" in header
-    assert "BUILT-IN DEMO CORPUS" in header
+    assert "TinyStories sample bundled in sample_data/tinystories (real stories, 400 train" in header
     assert story == model_usage.sentence + " la" * model_usage.MAX_NEW_TOKENS
 
 
@@ -307,10 +308,14 @@ def test_bad_flag_values_are_usage_errors(ckpts, capsys):
         assert code == 2 and bad[0] in err
 
 
-def test_describe_source_says_builtin_loudly():
+def test_describe_source_names_the_data():
     import model_usage
 
-    assert "BUILT-IN DEMO CORPUS" in model_usage.describe_source({"data": {"source": BUILTIN_SOURCE}})
+    assert model_usage.describe_source({"data": {"source": SAMPLE_SOURCE}}) == (
+        "trained on the TinyStories sample bundled in sample_data/tinystories (real stories, 400 train stories; "
+        "the hub could not be reached)")
+    old_demo = {"source": "generated", "demo": True}  # a checkpoint from before the bundled sample
+    assert "DEMO CORPUS" in model_usage.describe_source({"data": {"source": old_demo}})
     assert "unknown" in model_usage.describe_source({"data": {}})
     local = {"source": "local", "demo": False, "data_files": {"train": "a.txt", "validation": "b.txt"}}
     described = model_usage.describe_source({"data": {"source": local}})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import lzma
 import socket
 import threading
 import time
@@ -46,9 +47,12 @@ def make_raw(data_dir, train: list[str], validation: list[str], train_files: int
 
 
 def corpus(n: int = 150) -> tuple[list[str], list[str]]:
-    import builtin_stories
+    """n real stories from the bundled sample (its first n train stories), plus the awkward ones."""
+    import load_dataset
 
-    stories = builtin_stories.generate_stories(n, seed=3)
+    stories = load_dataset.parse_raw_text(lzma.decompress(
+        (load_dataset.SAMPLE_DIR / load_dataset.SAMPLE_FILES["train"][0]).read_bytes()).decode("utf-8"))[:n]
+    assert len(stories) == n
     train = stories[: n - 20] + SPECIAL_STORIES
     return train, stories[n - 20:] + SPECIAL_STORIES[:2]
 

@@ -165,12 +165,12 @@ def test_loss_falls_and_the_outputs_are_complete(tiny_data_dir, tmp_path):
     assert rows[0]["val_loss"] == pytest.approx(math.log(mc.vocab_size), abs=0.5)  # untrained: ~uniform
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.5 and rows[-1]["train_loss"] < rows[0]["train_loss"] - 1.5
     assert s["stopped"] == "done" and s["step"] == 30 and s["best_val_loss"] == min(r["val_loss"] for r in rows)
-    assert "BUILT-IN DEMO CORPUS" in s["data"]
+    assert "TinyStories sample bundled" in s["data"]
     assert (out / training.PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     best = torch.load(out / training.BEST_FILE, weights_only=True)  # plain data only
     assert best["config"] == training.config_to_dict(mc) and best["step"] == s["best_step"]
-    assert best["data"]["source"]["source"] == "builtin" and best["data"]["eot_id"] == 50256
+    assert best["data"]["source"]["source"] == "sample" and best["data"]["eot_id"] == 50256
     assert best["val_loss"] == pytest.approx(s["best_val_loss"])
     model = model_from_checkpoint(best).eval()
     assert not any(k.startswith("_orig_mod.") for k in best["model"])
