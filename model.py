@@ -1,13 +1,23 @@
 """Step 4: the GPT. Token + position embeddings, pre-LayerNorm blocks, tied LM head, KV-cached generation.
 
-Pure: no files, no arguments, no prints. The attention path is SDPA (flash kernels on GPU); set
-`CausalSelfAttention.use_sdpa = False` (class attribute, or on one module) for the plain masked-softmax
-path the tests compare it against.
+    python model.py                      # the default 51M model (what training's gpu preset trains), described
+    python model.py --preset cpu         # another preset from config.py; model flags as in training.py
+    python model.py --n-layer 12 --n-embd 768 --n-head 12
+
+Run as a script it creates the model and prints its architecture, a parameter table per part (the tied
+token embedding / LM head counted once), FLOPs per token, the memory that weights and AdamW state take,
+and one forward/backward pass on random tokens (loss near ln(vocab), a finite gradient for every
+parameter). It reads and writes no files.
+
+As a module it is pure: no files, no arguments, no prints (those live in main() only). The attention
+path is SDPA (flash kernels on GPU); set `CausalSelfAttention.use_sdpa = False` (class attribute, or on
+one module) for the plain masked-softmax path the tests compare it against.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from typing import Iterator
 
 import torch
@@ -357,3 +367,110 @@ class GPT(nn.Module):
             logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)  # (B, vocab)
         probs = F.softmax(logits, dim=-1)  # (B, vocab)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+# ----------------------------------------------------------------------------- python model.py
+
+CHECK_BATCH, CHECK_TOKENS = 2, 32  # the forward/backward check: 2 sequences of up to 32 random tokens
+BYTES_FP32 = 4
+MIB = 2**20
+
+
+def parameter_table(model: GPT) -> list[tuple[str, int]]:
+    """(part, parameters) rows: every parameter in exactly one top-level row (the tied matrix once), then
+    indented rows splitting one block; the top-level rows sum to model.num_params()."""
+    c, t = model.config, model.transformer
+
+    def count(*modules: nn.Module) -> int:
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    block = t.h[0]
+    rows = [
+        ("token embedding = LM head (tied, counted once)", count(t.wte)),
+        ("position embedding", count(t.wpe)),
+        (f"{c.n_layer} blocks", count(t.h)),
+        ("  one block", count(block)),
+        ("    attention (qkv + output projection)", count(block.attn)),
+        ("    MLP (4x expansion + projection)", count(block.mlp)),
+        ("    2 LayerNorms", count(block.ln_1, block.ln_2)),
+        ("final LayerNorm", count(t.ln_f)),
+    ]
+    return rows + [("total", sum(n for part, n in rows if not part.startswith(" ")))]
+
+
+def forward_backward_check(model: GPT, seed: int) -> tuple[float, list[str]]:
+    """One training step's forward and backward on random tokens: (loss, names of parameters whose gradient
+    is missing or not finite)."""
+    g = torch.Generator().manual_seed(seed)
+    T = min(CHECK_TOKENS, model.config.block_size)
+    idx = torch.randint(model.config.vocab_size, (CHECK_BATCH, T), generator=g)  # (B, T)
+    targets = torch.randint(model.config.vocab_size, (CHECK_BATCH, T), generator=g)  # (B, T)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    _, loss = model(idx, targets)
+    loss.backward()
+    bad = [name for name, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    return loss.item(), bad
+
+
+def main(argv: list[str] | None = None) -> None:
+    from dataclasses import asdict, replace
+
+    from common import ArgumentParser, add_model_flags, check_model_config, model_flags_given
+    from config import PRESETS
+
+    p = ArgumentParser(
+        prog="python model.py",
+        description="Step 4: create the GPT of a preset and describe it: architecture, parameters per part (the "
+                    "tied embedding / LM head once), FLOPs per token, memory for fp32 weights and AdamW state, "
+                    "and one forward/backward pass on random tokens. Reads and writes no files.",
+    )
+    p.add_argument("--preset", choices=list(PRESETS), default="gpu",
+                   help="model shape from config.py (default: gpu, the 51M default GPTConfig). "
+                   + "; ".join(f"{name}: {pr.description}" for name, pr in PRESETS.items()))
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the random tokens (default: 0)")
+    add_model_flags(p)
+    args = p.parse_args(argv)
+    given = model_flags_given(args)
+    config = replace(PRESETS[args.preset].model, **given)
+    check_model_config(config)
+
+    torch.manual_seed(args.seed)
+    model = GPT(config)
+    n = model.num_params()
+    changed = f" with {', '.join(f'{k}={v}' for k, v in given.items())} from the flags" if given else ""
+    print(f"preset {args.preset}{changed}: " + ", ".join(f"{k}={v}" for k, v in asdict(config).items()))
+    print(model)
+
+    rows = parameter_table(model)
+    width = max(len(part) for part, _ in rows)
+    print(f"\n{'part':<{width}}  {'parameters':>12}  {'share':>6}")
+    for part, count in rows:
+        share = f"{100 * count / n:5.1f}%" if not part.startswith(" ") else ""
+        print(f"{part:<{width}}  {count:>12,}  {share:>6}".rstrip())
+    if rows[-1][1] != n:  # the table must account for every parameter exactly once
+        raise RuntimeError(f"parameter table total {rows[-1][1]:,} != GPT.num_params() {n:,}")
+    print("(total = GPT.num_params(): the shared matrix is one tensor)")
+
+    flops = model.flops_per_token()
+    print(f"\nFLOPs per token, training (forward + backward, 6N + attention at context {config.block_size}): "
+          f"{flops / 1e6:,.1f} M; forward only about {flops / 3e6:,.1f} M")
+    weights = n * BYTES_FP32
+    print(f"memory, fp32: weights {weights / MIB:,.1f} MiB, gradients {weights / MIB:,.1f} MiB, AdamW moments "
+          f"(2 per parameter) {2 * weights / MIB:,.1f} MiB: {4 * weights / MIB:,.1f} MiB in all for training, "
+          f"before activations (which grow with batch x context)")
+
+    loss, bad = forward_backward_check(model, args.seed)
+    T = min(CHECK_TOKENS, config.block_size)
+    print(f"\nforward/backward on {CHECK_BATCH} x {T} random tokens: loss {loss:.4f} "
+          f"(ln {config.vocab_size} = {math.log(config.vocab_size):.4f} for an untrained model)")
+    if bad or not math.isfinite(loss):
+        print(f"check FAILED: {len(bad)} parameters without a finite gradient (e.g. {bad[:3]}), loss {loss}")
+        sys.exit(1)
+    print(f"every parameter ({sum(1 for _ in model.parameters())} tensors, {n:,} values) got a finite gradient")
+
+
+if __name__ == "__main__":
+    from common import run_cli
+
+    run_cli(main)

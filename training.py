@@ -49,14 +49,18 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from common import (
     CLIError,
+    add_model_flags,
+    add_settings_flags,
     atomic_torch_save,
     atomic_write,
     autocast,
+    check_model_config,
     config_from_dict,
     config_to_dict,
     describe_source,
     gpu_peak_flops,
     load_checkpoint,
+    model_flags_given,
     pick_device,
     pick_dtype,
     run_cli,
@@ -83,16 +87,8 @@ BUDGET_OVERRUN = 0.05  # a budget run this far past its minutes (the machine slo
 
 # ----------------------------------------------------------------------------- settings
 
-# One line of --help per setting; argparse flags are generated from the dataclass fields with these.
-MODEL_HELP = {
-    "vocab_size": "vocabulary size; must match the tokenizer's (DATA/meta.json)",
-    "block_size": "context length in tokens",
-    "n_layer": "transformer blocks",
-    "n_head": "attention heads per block (must divide --n-embd)",
-    "n_embd": "width of the residual stream",
-    "dropout": "dropout probability on attention, residual branches and embeddings",
-    "bias": "biases in Linear and LayerNorm layers",
-}
+# One line of --help per training setting (the model's are common.MODEL_HELP); the flags are generated
+# from the dataclass fields with these.
 TRAIN_HELP = {
     "data_dir": "directory with train.bin, validation.bin and meta.json (from tokenization.py)",
     "out_dir": "where checkpoints, log.csv and loss.png go",
@@ -123,13 +119,6 @@ TRAIN_HELP = {
 FLAG_ALIASES = {"learning_rate": ["--lr"]}
 
 
-def _preset_values(group: str, name: str) -> str:
-    values = [getattr(getattr(PRESETS[p], group), name) for p in PRESETS]
-    if len(set(map(str, values))) == 1:
-        return f"all presets: {values[0]}"
-    return "presets " + ", ".join(f"{p} {v}" for p, v in zip(PRESETS, values))
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Step 5: train the GPT on DATA/*.bin; writes OUT/best_model_params.pt, ckpt.pt, log.csv, loss.png. "
@@ -149,24 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "peak of the GPU present, looked up by name in common.GPU_PEAK_FLOPS: H100, H200, A100, L40S, "
                         "L4, A10, RTX 4090, RTX 3090, T4, V100; another GPU shows no MFU and says so)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
-    for group, cls, helps in (("model", GPTConfig, MODEL_HELP), ("train", TrainConfig, TRAIN_HELP)):
-        arg_group = p.add_argument_group(f"{group} settings")
-        for f in fields(cls):
-            flags = ["--" + f.name.replace("_", "-")] + FLAG_ALIASES.get(f.name, [])
-            help_text = f"{helps[f.name]} [{_preset_values(group, f.name)}]"
-            if isinstance(f.default, bool):
-                arg_group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-            else:
-                arg_group.add_argument(*flags, type=type(f.default), default=None, metavar=f.name.upper(),
-                                       help=help_text)
+    add_model_flags(p)
+    add_settings_flags(p, "train", TrainConfig, TRAIN_HELP, FLAG_ALIASES)
     return p
 
 
 def explicit_settings(args: argparse.Namespace) -> tuple[dict, dict]:
     """The model and training settings given on the command line (the rest come from the preset)."""
-    model = {f.name: getattr(args, f.name) for f in fields(GPTConfig) if getattr(args, f.name) is not None}
     train = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    return model, train
+    return model_flags_given(args), train
 
 
 def default_preset() -> tuple[str, str]:
@@ -188,8 +168,7 @@ def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flo
     """One clear CLIError for the first bad setting; nothing has been built or written yet."""
     positive = {
         "--batch-size": tc.batch_size, "--grad-accum": tc.grad_accum, "--max-iters": tc.max_iters,
-        "--eval-interval": tc.eval_interval, "--eval-iters": tc.eval_iters, "--block-size": mc.block_size,
-        "--n-layer": mc.n_layer, "--n-head": mc.n_head, "--n-embd": mc.n_embd, "--vocab-size": mc.vocab_size,
+        "--eval-interval": tc.eval_interval, "--eval-iters": tc.eval_iters,
     }
     for flag, value in positive.items():
         if value < 1:
@@ -218,11 +197,7 @@ def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flo
         raise CLIError(f"--stop-after {stop_after} must not be negative (0 = no limit)")
     if peak_flops is not None and not peak_flops > 0:
         raise CLIError(f"--peak-flops {peak_flops} must be positive")
-    if not 0 <= mc.dropout < 1:
-        raise CLIError(f"--dropout {mc.dropout} must be in [0, 1)")
-    if mc.n_embd % mc.n_head:
-        raise CLIError(f"--n-embd {mc.n_embd} is not divisible by --n-head {mc.n_head}; "
-                       f"pick a head count that divides it (e.g. {math.gcd(mc.n_embd, mc.n_head)})")
+    check_model_config(mc)
 
 
 def check_data(mc: GPTConfig, tc: TrainConfig) -> dict:

@@ -4,6 +4,10 @@ generation against full recomputation, training sanity, and sampling rules. CPU,
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -391,3 +395,75 @@ def test_head_loss_equals_the_logits_path_in_loss_and_every_gradient(dtype):
         assert (grads_chunked[name] - g).norm() <= (1e-5 if dtype is None else 1e-2) * g.norm(), name
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
         assert m(x, y, return_logits=False)[1].item() == pytest.approx(loss_full, rel=1e-5)  # no gradient wanted
+
+
+# ----------------------------------------------------------------------------- python model.py
+
+REPO = Path(model.__file__).resolve().parent
+ROW = r"^(\S.*?)\s{2,}([\d,]+)\s+([\d.]+)%$"  # a top-level row of the parameter table: part, count, share
+
+
+def counted_by_hand(c: GPTConfig) -> int:
+    """Parameters from the shapes alone (biases on): tied embedding, positions, blocks, final LayerNorm."""
+    C = c.n_embd
+    block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
+    return c.vocab_size * C + c.block_size * C + c.n_layer * block + 2 * C
+
+
+def table(stdout: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2).replace(",", "")) for m in re.finditer(ROW, stdout, re.M)}
+
+
+def test_python_model_py_describes_the_default_51m_model(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "model.py")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = table(r.stdout)
+    assert rows["total"] == 51_213_824 == counted_by_hand(GPTConfig())  # what GPT.num_params() gives (below)
+    assert sum(n for part, n in rows.items() if part != "total") == rows["total"]  # each part once
+    assert rows["token embedding = LM head (tied, counted once)"] == 50257 * 512 and rows["8 blocks"] > 0
+    assert "(0-7): 8 x Block(" in r.stdout and "lm_head" in r.stdout  # the architecture
+    assert "FLOPs per token" in r.stdout and "MiB" in r.stdout
+    loss = float(r.stdout.split("random tokens: loss ")[1].split()[0])
+    assert abs(loss - math.log(50257)) < 0.5
+    assert "every parameter (100 tensors, 51,213,824 values) got a finite gradient" in r.stdout
+    assert list(tmp_path.iterdir()) == []  # writes nothing
+
+
+def test_model_main_cpu_preset_and_flags(capsys):
+    from config import PRESETS
+
+    model.main(["--preset", "cpu"])
+    out = capsys.readouterr().out
+    cpu = PRESETS["cpu"].model
+    assert table(out)["total"] == GPT(cpu).num_params() == counted_by_hand(cpu)
+    assert f"{GPT(cpu).flops_per_token() / 1e6:,.1f} M" in out
+    weights_mib = GPT(cpu).num_params() * 4 / 2**20
+    assert f"weights {weights_mib:,.1f} MiB" in out and f"{4 * weights_mib:,.1f} MiB in all" in out
+
+    model.main(["--preset", "cpu", "--n-layer", "6", "--no-bias", "--block-size", "16"])
+    out = capsys.readouterr().out
+    flagged = GPTConfig(**{**cpu.__dict__, "n_layer": 6, "bias": False, "block_size": 16})
+    assert table(out)["total"] == GPT(flagged).num_params() and "6 blocks" in table(out)
+    assert "on 2 x 16 random tokens" in out  # the check's sequence fits the context
+
+
+def test_python_model_py_bad_flags_are_one_line_exit_2(capsys):
+    from common import run_cli
+
+    for bad, words in ((["--bogus"], "unrecognized arguments: --bogus"), (["--n-layer", "x"], "invalid int value"),
+                       (["--preset", "huge"], "invalid choice"), (["--dropout", "1"], "--dropout 1.0 must be in"),
+                       (["--n-head", "3"], "--n-embd 512 is not divisible by --n-head 3")):
+        with pytest.raises(SystemExit) as e:
+            run_cli(model.main, bad)
+        out, err = capsys.readouterr()
+        assert e.value.code == 2 and out == "", bad
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and words in err, (bad, err)
+
+
+def test_python_model_py_help_lists_every_model_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        model.main(["--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    for flag in ("--preset", "--n-layer", "--n-embd", "--n-head", "--block-size", "--dropout", "--bias", "--vocab-size"):
+        assert flag in out
