@@ -19,7 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-from common import CLIError, atomic_write, config_from_dict, describe_source, load_checkpoint, run_cli
+from common import (CLIError, atomic_write_bytes, check_free_space, config_from_dict, describe_source, load_checkpoint,
+                    run_cli, space_to_replace)
 from config import EOT_ID, VOCAB_SIZE
 from model_usage import DEFAULT_CHECKPOINT
 from tokenization import EOT_TEXT, gpt2_file_bytes
@@ -117,9 +118,12 @@ def model_card(ckpt: dict, cfg, num_params: int) -> str:
 
 
 def export(ckpt: dict, out_dir: str | Path) -> Path:
-    """Write the Hugging Face directory for a checkpoint dict; returns the directory."""
+    """Write the Hugging Face directory for a checkpoint dict; returns the directory.
+
+    Every file is made in memory first and the disk's free space checked, so a disk too small refuses
+    before anything is replaced; each file is then written atomically."""
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save as safetensors_bytes
     except ImportError:
         raise CLIError("export needs the safetensors package: pip install safetensors") from None
 
@@ -133,27 +137,33 @@ def export(ckpt: dict, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
 
-    def write_json(name: str, obj: dict) -> None:
-        atomic_write(out / name, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8"))
+    def as_json(obj: dict) -> bytes:
+        return (json.dumps(obj, indent=2) + "\n").encode()
 
-    atomic_write(out / "model.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    write_json("config.json", hf_config(cfg))
-    write_json("generation_config.json", {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID})
-    atomic_write(out / "vocab.json", lambda tmp: tmp.write_bytes(gpt2_files["encoder.json"]))
-    atomic_write(out / "merges.txt", lambda tmp: tmp.write_bytes(gpt2_files["vocab.bpe"]))
     special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
-    write_json("special_tokens_map.json", special)
-    write_json("tokenizer_config.json", {
-        "tokenizer_class": "GPT2Tokenizer",
-        "model_max_length": cfg.block_size,
-        "add_prefix_space": False,
-        "add_bos_token": False,
-        **special,
-    })
     num_params = sum(t.numel() for t in tensors.values())
-    atomic_write(out / "README.md", lambda tmp: tmp.write_text(model_card(ckpt, cfg, num_params), encoding="utf-8"))
+    files = {
+        "model.safetensors": safetensors_bytes(tensors, metadata={"format": "pt"}),
+        "config.json": as_json(hf_config(cfg)),
+        "generation_config.json": as_json({"bos_token_id": EOT_ID, "eos_token_id": EOT_ID, "pad_token_id": EOT_ID}),
+        "vocab.json": gpt2_files["encoder.json"],
+        "merges.txt": gpt2_files["vocab.bpe"],
+        "special_tokens_map.json": as_json(special),
+        "tokenizer_config.json": as_json({
+            "tokenizer_class": "GPT2Tokenizer",
+            "model_max_length": cfg.block_size,
+            "add_prefix_space": False,
+            "add_bos_token": False,
+            **special,
+        }),
+        "README.md": model_card(ckpt, cfg, num_params).encode(),
+    }
+    check_free_space(out, space_to_replace(out, {name: len(data) for name, data in files.items()}),
+                     f"the export ({len(files)} files)", "--out")
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        atomic_write_bytes(out / name, data, flag="--out")
     return out
 
 

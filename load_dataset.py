@@ -31,7 +31,8 @@ row) are skipped. Files are UTF-8.
 
 A rerun with the same inputs does nothing and says so; --force rebuilds. The new raw directory is built
 beside the old one (DATA/raw.partial) and swapped in only when complete and verified: a failure or
-Ctrl-C part-way leaves the previous dataset as it was.
+Ctrl-C part-way leaves the previous dataset as it was. A full or read-only disk is one error line that
+names DATA/raw and the space needed and free; local files are checked against the free space first.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from common import CLIError, first_line, run_cli
+from common import CLIError, check_free_space, dir_lock, first_line, is_write_trouble, run_cli, write_errors
 from config import Paths
 
 HUB_DATASET = "roneneldan/TinyStories"
@@ -304,6 +305,8 @@ def _load_local_file(split: str, path: Path, cache_dir: Path):
             kind = "parquet" if suffix in PARQUET_SUFFIXES else "json"
             ds = datasets.load_dataset(kind, data_files={"train": str(path)}, split="train", cache_dir=str(cache_dir))
     except DatasetGenerationError as e:
+        if is_write_trouble(e):  # the disk under DATA refused the cache, not the input's fault: prepare() says so
+            raise
         cause = e.__cause__ or e.__context__
         while cause is not None and not isinstance(cause, CLIError):
             cause = cause.__cause__ or cause.__context__
@@ -314,6 +317,8 @@ def _load_local_file(split: str, path: Path, cache_dir: Path):
     except CLIError:
         raise
     except Exception as e:
+        if is_write_trouble(e):
+            raise
         if "corresponds to no data" in str(e):  # datasets' word for a file that yielded no rows
             raise CLIError(f"{what} holds no stories; pass a file with stories in it") from None
         raise CLIError(f"{what} could not be read as {suffix} ({type(e).__name__}: {first_line(e)}); check the file") from None
@@ -552,19 +557,25 @@ def prepare(
     facts["request"] = request
 
     partial = raw.with_name(raw.name + ".partial")
-    try:
-        partial.mkdir(parents=True)
-        if source == "sample":
-            splits = _load_sample(num_stories)
-        elif source == "hub":
-            splits = _load_hub()
-        else:
-            splits = _load_local(files, seed, partial / "cache")
-        info = _write_raw(splits, partial / "raw", facts)
-        del splits  # the datasets may memory-map files under partial/cache
-        _swap_in(partial / "raw", raw)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
+    needed = None
+    if source == "local":  # a cache of the stories under partial/, then the dataset itself: about twice the text
+        needed = 2 * sum(p.stat().st_size for p in files.values())
+        check_free_space(data_dir, needed, f"the dataset from {' and '.join(p.name for p in files.values())}", "--data-dir")
+    with write_errors(raw, needed, "--data-dir") as target:  # disk full or read-only: one line naming raw/
+        try:
+            partial.mkdir(parents=True)
+            if source == "sample":
+                splits = _load_sample(num_stories)
+            elif source == "hub":
+                splits = _load_hub()
+            else:
+                splits = _load_local(files, seed, partial / "cache")
+            target.needed = sum(splits[s].data.nbytes for s in SPLITS) * (2 if source == "local" else 1)
+            info = _write_raw(splits, partial / "raw", facts)
+            del splits  # the datasets may memory-map files under partial/cache
+            _swap_in(partial / "raw", raw)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     print(f"wrote {raw}: {_summary(info)}")
     return raw
 
@@ -631,8 +642,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load_dataset: source={args.source} data_dir={args.data_dir} force={args.force} seed={args.seed}"
           + (f" data_files={data_files}" if data_files else "")
           + (f" num_stories={args.num_stories}" if args.num_stories is not None else ""))
-    prepare(source=args.source, data_dir=args.data_dir, data_files=data_files, force=args.force,
-            num_stories=args.num_stories, seed=args.seed)
+    with dir_lock(args.data_dir, "--data-dir"):  # one run writes into DATA at a time (tokenization.py too)
+        prepare(source=args.source, data_dir=args.data_dir, data_files=data_files, force=args.force,
+                num_stories=args.num_stories, seed=args.seed)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import csv
 import ctypes
+import io
 import math
 import os
 import random
@@ -52,12 +53,14 @@ from common import (
     add_model_flags,
     add_settings_flags,
     atomic_torch_save,
-    atomic_write,
+    atomic_write_bytes,
     autocast,
+    check_checkpoint_space,
     check_model_config,
     config_from_dict,
     config_to_dict,
     describe_source,
+    dir_lock,
     gpu_peak_flops,
     load_checkpoint,
     model_flags_given,
@@ -314,13 +317,11 @@ def _list_to_tuple(x):
 
 
 def write_log(path: Path, history: list[dict]) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-            w.writeheader()
-            w.writerows(history)
-
-    atomic_write(path, write)
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=LOG_FIELDS)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_bytes(path, text.getvalue().encode())
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:
@@ -349,8 +350,10 @@ def plot_losses(path: Path, history: list[dict], title: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, png.getvalue())
 
 
 # ----------------------------------------------------------------------------- CPU memory
@@ -559,6 +562,8 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
     batches = Batches(tc.data_dir, mc.block_size, device=device)
     raw_model = GPT(mc).to(device)
     optimizer = make_optimizer(raw_model, tc, device)
+    if dist.master:  # a run that cannot save its checkpoints must not train first
+        check_checkpoint_space(out_dir, raw_model, BEST_FILE, CKPT_FILE)
     run = Run(
         mc=mc, tc=tc, preset=preset, device=device, dtype=dtype, dist=dist,
         say=print if dist.master else (lambda *a, **k: None), out_dir=out_dir, facts=facts, batches=batches,
@@ -1016,8 +1021,9 @@ def main(argv: list[str] | None = None) -> dict:
     if master:
         print(chosen)
         print(format_settings(mc, tc, budget_fixes_steps=not args.resume and tc.max_minutes > 0))
-    summary = train(mc, tc, resume=args.resume, stop_after=args.stop_after, peak_flops=args.peak_flops,
-                    progress=args.progress, preset=None if args.resume else preset)
+    with dir_lock(tc.out_dir) if master else contextlib.nullcontext():  # one run writes into OUT at a time
+        summary = train(mc, tc, resume=args.resume, stop_after=args.stop_after, peak_flops=args.peak_flops,
+                        progress=args.progress, preset=None if args.resume else preset)
     if not master:
         return summary
     out = Path(tc.out_dir)

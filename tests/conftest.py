@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +41,50 @@ def tiny_data_dir(tmp_path_factory) -> Path:
     load_dataset.prepare(source="sample", data_dir=data_dir, num_stories=300)
     tokenization.tokenize(data_dir, num_proc=1)
     return data_dir
+
+
+def fake_free_space(monkeypatch, free: int) -> None:
+    """Make every file system report `free` bytes free (shutil.disk_usage is what common.py asks)."""
+    import shutil
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real(path)._replace(free=free))
+
+
+def no_space(*args, **kwargs):
+    """A write that fails as a full disk does."""
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.fixture
+def lock_holder():
+    """start(directory) runs a separate process that takes common.dir_lock(directory) and holds it until
+    killed (with fork_child=True it also forks a child that sleeps); every process is killed afterwards."""
+    procs: list[subprocess.Popen] = []
+    children: list[int] = []
+
+    def start(directory, fork_child: bool = False) -> subprocess.Popen:
+        code = ("import os, sys, time, common\n"
+                "lock = common.dir_lock(sys.argv[1])\n"
+                "lock.__enter__()\n"
+                "child = os.fork() if sys.argv[2] == '1' else -1\n"
+                "if child == 0:\n    time.sleep(120)\n    os._exit(0)\n"
+                "print('locked', child, flush=True)\n"
+                "time.sleep(120)\n")
+        proc = subprocess.Popen([sys.executable, "-c", code, str(directory), "1" if fork_child else "0"], cwd=REPO,
+                                stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        word, child = proc.stdout.readline().split()
+        assert word == "locked"
+        if int(child) > 0:
+            children.append(int(child))
+            proc.child_pid = int(child)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

@@ -7,6 +7,7 @@ import hashlib
 import inspect
 import json
 import lzma
+import os
 import socket
 import threading
 import time
@@ -55,6 +56,11 @@ def corpus(n: int = 150) -> tuple[list[str], list[str]]:
     assert len(stories) == n
     train = stories[: n - 20] + SPECIAL_STORIES
     return train, stories[n - 20:] + SPECIAL_STORIES[:2]
+
+
+def outputs(data_dir) -> dict[str, bytes]:
+    """The bytes of the three files tokenization writes."""
+    return {name: (data_dir / name).read_bytes() for name in ("train.bin", "validation.bin", "meta.json")}
 
 
 def read_bin(data_dir, split: str) -> np.ndarray:
@@ -237,16 +243,35 @@ def test_rerun_skips_and_changed_input_or_force_rebuilds(tmp_path, capsys):
     assert (tmp_path / "validation.bin").stat().st_size == 2 * changed["splits"]["validation"]["tokens"]
 
 
-def test_a_failed_run_leaves_no_meta_and_no_tmp(tmp_path, monkeypatch):
+def test_a_failed_run_leaves_the_previous_files_and_no_tmp(tmp_path, monkeypatch):
     train, validation = corpus(40)
     make_raw(tmp_path, train, validation)
     tokenization.tokenize(tmp_path, num_proc=1)
+    before = outputs(tmp_path)
 
     def broken(shard):
         raise RuntimeError("disk on fire")
 
     monkeypatch.setattr(tokenization, "encode_shard", broken)
     with pytest.raises(RuntimeError):
+        tokenization.tokenize(tmp_path, num_proc=1, force=True)
+    assert outputs(tmp_path) == before and not list(tmp_path.glob("*.tmp"))
+    tokenization.read_meta(tmp_path)  # still describes the .bin files beside it
+
+
+def test_a_run_stopped_between_the_renames_leaves_no_meta(tmp_path, monkeypatch):
+    train, validation = corpus(40)
+    make_raw(tmp_path, train, validation)
+    tokenization.tokenize(tmp_path, num_proc=1)
+    real_replace = os.replace
+
+    def second_rename_fails(src, dst):
+        if str(dst).endswith("validation.bin"):
+            raise KeyboardInterrupt  # train.bin is new, validation.bin still old
+        real_replace(src, dst)
+
+    monkeypatch.setattr(tokenization.os, "replace", second_rename_fails)
+    with pytest.raises(KeyboardInterrupt):
         tokenization.tokenize(tmp_path, num_proc=1, force=True)
     assert not (tmp_path / "meta.json").exists() and not list(tmp_path.glob("*.tmp"))
     with pytest.raises(CLIError, match="python tokenization.py --data-dir"):

@@ -1,0 +1,195 @@
+"""common.py's writing helpers under the faults a user's machine produces: a full disk, a read-only or
+failing one, and two runs writing into one directory (a second process refused; a killed holder, or a
+child it forked, never blocking the next run)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+
+import pytest
+import torch
+
+import common
+from common import CLIError, atomic_torch_save, atomic_write, dir_lock
+from conftest import fake_free_space
+
+SIZE = r"[\d.]+ (B|KiB|MiB|GiB)"
+
+
+def fails_half_way(code: int):
+    """A write function that writes half of its file, then fails with OSError(code)."""
+
+    def write(tmp):
+        tmp.write_bytes(b"n" * 5000)
+        raise OSError(code, os.strerror(code))
+
+    return write
+
+
+@pytest.mark.parametrize("code, pattern", [
+    (errno.ENOSPC, rf"no space left on device writing {{f}} \(about {SIZE} needed, {SIZE} free on .+\); "
+                   r"free space or pass another --out-dir; the previous f.bin is intact"),
+    (errno.EDQUOT, rf"disk quota exceeded writing {{f}} \(about {SIZE} needed, {SIZE} free on .+\); "),
+    (errno.EACCES, r"permission denied writing {f}; make {d} writable or pass another --out-dir; the previous"),
+    (errno.EROFS, r"read-only file system writing {f} \(.+\); pass another --out-dir on a writable disk; the prev"),
+    (errno.EIO, r"I/O error writing {f} on .+ \(the disk may be failing: see dmesg\); pass another --out-dir; the"),
+    (errno.ENAMETOOLONG, r"could not write {f} \(File name too long\); pass another --out-dir; the previous"),
+])
+def test_a_failed_write_is_one_line_and_keeps_the_previous_file(tmp_path, code, pattern):
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"old contents")
+    with pytest.raises(CLIError) as e:
+        atomic_write(f, fails_half_way(code), needed=10_000)
+    assert re.match(pattern.format(f=re.escape(str(f)), d=re.escape(str(tmp_path))), str(e.value)), str(e.value)
+    assert "\n" not in str(e.value)
+    assert f.read_bytes() == b"old contents"
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_a_first_write_says_nothing_was_left(tmp_path):
+    with pytest.raises(CLIError, match=r"; no partial new.bin was left$"):
+        atomic_write(tmp_path / "new.bin", fails_half_way(errno.ENOSPC))
+    assert os.listdir(tmp_path) == []
+
+
+def test_errors_that_are_not_the_disks_pass_through(tmp_path):
+    def bug(tmp):
+        raise ValueError("a bug, not a disk")
+
+    with pytest.raises(ValueError, match="a bug"):
+        atomic_write(tmp_path / "f", bug, needed=10)
+    assert os.listdir(tmp_path) == []
+
+
+def torch_save_on_a_full_disk(obj, f, *args, **kwargs):
+    """torch.save as it fails on a full disk: its writer's OSError becomes the context of a RuntimeError."""
+    f.write(b"PK" * 100)
+    try:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    except OSError:  # raised while handling it, as torch does: the OSError is its __context__
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+
+
+def test_torch_save_on_a_full_disk_names_the_file_and_the_space(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    state = {"w": torch.zeros(1000)}
+    atomic_torch_save(state, path)
+    before = path.read_bytes()
+    monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)
+    fake_free_space(monkeypatch, 1234)
+    needed = common.human_bytes(common.saved_bytes(state))  # 8.4 KiB: the tensor's 4,000 bytes and the file's frame
+    with pytest.raises(CLIError, match=rf"^no space left on device writing {re.escape(str(path))} \(about {needed} "
+                                       r"needed, 1.2 KiB free on .+\); free space or pass another --out-dir; "
+                                       r"the previous ckpt.pt is intact$"):
+        atomic_torch_save(state, path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+def test_a_library_error_without_errno_is_a_full_disk_only_when_the_disk_is_too_small(tmp_path, monkeypatch):
+    def hides_errno(obj, f, *args, **kwargs):  # torch.save given a path, not a file: no OSError behind it
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 6464 vs 6358")
+
+    monkeypatch.setattr(torch, "save", hides_errno)
+    with pytest.raises(RuntimeError, match="enforce fail"):  # plenty of space: a real bug, shown as it is
+        atomic_torch_save({"w": torch.zeros(1000)}, tmp_path / "a.pt")
+    fake_free_space(monkeypatch, 100)
+    with pytest.raises(CLIError, match="^no space left on device writing .*a.pt .*100 B free"):
+        atomic_torch_save({"w": torch.zeros(1000)}, tmp_path / "a.pt")
+    assert os.listdir(tmp_path) == []
+
+
+def test_check_free_space_refuses_with_the_numbers(tmp_path, monkeypatch):
+    common.check_free_space(tmp_path, 1000, "the thing")  # a real disk has a few KB free
+    fake_free_space(monkeypatch, 5 << 20)
+    with pytest.raises(CLIError, match=rf"^not enough space in {re.escape(str(tmp_path))} for the thing: about "
+                                       r"20 MiB needed \(23 MiB with a margin\), 5.0 MiB free on .+; free space or "
+                                       r"pass another --out-dir \(nothing was started\)$"):
+        common.check_free_space(tmp_path, 20 << 20, "the thing")
+
+
+def test_space_to_replace_counts_the_old_files_freed_by_each_rename(tmp_path):
+    assert common.space_to_replace(tmp_path, {"a": 100, "b": 300}) == 400  # nothing there yet: both files
+    (tmp_path / "a").write_bytes(b"x" * 100)
+    (tmp_path / "b").write_bytes(b"x" * 300)
+    assert common.space_to_replace(tmp_path, {"a": 100, "b": 300}) == 300  # only one new file beside its old one
+    assert common.space_to_replace(tmp_path, {"a": 150, "b": 300}) == 350
+
+
+def test_checkpoint_size_estimate_is_close_to_what_torch_saves(tmp_path):
+    from model import GPT
+    from config import GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=500, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    opt = torch.optim.AdamW(model.optim_groups(0.1), lr=1e-3)
+    _, loss = model(torch.zeros(1, 8, dtype=torch.long), torch.zeros(1, 8, dtype=torch.long))
+    loss.backward()
+    opt.step()  # AdamW's moments exist only after a step
+    torch.save(model.state_dict(), tmp_path / "best.pt")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ckpt.pt")
+    best, ckpt = common.checkpoint_sizes(model)
+    actual_best, actual_ckpt = (tmp_path / "best.pt").stat().st_size, (tmp_path / "ckpt.pt").stat().st_size
+    assert actual_best <= best <= actual_best * 1.1 + 65536
+    assert actual_ckpt <= ckpt <= actual_ckpt * 1.1 + 300_000
+
+
+# ----------------------------------------------------------------------------- one writer per directory
+
+
+def test_a_second_writer_is_refused_naming_the_directory_and_the_holder(tmp_path, lock_holder):
+    holder = lock_holder(tmp_path)
+    with pytest.raises(CLIError, match=rf"^another run is writing into {re.escape(str(tmp_path))} \(pid "
+                                       rf"{holder.pid}: -c {re.escape(str(tmp_path))} 0\); wait for it to finish "
+                                       r"or stop it, or pass another --out-dir$"):
+        with dir_lock(tmp_path):
+            pass
+
+
+def test_a_lock_left_by_a_sigkilled_process_does_not_block(tmp_path, lock_holder):
+    holder = lock_holder(tmp_path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert (tmp_path / common.LOCK_NAME).exists()  # the file stays; the kernel dropped the lock
+    with dir_lock(tmp_path):
+        assert (tmp_path / common.LOCK_NAME).read_text().startswith(f"{os.getpid()} ")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_forked_child_of_a_killed_holder_does_not_keep_the_lock(tmp_path, lock_holder):
+    holder = lock_holder(tmp_path, fork_child=True)  # as tokenization's worker processes are forked
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    os.kill(holder.child_pid, 0)  # the child still runs
+    with dir_lock(tmp_path):
+        pass
+
+
+def test_the_lock_creates_the_directory_and_leaves_nothing_when_nothing_was_written(tmp_path):
+    with dir_lock(tmp_path / "new" / "out"):
+        assert os.listdir(tmp_path / "new" / "out") == [common.LOCK_NAME]
+    assert os.listdir(tmp_path / "new") == []
+    with dir_lock(tmp_path / "kept"):
+        (tmp_path / "kept" / "file").write_text("x")
+    assert os.listdir(tmp_path / "kept") == ["file"]
+    with dir_lock(tmp_path):  # one process may lock again once it let go
+        pass
+
+
+def test_the_lock_refuses_a_file_and_a_read_only_directory(tmp_path, monkeypatch):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(CLIError, match="--data-dir .*f is a file, not a directory"):
+        with dir_lock(tmp_path / "f", "--data-dir"):
+            pass
+    real_open = os.open
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(common.LOCK_NAME):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(CLIError, match=rf"^read-only file system writing {re.escape(str(tmp_path))} "):
+        with dir_lock(tmp_path):
+            pass
