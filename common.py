@@ -509,7 +509,8 @@ def dir_lock(directory: str | os.PathLike, flag: str = "--out-dir"):
             _held_lock_fds.add(fd)
             os.ftruncate(fd, 0)
             command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
-            os.write(fd, f"{os.getpid()} {command[:200]}\n".encode())
+            command = command if len(command) <= 300 else command[:297] + "..."
+            os.write(fd, f"{os.getpid()} {command}\n".encode())
         yield
     finally:
         if fd is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 import export_hf
 from common import run_cli
 from config import EOT_ID
+from conftest import fake_free_space, no_space
 from test_model_usage import call_cli, save_checkpoint, tiny_model
 
 transformers = pytest.importorskip("transformers", reason="transformers is a test dependency (requirements-dev.txt)")
@@ -103,3 +105,21 @@ def test_errors(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     ok = save_checkpoint(tiny_model(), tmp_path / "ok.pt")
     assert export_cli(ok, tmp_path / "file", capsys) == 2
+
+
+def test_a_disk_too_small_or_full_keeps_the_previous_export(tmp_path, monkeypatch, capsys):
+    ckpt = save_checkpoint(tiny_model(), tmp_path / "ok.pt")
+    out = tmp_path / "hf"
+    assert export_cli(ckpt, out, capsys) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with monkeypatch.context() as m:  # too small: refused before any file is replaced
+        fake_free_space(m, 1000)
+        code, _, err = call_cli(export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys)
+    assert code == 2 and err.startswith(f"error: not enough space in {out} for the export (8 files): about ")
+    assert err.endswith("free space or pass another --out (nothing was started)\n")
+    with monkeypatch.context() as m:  # fills up while writing model.safetensors
+        m.setattr(Path, "write_bytes", no_space)
+        code, _, err = call_cli(export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys)
+    assert code == 2 and err.startswith(f"error: no space left on device writing {out}/model.safetensors (about ")
+    assert err.endswith("; free space or pass another --out; the previous model.safetensors is intact\n")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -1,12 +1,14 @@
 """Step 1: every source on small inputs the tests make, the raw .txt format, the bundled real sample
-(checked against its recorded hashes and the shared copy), reruns, atomic replacement, and every bad
-input (exit 2, one line, nothing replaced)."""
+(checked against its recorded hashes and the shared copy), reruns, atomic replacement, every bad input
+(exit 2, one line, nothing replaced), and the machine's faults: a full disk (blamed on the disk, never the
+input) and a second writer of the data directory."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import lzma
+import os
 import re
 import shutil
 import subprocess
@@ -17,6 +19,8 @@ import pytest
 
 import load_dataset
 from common import CLIError, run_cli
+from conftest import fake_free_space, no_space
+from test_model_usage import call_cli
 
 SCRIPT = Path(load_dataset.__file__).resolve()
 EOT = "<|endoftext|>"
@@ -383,6 +387,78 @@ def test_a_run_stopped_mid_swap_is_recovered(tmp_path, capsys):
     assert "restored" in out and "up to date" in out
     assert snapshot(tmp_path / "raw") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+# ----------------------------------------------------------------------------- the machine's faults
+
+
+def full_disk_line(data_dir: Path) -> str:
+    return (rf"error: no space left on device writing {re.escape(str(data_dir))}/raw \(about [\d.]+ \w+ needed, "
+            r"[\d.]+ \w+ free on .+\); free space or pass another --data-dir; the previous raw/ is intact")
+
+
+def error_line(stderr: str) -> str:
+    """The one error line, after the progress bars that came before it."""
+    assert "Traceback" not in stderr and stderr.count("error:") == 1, stderr
+    return stderr.splitlines()[-1]
+
+
+@pytest.fixture
+def local_dataset(tmp_path) -> tuple[Path, list[str]]:
+    """DATA (tmp_path/data) made from two local .txt files, and the arguments that made it."""
+    args = ["--data-files", f"train={write_raw(tmp_path / 'train.txt', STORIES)}",
+            f"validation={write_raw(tmp_path / 'validation.txt', STORIES[:2])}", "--data-dir", str(tmp_path / "data")]
+    load_dataset.main(args)
+    return tmp_path / "data", args
+
+
+def test_a_full_disk_while_reading_is_blamed_on_the_disk_not_the_input(local_dataset, monkeypatch, capsys):
+    from datasets.arrow_writer import ArrowWriter
+
+    data, args = local_dataset
+    before = snapshot(data / "raw")
+    monkeypatch.setattr(ArrowWriter, "write_examples_on_file", no_space)  # the cache under DATA/raw.partial
+    code, _, err = call_cli(load_dataset.main, [*args, "--force"], capsys)
+    assert code == 2 and re.fullmatch(full_disk_line(data), error_line(err)), err
+    assert snapshot(data / "raw") == before and sorted(p.name for p in data.iterdir()) == ["raw"]
+
+
+def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_raw(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    load_dataset.prepare(source="sample", data_dir=tmp_path, num_stories=40)
+    before = snapshot(tmp_path / "raw")
+    real_save = datasets.DatasetDict.save_to_disk
+
+    def save_then_disk_full(self, path, *args, **kwargs):
+        real_save(self, path, *args, **kwargs)  # the new dataset is half there
+        no_space()
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", save_then_disk_full)
+    code, _, err = call_cli(load_dataset.main, ["--source", "sample", "--num-stories", "50", "--data-dir",
+                                                str(tmp_path)], capsys)
+    assert code == 2 and re.fullmatch(full_disk_line(tmp_path), error_line(err)), err
+    assert snapshot(tmp_path / "raw") == before and sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+
+
+def test_local_files_too_big_for_the_disk_are_refused_before_reading(local_dataset, monkeypatch, capsys):
+    data, args = local_dataset
+    before = snapshot(data / "raw")
+    fake_free_space(monkeypatch, 100)
+    code, _, err = call_cli(load_dataset.main, [*args, "--force"], capsys)
+    assert code == 2
+    assert err.startswith(f"error: not enough space in {data} for the dataset from train.txt and validation.txt: "
+                          "about "), err
+    assert snapshot(data / "raw") == before and sorted(p.name for p in data.iterdir()) == ["raw"]
+
+
+def test_a_second_writer_of_the_data_dir_is_refused(tmp_path, lock_holder, capsys):
+    holder = lock_holder(tmp_path)
+    code, _, err = call_cli(load_dataset.main, ["--source", "sample", "--num-stories", "10", "--data-dir",
+                                                str(tmp_path)], capsys)
+    assert code == 2
+    assert err.startswith(f"error: another run is writing into {tmp_path} (pid {holder.pid}: ") and err.count("\n") == 1
+    assert os.listdir(tmp_path) == [".lock"]
 
 
 # ----------------------------------------------------------------------------- bad input

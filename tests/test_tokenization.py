@@ -1,5 +1,6 @@
 """tokenization.py: the GPT-2 encoding (offline build == tiktoken's), the .bin layout against an
-independent encode_ordinary, determinism across --num-proc, reruns, and clear errors on bad files."""
+independent encode_ordinary, determinism across --num-proc, reruns, clear errors on bad files, and a
+full disk or a second writer of the data directory (one line, the previous files byte-identical)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import inspect
 import json
 import lzma
 import os
+import re
 import socket
 import threading
 import time
@@ -16,8 +18,10 @@ import numpy as np
 import pytest
 
 import tokenization
-from common import CLIError, run_cli
+from common import CLIError, filesystem, human_bytes, run_cli
 from config import EOT_ID, VOCAB_SIZE
+from conftest import fake_free_space, no_space
+from test_model_usage import call_cli
 
 # Stories that are awkward for a tokenizer: the literal end-of-text text, non-ASCII, odd whitespace.
 SPECIAL_STORIES = [
@@ -276,6 +280,56 @@ def test_a_run_stopped_between_the_renames_leaves_no_meta(tmp_path, monkeypatch)
     assert not (tmp_path / "meta.json").exists() and not list(tmp_path.glob("*.tmp"))
     with pytest.raises(CLIError, match="python tokenization.py --data-dir"):
         tokenization.read_meta(tmp_path)
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_files(tmp_path, monkeypatch, capsys):
+    train, validation = corpus(40)
+    make_raw(tmp_path, train, validation)
+    tokenization.tokenize(tmp_path, num_proc=1)
+    before = outputs(tmp_path)
+    real_write = tokenization._BinWriter.write
+
+    def disk_fills(self, tokens):
+        real_write(self, tokens[: len(tokens) // 2])  # half the shard reaches the disk, then it is full
+        no_space()
+
+    monkeypatch.setattr(tokenization._BinWriter, "write", disk_fills)
+    code, _, err = call_cli(tokenization.main, ["--data-dir", str(tmp_path), "--num-proc", "1", "--force"], capsys)
+    assert code == 2
+    assert re.fullmatch(rf"error: no space left on device writing {re.escape(str(tmp_path))}/train.bin \(about "
+                        r"[\d.]+ KiB needed, [\d.]+ \w+ free on .+\); free space or pass another --data-dir; "
+                        r"the previous train.bin is intact", err.splitlines()[-1]), err
+    assert "Traceback" not in err and err.count("error:") == 1
+    assert outputs(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "meta.json", "raw", "train.bin", "validation.bin"]
+
+
+def test_too_little_space_for_the_bins_refuses_before_encoding(tmp_path, monkeypatch, capsys):
+    train, validation = corpus(40)
+    make_raw(tmp_path, train, validation)
+    tokenization.tokenize(tmp_path, num_proc=1)
+    before = outputs(tmp_path)
+    fake_free_space(monkeypatch, 1000)
+    arrow = sum(p.stat().st_size for p in (tmp_path / "raw").rglob("*.arrow"))
+    capsys.readouterr()
+    code, _, err = call_cli(tokenization.main, ["--data-dir", str(tmp_path), "--num-proc", "1", "--force"], capsys)
+    assert code == 2
+    assert err == (f"error: not enough space in {tmp_path} for train.bin and validation.bin: about "
+                   f"{human_bytes(arrow // 2)} needed ({human_bytes(arrow // 2 * 1.1 + (1 << 20))} with a margin), "
+                   f"1000 B free on {filesystem(tmp_path)}; free space or pass another --data-dir (nothing was "
+                   "started)\n")
+    assert outputs(tmp_path) == before
+
+
+def test_a_second_writer_of_the_data_dir_is_refused(tmp_path, lock_holder, capsys):
+    train, validation = corpus(40)
+    make_raw(tmp_path, train, validation)
+    holder = lock_holder(tmp_path)
+    capsys.readouterr()
+    code, _, err = call_cli(tokenization.main, ["--data-dir", str(tmp_path), "--num-proc", "1"], capsys)
+    assert code == 2
+    assert err.startswith(f"error: another run is writing into {tmp_path} (pid {holder.pid}: ") and err.count("\n") == 1
+    assert not (tmp_path / "train.bin").exists()
 
 
 # ----------------------------------------------------------------------------- clear errors

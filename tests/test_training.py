@@ -1,12 +1,13 @@
 """Step 5: the schedule's shape, settings checked before any work, loss falling, exact resume, crash
-safety of the checkpoint files (failed save, SIGKILL, Ctrl-C), non-finite loss, and torchrun data
-parallelism matching one process. Tiny models, a few dozen steps each, CPU only."""
+safety of the checkpoint files (full disk, SIGKILL, Ctrl-C), free space checked before the first step,
+one run per out dir, non-finite loss, and torchrun data parallelism matching one process. Tiny models, a few dozen steps each, CPU only."""
 
 from __future__ import annotations
 
 import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,9 @@ import torch
 import training
 from common import CLIError, load_checkpoint, model_from_checkpoint
 from config import PRESETS, GPTConfig, TrainConfig
+from conftest import fake_free_space
+from test_common import torch_save_on_a_full_disk
+from test_model_usage import call_cli
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_FIELDS = {f.name for f in fields(GPTConfig)}
@@ -231,26 +235,44 @@ def test_resume_refuses_changed_settings(tiny_data_dir, tmp_path):
         training.main(["--resume", "--out-dir", str(tmp_path / "nowhere")])
 
 
-def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tiny_data_dir, tmp_path, monkeypatch):
+def test_a_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoints(tiny_data_dir, tmp_path, monkeypatch,
+                                                                             capsys):
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=8, eval_interval=4, batch_size=2, eval_iters=1)
     training.train(mc, tc, progress=False, stop_after=4)
-    ckpt_path = Path(tc.out_dir) / "ckpt.pt"
-    before = ckpt_path.read_bytes()
-    real_save = torch.save
+    out = Path(tc.out_dir)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def dies_half_way(obj, f, *a, **k):  # write half the file, then fail (disk full, power cut, kill...)
-        real_save(obj, f, *a, **k)
-        data = Path(f).read_bytes()
-        Path(f).write_bytes(data[: len(data) // 2])
-        raise OSError("injected failure in the middle of writing")
-
-    monkeypatch.setattr(torch, "save", dies_half_way)
-    with pytest.raises(OSError, match="injected"):
-        training.train(mc, tc, progress=False, resume=True)
+    monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)  # writes a little, then ENOSPC as torch reports it
+    code, _, err = call_cli(training.main, ["--resume", "--out-dir", str(out), "--no-progress"], capsys)
     monkeypatch.undo()
-    assert ckpt_path.read_bytes() == before
-    assert load_checkpoint(ckpt_path)["step"] == 4
-    assert not list(Path(tc.out_dir).glob("*.tmp"))
+    assert code == 2
+    assert re.fullmatch(rf"error: no space left on device writing {re.escape(str(out))}/(best_model_params|ckpt)\.pt "
+                        r"\(about [\d.]+ MiB needed, [\d.]+ \w+ free on .+\); free space or pass another --out-dir; "
+                        r"the previous (best_model_params|ckpt)\.pt is intact\n", err), err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # byte-identical, no .tmp, lock released
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 4
+
+
+def test_too_little_space_refuses_before_the_first_step(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    fake_free_space(monkeypatch, 3 << 20)  # the smoke model's two files need about 26 MiB
+    code, stdout, err = call_cli(training.main, ["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir",
+                                                 str(out), "--no-progress"], capsys)
+    assert code == 2
+    assert re.fullmatch(rf"error: not enough space in {re.escape(str(out))} for best_model_params.pt and ckpt.pt "
+                        r"\([\d.]+ MiB and [\d.]+ MiB\): about [\d.]+ MiB needed \([\d.]+ MiB with a margin\), 3.0 MiB "
+                        r"free on .+; free space or pass another --out-dir \(nothing was started\)\n", err), err
+    assert "step 0" not in stdout and not out.exists()
+
+
+def test_a_second_run_on_the_same_out_dir_is_refused(tiny_data_dir, tmp_path, lock_holder, capsys):
+    out = tmp_path / "out"
+    holder = lock_holder(out)
+    code, _, err = call_cli(training.main, ["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir",
+                                            str(out), "--no-progress"], capsys)
+    assert code == 2
+    assert err.startswith(f"error: another run is writing into {out} (pid {holder.pid}: ") and err.count("\n") == 1
+    assert os.listdir(out) == [".lock"]
 
 
 def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoints(tiny_data_dir, tmp_path, monkeypatch):
@@ -297,19 +319,27 @@ def test_sigkill_at_a_random_step_then_resume_finishes_like_a_straight_run(tiny_
     assert proc.returncode == -signal.SIGKILL, f"seed {seed}: the run finished before it could be killed"
     killed_at = load_checkpoint(out / "ckpt.pt")["step"]
     assert killed_at >= target
+    assert (out / ".lock").exists()  # left by the killed run; it must not block the resume
 
     resumed = training.main(["--out-dir", str(out), "--resume", "--no-progress"])
     assert resumed["stopped"] == "done" and resumed["step"] == 24
     assert resumed["losses"][0][0] == killed_at + 1
     assert_same_rows(training.read_log(out / "log.csv"), training.read_log(tmp_path / "straight" / "log.csv"),
                      tol=1e-5)
+    assert not (out / ".lock").exists()
 
 
-def test_ctrl_c_saves_the_checkpoint_and_says_how_to_resume(tiny_data_dir, tmp_path):
+def test_ctrl_c_saves_the_checkpoint_and_says_how_to_resume_and_a_second_run_is_refused(tiny_data_dir, tmp_path):
     out = tmp_path / "out"
     proc = start_training(["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(out),
                            "--max-iters", "100000", "--eval-interval", "3", "--eval-iters", "1", "--batch-size", "2"])
     wait_for_log_step(proc, out / "log.csv", 3)
+    second = run_training(["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(out)], timeout=120)
+    assert second.returncode == 2, second.stderr  # one writer per out dir: refused at once, in one line
+    assert second.stderr.startswith(f"error: another run is writing into {out} (pid {proc.pid}: training.py "
+                                    f"--no-progress --preset smoke --data-dir {tiny_data_dir} --out-dir {out} ")
+    assert second.stderr.endswith("); wait for it to finish or stop it, or pass another --out-dir\n")
+    assert second.stderr.count("\n") == 1
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
