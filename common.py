@@ -317,7 +317,9 @@ def write_error(e: BaseException, path: str | os.PathLike, needed: int | None = 
     kept = f"the previous {shown} is intact" if path.exists() else f"no partial {shown} was left"
     trouble = _WRITE_TROUBLE.get(code)
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        need = f"about {human_bytes(needed)} needed, " if needed else ""
+        # an estimate below what is free now was too low: what the failed write took was all there was
+        need = f"about {human_bytes(needed)}" if needed and needed > free else f"more than {human_bytes(free)}"
+        need += " needed, "
         msg = (f"{trouble} writing {path} ({need}{human_bytes(free)} free on {filesystem(path.parent)}); "
                f"free space or pass another {flag}")
     elif code in (errno.EACCES, errno.EPERM):

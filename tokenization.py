@@ -500,8 +500,9 @@ def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None 
                 writers[split] = _BinWriter(target.path)
             with tqdm(total=len(shards), desc="tokenizing", unit=" shards", mininterval=0.5) as bar, \
                     contextlib.closing(_encoded_in_order(shards, num_proc)) as encoded:  # closing: stop the workers now
-                for shard, tokens in zip(shards, encoded):
-                    target.path = writers[shard.split].path
+                for done, (shard, tokens) in enumerate(zip(shards, encoded), 1):
+                    written = tokens.nbytes + sum(2 * w.tokens for w in writers.values())
+                    target.path, target.needed = writers[shard.split].path, max(needed, written * len(shards) // done)
                     writers[shard.split].write(tokens)
                     bar.set_postfix_str(shard.split, refresh=False)
                     bar.update(1)

@@ -38,9 +38,10 @@ def fails_half_way(code: int):
     (errno.EIO, r"I/O error writing {f} on .+ \(the disk may be failing: see dmesg\); pass another --out-dir; the"),
     (errno.ENAMETOOLONG, r"could not write {f} \(File name too long\); pass another --out-dir; the previous"),
 ])
-def test_a_failed_write_is_one_line_and_keeps_the_previous_file(tmp_path, code, pattern):
+def test_a_failed_write_is_one_line_and_keeps_the_previous_file(tmp_path, monkeypatch, code, pattern):
     f = tmp_path / "f.bin"
     f.write_bytes(b"old contents")
+    fake_free_space(monkeypatch, 4000)
     with pytest.raises(CLIError) as e:
         atomic_write(f, fails_half_way(code), needed=10_000)
     assert re.match(pattern.format(f=re.escape(str(f)), d=re.escape(str(tmp_path))), str(e.value)), str(e.value)
@@ -53,6 +54,12 @@ def test_a_first_write_says_nothing_was_left(tmp_path):
     with pytest.raises(CLIError, match=r"; no partial new.bin was left$"):
         atomic_write(tmp_path / "new.bin", fails_half_way(errno.ENOSPC))
     assert os.listdir(tmp_path) == []
+
+
+def test_an_estimate_below_the_free_space_is_not_shown(tmp_path, monkeypatch):
+    fake_free_space(monkeypatch, 5 << 20)  # the write used up all of it, so it needed more than that
+    with pytest.raises(CLIError, match=r"^no space left on device writing .* \(more than 5.0 MiB needed, 5.0 MiB free "):
+        atomic_write(tmp_path / "f.bin", fails_half_way(errno.ENOSPC), needed=1000)
 
 
 def test_errors_that_are_not_the_disks_pass_through(tmp_path):

@@ -393,7 +393,7 @@ def test_a_run_stopped_mid_swap_is_recovered(tmp_path, capsys):
 
 
 def full_disk_line(data_dir: Path) -> str:
-    return (rf"error: no space left on device writing {re.escape(str(data_dir))}/raw \(about [\d.]+ \w+ needed, "
+    return (rf"error: no space left on device writing {re.escape(str(data_dir))}/raw \((about|more than) [\d.]+ \w+ needed, "
             r"[\d.]+ \w+ free on .+\); free space or pass another --data-dir; the previous raw/ is intact")
 
 

@@ -242,12 +242,16 @@ def test_a_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoints(ti
     out = Path(tc.out_dir)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)  # writes a little, then ENOSPC as torch reports it
+    def disk_fills_up(obj, f, *args, **kwargs):  # after the run started: 5 MiB left, then ENOSPC as torch reports it
+        fake_free_space(monkeypatch, 5 << 20)
+        torch_save_on_a_full_disk(obj, f)
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
     code, _, err = call_cli(training.main, ["--resume", "--out-dir", str(out), "--no-progress"], capsys)
     monkeypatch.undo()
     assert code == 2
     assert re.fullmatch(rf"error: no space left on device writing {re.escape(str(out))}/(best_model_params|ckpt)\.pt "
-                        r"\(about [\d.]+ MiB needed, [\d.]+ \w+ free on .+\); free space or pass another --out-dir; "
+                        r"\(about (6.3|19) MiB needed, 5.0 MiB free on .+\); free space or pass another --out-dir; "
                         r"the previous (best_model_params|ckpt)\.pt is intact\n", err), err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # byte-identical, no .tmp, lock released
     assert load_checkpoint(out / "ckpt.pt")["step"] == 4
