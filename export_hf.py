@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from common import (CLIError, atomic_write_bytes, check_free_space, config_from_dict, describe_source, load_checkpoint,
-                    run_cli, space_to_replace)
+                    run_cli, space_to_replace, write_errors)
 from config import EOT_ID, VOCAB_SIZE
 from model_usage import DEFAULT_CHECKPOINT
 from tokenization import EOT_TEXT, gpt2_file_bytes
@@ -161,7 +161,8 @@ def export(ckpt: dict, out_dir: str | Path) -> Path:
     }
     check_free_space(out, space_to_replace(out, {name: len(data) for name, data in files.items()}),
                      f"the export ({len(files)} files)", "--out")
-    out.mkdir(parents=True, exist_ok=True)
+    with write_errors(out, flag="--out"):
+        out.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         atomic_write_bytes(out / name, data, flag="--out")
     return out

@@ -120,6 +120,6 @@ def test_a_disk_too_small_or_full_keeps_the_previous_export(tmp_path, monkeypatc
     with monkeypatch.context() as m:  # fills up while writing model.safetensors
         m.setattr(Path, "write_bytes", no_space)
         code, _, err = call_cli(export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys)
-    assert code == 2 and err.startswith(f"error: no space left on device writing {out}/model.safetensors (about ")
+    assert code == 2 and err.startswith(f"error: no space left on device writing {out}/model.safetensors (more than ")
     assert err.endswith("; free space or pass another --out; the previous model.safetensors is intact\n")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
