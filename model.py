@@ -129,13 +129,13 @@ class _HeadLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, grad_enabled: bool) -> torch.Tensor:
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         hl, wl = h.to(dtype), w.to(dtype)  # (N, C), (V, C) the matmul inputs, as autocast would cast them
         keep = targets != -1  # (N,)
         n = keep.sum().clamp(min=1).float()  # positions scored
-        want_grad = any(ctx.needs_input_grad[:2])
+        want_grad = grad_enabled and any(ctx.needs_input_grad[:2])  # not under no_grad (evaluation)
         grad_logits = torch.empty(h.size(0), w.size(0), dtype=dtype, device=h.device) if want_grad else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         for s in range(0, h.size(0), HEAD_LOSS_ROWS):
@@ -158,12 +158,14 @@ class _HeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors  # (N, C), (V, C)
-        return grad_h * grad_loss, grad_w * grad_loss, None
+        return grad_h * grad_loss, grad_w * grad_loss, None, None
 
 
 def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """h (N, C) final hidden states, w (V, C) the LM head, targets (N,) with -1 ignored -> mean cross-entropy."""
-    return _HeadLoss.apply(h, w, targets)
+    # Inside forward grad mode is always off, so whether the caller wants a gradient is passed in:
+    # under torch.no_grad the parameters still require grad, and the gradient would be computed for nothing.
+    return _HeadLoss.apply(h, w, targets, torch.is_grad_enabled())
 
 
 class GPT(nn.Module):

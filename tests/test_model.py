@@ -397,6 +397,25 @@ def test_head_loss_equals_the_logits_path_in_loss_and_every_gradient(dtype):
         assert m(x, y, return_logits=False)[1].item() == pytest.approx(loss_full, rel=1e-5)  # no gradient wanted
 
 
+def test_head_loss_skips_its_gradient_under_no_grad():
+    """Evaluation runs under torch.no_grad while the weights still require grad: the chunked head must not
+    compute a gradient nobody asked for (the two (N, V) x (V, C) products), only its per-chunk logits."""
+    from torch.profiler import ProfilerActivity, profile
+
+    h = torch.randn(70, 16, requires_grad=True)  # three chunks of HEAD_LOSS_ROWS = 32
+    w = torch.randn(50, 16, requires_grad=True)
+    targets = random_ids((70,), seed=1) % 50
+
+    def matmuls(grad: bool) -> tuple[float, int]:
+        with torch.set_grad_enabled(grad), profile(activities=[ProfilerActivity.CPU]) as prof:
+            loss = model.head_loss(h, w, targets)
+        return loss.item(), sum(e.count for e in prof.key_averages() if e.key == "aten::mm")
+
+    (loss_grad, mm_grad), (loss_eval, mm_eval) = matmuls(True), matmuls(False)
+    assert loss_eval == loss_grad
+    assert (mm_grad, mm_eval) == (3 + 2, 3)
+
+
 # ----------------------------------------------------------------------------- python model.py
 
 REPO = Path(model.__file__).resolve().parent
