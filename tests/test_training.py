@@ -470,6 +470,28 @@ def test_a_machine_that_slows_down_is_cut_just_past_the_budget_with_everything_s
     assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["step"] == 21
 
 
+@pytest.mark.skipif(torch.__version__ < (2, 4), reason="fused AdamW on CPU needs torch 2.4")
+def test_cpu_training_uses_fused_adamw_with_the_same_steps_as_foreach():
+    from model import GPT
+
+    mc = replace(PRESETS["smoke"].model, n_layer=1)
+    tc = PRESETS["smoke"].train
+    models = [GPT(mc), GPT(mc)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused = training.make_optimizer(models[0], tc, "cpu")
+    foreach = torch.optim.AdamW(models[1].optim_groups(tc.weight_decay), lr=tc.learning_rate,
+                                betas=(tc.beta1, tc.beta2), foreach=True)
+    assert fused.defaults["fused"] is True
+    x = torch.randint(0, mc.vocab_size, (2, 16))
+    for _ in range(3):
+        for model, opt in zip(models, (fused, foreach)):
+            model(x, x)[1].backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # steps of ~3e-3: agree to 0.3%
+
+
 def test_steps_that_fit_counts_every_evaluation():
     # From step 0, 10 s: steps of 1 s, evaluations of 2 s every 4 steps and at the end.
     # N=6: 6 steps + evaluations at 4 and 6 = 10 s; N=7: 7 + 4 = 11 s.
