@@ -84,7 +84,8 @@ RESUME_MAY_CHANGE = {"data_dir", "out_dir", "device", "dtype", "compile", "max_m
 # The time budget's probe: untimed steps first (memory allocation, torch.compile, autotuning), then timed
 # ones; all inside the LinearLR warmup, whose learning rates do not depend on the step count still unknown.
 PROBE_UNTIMED_STEPS = 2
-PROBE_TIMED_STEPS = 3
+PROBE_TIMED_STEPS = 3  # at least; the probe goes on timing steps until PROBE_MAX_STEPS or the end of warmup,
+PROBE_MAX_STEPS = 30  # since a CPU's first steps run slower: 3 steps misjudged a 10-minute run by 6% (9.4 min)
 BUDGET_OVERRUN = 0.05  # a budget run this far past its minutes (the machine slowed down) evaluates, saves, stops
 
 
@@ -780,7 +781,7 @@ def steps_that_fit(step: int, seconds: float, step_s: float, eval_s: float, eval
 def probe_schedule(run: Run, step_s: float) -> None:
     """Record one step's time; once the probe has its steps (or warmup ends), fix max_iters from it."""
     run.step_times.append(step_s)
-    if len(run.step_times) >= PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS or run.step >= run.tc.warmup_iters:
+    if len(run.step_times) >= PROBE_MAX_STEPS or run.step >= run.tc.warmup_iters:
         fix_schedule(run)
 
 
