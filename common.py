@@ -153,7 +153,8 @@ def cpu_has_native_bf16() -> bool:
 
 def pick_dtype(name: str, device: str) -> str:
     """'auto' means bfloat16 on a GPU that supports it, float16 on other GPUs, bfloat16 on a CPU with native
-    bfloat16 (twice float32's training speed on an AVX512_BF16 CPU, the same loss per step), else float32."""
+    bfloat16 (1.5x float32's training speed for the cpu preset on an AVX512_BF16 CPU, the same loss per
+    step within noise: benchmarks/training.md), else float32."""
     import torch
 
     if name == "auto":

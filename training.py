@@ -39,6 +39,7 @@ import os
 import random
 import signal
 import sys
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -353,7 +354,8 @@ def plot_losses(path: Path, history: list[dict], title: str) -> None:
             label=f"best validation {best['val_loss']:.3f} at step {best['step']}")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss (nats per token)")
-    ax.set_title(title, fontsize=10)
+    # Wrapped to the figure's width: the data line (which files, from where) can be long.
+    ax.set_title("\n".join(textwrap.fill(line, 100) for line in title.splitlines()), fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
