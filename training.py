@@ -85,8 +85,10 @@ RESUME_MAY_CHANGE = {"data_dir", "out_dir", "device", "dtype", "compile", "max_m
 # The time budget's probe: untimed steps first (memory allocation, torch.compile, autotuning), then timed
 # ones; all inside the LinearLR warmup, whose learning rates do not depend on the step count still unknown.
 PROBE_UNTIMED_STEPS = 2
-PROBE_TIMED_STEPS = 3  # at least; the probe goes on timing steps until PROBE_MAX_STEPS or the end of warmup,
-PROBE_MAX_STEPS = 30  # since a CPU's first steps run slower: 3 steps misjudged a 10-minute run by 6% (9.4 min)
+PROBE_TIMED_STEPS = 3  # at least; the probe goes on timing steps until PROBE_MAX_STEPS or the end of warmup:
+PROBE_MAX_STEPS = 300  # on a shared machine speed drifts, and probes of 3 or 30 steps misjudged 10-minute
+# runs by 6-9% (they ended after 9.1-9.4 minutes, or were cut at 10.5); the cpu preset's 300 warmup steps
+# take about 2 minutes, and the learning rates during warmup do not depend on the count fixed after it.
 BUDGET_OVERRUN = 0.05  # a budget run this far past its minutes (the machine slowed down) evaluates, saves, stops
 
 

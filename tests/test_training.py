@@ -433,17 +433,22 @@ def test_the_time_budget_fixes_the_step_count_and_the_cosine_ends_at_min_lr(tiny
     assert ckpt["schedule"]["max_iters"] == ckpt["train_config"]["max_iters"] == 45
 
 
-def test_the_probe_times_steps_until_its_maximum_so_slow_first_steps_do_not_shrink_the_run(tiny_data_dir, tmp_path,
-                                                                                              monkeypatch):
-    # A CPU's first steps are slow: 4 s for the first two, 2 s for the next three, then 1 s. With a long
-    # warmup the probe times every step after the first two up to PROBE_MAX_STEPS (mean of 3 x 2 s and
-    # 25 x 1 s), not only the first three (2 s, which would fix about half the steps that fit).
+def test_the_probe_times_steps_until_warmup_ends_so_slow_first_steps_do_not_shrink_the_run(tiny_data_dir, tmp_path,
+                                                                                            monkeypatch):
+    # A CPU's first steps are slow: 4 s for the first two, 2 s for the next three, then 1 s. The probe times
+    # every step after the first two until warmup ends (mean of 3 x 2 s and 35 x 1 s), not only the first
+    # three (2 s, which would fix about half the steps that fit); a warmup longer than PROBE_MAX_STEPS stops
+    # it there.
     step_s = lambda step: 4.0 if step < 2 else 2.0 if step < 5 else 1.0  # noqa: E731
     fake_clock(monkeypatch, step_s=step_s, eval_s=3.0)
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", **{**BUDGET, "max_minutes": 2.0, "warmup_iters": 40})
-    s = training.train(mc, tc, progress=False, stop_after=training.PROBE_MAX_STEPS)
-    assert s["schedule"]["fixed_at_step"] == training.PROBE_MAX_STEPS == 30
-    assert s["schedule"]["probe_ms_per_step"] == pytest.approx(1000 * (3 * 2 + 25 * 1) / 28)
+    s = training.train(mc, tc, progress=False, stop_after=40)
+    assert s["schedule"]["fixed_at_step"] == 40
+    assert s["schedule"]["probe_ms_per_step"] == pytest.approx(1000 * (3 * 2 + 35 * 1) / 38)
+
+    monkeypatch.setattr(training, "PROBE_MAX_STEPS", 10)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out2", **{**BUDGET, "max_minutes": 2.0, "warmup_iters": 40})
+    assert training.train(mc, tc, progress=False, stop_after=10)["schedule"]["fixed_at_step"] == 10
 
 
 def test_a_budget_run_resumes_with_its_step_count_and_matches_the_printed_reproduction(tiny_data_dir, tmp_path,
