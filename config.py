@@ -117,7 +117,7 @@ PRESETS: dict[str, Preset] = {
             beta2=0.99,
             eval_interval=500,
             eval_iters=10,
-            dtype="auto",  # bfloat16 on CPUs with native bf16 (1.5x float32's tokens/s in training here), float32 elsewhere
+            dtype="auto",  # bfloat16 on CPUs with native bf16 (1.5x float32 in training here), else float32
             max_minutes=10.0,  # the schedule: max_iters is fixed to fill 10 minutes of this machine
         ),
     ),
