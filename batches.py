@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import CLIError
+from slm.cli import CLIError
 from tokenization import SPLITS, bin_path, file_sha256, read_meta
 
 

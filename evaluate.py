@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 
 import model_usage
-from common import CLIError, autocast, describe_source, pick_device, pick_dtype, run_cli
+from slm.checkpoint import describe_source
+from slm.cli import CLIError, run_cli
+from slm.hardware import autocast, pick_device, pick_dtype
 from config import EOT_ID, Paths
 
 EVAL_TOKENS_PER_BATCH = 1024  # positions per forward pass: bounds the (B, T, vocab) logits to ~200 MB

@@ -19,8 +19,9 @@ import argparse
 import json
 from pathlib import Path
 
-from common import (CLIError, atomic_write_bytes, check_free_space, config_from_dict, describe_source, load_checkpoint,
-                    run_cli, space_to_replace, write_errors)
+from slm.checkpoint import config_from_dict, describe_source, load_checkpoint
+from slm.cli import CLIError, run_cli
+from slm.files import atomic_write_bytes, check_free_space, space_to_replace, write_errors
 from config import EOT_ID, VOCAB_SIZE
 from model_usage import DEFAULT_CHECKPOINT
 from tokenization import EOT_TEXT, gpt2_file_bytes

@@ -52,7 +52,8 @@ import urllib.request
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from common import CLIError, check_free_space, dir_lock, first_line, is_write_trouble, run_cli, write_errors
+from slm.cli import CLIError, first_line, run_cli
+from slm.files import check_free_space, dir_lock, is_write_trouble, write_errors
 from config import Paths
 
 HUB_DATASET = "roneneldan/TinyStories"

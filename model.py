@@ -202,6 +202,19 @@ class GPT(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, device: str = "cpu") -> "GPT":
+        """Rebuild the GPT from the config a checkpoint dict stores (never today's defaults), strict load."""
+        from slm.checkpoint import config_from_dict
+        from slm.cli import CLIError, first_line
+
+        model = cls(config_from_dict(ckpt["config"]))
+        try:
+            model.load_state_dict(ckpt["model"], strict=True)
+        except RuntimeError as e:
+            raise CLIError(f"checkpoint weights do not match its own config: {first_line(e)}") from None
+        return model.to(device)
+
     def _residual_projections(self) -> list[nn.Module]:
         return [m for b in self.transformer.h for m in (b.attn.c_proj, b.mlp.c_proj)]
 
@@ -418,7 +431,7 @@ def forward_backward_check(model: GPT, seed: int) -> tuple[float, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     from dataclasses import asdict, replace
 
-    from common import ArgumentParser, add_model_flags, check_model_config, model_flags_given
+    from slm.cli import ArgumentParser, add_model_flags, check_model_config, model_flags_given
     from config import PRESETS
 
     p = ArgumentParser(
@@ -473,6 +486,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from common import run_cli
+    from slm.cli import run_cli
 
     run_cli(main)

@@ -15,16 +15,9 @@ import codecs
 import sys
 from typing import Iterable, TextIO
 
-from common import (
-    CLIError,
-    autocast,
-    describe_source,
-    load_checkpoint,
-    model_from_checkpoint,
-    pick_device,
-    pick_dtype,
-    run_cli,
-)
+from slm.checkpoint import describe_source, load_checkpoint
+from slm.cli import CLIError, run_cli
+from slm.hardware import autocast, pick_device, pick_dtype
 from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME
 from tokenization import EOT_TEXT, get_encoding
 
@@ -71,10 +64,12 @@ def check_vocab(ckpt: dict, enc, path) -> None:
 
 def load_for_inference(path, device: str):
     """(model in eval mode on device, checkpoint dict, tokenizer), each checked; CLIError on any problem."""
+    from model import GPT
+
     ckpt = load_checkpoint(path, map_location="cpu")
     enc = get_encoding()
     check_vocab(ckpt, enc, path)
-    model = model_from_checkpoint(ckpt, device)
+    model = GPT.from_checkpoint(ckpt, device)
     model.eval()
     return model, ckpt, enc
 

@@ -55,7 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from common import CLIError, atomic_write_bytes, check_free_space, dir_lock, run_cli, write_errors
+from slm.cli import CLIError, run_cli
+from slm.files import atomic_write_bytes, check_free_space, dir_lock, write_errors
 from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME, VOCAB_SIZE, Paths
 
 FORMAT_VERSION = 1  # of the .bin + meta.json layout; bump when it changes (old outputs are rebuilt)

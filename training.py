@@ -49,26 +49,10 @@ import numpy as np
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-from common import (
-    CLIError,
-    add_model_flags,
-    add_settings_flags,
-    atomic_torch_save,
-    atomic_write_bytes,
-    autocast,
-    check_checkpoint_space,
-    check_model_config,
-    config_from_dict,
-    config_to_dict,
-    describe_source,
-    dir_lock,
-    gpu_peak_flops,
-    load_checkpoint,
-    model_flags_given,
-    pick_device,
-    pick_dtype,
-    run_cli,
-)
+from slm.checkpoint import check_checkpoint_space, config_from_dict, config_to_dict, describe_source, load_checkpoint
+from slm.cli import CLIError, add_model_flags, add_settings_flags, check_model_config, model_flags_given, run_cli
+from slm.files import atomic_torch_save, atomic_write_bytes, dir_lock
+from slm.hardware import autocast, gpu_peak_flops, pick_device, pick_dtype
 from config import PRESETS, GPTConfig, TrainConfig
 
 BEST_FILE = "best_model_params.pt"
@@ -94,7 +78,7 @@ BUDGET_OVERRUN = 0.05  # a budget run this far past its minutes (the machine slo
 
 # ----------------------------------------------------------------------------- settings
 
-# One line of --help per training setting (the model's are common.MODEL_HELP); the flags are generated
+# One line of --help per training setting (the model's are slm.cli.MODEL_HELP); the flags are generated
 # from the dataclass fields with these.
 TRAIN_HELP = {
     "data_dir": "directory with train.bin, validation.bin and meta.json (from tokenization.py)",
@@ -142,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--max-iters, so --resume continues it (default 0: no limit)")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="peak FLOP/s of one accelerator, for the MFU on the progress bar (default: the dense bf16 "
-                        "peak of the GPU present, looked up by name in common.GPU_PEAK_FLOPS: H100, H200, A100, L40S, "
+                        "peak of the GPU present, looked up by name in slm.hardware.GPU_PEAK_FLOPS: H100, H200, A100, L40S, "
                         "L4, A10, RTX 4090, RTX 3090, T4, V100; another GPU shows no MFU and says so)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
     add_model_flags(p)
@@ -235,7 +219,7 @@ def data_facts(meta: dict) -> dict:
 
 
 def describe_data(facts: dict) -> str:
-    """The data source in a few words (common.describe_source)."""
+    """The data source in a few words (slm.checkpoint.describe_source)."""
     return describe_source({"data": facts})
 
 

@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import training  # noqa: E402
-from common import cpu_has_native_bf16, run_cli  # noqa: E402
+from slm.cli import run_cli  # noqa: E402
+from slm.hardware import cpu_has_native_bf16  # noqa: E402
 from config import PRESETS  # noqa: E402
 from model import GPT  # noqa: E402
 

@@ -26,7 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import CLIError, autocast, gpu_peak_flops, pick_device, run_cli  # noqa: E402
+from slm.cli import CLIError, run_cli  # noqa: E402
+from slm.hardware import autocast, gpu_peak_flops, pick_device  # noqa: E402
 from config import GPTConfig  # noqa: E402
 from model import GPT  # noqa: E402
 
@@ -46,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="untimed training steps first (default: 1 on CPU, 5 on CUDA; compile happens here)")
     p.add_argument("--peak-flops", type=float, default=None,
                    help="accelerator's dense bf16 peak FLOP/s for MFU (default: the GPU's, by name, from "
-                        "common.GPU_PEAK_FLOPS; no MFU for a GPU not listed there)")
+                        "slm.hardware.GPU_PEAK_FLOPS; no MFU for a GPU not listed there)")
     p.add_argument("--no-compile", action="store_true", help="CUDA: skip the torch.compile measurement")
     p.add_argument("--no-max-batch", action="store_true", help="CUDA: skip the search for the largest batch")
     p.add_argument("--skip-generation", action="store_true", help="measure training only")

@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 import training  # noqa: E402
-from common import load_checkpoint, model_from_checkpoint, run_cli  # noqa: E402
+from model import GPT  # noqa: E402
+from slm.checkpoint import load_checkpoint  # noqa: E402
+from slm.cli import run_cli  # noqa: E402
 
 
 def sample_stories(checkpoint: Path, n: int, max_new_tokens: int, temperature: float, top_k: int, seed: int):
@@ -30,7 +32,7 @@ def sample_stories(checkpoint: Path, n: int, max_new_tokens: int, temperature: f
     import evaluate
     from tokenization import get_encoding
 
-    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    model = GPT.from_checkpoint(load_checkpoint(checkpoint)).eval()
     stories, _ = evaluate.sample_stories(model, n, max_new_tokens, seed, temperature, top_k, None)
     enc = get_encoding()
     return [enc.decode(tokens).strip() for tokens in stories]

@@ -44,7 +44,7 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 
 
 def fake_free_space(monkeypatch, free: int) -> None:
-    """Make every file system report `free` bytes free (shutil.disk_usage is what common.py asks)."""
+    """Make every file system report `free` bytes free (shutil.disk_usage is what slm/files.py asks)."""
     import shutil
 
     real = shutil.disk_usage
@@ -58,14 +58,14 @@ def no_space(*args, **kwargs):
 
 @pytest.fixture
 def lock_holder():
-    """start(directory) runs a separate process that takes common.dir_lock(directory) and holds it until
+    """start(directory) runs a separate process that takes slm.files.dir_lock(directory) and holds it until
     killed (with fork_child=True it also forks a child that sleeps); every process is killed afterwards."""
     procs: list[subprocess.Popen] = []
     children: list[int] = []
 
     def start(directory, fork_child: bool = False) -> subprocess.Popen:
-        code = ("import os, sys, time, common\n"
-                "lock = common.dir_lock(sys.argv[1])\n"
+        code = ("import os, sys, time, slm.files\n"
+                "lock = slm.files.dir_lock(sys.argv[1])\n"
                 "lock.__enter__()\n"
                 "child = os.fork() if sys.argv[2] == '1' else -1\n"
                 "if child == 0:\n    time.sleep(120)\n    os._exit(0)\n"

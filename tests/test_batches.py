@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from batches import Batches
-from common import CLIError
+from slm.cli import CLIError
 
 
 def write_split_files(data_dir: Path, arrays: dict[str, np.ndarray]) -> None:

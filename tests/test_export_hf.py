@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import export_hf
-from common import run_cli
+from slm.cli import run_cli
 from config import EOT_ID
 from conftest import fake_free_space, no_space
 from test_model_usage import call_cli, save_checkpoint, tiny_model

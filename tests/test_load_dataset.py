@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import load_dataset
-from common import CLIError, run_cli
+from slm.cli import CLIError, run_cli
 from conftest import fake_free_space, no_space
 from test_model_usage import call_cli
 

@@ -467,7 +467,7 @@ def test_model_main_cpu_preset_and_flags(capsys):
 
 
 def test_python_model_py_bad_flags_are_one_line_exit_2(capsys):
-    from common import run_cli
+    from slm.cli import run_cli
 
     for bad, words in ((["--bogus"], "unrecognized arguments: --bogus"), (["--n-layer", "x"], "invalid int value"),
                        (["--preset", "huge"], "invalid choice"), (["--dropout", "1"], "--dropout 1.0 must be in"),

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import atomic_torch_save, config_to_dict, run_cli
+from slm.checkpoint import config_to_dict
+from slm.cli import run_cli
+from slm.files import atomic_torch_save
 from config import EOT_ID, GPTConfig
 
 REPO = Path(__file__).resolve().parent.parent

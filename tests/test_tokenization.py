@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 import tokenization
-from common import CLIError, filesystem, human_bytes, run_cli
+from slm.cli import CLIError, run_cli
+from slm.files import filesystem, human_bytes
 from config import EOT_ID, VOCAB_SIZE
 from conftest import fake_free_space, no_space
 from test_model_usage import call_cli

@@ -20,10 +20,12 @@ import pytest
 import torch
 
 import training
-from common import CLIError, load_checkpoint, model_from_checkpoint
+from model import GPT
+from slm.checkpoint import load_checkpoint
+from slm.cli import CLIError
 from config import PRESETS, GPTConfig, TrainConfig
 from conftest import fake_free_space
-from test_common import torch_save_on_a_full_disk
+from test_files import torch_save_on_a_full_disk
 from test_model_usage import call_cli
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,7 +178,7 @@ def test_loss_falls_and_the_outputs_are_complete(tiny_data_dir, tmp_path):
     assert best["config"] == training.config_to_dict(mc) and best["step"] == s["best_step"]
     assert best["data"]["source"]["source"] == "sample" and best["data"]["eot_id"] == 50256
     assert best["val_loss"] == pytest.approx(s["best_val_loss"])
-    model = model_from_checkpoint(best).eval()
+    model = GPT.from_checkpoint(best).eval()
     assert not any(k.startswith("_orig_mod.") for k in best["model"])
     ckpt = load_checkpoint(out / training.CKPT_FILE)
     assert ckpt["step"] == 30 and {"optimizer", "scheduler", "scaler", "rng", "train_config"} <= set(ckpt)
@@ -576,7 +578,7 @@ def test_bfloat16_on_cpu_trains_resumes_exactly_and_its_model_loads_in_evaluate_
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5  # 10.83 -> 9.83 in 16 steps
 
     best = tmp_path / "halves" / training.BEST_FILE
-    model_from_checkpoint(load_checkpoint(best))
+    GPT.from_checkpoint(load_checkpoint(best))
     capsys.readouterr()
     scored = evaluate.main(["--checkpoint", str(best), "--data-dir", str(tiny_data_dir), "--num-samples", "0",
                             "--quiet"])
@@ -672,7 +674,7 @@ def test_torchrun_nccl_two_gpus_match_one_gpu_with_the_same_global_batch(tiny_da
     ("NVIDIA GeForce RTX 4090 D", None), ("NVIDIA B200", None), ("Radeon RX 7900 XTX", None),
 ])
 def test_gpu_peak_flops_by_device_name(name, peak):
-    from common import gpu_peak_flops
+    from slm.hardware import gpu_peak_flops
 
     assert gpu_peak_flops(name) == peak
 
@@ -727,4 +729,4 @@ def test_training_does_not_import_model_usage():
     tree = ast.parse((REPO / "training.py").read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert "model_usage" not in imported and "common" in imported
+    assert "model_usage" not in imported and "slm.cli" in imported

@@ -1,4 +1,4 @@
-"""common.py's writing helpers under the faults a user's machine produces: a full disk, a read-only or
+"""slm/files.py's writing helpers under the faults a user's machine produces: a full disk, a read-only or
 failing one, and two runs writing into one directory (a second process refused; a killed holder, or a
 child it forked, never blocking the next run)."""
 
@@ -12,8 +12,9 @@ import signal
 import pytest
 import torch
 
-import common
-from common import CLIError, atomic_torch_save, atomic_write, dir_lock
+from slm import checkpoint, files
+from slm.cli import CLIError
+from slm.files import atomic_torch_save, atomic_write, dir_lock
 from conftest import fake_free_space
 
 SIZE = r"[\d.]+ (B|KiB|MiB|GiB)"
@@ -87,7 +88,7 @@ def test_torch_save_on_a_full_disk_names_the_file_and_the_space(tmp_path, monkey
     before = path.read_bytes()
     monkeypatch.setattr(torch, "save", torch_save_on_a_full_disk)
     fake_free_space(monkeypatch, 1234)
-    needed = common.human_bytes(common.saved_bytes(state))  # 8.4 KiB: the tensor's 4,000 bytes and the file's frame
+    needed = files.human_bytes(files.saved_bytes(state))  # 8.4 KiB: the tensor's 4,000 bytes and the file's frame
     with pytest.raises(CLIError, match=rf"^no space left on device writing {re.escape(str(path))} \(about {needed} "
                                        r"needed, 1.2 KiB free on .+\); free space or pass another --out-dir; "
                                        r"the previous ckpt.pt is intact$"):
@@ -109,20 +110,20 @@ def test_a_library_error_without_errno_is_a_full_disk_only_when_the_disk_is_too_
 
 
 def test_check_free_space_refuses_with_the_numbers(tmp_path, monkeypatch):
-    common.check_free_space(tmp_path, 1000, "the thing")  # a real disk has a few KB free
+    files.check_free_space(tmp_path, 1000, "the thing")  # a real disk has a few KB free
     fake_free_space(monkeypatch, 5 << 20)
     with pytest.raises(CLIError, match=rf"^not enough space in {re.escape(str(tmp_path))} for the thing: about "
                                        r"20 MiB needed \(23 MiB with a margin\), 5.0 MiB free on .+; free space or "
                                        r"pass another --out-dir \(nothing was started\)$"):
-        common.check_free_space(tmp_path, 20 << 20, "the thing")
+        files.check_free_space(tmp_path, 20 << 20, "the thing")
 
 
 def test_space_to_replace_counts_the_old_files_freed_by_each_rename(tmp_path):
-    assert common.space_to_replace(tmp_path, {"a": 100, "b": 300}) == 400  # nothing there yet: both files
+    assert files.space_to_replace(tmp_path, {"a": 100, "b": 300}) == 400  # nothing there yet: both files
     (tmp_path / "a").write_bytes(b"x" * 100)
     (tmp_path / "b").write_bytes(b"x" * 300)
-    assert common.space_to_replace(tmp_path, {"a": 100, "b": 300}) == 300  # only one new file beside its old one
-    assert common.space_to_replace(tmp_path, {"a": 150, "b": 300}) == 350
+    assert files.space_to_replace(tmp_path, {"a": 100, "b": 300}) == 300  # only one new file beside its old one
+    assert files.space_to_replace(tmp_path, {"a": 150, "b": 300}) == 350
 
 
 def test_checkpoint_size_estimate_is_close_to_what_torch_saves(tmp_path):
@@ -136,7 +137,7 @@ def test_checkpoint_size_estimate_is_close_to_what_torch_saves(tmp_path):
     opt.step()  # AdamW's moments exist only after a step
     torch.save(model.state_dict(), tmp_path / "best.pt")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "ckpt.pt")
-    best, ckpt = common.checkpoint_sizes(model)
+    best, ckpt = checkpoint.checkpoint_sizes(model)
     actual_best, actual_ckpt = (tmp_path / "best.pt").stat().st_size, (tmp_path / "ckpt.pt").stat().st_size
     assert actual_best <= best <= actual_best * 1.1 + 65536
     assert actual_ckpt <= ckpt <= actual_ckpt * 1.1 + 300_000
@@ -158,9 +159,9 @@ def test_a_lock_left_by_a_sigkilled_process_does_not_block(tmp_path, lock_holder
     holder = lock_holder(tmp_path)
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    assert (tmp_path / common.LOCK_NAME).exists()  # the file stays; the kernel dropped the lock
+    assert (tmp_path / files.LOCK_NAME).exists()  # the file stays; the kernel dropped the lock
     with dir_lock(tmp_path):
-        assert (tmp_path / common.LOCK_NAME).read_text().startswith(f"{os.getpid()} ")
+        assert (tmp_path / files.LOCK_NAME).read_text().startswith(f"{os.getpid()} ")
     assert os.listdir(tmp_path) == []
 
 
@@ -175,7 +176,7 @@ def test_a_forked_child_of_a_killed_holder_does_not_keep_the_lock(tmp_path, lock
 
 def test_the_lock_creates_the_directory_and_leaves_nothing_when_nothing_was_written(tmp_path):
     with dir_lock(tmp_path / "new" / "out"):
-        assert os.listdir(tmp_path / "new" / "out") == [common.LOCK_NAME]
+        assert os.listdir(tmp_path / "new" / "out") == [files.LOCK_NAME]
     assert os.listdir(tmp_path / "new") == []
     with dir_lock(tmp_path / "kept"):
         (tmp_path / "kept" / "file").write_text("x")
@@ -192,7 +193,7 @@ def test_the_lock_refuses_a_file_and_a_read_only_directory(tmp_path, monkeypatch
     real_open = os.open
 
     def read_only(path, *args, **kwargs):
-        if str(path).endswith(common.LOCK_NAME):
+        if str(path).endswith(files.LOCK_NAME):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
         return real_open(path, *args, **kwargs)
 

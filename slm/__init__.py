@@ -1,0 +1,8 @@
+"""The machinery beneath the step scripts, one module per concern. The scripts import from here; nothing
+here imports a step script (only config.py, the shared floor).
+
+    cli         the one-line error, run_cli, flags generated from the settings dataclasses
+    hardware    device, dtype, CPU features, GPU peaks, and the per-machine plan
+    files       atomic writes, one-line errors for a full or failing disk, free-space checks, directory locks
+    checkpoint  the checkpoint format, RNG state, what a checkpoint says about its data
+"""
