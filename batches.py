@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from slm.cli import CLIError
-from tokenization import SPLITS, bin_path, file_sha256, read_meta
+from slm.datafiles import SPLITS, bin_path, file_sha256, read_meta
 
 
 class Batches:

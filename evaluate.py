@@ -47,7 +47,7 @@ EVAL_TOKENS_PER_BATCH = 1024  # positions per forward pass: bounds the (B, T, vo
 def text_file_tokens(path: Path) -> tuple[np.ndarray, int]:
     """([EOT] story [EOT] story ... of a raw .txt file, laid out as tokenization.py lays out a split, story count)."""
     from load_dataset import iter_raw_file  # Step 1's own reader: a file scores like the same stories loaded there
-    from tokenization import encode_stories
+    from slm.encoding import encode_stories
 
     if not path.is_file():
         raise CLIError(f"--text-file {path} does not exist or is not a file")
@@ -59,7 +59,7 @@ def text_file_tokens(path: Path) -> tuple[np.ndarray, int]:
 
 def split_tokens(data_dir: str | Path, split: str) -> tuple[np.ndarray, dict]:
     """The tokens of DATA/<split>.bin (memory-mapped) and meta.json's record of that split, both checked."""
-    from tokenization import bin_path, read_meta
+    from slm.datafiles import bin_path, read_meta
 
     meta = read_meta(data_dir)
     return np.memmap(bin_path(data_dir, split, meta), dtype=np.uint16, mode="r"), meta["splits"][split]

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from slm.checkpoint import config_from_dict, describe_source, load_checkpoint
 from slm.cli import CLIError, run_cli
+from slm.encoding import EOT_TEXT, gpt2_file_bytes
 from slm.files import atomic_write_bytes, check_free_space, space_to_replace, write_errors
 from config import EOT_ID, VOCAB_SIZE
 from model_usage import DEFAULT_CHECKPOINT
-from tokenization import EOT_TEXT, gpt2_file_bytes
 
 def hf_config(cfg) -> dict:
     """transformers' GPT2Config for our GPTConfig, as the plain dict config.json holds."""

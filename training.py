@@ -193,7 +193,7 @@ def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flo
 
 def check_data(mc: GPTConfig, tc: TrainConfig) -> dict:
     """DATA/meta.json, checked against the settings: the vocabulary fits and each split is longer than a window."""
-    from tokenization import read_meta
+    from slm.datafiles import read_meta
 
     if not Path(tc.data_dir).is_dir():
         raise CLIError(f"no data directory {tc.data_dir}; make it with: python load_dataset.py --data-dir {tc.data_dir} "

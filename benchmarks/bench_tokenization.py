@@ -68,9 +68,11 @@ def make_corpus(data_dir: Path, mb: float) -> dict:
     import math
 
     import load_dataset
+    from slm.datafiles import SPLITS, read_source
+    from slm.encoding import EOT_TEXT
 
     stories = {split: list(load_dataset.iter_raw_file(load_dataset.SAMPLE_DIR / load_dataset.SAMPLE_FILES[split][0]))
-               for split in load_dataset.SPLITS}
+               for split in SPLITS}
     chars = {split: sum(map(len, s)) for split, s in stories.items()}
     copies = max(1, math.ceil((mb * 1e6 - chars["validation"]) / chars["train"]))
     files = {}
@@ -78,24 +80,24 @@ def make_corpus(data_dir: Path, mb: float) -> dict:
         files[split] = data_dir.parent / f"{data_dir.name}-{split}.txt"
         with open(files[split], "w", encoding="utf-8") as f:
             for _ in range(repeat):
-                f.writelines(story + f"\n{load_dataset.EOT_TEXT}\n" for story in stories[split])
+                f.writelines(story + f"\n{EOT_TEXT}\n" for story in stories[split])
     print(f"corpus {data_dir.name}: the bundled sample's {len(stories['train']):,} train stories x {copies}, "
           f"{len(stories['validation']):,} validation stories")
     load_dataset.prepare(source="local", data_dir=data_dir, data_files={k: str(v) for k, v in files.items()})
-    return load_dataset.read_source(data_dir)
+    return read_source(data_dir)
 
 
 def all_texts(data_dir: Path) -> list[str]:
-    import load_dataset
+    from slm.datafiles import load_raw
 
-    dd = load_dataset.load_raw(data_dir)
+    dd = load_raw(data_dir)
     return [t for split in ("train", "validation") for t in dd[split]["text"]]
 
 
 def run_limit(texts, num_proc: int) -> tuple[float, int]:
-    import tokenization
+    from slm.encoding import get_encoding
 
-    enc = tokenization.get_encoding()
+    enc = get_encoding()
     t = time.perf_counter()
     ids = enc.encode_ordinary_batch(texts, num_threads=num_proc)
     seconds = time.perf_counter() - t
@@ -106,9 +108,9 @@ _TEXTS: list[str] = []  # inherited by the forked workers of run_limit_procs
 
 
 def _encode_part(bounds: tuple[int, int]) -> int:
-    import tokenization
+    from slm.encoding import get_encoding
 
-    enc = tokenization.get_encoding()
+    enc = get_encoding()
     return sum(len(ids) for ids in map(enc.encode_ordinary, _TEXTS[bounds[0]:bounds[1]]))
 
 
@@ -128,9 +130,9 @@ def run_limit_procs(texts, num_proc: int) -> tuple[float, int]:
 
 
 def _tokenize_example(example):
-    import tokenization
+    from slm.encoding import get_encoding
 
-    ids = tokenization.get_encoding().encode_ordinary(example["text"])
+    ids = get_encoding().encode_ordinary(example["text"])
     return {"ids": ids, "len": len(ids)}
 
 
@@ -138,11 +140,11 @@ def run_common(data_dir: Path, num_proc: int) -> tuple[float, int]:
     import datasets
     import numpy as np
 
-    import load_dataset
+    from slm.datafiles import load_raw
 
     datasets.disable_caching()  # map's output goes to a temporary directory, never reused
     datasets.disable_progress_bars()
-    dd = load_dataset.load_raw(data_dir)
+    dd = load_raw(data_dir)
     t = time.perf_counter()
     arrays = []
     for split in ("train", "validation"):

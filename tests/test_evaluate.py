@@ -30,7 +30,7 @@ def raw_txt(stories: list[str]) -> str:
 
 @pytest.fixture(scope="module")
 def enc():
-    from tokenization import get_encoding
+    from slm.encoding import get_encoding
 
     return get_encoding()
 
@@ -147,8 +147,7 @@ def test_generated_story_figures_of_programmed_models(tmp_path, capsys):
 
 def test_split_scores_every_token_of_the_bin_and_matches_the_text_file(tiny_data_dir, tmp_path, capsys):
     """--split validation reads DATA/validation.bin; the same stories as a .txt file score the same."""
-    import load_dataset
-    from tokenization import read_meta
+    from slm.datafiles import load_raw, read_meta
 
     ckpt = save_checkpoint(tiny_model(seed=1), tmp_path / "m.pt")
     code, by_split, err = run_eval(["--checkpoint", str(ckpt), "--data-dir", str(tiny_data_dir), "--split",
@@ -159,7 +158,7 @@ def test_split_scores_every_token_of_the_bin_and_matches_the_text_file(tiny_data
     assert by_split["scored"] == {"split": "validation", "data_dir": str(tiny_data_dir), "stories": meta["stories"]}
 
     text = tmp_path / "validation.txt"
-    text.write_text(raw_txt(list(load_dataset.load_raw(tiny_data_dir)["validation"]["text"])), encoding="utf-8")
+    text.write_text(raw_txt(list(load_raw(tiny_data_dir)["validation"]["text"])), encoding="utf-8")
     code, by_file, err = run_eval(["--checkpoint", str(ckpt), "--text-file", str(text), "--num-samples", "0",
                                    "--quiet"], capsys)
     assert code == 0, err

@@ -19,6 +19,7 @@ import pytest
 
 import load_dataset
 from slm.cli import CLIError, run_cli
+from slm.datafiles import SPLITS, load_raw, read_source
 from conftest import fake_free_space, no_space
 from test_model_usage import call_cli
 
@@ -45,7 +46,7 @@ def sha256_of(stories: list[str]) -> str:
 
 
 def texts(data_dir: Path, split: str) -> list[str]:
-    return list(load_dataset.load_raw(data_dir)[split]["text"])
+    return list(load_raw(data_dir)[split]["text"])
 
 
 def snapshot(raw: Path) -> dict[str, bytes]:
@@ -89,7 +90,7 @@ def test_local_raw_txt_files_are_byte_identical(tmp_path):
     assert raw == tmp_path / "data" / "raw"
     assert texts(tmp_path / "data", "train") == STORIES
     assert texts(tmp_path / "data", "validation") == STORIES[:2]
-    info = load_dataset.read_source(tmp_path / "data")
+    info = read_source(tmp_path / "data")
     assert info["source"] == "local" and info["demo"] is False
     assert info["data_files"] == {"train": str(train.resolve()), "validation": str(valid.resolve())}
     assert info["splits"]["train"] == {"stories": 5, "chars": sum(map(len, STORIES)), "sha256": sha256_of(STORIES)}
@@ -110,7 +111,7 @@ def test_local_jsonl_json_and_parquet(tmp_path):
     load_dataset.prepare(source="local", data_dir=tmp_path / "a", data_files={"train": str(jsonl), "validation": str(js)})
     assert texts(tmp_path / "a", "train") == STORIES
     assert texts(tmp_path / "a", "validation") == STORIES[:3]
-    assert load_dataset.load_raw(tmp_path / "a")["train"].column_names == ["text"]
+    assert load_raw(tmp_path / "a")["train"].column_names == ["text"]
 
     pq.write_table(pa.table({"text": STORIES, "n": list(range(5))}), tmp_path / "train.parquet")
     pq.write_table(pa.table({"text": STORIES[3:]}), tmp_path / "valid.parquet")
@@ -131,7 +132,7 @@ def test_local_without_validation_holds_out_a_fixed_fraction(tmp_path):
     assert (tr, va) == (tr2, va2)  # deterministic
     assert len(va) == 3 and len(tr) == 297  # 1% of 300
     assert sorted(tr + va) == sorted(stories)
-    info = load_dataset.read_source(tmp_path / "a")
+    info = read_source(tmp_path / "a")
     assert info["source"] == "local" and "held out" in info["validation"]
 
 
@@ -149,7 +150,7 @@ def sample_stories(split: str) -> list[str]:
     return [s.strip() for s in re.split(rf"(?m)^{re.escape(EOT)}$", text) if s.strip()]
 
 
-@pytest.mark.parametrize("split", load_dataset.SPLITS)
+@pytest.mark.parametrize("split", SPLITS)
 def test_bundled_sample_decompresses_to_the_recorded_text(split):
     name, recorded = load_dataset.SAMPLE_FILES[split]
     assert hashlib.sha256(sample_text(split)).hexdigest() == recorded
@@ -158,7 +159,7 @@ def test_bundled_sample_decompresses_to_the_recorded_text(split):
     assert recorded in (load_dataset.SAMPLE_DIR / "README.md").read_text(encoding="utf-8")
 
 
-@pytest.mark.parametrize("split", load_dataset.SPLITS)
+@pytest.mark.parametrize("split", SPLITS)
 def test_bundled_sample_equals_the_shared_copy(shared_tinystories, split):
     assert sample_text(split) == (shared_tinystories / f"{split}.txt").read_bytes()
 
@@ -181,14 +182,14 @@ def test_sample_source_writes_the_first_stories_of_the_real_sample(tmp_path):
     assert info["source"] == "sample" and info["demo"] is False and info["num_stories"] == 40
     assert "CDLA-Sharing-1.0" in info["note"] and info["dataset"] == "roneneldan/TinyStories"
     assert info["splits"]["train"]["sha256"] == sha256_of(train)
-    assert info == load_dataset.read_source(tmp_path)
+    assert info == read_source(tmp_path)
 
 
 def test_whole_sample_hashes_like_the_files(tmp_path):
     """Without --num-stories every story is kept: each split's sha256 is that of the file's text."""
     load_dataset.prepare(source="sample", data_dir=tmp_path)
-    info = load_dataset.read_source(tmp_path)
-    for split in load_dataset.SPLITS:
+    info = read_source(tmp_path)
+    for split in SPLITS:
         assert info["splits"][split]["sha256"] == load_dataset.SAMPLE_FILES[split][1]
         assert info["splits"][split]["stories"] == len(sample_stories(split))
 
@@ -263,7 +264,7 @@ def test_hub_source(tmp_path, hub_stand_in):
     assert hub_stand_in == ["roneneldan/TinyStories"]
     assert texts(tmp_path / "d", "train") == STORIES
     assert texts(tmp_path / "d", "validation") == STORIES[:2]
-    info = load_dataset.read_source(tmp_path / "d")
+    info = read_source(tmp_path / "d")
     assert info["source"] == "hub" and info["dataset"] == "roneneldan/TinyStories" and info["demo"] is False
 
 
@@ -282,7 +283,7 @@ def test_hub_failure_is_one_clear_error(tmp_path, monkeypatch):
 def test_auto_uses_the_hub_when_it_answers(tmp_path, hub_stand_in, monkeypatch):
     monkeypatch.setattr(load_dataset, "_hub_offline_reason", lambda: None)
     load_dataset.prepare(source="auto", data_dir=tmp_path / "d")
-    assert load_dataset.read_source(tmp_path / "d")["source"] == "hub"
+    assert read_source(tmp_path / "d")["source"] == "hub"
 
 
 def test_auto_falls_back_to_the_bundled_sample_in_one_line(tmp_path, capsys, monkeypatch):
@@ -292,7 +293,7 @@ def test_auto_falls_back_to_the_bundled_sample_in_one_line(tmp_path, capsys, mon
     notes = [line for line in err.splitlines() if "hub cannot be reached" in line]
     assert len(notes) == 1 and "TinyStories sample bundled in sample_data/tinystories" in notes[0]
     assert "did not answer (test)" in notes[0]
-    info = load_dataset.read_source(tmp_path)
+    info = read_source(tmp_path)
     assert info["source"] == "sample" and info["requested"] == "auto" and info["demo"] is False
     assert info["fallback_reason"] == "huggingface.co did not answer (test)"
     assert texts(tmp_path, "train") == sample_stories("train")[:40]
@@ -301,7 +302,7 @@ def test_auto_falls_back_to_the_bundled_sample_in_one_line(tmp_path, capsys, mon
 def test_auto_offline_by_environment_uses_the_sample(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     load_dataset.prepare(source="auto", data_dir=tmp_path, num_stories=10)
-    assert "HF_HUB_OFFLINE" in load_dataset.read_source(tmp_path)["fallback_reason"]
+    assert "HF_HUB_OFFLINE" in read_source(tmp_path)["fallback_reason"]
 
 
 def test_auto_keeps_a_hub_dataset_already_here_when_offline(tmp_path, hub_stand_in, monkeypatch, capsys):
@@ -345,7 +346,7 @@ def test_rerun_does_nothing_and_force_rebuilds(tmp_path, capsys):
     assert "up to date" not in out and "wrote" in out
     load_dataset.prepare(source="sample", data_dir=tmp_path, num_stories=80)  # other inputs: rebuilt
     assert "wrote" in capsys.readouterr().out
-    assert load_dataset.read_source(tmp_path)["num_stories"] == 80
+    assert read_source(tmp_path)["num_stories"] == 80
 
 
 def test_rerun_notices_a_changed_input_file(tmp_path, capsys):
@@ -374,7 +375,7 @@ def test_failure_mid_write_leaves_the_old_raw_untouched(tmp_path, monkeypatch, e
         load_dataset.prepare(source="sample", data_dir=tmp_path, num_stories=50)
     assert snapshot(tmp_path / "raw") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
-    assert len(load_dataset.load_raw(tmp_path)["train"]) == 40
+    assert len(load_raw(tmp_path)["train"]) == 40
 
 
 def test_a_run_stopped_mid_swap_is_recovered(tmp_path, capsys):
@@ -545,9 +546,9 @@ def test_help_explains_every_flag(tmp_path):
 
 def test_load_raw_and_read_source_say_how_to_make_the_dataset(tmp_path):
     with pytest.raises(CLIError, match="python load_dataset.py"):
-        load_dataset.load_raw(tmp_path)
+        load_raw(tmp_path)
     with pytest.raises(CLIError, match="python load_dataset.py"):
-        load_dataset.read_source(tmp_path)
+        read_source(tmp_path)
 
 
 # ----------------------------------------------------------------------------- the real sample
@@ -556,7 +557,7 @@ def test_load_raw_and_read_source_say_how_to_make_the_dataset(tmp_path):
 def test_shared_tinystories_sample(shared_tinystories, tmp_path):
     train, valid = shared_tinystories / "train.txt", shared_tinystories / "validation.txt"
     load_dataset.prepare(source="local", data_dir=tmp_path, data_files={"train": str(train), "validation": str(valid)})
-    dd = load_dataset.load_raw(tmp_path)
+    dd = load_raw(tmp_path)
     for split, path in (("train", train), ("validation", valid)):
         # independent of the parser: a regex over the whole text, a separator being a line holding only
         # <|endoftext|> (the file may start with one, or end with one and no newline after it)
@@ -570,5 +571,5 @@ def test_shared_tinystories_sample(shared_tinystories, tmp_path):
         assert all(s.encode("utf-8") in path.read_bytes() for s in got)  # every story byte-identical to the file
     # the bundled sample source reads the same stories as --source local on the shared files
     load_dataset.prepare(source="sample", data_dir=tmp_path / "bundled")
-    for split in load_dataset.SPLITS:
+    for split in SPLITS:
         assert texts(tmp_path / "bundled", split) == list(dd[split]["text"])

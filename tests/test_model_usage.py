@@ -222,7 +222,7 @@ def record_prompts(monkeypatch) -> list[list[int]]:
 
 
 def test_prompt_encoding_empty_literal_eot_and_too_long(ckpts, capsys, monkeypatch):
-    from tokenization import get_encoding
+    from slm.encoding import get_encoding
 
     enc = get_encoding()
     seen = record_prompts(monkeypatch)
@@ -247,7 +247,7 @@ def test_prompt_encoding_empty_literal_eot_and_too_long(ckpts, capsys, monkeypat
 def test_stream_prints_whole_characters_as_they_arrive():
     """An emoji is two GPT-2 tokens, neither valid UTF-8 alone: nothing is printed until the second comes."""
     import model_usage
-    from tokenization import get_encoding
+    from slm.encoding import get_encoding
 
     enc = get_encoding()
     tokens = enc.encode_ordinary("🙂 and é, ok")

