@@ -138,9 +138,13 @@ class _HeadLoss(torch.autograd.Function):
         want_grad = grad_enabled and any(ctx.needs_input_grad[:2])  # not under no_grad (evaluation)
         grad_logits = torch.empty(h.size(0), w.size(0), dtype=dtype, device=h.device) if want_grad else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
+        in_place = want_grad and dtype == torch.float32  # float32: work in grad_logits itself, no copy after
         for s in range(0, h.size(0), HEAD_LOSS_ROWS):
             rows = slice(s, s + HEAD_LOSS_ROWS)
-            e = torch.mm(hl[rows], wl.t()).float()  # (R, V) logits
+            if in_place:
+                e = torch.mm(hl[rows], wl.t(), out=grad_logits[rows])  # (R, V) logits, in their gradient's rows
+            else:
+                e = torch.mm(hl[rows], wl.t()).float()  # (R, V) logits
             m = e.amax(dim=1, keepdim=True)  # (R, 1)
             e.sub_(m).exp_()  # (R, V) exp(logit - max)
             z = e.sum(dim=1, keepdim=True)  # (R, 1)
@@ -150,7 +154,8 @@ class _HeadLoss(torch.autograd.Function):
             if want_grad:
                 e.mul_(k / (n * z))  # (R, V) softmax / n, zero on ignored rows
                 e.scatter_add_(1, t, -k / n)  # minus one_hot / n
-                grad_logits[rows] = e
+                if not in_place:
+                    grad_logits[rows] = e
         if want_grad:
             ctx.save_for_backward(torch.mm(grad_logits, wl).to(h.dtype), torch.mm(grad_logits.t(), hl).to(w.dtype))
         return total / n
