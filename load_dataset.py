@@ -346,37 +346,12 @@ def prepare(
     """Write DATA/raw (DatasetDict train/validation, column text) and raw/source.json; return DATA/raw.
 
     A CLIError (one line naming the problem and the fix) for every bad input; nothing is replaced then."""
-    data_files = dict(data_files or {})
-    for split in data_files:
-        if split not in SPLITS:
-            raise CLIError(f"unknown split {split!r} in data files; use train=PATH and optionally validation=PATH")
     requested = source
-    source = _resolve_source(source, data_files)
-    files = {split: _check_file(split, path) for split, path in data_files.items()}
-    if num_stories is not None and num_stories < 1:
-        raise CLIError(f"--num-stories {num_stories} is too few; use at least 1 (or leave it out for the whole sample)")
-
-    data_dir = Path(data_dir)
-    if data_dir.exists() and not data_dir.is_dir():
-        raise CLIError(f"--data-dir {data_dir} is a file, not a directory; pass a directory (it is created if missing)")
-    raw = data_dir / "raw"
+    source, files, raw = _checked_inputs(source, data_dir, data_files, num_stories)
     _recover(raw)
-
     fallback_reason = None
     if source == "auto":
-        hub_request = _request("hub", files, num_stories, seed)
-        if not force and _up_to_date(raw, hub_request) is not None:
-            source = "hub"  # the full dataset is already here: no need to ask the hub, never replace it by the sample
-        else:
-            fallback_reason = _hub_offline_reason()
-            if fallback_reason is None:
-                source = "hub"
-            else:
-                source = "sample"
-                print(f"the Hugging Face hub cannot be reached ({fallback_reason}): using the real TinyStories sample "
-                      f"bundled in {SAMPLE_REL} instead, a few thousand stories rather "
-                      f"than the whole dataset (--source hub forces the hub, --source local reads downloaded files)",
-                      file=sys.stderr)
+        source, fallback_reason = _auto_source(raw, files, num_stories, seed, force)
 
     request = _request(source, files, num_stories, seed)
     if not force:
@@ -385,6 +360,50 @@ def prepare(
             print(f"{raw} is up to date: {_summary(info)}; nothing to do (--force rebuilds)")
             return raw
 
+    facts = _facts(source, requested, fallback_reason, files, num_stories, seed)
+    facts["request"] = request
+    info = _build(source, files, num_stories, seed, raw, facts)
+    print(f"wrote {raw}: {_summary(info)}")
+    return raw
+
+
+def _checked_inputs(source: str, data_dir: str | os.PathLike, data_files: dict[str, str] | None,
+                    num_stories: int | None) -> tuple[str, dict[str, Path], Path]:
+    """(source, the local files resolved, DATA/raw), every input checked before any work is done."""
+    data_files = dict(data_files or {})
+    for split in data_files:
+        if split not in SPLITS:
+            raise CLIError(f"unknown split {split!r} in data files; use train=PATH and optionally validation=PATH")
+    source = _resolve_source(source, data_files)
+    files = {split: _check_file(split, path) for split, path in data_files.items()}
+    if num_stories is not None and num_stories < 1:
+        raise CLIError(f"--num-stories {num_stories} is too few; use at least 1 (or leave it out for the whole sample)")
+
+    data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise CLIError(f"--data-dir {data_dir} is a file, not a directory; pass a directory (it is created if missing)")
+    return source, files, data_dir / "raw"
+
+
+def _auto_source(raw: Path, files: dict[str, Path], num_stories: int | None, seed: int,
+                 force: bool) -> tuple[str, str | None]:
+    """--source auto without local files: (the hub or the bundled sample, why not the hub or None)."""
+    hub_request = _request("hub", files, num_stories, seed)
+    if not force and _up_to_date(raw, hub_request) is not None:
+        return "hub", None  # the full dataset is already here: no need to ask the hub, never replace it by the sample
+    fallback_reason = _hub_offline_reason()
+    if fallback_reason is None:
+        return "hub", None
+    print(f"the Hugging Face hub cannot be reached ({fallback_reason}): using the real TinyStories sample "
+          f"bundled in {SAMPLE_REL} instead, a few thousand stories rather "
+          f"than the whole dataset (--source hub forces the hub, --source local reads downloaded files)",
+          file=sys.stderr)
+    return "sample", fallback_reason
+
+
+def _facts(source: str, requested: str, fallback_reason: str | None, files: dict[str, Path],
+           num_stories: int | None, seed: int) -> dict:
+    """What source.json says about where the stories came from (_write_raw adds what the splits hold)."""
     facts: dict = {"source": source, "requested": requested}
     if fallback_reason:
         facts["fallback_reason"] = fallback_reason
@@ -398,13 +417,18 @@ def prepare(
         facts.update(demo=False, data_files={s: str(p) for s, p in files.items()},
                      validation=("file" if "validation" in files
                                  else f"{LOCAL_VALIDATION_FRACTION:.0%} of train held out, seed {seed}"))
-    facts["request"] = request
+    return facts
 
+
+def _build(source: str, files: dict[str, Path], num_stories: int | None, seed: int, raw: Path, facts: dict) -> dict:
+    """Load the stories into DATA/raw.partial, write and verify them there, then swap them in for DATA/raw;
+    returns source.json's dict. A full or read-only disk is one line naming DATA/raw."""
     partial = raw.with_name(raw.name + ".partial")
     needed = None
     if source == "local":  # a cache of the stories under partial/, then the dataset itself: about twice the text
         needed = 2 * sum(p.stat().st_size for p in files.values())
-        check_free_space(data_dir, needed, f"the dataset from {' and '.join(p.name for p in files.values())}", "--data-dir")
+        check_free_space(raw.parent, needed, f"the dataset from {' and '.join(p.name for p in files.values())}",
+                         "--data-dir")
     with write_errors(raw, needed, "--data-dir") as target:  # disk full or read-only: one line naming raw/
         try:
             partial.mkdir(parents=True)
@@ -420,8 +444,7 @@ def prepare(
             _swap_in(partial / "raw", raw)
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-    print(f"wrote {raw}: {_summary(info)}")
-    return raw
+    return info
 
 
 def main(argv: list[str] | None = None) -> None:
