@@ -242,13 +242,8 @@ class _BinWriter:
 def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None = None, force: bool = False) -> dict:
     """Write DATA/train.bin, DATA/validation.bin and DATA/meta.json from DATA/raw; return the meta dict.
     Does nothing (and says so) when they already match the input, unless force."""
-    from tqdm import tqdm
-
     data_dir = Path(data_dir)
-    if num_proc is None:
-        num_proc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if num_proc < 1:
-        raise CLIError(f"--num-proc {num_proc} must be at least 1")
+    num_proc = _checked_num_proc(num_proc)
     fingerprint = _input_fingerprint(data_dir)
     if not force:
         meta = _up_to_date(data_dir, fingerprint)
@@ -257,14 +252,7 @@ def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None 
             return meta
 
     source = read_source(data_dir)
-    plan = plan_shards(data_dir)
-    stories = {split: sum(s.stories for s in plan[split]) for split in SPLITS}
-    for split in SPLITS:
-        recorded = ((source.get("splits") or {}).get(split) or {}).get("stories")
-        if recorded is not None and recorded != stories[split]:
-            raise CLIError(f"{data_dir}/raw has {stories[split]:,} {split} stories but its source.json says {recorded:,}; "
-                           f"rebuild it with: python load_dataset.py --data-dir {data_dir} --force")
-    shards = [s for split in SPLITS for s in plan[split]]
+    shards, stories = _planned_shards(data_dir, source)
     enc = get_encoding()  # built here once; forked workers inherit it
     if enc.n_vocab > 1 << 16:
         raise CLIError(f"the tokenizer has {enc.n_vocab} tokens, too many for {DTYPE}")
@@ -276,9 +264,44 @@ def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None 
           f"{TOKENIZER_NAME} from {encoding_source()}; {num_proc} process(es), {len(shards)} shards of up to "
           f"{SHARD_STORIES} stories, one <|endoftext|> {EOT_POSITION} each story")
 
-    meta_path = data_dir / "meta.json"
-    writers: dict[str, _BinWriter] = {}
     start = time.perf_counter()
+    writers = _write_bins(data_dir, shards, num_proc, needed)
+    seconds = time.perf_counter() - start
+    meta = _meta(writers, stories, source, fingerprint)
+    atomic_write_bytes(data_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode(), flag="--data-dir")
+    total = sum(w.tokens for w in writers.values())
+    print(f"wrote {total:,} tokens to {data_dir} ({_counts(meta)}) in {seconds:.1f} s: "
+          f"{total / max(seconds, 1e-9):,.0f} tokens/s with {num_proc} process(es)")
+    return meta
+
+
+def _checked_num_proc(num_proc: int | None) -> int:
+    """--num-proc, checked; every core this process may run on when it is None."""
+    if num_proc is None:
+        num_proc = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if num_proc < 1:
+        raise CLIError(f"--num-proc {num_proc} must be at least 1")
+    return num_proc
+
+
+def _planned_shards(data_dir: Path, source: dict) -> tuple[list[Shard], dict[str, int]]:
+    """Every shard of DATA/raw, train first, and each split's story count, checked against source.json's."""
+    plan = plan_shards(data_dir)
+    stories = {split: sum(s.stories for s in plan[split]) for split in SPLITS}
+    for split in SPLITS:
+        recorded = ((source.get("splits") or {}).get(split) or {}).get("stories")
+        if recorded is not None and recorded != stories[split]:
+            raise CLIError(f"{data_dir}/raw has {stories[split]:,} {split} stories but its source.json says {recorded:,}; "
+                           f"rebuild it with: python load_dataset.py --data-dir {data_dir} --force")
+    return [s for split in SPLITS for s in plan[split]], stories
+
+
+def _write_bins(data_dir: Path, shards: list[Shard], num_proc: int, needed: int) -> dict[str, _BinWriter]:
+    """Encode the shards and write DATA/<split>.bin, each as .tmp renamed when all are complete; meta.json is
+    removed just before the renames. A full or failing disk is one line, and the old files stay as they were."""
+    from tqdm import tqdm
+
+    writers: dict[str, _BinWriter] = {}
     with write_errors(data_dir / "train.bin", needed, "--data-dir") as target:
         try:
             for split in SPLITS:
@@ -295,7 +318,7 @@ def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None 
             for w in writers.values():
                 target.path = w.path
                 w.file.close()
-            meta_path.unlink(missing_ok=True)  # from here on, no meta.json describes half-replaced files
+            (data_dir / "meta.json").unlink(missing_ok=True)  # from here on no meta.json describes half-replaced bins
             for w in writers.values():
                 target.path = w.path
                 os.replace(w.tmp, w.path)
@@ -303,9 +326,12 @@ def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None 
             for w in writers.values():
                 w.file.close()
                 w.tmp.unlink(missing_ok=True)
-    seconds = time.perf_counter() - start
+    return writers
 
-    meta = {
+
+def _meta(writers: dict[str, _BinWriter], stories: dict[str, int], source: dict, fingerprint: dict) -> dict:
+    """meta.json: what the .bin files hold (tokenizer, dtype, where EOT goes, counts, sha256) and what from."""
+    return {
         "format": FORMAT_VERSION,
         "tokenizer": TOKENIZER_NAME,
         "vocab_size": VOCAB_SIZE,
@@ -320,11 +346,6 @@ def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None 
         "tokenizer_files": encoding_source(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_write_bytes(meta_path, (json.dumps(meta, indent=2) + "\n").encode(), flag="--data-dir")
-    total = sum(w.tokens for w in writers.values())
-    print(f"wrote {total:,} tokens to {data_dir} ({_counts(meta)}) in {seconds:.1f} s: "
-          f"{total / max(seconds, 1e-9):,.0f} tokens/s with {num_proc} process(es)")
-    return meta
 
 
 def _counts(meta: dict) -> str:
