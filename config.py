@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 class Paths:
     data_dir: str = "data"  # load_dataset.py writes DATA/raw; tokenization.py writes DATA/*.bin + meta.json
     out_dir: str = "out"  # training.py writes OUT/best_model_params.pt, ckpt.pt, log.csv, loss.png
+    best_model: str = "out/best_model_params.pt"  # what model_usage.py, evaluate.py and export_hf.py load by default
 
 
 # GPT-2 BPE facts every room agrees on.

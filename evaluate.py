@@ -16,10 +16,10 @@ block_size - stride tokens of context, which lowers the loss at the cost of more
                  (tokenizer-independent, comparable across vocabularies)
 
 Generated stories start from the end-of-text token (an empty prompt) and use model_usage.py's sampling
-defaults. Their figures are over GPT-2 tokens: mean length; fraction that end with end-of-text (rather
-than running out of --max-new-tokens); distinct-n = distinct n-grams / all n-grams, pooled over the
-stories; repeated-4-gram rate = the share of a story's 4-grams that already occurred earlier in the
-same story, pooled over the stories.
+defaults (slm/sampling.py). Their figures are over GPT-2 tokens: mean length; fraction that end with
+end-of-text (rather than running out of --max-new-tokens); distinct-n = distinct n-grams / all n-grams,
+pooled over the stories; repeated-4-gram rate = the share of a story's 4-grams that already occurred
+earlier in the same story, pooled over the stories.
 """
 
 from __future__ import annotations
@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-import model_usage
-from slm.checkpoint import describe_source
+from slm.checkpoint import check_vocab, describe_source, load_checkpoint
 from slm.cli import CLIError, run_cli
+from slm.encoding import get_encoding
 from slm.hardware import autocast, pick_device, pick_dtype
+from slm.sampling import MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P
 from config import EOT_ID, Paths
 
 EVAL_TOKENS_PER_BATCH = 1024  # positions per forward pass: bounds the (B, T, vocab) logits to ~200 MB
@@ -214,7 +215,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Score a checkpoint over every token of a split or a raw TinyStories .txt file, and measure "
         "stories it generates. Prints one JSON object on stdout (progress goes to stderr).",
     )
-    p.add_argument("--checkpoint", default=model_usage.DEFAULT_CHECKPOINT,
+    p.add_argument("--checkpoint", default=Paths.best_model,
                    help="model file written by training.py (default: %(default)s)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--split", default="validation", choices=["train", "validation"],
@@ -230,13 +231,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=20,
                    help="stories to generate for the story figures; 0 skips them (default: %(default)s)")
     p.add_argument("--seed", type=int, default=1337, help="seed of the story sampler (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=model_usage.MAX_NEW_TOKENS,
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
                    help="most tokens per generated story (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=model_usage.TEMPERATURE,
+    p.add_argument("--temperature", type=float, default=TEMPERATURE,
                    help="sampling temperature; 0 is greedy (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=model_usage.TOP_K,
+    p.add_argument("--top-k", type=int, default=TOP_K,
                    help="sample among the k most likely tokens; 0: no limit (default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=model_usage.TOP_P, help="nucleus sampling threshold (default: off)")
+    p.add_argument("--top-p", type=float, default=TOP_P, help="nucleus sampling threshold (default: off)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     args = p.parse_args(argv)
@@ -250,10 +251,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from model import GPT
+
     args = parse_args(argv)
     device = pick_device(args.device)
     dtype = pick_dtype("auto", device)
-    model, ckpt, enc = model_usage.load_for_inference(args.checkpoint, device)
+    ckpt = load_checkpoint(args.checkpoint)
+    enc = get_encoding()
+    check_vocab(ckpt, enc, args.checkpoint)
+    model = GPT.from_checkpoint(ckpt, device).eval()
 
     if args.text_file is not None:
         tokens, num_stories = text_file_tokens(Path(args.text_file))

@@ -23,8 +23,8 @@ from slm.checkpoint import config_from_dict, describe_source, load_checkpoint
 from slm.cli import CLIError, run_cli
 from slm.encoding import EOT_TEXT, gpt2_file_bytes
 from slm.files import atomic_write_bytes, check_free_space, space_to_replace, write_errors
-from config import EOT_ID, VOCAB_SIZE
-from model_usage import DEFAULT_CHECKPOINT
+from config import EOT_ID, VOCAB_SIZE, Paths
+
 
 def hf_config(cfg) -> dict:
     """transformers' GPT2Config for our GPTConfig, as the plain dict config.json holds."""
@@ -174,7 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Write a checkpoint as a transformers GPT2LMHeadModel directory (config.json, model.safetensors, "
         "tokenizer files) that from_pretrained loads with no network.",
     )
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+    p.add_argument("--checkpoint", default=Paths.best_model,
                    help="model file written by training.py (default: %(default)s)")
     p.add_argument("--out", required=True, help="directory to write (created; files in it are replaced)")
     return p.parse_args(argv)

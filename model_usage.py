@@ -15,24 +15,20 @@ import codecs
 import sys
 from typing import Iterable, TextIO
 
-from slm.checkpoint import describe_source, load_checkpoint
-from slm.cli import CLIError, run_cli
-from slm.hardware import autocast, pick_device, pick_dtype
+from slm.checkpoint import check_vocab, describe_source, load_checkpoint
+from slm.cli import run_cli
 from slm.encoding import EOT_TEXT, get_encoding
-from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME
+from slm.hardware import autocast, pick_device, pick_dtype
+from slm.sampling import MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P  # the sampling defaults evaluate.py uses too
+from config import EOT_ID, EOT_POSITION, Paths
 
 # The sentence the story starts from. Edit it and run `python model_usage.py`.
 sentence = "Once upon a time, there was a little girl named Lily. She loved to play in the park."
 
-DEFAULT_CHECKPOINT = "out/best_model_params.pt"
-# Sampling defaults, shared with evaluate.py's generated-story metrics.
-MAX_NEW_TOKENS = 300  # TinyStories stories are about 200 tokens; generation usually stops at EOT first
-TEMPERATURE = 0.8  # below 1 sharpens the distribution; 0 is greedy
-TOP_K = 200  # sample only among the 200 most likely tokens (None: all)
-TOP_P = None  # nucleus sampling threshold (None: off)
+DEFAULT_CHECKPOINT = Paths.best_model
 
 
-# ----------------------------------------------------------------------------- helpers evaluate.py shares
+# ----------------------------------------------------------------------------- the prompt and the model
 
 
 def encode_prompt(enc, prompt: str) -> list[int]:
@@ -42,24 +38,6 @@ def encode_prompt(enc, prompt: str) -> list[int]:
     """
     assert EOT_POSITION == "before", "prompt encoding assumes one EOT before every story"
     return [EOT_ID] + enc.encode_ordinary(prompt)
-
-
-def check_vocab(ckpt: dict, enc, path) -> None:
-    """Refuse a checkpoint whose vocabulary is not the tokenizer's: its token ids would mean other text."""
-    data = ckpt.get("data") or {}
-    tokenizer = data.get("tokenizer", TOKENIZER_NAME)
-    model_vocab = ckpt["config"].get("vocab_size")
-    if tokenizer != TOKENIZER_NAME or model_vocab != enc.n_vocab or data.get("vocab_size", enc.n_vocab) != enc.n_vocab:
-        raise CLIError(
-            f"{path} was trained with tokenizer {tokenizer!r} and a vocabulary of {model_vocab} tokens, but this "
-            f"project's tokenizer is {TOKENIZER_NAME!r} with {enc.n_vocab}; retrain with: python training.py"
-        )
-    eot = data.get("eot_id", EOT_ID)
-    if eot != EOT_ID or data.get("eot_position", EOT_POSITION) != EOT_POSITION:
-        raise CLIError(
-            f"{path} puts end-of-text token {eot} {data.get('eot_position')!r} each story, but this project uses "
-            f"{EOT_ID} {EOT_POSITION!r}; retrain with: python training.py"
-        )
 
 
 def load_for_inference(path, device: str):

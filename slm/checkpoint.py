@@ -6,7 +6,7 @@ One format for both files training writes:
                         "best_val_loss", ...}: everything training needs to resume.
 "config" is dataclasses.asdict(GPTConfig) and "data" the tokenizer/source facts of meta.json, both
 plain dicts, so torch.load(path, weights_only=True) reads every file. The model itself is rebuilt
-from a checkpoint by model.GPT.from_checkpoint.
+from a checkpoint by model.GPT.from_checkpoint; check_vocab refuses one whose token ids mean other text.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from config import GPTConfig
+from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME, GPTConfig
 from slm.cli import CLIError, first_line
 from slm.files import check_free_space, human_bytes, saved_bytes, space_to_replace
 
@@ -65,6 +65,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CLIError(f"{path} is not a checkpoint made by training.py (no 'model' and 'config' entries)")
     return ckpt
+
+
+def check_vocab(ckpt: dict, enc, path) -> None:
+    """Refuse a checkpoint whose vocabulary is not the tokenizer's: its token ids would mean other text."""
+    data = ckpt.get("data") or {}
+    tokenizer = data.get("tokenizer", TOKENIZER_NAME)
+    model_vocab = ckpt["config"].get("vocab_size")
+    if tokenizer != TOKENIZER_NAME or model_vocab != enc.n_vocab or data.get("vocab_size", enc.n_vocab) != enc.n_vocab:
+        raise CLIError(
+            f"{path} was trained with tokenizer {tokenizer!r} and a vocabulary of {model_vocab} tokens, but this "
+            f"project's tokenizer is {TOKENIZER_NAME!r} with {enc.n_vocab}; retrain with: python training.py"
+        )
+    eot = data.get("eot_id", EOT_ID)
+    if eot != EOT_ID or data.get("eot_position", EOT_POSITION) != EOT_POSITION:
+        raise CLIError(
+            f"{path} puts end-of-text token {eot} {data.get('eot_position')!r} each story, but this project uses "
+            f"{EOT_ID} {EOT_POSITION!r}; retrain with: python training.py"
+        )
 
 
 # ----------------------------------------------------------------------------- where a checkpoint's data came from
