@@ -23,7 +23,8 @@ import torch  # noqa: E402
 
 import training  # noqa: E402
 from model import GPT  # noqa: E402
-from slm.checkpoint import load_checkpoint  # noqa: E402
+from slm.checkpoint import describe_source, load_checkpoint  # noqa: E402
+from slm.progress import read_log  # noqa: E402
 from slm.cli import run_cli  # noqa: E402
 
 
@@ -63,13 +64,13 @@ def main(argv: list[str] | None = None) -> None:
     stories = sample_stories(out / training.BEST_FILE, args.stories, args.max_new_tokens, args.temperature,
                              args.top_k, args.seed)
 
-    rows = training.read_log(out / training.LOG_FILE)
+    rows = read_log(out / training.LOG_FILE)
     print("\n" + "=" * 80)
     print(f"## {datetime.date.today()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
     if summary is None:
         best = min(rows, key=lambda r: r["val_loss"])
         print(f"report of the finished run in {out} (not trained by this command)")
-        print(f"data: {training.describe_data(load_checkpoint(out / training.BEST_FILE)['data'])}")
+        print(f"data: {describe_source(load_checkpoint(out / training.BEST_FILE))}")
         print(f"validation loss: {rows[0]['val_loss']:.4f} at step 0 -> best {best['val_loss']:.4f} at step "
               f"{best['step']} (train {rows[-1]['train_loss']:.4f} at the end)")
     else:

@@ -12,12 +12,17 @@ from a checkpoint by model.GPT.from_checkpoint; check_vocab refuses one whose to
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, fields
+import random
+from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME, GPTConfig
+from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME, GPTConfig, TrainConfig
 from slm.cli import CLIError, first_line
 from slm.files import check_free_space, human_bytes, saved_bytes, space_to_replace
+
+if TYPE_CHECKING:
+    import torch
 
 
 def checkpoint_sizes(model) -> tuple[int, int]:
@@ -107,3 +112,126 @@ def describe_source(ckpt: dict) -> str:
         files = ", ".join(f"{split}={path}" for split, path in (source.get("data_files") or {}).items())
         return f"trained on local files ({files})"
     return f"trained on source {kind!r}"
+
+
+# ----------------------------------------------------------------------------- training's files
+
+BEST_FILE = "best_model_params.pt"  # the model at its best validation loss (what model_usage.py loads)
+CKPT_FILE = "ckpt.pt"  # everything --resume needs
+# Settings that may differ when resuming: where and how the run executes, not what it computes.
+RESUME_MAY_CHANGE = {"data_dir", "out_dir", "device", "dtype", "compile", "max_minutes"}
+
+
+def data_facts(meta: dict) -> dict:
+    """What a checkpoint records about its data: the tokenizer facts and the source (from meta.json)."""
+    facts = {k: meta.get(k) for k in ("tokenizer", "vocab_size", "eot_id", "eot_position")}
+    facts["source"] = meta.get("source") or {}
+    facts["splits"] = {s: {"tokens": v.get("tokens"), "sha256": v.get("sha256")} for s, v in meta["splits"].items()}
+    return facts
+
+
+def read_resume_checkpoint(out_dir: Path, tc: TrainConfig, facts: dict) -> dict:
+    """OUT/ckpt.pt, checked: it holds a training state and was trained on the same data."""
+    ckpt = load_checkpoint(out_dir / CKPT_FILE, map_location="cpu")
+    if "optimizer" not in ckpt:
+        raise CLIError(f"{out_dir / CKPT_FILE} has no optimizer state; it cannot be resumed")
+    for split, v in facts["splits"].items():
+        was = ckpt["data"]["splits"][split]["sha256"]
+        if v["sha256"] != was:
+            raise CLIError(f"the {split} data in {tc.data_dir} changed since {out_dir / CKPT_FILE} was written "
+                           f"(sha256 {v['sha256'][:12]} != {was[:12]}); resume on the same data or start afresh")
+    return ckpt
+
+
+def settings_for_resume(out_dir: str, model_over: dict, train_over: dict) -> tuple[GPTConfig, TrainConfig]:
+    """The settings stored in OUT/ckpt.pt; flags may only change how the run executes, not what it computes."""
+    ckpt = load_checkpoint(Path(out_dir) / CKPT_FILE)
+    if "train_config" not in ckpt:
+        raise CLIError(f"{Path(out_dir) / CKPT_FILE} has no training state; it cannot be resumed")
+    mc = config_from_dict(ckpt["config"])
+    unknown = set(ckpt["train_config"]) - {f.name for f in fields(TrainConfig)}
+    if unknown:
+        raise CLIError(f"{Path(out_dir) / CKPT_FILE} has training settings this version does not know "
+                       f"({', '.join(sorted(unknown))}); resume it with the version that wrote it")
+    tc = TrainConfig(**ckpt["train_config"])
+    same_sequences = train_over.get("batch_size", tc.batch_size) * train_over.get("grad_accum", tc.grad_accum) == \
+        tc.batch_size * tc.grad_accum  # the micro-batch may change with the machine; the sequences per step not
+    for name, value in {**model_over, **train_over}.items():
+        was = getattr(mc, name) if name in model_over else getattr(tc, name)
+        if name in ("batch_size", "grad_accum") and same_sequences:
+            continue
+        if name not in RESUME_MAY_CHANGE and value != was:
+            flag = "--" + name.replace("_", "-")
+            raise CLIError(f"{flag} {value} differs from the {was} that {Path(out_dir) / CKPT_FILE} was trained with; "
+                           f"--resume continues with the checkpoint's settings (start afresh in another --out-dir "
+                           f"to change them)")
+    may_change = RESUME_MAY_CHANGE | ({"batch_size", "grad_accum"} if same_sequences else set())
+    return mc, replace(tc, **{k: v for k, v in train_over.items() if k in may_change})
+
+
+# ----------------------------------------------------------------------------- RNG state
+
+
+def rng_state(batch_gen: torch.Generator) -> dict:
+    """Every random state training draws from, as plain lists and tensors (torch.load weights_only reads it)."""
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": _tuple_to_list(random.getstate()),
+        "numpy": {
+            "bit_generator": np_state["bit_generator"],
+            "key": np_state["state"]["key"].tolist(),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "batches": batch_gen.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, batch_gen: torch.Generator) -> None:
+    """Put back what rng_state saved."""
+    import numpy as np
+    import torch
+
+    random.setstate(_list_to_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state({
+        "bit_generator": n["bit_generator"],
+        "state": {"key": np.array(n["key"], dtype=np.uint32), "pos": n["pos"]},
+        "has_gauss": n["has_gauss"],
+        "gauss": n["gauss"],
+    })
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    batch_gen.set_state(state["batches"])
+
+
+def _tuple_to_list(x):
+    return [_tuple_to_list(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _list_to_tuple(x):
+    return tuple(_list_to_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+def restore_progress(ckpt: dict, model, optimizer, scheduler, scaler, batch_gen) -> dict:
+    """Load a resume checkpoint's state into a freshly built run's parts (weights, optimizer, schedule, scaler,
+    RNGs) and return its progress: step, best_val, best_step, history, step_loss, schedule."""
+    model.load_state_dict(ckpt["model"], strict=True)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler") and scaler.is_enabled():
+        scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"], batch_gen)
+    train_config = ckpt.get("train_config") or {}
+    return {"step": ckpt["step"], "best_val": ckpt["best_val_loss"], "best_step": ckpt["best_step"],
+            "history": list(ckpt["history"]), "step_loss": ckpt["step_loss"],
+            "schedule": ckpt.get("schedule", {"max_iters": train_config.get("max_iters"), "fixed_by": "--max-iters"})}

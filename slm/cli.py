@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import signal
 import sys
+import threading
 from dataclasses import fields
 from typing import Any, Callable
 
@@ -102,3 +104,33 @@ def check_model_config(mc: GPTConfig) -> None:
     if mc.n_embd % mc.n_head:
         raise CLIError(f"--n-embd {mc.n_embd} is not divisible by --n-head {mc.n_head}; "
                        f"pick a head count that divides it (e.g. {math.gcd(mc.n_embd, mc.n_head)})")
+
+
+# ----------------------------------------------------------------------------- stopping a long run
+
+
+class StopRequest:
+    """Ctrl-C / SIGTERM set a flag that the loop reads between steps; a second Ctrl-C aborts at once."""
+
+    def __init__(self, say):
+        self.signal = None
+        self.say = say
+        self.old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        self.say(f"\n{self.signal}: stopping after this step and saving ckpt.pt (Ctrl-C again aborts at once)")
+
+    def __exit__(self, *exc):
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+        return False
+

@@ -21,8 +21,10 @@ import torch
 
 import training
 from model import GPT
+from slm import schedule
 from slm.checkpoint import load_checkpoint
 from slm.cli import CLIError
+from slm.progress import mfu_peak, read_log
 from config import PRESETS, GPTConfig, TrainConfig
 from conftest import fake_free_space
 from test_files import torch_save_on_a_full_disk
@@ -59,7 +61,7 @@ def wait_for_log_step(proc: subprocess.Popen, log: Path, step: int, timeout: flo
             out, err = proc.communicate()
             pytest.fail(f"training ended early (rc {proc.returncode}):\n{out}\n{err}")
         if log.exists():
-            rows = training.read_log(log)
+            rows = read_log(log)
             if rows and rows[-1]["step"] >= step:
                 return
         time.sleep(0.05)
@@ -95,7 +97,7 @@ def test_schedule_warms_up_to_the_peak_then_decays_to_the_minimum():
     tc = replace(TrainConfig(), max_iters=100, warmup_iters=10, learning_rate=1e-3, min_lr=1e-4)
     lrs = lr_curve(tc)
     warm, decay = lrs[: tc.warmup_iters + 1], lrs[tc.warmup_iters:]
-    assert lrs[0] == pytest.approx(1e-3 * training.WARMUP_START_FACTOR)
+    assert lrs[0] == pytest.approx(1e-3 * schedule.WARMUP_START_FACTOR)
     assert all(a < b for a, b in zip(warm, warm[1:])), "warmup must rise every step"
     assert lrs[tc.warmup_iters] == pytest.approx(1e-3) and max(lrs) == pytest.approx(1e-3)
     assert all(a > b for a, b in zip(decay, decay[1:])), "cosine must fall every step after warmup"
@@ -166,7 +168,7 @@ def test_loss_falls_and_the_outputs_are_complete(tiny_data_dir, tmp_path):
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=30, eval_interval=15, eval_iters=2, batch_size=4)
     s = training.train(mc, tc, progress=False)
     out = Path(tc.out_dir)
-    rows = training.read_log(out / training.LOG_FILE)
+    rows = read_log(out / training.LOG_FILE)
     assert [r["step"] for r in rows] == [0, 15, 30]
     assert rows[0]["val_loss"] == pytest.approx(math.log(mc.vocab_size), abs=0.5)  # untrained: ~uniform
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.5 and rows[-1]["train_loss"] < rows[0]["train_loss"] - 1.5
@@ -201,7 +203,7 @@ def test_real_tinystories_sample_loss_falls(shared_tinystories, tmp_path):
     tokenization.tokenize(data, num_proc=1)
     mc, tc = smoke(data, tmp_path / "out", max_iters=40)
     training.train(mc, tc, progress=False)
-    rows = training.read_log(Path(tc.out_dir) / training.LOG_FILE)
+    rows = read_log(Path(tc.out_dir) / training.LOG_FILE)
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 2.0
 
 
@@ -220,8 +222,8 @@ def test_resume_continues_exactly(tiny_data_dir, tmp_path):
     assert [s for s, _ in first["losses"] + second["losses"]] == list(range(1, 13))
     got = [loss for _, loss in first["losses"] + second["losses"]]
     assert got == pytest.approx([loss for _, loss in straight["losses"]], abs=1e-6)
-    assert_same_rows(training.read_log(Path(tc.out_dir) / "log.csv"),
-                     training.read_log(tmp_path / "straight" / "log.csv"), tol=1e-6)
+    assert_same_rows(read_log(Path(tc.out_dir) / "log.csv"),
+                     read_log(tmp_path / "straight" / "log.csv"), tol=1e-6)
     a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)["model"]
     b = torch.load(Path(tc.out_dir) / "ckpt.pt", weights_only=True)["model"]
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
@@ -330,7 +332,7 @@ def test_sigkill_at_a_random_step_then_resume_finishes_like_a_straight_run(tiny_
     resumed = training.main(["--out-dir", str(out), "--resume", "--no-progress"])
     assert resumed["stopped"] == "done" and resumed["step"] == 24
     assert resumed["losses"][0][0] == killed_at + 1
-    assert_same_rows(training.read_log(out / "log.csv"), training.read_log(tmp_path / "straight" / "log.csv"),
+    assert_same_rows(read_log(out / "log.csv"), read_log(tmp_path / "straight" / "log.csv"),
                      tol=1e-5)
     assert not (out / ".lock").exists()
 
@@ -371,8 +373,8 @@ def test_torchrun_two_ranks_match_one_process_with_the_same_global_batch(tiny_da
 
     one = training.main([*common, "--batch-size", "4", "--out-dir", str(tmp_path / "one"), "--no-progress"])
     assert one["world_size"] == 1
-    two_rows = training.read_log(tmp_path / "two" / "log.csv")
-    one_rows = training.read_log(tmp_path / "one" / "log.csv")
+    two_rows = read_log(tmp_path / "two" / "log.csv")
+    one_rows = read_log(tmp_path / "one" / "log.csv")
     assert len(one_rows) == 6
     assert_same_rows(two_rows, one_rows, tol=1e-4)
     assert one_rows[-1]["val_loss"] < one_rows[0]["val_loss"]  # the curve being compared does move
@@ -428,7 +430,7 @@ def test_the_time_budget_fixes_the_step_count_and_the_cosine_ends_at_min_lr(tiny
     assert clock.now - start == pytest.approx(60.0), "the run fills its minute exactly"
     assert s["schedule"]["probe_ms_per_step"] == pytest.approx(1000) and s["schedule"]["fixed_at_step"] == 5
     assert "schedule: 45 steps fixed from a probe of 1,000 ms/step" in capsys.readouterr().out
-    rows = training.read_log(tmp_path / "out" / training.LOG_FILE)
+    rows = read_log(tmp_path / "out" / training.LOG_FILE)
     assert [r["step"] for r in rows] == [0, 20, 40, 45]
     assert rows[-1]["lr"] == pytest.approx(tc.min_lr, rel=1e-9), "the cosine ends at min_lr at the last step"
     ckpt = load_checkpoint(tmp_path / "out" / training.CKPT_FILE)
@@ -448,7 +450,7 @@ def test_the_probe_times_steps_until_warmup_ends_so_slow_first_steps_do_not_shri
     assert s["schedule"]["fixed_at_step"] == 40
     assert s["schedule"]["probe_ms_per_step"] == pytest.approx(1000 * (3 * 2 + 35 * 1) / 38)
 
-    monkeypatch.setattr(training, "PROBE_MAX_STEPS", 10)
+    monkeypatch.setattr(schedule, "PROBE_MAX_STEPS", 10)
     mc, tc = smoke(tiny_data_dir, tmp_path / "out2", **{**BUDGET, "max_minutes": 2.0, "warmup_iters": 40})
     assert training.train(mc, tc, progress=False, stop_after=10)["schedule"]["fixed_at_step"] == 10
 
@@ -473,8 +475,8 @@ def test_a_budget_run_resumes_with_its_step_count_and_matches_the_printed_reprod
     assert [s for s, _ in first["losses"] + second["losses"]] == list(range(1, 46))
     assert [loss for _, loss in first["losses"] + second["losses"]] == pytest.approx(
         [loss for _, loss in steps["losses"]], abs=1e-6)
-    assert_same_rows(training.read_log(tmp_path / "budget" / "log.csv"),
-                     training.read_log(tmp_path / "steps" / "log.csv"), tol=1e-6,
+    assert_same_rows(read_log(tmp_path / "budget" / "log.csv"),
+                     read_log(tmp_path / "steps" / "log.csv"), tol=1e-6,
                      keys=("train_loss", "val_loss", "step_loss", "lr"))
 
 
@@ -486,7 +488,7 @@ def test_a_machine_that_slows_down_is_cut_just_past_the_budget_with_everything_s
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET)
     s = training.train(mc, tc, progress=False)
     assert s["stopped"] == "time" and s["step"] == 21 and s["max_iters"] == 45
-    assert [r["step"] for r in training.read_log(tmp_path / "out" / "log.csv")] == [0, 20, 21]
+    assert [r["step"] for r in read_log(tmp_path / "out" / "log.csv")] == [0, 20, 21]
     assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["step"] == 21
 
 
@@ -515,9 +517,9 @@ def test_cpu_training_uses_fused_adamw_with_the_same_steps_as_foreach():
 def test_steps_that_fit_counts_every_evaluation():
     # From step 0, 10 s: steps of 1 s, evaluations of 2 s every 4 steps and at the end.
     # N=6: 6 steps + evaluations at 4 and 6 = 10 s; N=7: 7 + 4 = 11 s.
-    assert training.steps_that_fit(0, 10.0, 1.0, 2.0, 4) == 6
-    assert training.steps_that_fit(4, 10.0, 1.0, 2.0, 4) == 10  # 6 steps + evaluations at 8 and 10
-    assert training.steps_that_fit(3, 0.5, 1.0, 2.0, 4) == 3  # not even one step fits
+    assert schedule.steps_that_fit(0, 10.0, 1.0, 2.0, 4) == 6
+    assert schedule.steps_that_fit(4, 10.0, 1.0, 2.0, 4) == 10  # 6 steps + evaluations at 8 and 10
+    assert schedule.steps_that_fit(3, 0.5, 1.0, 2.0, 4) == 3  # not even one step fits
 
 
 def test_max_iters_with_a_time_budget_is_refused_in_one_line(tiny_data_dir, tmp_path):
@@ -574,7 +576,7 @@ def test_bfloat16_on_cpu_trains_resumes_exactly_and_its_model_loads_in_evaluate_
     second = training.train(mc, tc, progress=False, resume=True)
     assert [loss for _, loss in first["losses"] + second["losses"]] == pytest.approx(
         [loss for _, loss in straight["losses"]], abs=1e-6)
-    rows = training.read_log(tmp_path / "halves" / "log.csv")
+    rows = read_log(tmp_path / "halves" / "log.csv")
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5  # 10.83 -> 9.83 in 16 steps
 
     best = tmp_path / "halves" / training.BEST_FILE
@@ -642,7 +644,7 @@ def test_cuda_float16_with_grad_scaler_and_pinned_batches_trains_and_resumes(tin
     assert scaler and scaler["scale"] > 0, "float16 runs save the GradScaler's state"
     assert [loss for _, loss in first["losses"] + second["losses"]] == pytest.approx(
         [loss for _, loss in straight["losses"]], abs=1e-4)
-    rows = training.read_log(tmp_path / "halves" / "log.csv")
+    rows = read_log(tmp_path / "halves" / "log.csv")
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
 
 
@@ -656,7 +658,7 @@ def test_torchrun_nccl_two_gpus_match_one_gpu_with_the_same_global_batch(tiny_da
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     training.main([*common, "--batch-size", "4", "--out-dir", str(tmp_path / "one"), "--no-progress"])
-    assert_same_rows(training.read_log(tmp_path / "two" / "log.csv"), training.read_log(tmp_path / "one" / "log.csv"),
+    assert_same_rows(read_log(tmp_path / "two" / "log.csv"), read_log(tmp_path / "one" / "log.csv"),
                      tol=1e-3)
 
 
@@ -681,13 +683,13 @@ def test_gpu_peak_flops_by_device_name(name, peak):
 
 def test_mfu_uses_the_peak_of_the_gpu_detected_and_says_when_it_is_unknown(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA L4")
-    peak, line = training.mfu_peak("cuda", None)
+    peak, line = mfu_peak("cuda", None)
     assert peak == 121e12 and "NVIDIA L4's dense bf16 peak of 121 TFLOP/s" in line
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA Hypothetical X1")
-    peak, line = training.mfu_peak("cuda", None)
+    peak, line = mfu_peak("cuda", None)
     assert peak is None and "MFU not shown" in line and "'NVIDIA Hypothetical X1'" in line and "--peak-flops" in line
-    assert training.mfu_peak("cuda", 2e14)[0] == 2e14, "--peak-flops wins over the table"
-    assert training.mfu_peak("cpu", None) == (None, "")
+    assert mfu_peak("cuda", 2e14)[0] == 2e14, "--peak-flops wins over the table"
+    assert mfu_peak("cpu", None) == (None, "")
 
 
 def test_compile_problem_names_what_is_missing(monkeypatch):

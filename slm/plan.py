@@ -1,0 +1,99 @@
+"""The per-machine plan: what the hardware chooses for a run, said in one line.
+
+The preset (and the recipe rule, slm/recipe.py) say WHAT to compute: the model, the schedule and the
+sequences per optimizer step. The plan says HOW this machine computes it:
+
+- dtype (where the preset or --dtype says auto): bfloat16 where it is native (CUDA capability 8.0+, CPUs with AVX512_BF16/AMX/Arm BF16); float16
+  with torch.amp.GradScaler on older CUDA GPUs (a T4); float32 on other CPUs and on Apple GPUs (MPS).
+- micro-batch and gradient accumulation: on a GPU the largest micro-batch whose estimated memory fits
+  (activation_bytes below, checked against measured peaks), with accumulation keeping the preset's
+  sequences per optimizer step, so the schedule and the results stay the same on every GPU.
+- compile: where the preset asks for it and it can run here (Triton on CUDA, a C++ compiler on a CPU).
+
+A flag given by hand (--dtype, --batch-size, --grad-accum, --compile/--no-compile) is never overridden.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from config import GPTConfig, TrainConfig
+from slm.hardware import Machine, auto_dtype
+
+# Bytes of activations per token, fitted to the peaks measured on an H100 for the 51M default model at
+# 64 x 512 tokens in bf16 (benchmarks/training.md: 27.1 GiB eager, 17.9 GiB compiled). The (tokens, vocab)
+# logits dominate: eager torch keeps the 16-bit logits, their float32 copy, log-softmax and gradients
+# (~15 bytes per logit); compiled, inductor fuses the loss (~8.5). Each block keeps ~17 values per token
+# and channel (Korthikanti et al. 2022, with flash attention), in the activation dtype.
+LOGIT_BYTES = {False: 15.0, True: 8.5}  # by compiled
+BLOCK_VALUES = 17
+TRAINING_BYTES_PER_PARAM = 16  # float32 weights, gradients and AdamW's two moments
+USABLE_MEMORY = 0.85  # of the device's memory (free memory where known); the rest is the allocator's slack
+RESERVED_BYTES = 512 << 20  # CUDA context, cuBLAS workspaces
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How this machine runs the run: the four values it may choose, and why (for the one-line summary)."""
+
+    dtype: str
+    batch_size: int  # sequences per micro-batch, per process
+    grad_accum: int
+    compile: bool
+    notes: tuple[str, ...] = field(default_factory=tuple)  # what was chosen by hand or could not be done
+
+    @property
+    def grad_scaler(self) -> bool:
+        return self.dtype == "float16"
+
+    def line(self, machine: Machine) -> str:
+        scaler = " with GradScaler" if self.grad_scaler else ""
+        notes = f" ({'; '.join(self.notes)})" if self.notes else ""
+        return (f"plan for {machine.describe()}: {self.dtype}{scaler}, micro-batch {self.batch_size} x "
+                f"{self.grad_accum} accumulation, compile {'on' if self.compile else 'off'}{notes}")
+
+    def apply(self, tc: TrainConfig) -> TrainConfig:
+        from dataclasses import replace
+
+        return replace(tc, dtype=self.dtype, batch_size=self.batch_size, grad_accum=self.grad_accum,
+                       compile=self.compile)
+
+
+def activation_bytes(mc: GPTConfig, dtype: str, compiled: bool) -> float:
+    """Estimated bytes of activations one sequence of mc.block_size tokens holds for its backward pass."""
+    width = 4 if dtype == "float32" else 2
+    per_token = mc.vocab_size * LOGIT_BYTES[compiled] + mc.n_layer * mc.n_embd * BLOCK_VALUES * width
+    return per_token * mc.block_size
+
+
+def training_memory(mc: GPTConfig, batch_size: int, dtype: str, compiled: bool) -> float:
+    """Estimated peak bytes of a training step with this micro-batch: the parameters' state plus activations."""
+    c = mc.n_embd  # parameters: the tied embedding, positions, and per block 12 C^2 + 13 C (model.py's layers)
+    params = (mc.vocab_size + mc.block_size) * c + mc.n_layer * (12 * c * c + 13 * c) + 2 * c
+    return params * TRAINING_BYTES_PER_PARAM + batch_size * activation_bytes(mc, dtype, compiled)
+
+
+def fitting_micro_batch(machine: Machine, mc: GPTConfig, sequences: int, dtype: str, compiled: bool) -> int:
+    """The largest divisor of `sequences` whose training step fits the device's memory (1 at least)."""
+    memory = machine.free_memory or machine.total_memory
+    usable = memory * USABLE_MEMORY - RESERVED_BYTES
+    fits = [d for d in range(1, sequences + 1)
+            if sequences % d == 0 and training_memory(mc, d, dtype, compiled) <= usable]
+    return max(fits, default=1)
+
+
+def make_plan(machine: Machine, mc: GPTConfig, tc: TrainConfig, given: set[str] | frozenset[str] = frozenset()) -> Plan:
+    """The plan for running (mc, tc) on machine; `given` names the TrainConfig fields set by hand."""
+    notes = []
+    dtype = auto_dtype(machine) if tc.dtype == "auto" else tc.dtype
+    compile_ = tc.compile and not machine.compile_problem  # training says why in its own line
+    batch_size, grad_accum = tc.batch_size, tc.grad_accum
+    sequences = batch_size * grad_accum
+    if machine.total_memory and not {"batch_size", "grad_accum"} & set(given):
+        batch_size = fitting_micro_batch(machine, mc, sequences, dtype, compile_)
+        grad_accum = sequences // batch_size
+        if training_memory(mc, batch_size, dtype, compile_) > machine.total_memory * USABLE_MEMORY:
+            notes.append("even one sequence may not fit: lower --block-size or use a smaller model")
+    elif {"batch_size", "grad_accum"} & set(given):
+        notes.append("micro-batch as given")
+    return Plan(dtype=dtype, batch_size=batch_size, grad_accum=grad_accum, compile=compile_, notes=tuple(notes))

@@ -1,0 +1,92 @@
+"""The step budget chooses the recipe: how many optimizer steps this machine can make in the time budget
+picks the batch and the schedule of a preset that has a recipe table.
+
+A machine with few steps (a CPU without native bfloat16 makes about a third of the steps of one with it)
+needs a run shaped for a short run: fewer tokens per step, so more steps. Before training, a few
+forward/backward passes of the preset's own shape are timed (calibrate); the budget divided by that time
+is the step budget in the preset's steps ("reference steps"), and the first row of the preset's table
+whose limit it is under gives the recipe. The rows come from a recipe search on real TinyStories at
+fixed step counts, compared at equal time: benchmarks/recipe_rule.md has the table and every trial.
+
+Flags given by hand always win over the rule, and the values chosen are printed with the flags that
+reproduce them, stored in ckpt.pt, and kept by --resume.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from typing import Callable
+
+from config import TrainConfig
+
+# preset -> rows of (reference steps below which the row applies, the training settings it sets).
+# Measured in benchmarks/recipe_rule.md: rows in order of the step budget, the last one open-ended.
+RULES: dict[str, list[tuple[float, dict]]] = {
+    "cpu": [
+        (math.inf, {}),
+    ],
+}
+CALIBRATE_UNTIMED = 2  # first passes allocate memory and warm caches: not timed
+CALIBRATE_TIMED = 3
+
+
+def calibrate(one_pass: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds of one_pass() (a forward and backward of the preset's shape), the mean of the timed passes."""
+    for _ in range(CALIBRATE_UNTIMED):
+        one_pass()
+    t0 = clock()
+    for _ in range(CALIBRATE_TIMED):
+        one_pass()
+    return (clock() - t0) / CALIBRATE_TIMED
+
+
+def reference_steps(minutes: float, step_s: float) -> float:
+    """Steps of the preset's shape that fit the budget (evaluations aside: the rule's rows allow for them)."""
+    return minutes * 60 / max(step_s, 1e-9)
+
+
+def choose(preset: str | None, ref_steps: float, given: set[str] | frozenset[str]) -> dict:
+    """The training settings the rule sets for this step budget, less those given by hand ({} when the preset
+    has no table)."""
+    for limit, settings in RULES.get(preset or "", []):
+        if ref_steps < limit:
+            return {k: v for k, v in settings.items() if k not in given}
+    return {}
+
+
+def has_rule(preset: str | None) -> bool:
+    return bool(RULES.get(preset or ""))
+
+
+def flags(settings: dict) -> str:
+    """--batch-size 8 --warmup-iters 150 ...: the settings as the flags that set them."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+
+
+def apply(preset: str | None, tc: TrainConfig, step_s: float, given) -> tuple[TrainConfig, dict, float, str]:
+    """The rule's recipe for the budget tc.max_minutes at step_s seconds per step of the preset's shape:
+    (the settings with it applied, what it chose for the checkpoint, the seconds a step of it should take,
+    the line that says so). A batch the rule sets is the sequences per optimizer step: the machine's plan
+    splits it into micro-batches."""
+    ref_steps = reference_steps(tc.max_minutes, step_s)
+    settings = choose(preset, ref_steps, given)
+    new = replace(tc, **settings)
+    if "batch_size" in settings and "grad_accum" not in given:
+        new = replace(new, grad_accum=1)
+    guess = step_s * new.batch_size * new.grad_accum / (tc.batch_size * tc.grad_accum)
+    chosen = {"reference_steps": round(ref_steps), "calibrated_s": round(step_s, 4), **settings}
+    line = (f"recipe: {tc.max_minutes} minutes fit about {ref_steps:,.0f} steps of the {preset} preset's shape here "
+            f"({step_s * 1000:,.0f} ms per step, timed): {flags(settings) or 'the preset as it is'} "
+            f"(the rule in slm/recipe.py)")
+    return new, chosen, guess, line
+
+
+def reproduce_command(preset: str | None, tc: TrainConfig) -> str:
+    """The training.py command that repeats a run step for step on any machine."""
+    settings = {k: getattr(tc, k) for k in ("batch_size", "grad_accum", "warmup_iters", "learning_rate", "min_lr")}
+    if tc.seed != TrainConfig.seed:
+        settings["seed"] = tc.seed
+    start = f"python training.py --preset {preset} " if preset else "python training.py "
+    return f"{start}{flags(settings)} --max-iters {tc.max_iters} --max-minutes 0"

@@ -1,0 +1,65 @@
+"""A training run's state, in one place: its settings, where it runs, what it trains, and how far it has got.
+
+Plain state: training.py builds it (build_run), moves it on (train_step, evaluate_and_save) and saves it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from config import GPTConfig, TrainConfig
+from slm.distributed import Dist
+from slm.schedule import Budget
+
+
+@dataclass
+class Run:
+    """One training run: its settings, where it runs, what it trains, and how far it has got.
+
+    build_run() makes it (and restore() brings it to a checkpoint's step); train_step() and
+    evaluate_and_save() move it on. The loop in train() only calls these."""
+
+    mc: GPTConfig
+    tc: TrainConfig
+    preset: str | None
+    dist: Dist
+    say: Callable[[str], None]  # prints on rank 0 only, above the progress bar
+    out_dir: Path
+    facts: dict  # what the checkpoints record about the data (slm.checkpoint.data_facts)
+    batches: Any
+    raw_model: torch.nn.Module  # uncompiled: its state_dict is what gets saved, so no _orig_mod. keys
+    optimizer: torch.optim.Optimizer = None
+    scheduler: Any = None
+    scaler: torch.amp.GradScaler = None
+    batch_gen: torch.Generator = None  # draws the training batches; evaluation has its own generators
+    model: torch.nn.Module = None  # raw_model, compiled if asked: what evaluates
+    train_model: torch.nn.Module = None  # model, wrapped in DDP under torchrun: what trains
+    budget: Budget | None = None  # the time budget while it has not fixed max_iters yet
+    recipe: dict | None = None  # what the step budget chose (slm/recipe.py), saved with the schedule
+    t_start: float = field(default_factory=time.time)
+    # progress: what the checkpoints save and restore
+    step: int = 0  # optimizer steps done
+    best_val: float = math.inf
+    best_step: int = -1
+    history: list = field(default_factory=list)  # one row per evaluation, as in log.csv
+    step_loss: float = math.nan  # training loss of the last step
+    schedule: dict | None = None  # how max_iters was fixed (and by which recipe); None while the budget's probe runs
+    # this process only
+    lr: float = math.nan  # learning rate the last step used
+    eval_s: float = 0.0  # how long the last evaluate_and_save took
+    save_s: float = 0.0  # how much of that was saving files
+    t_train: float = 0.0  # when the time budget started counting
+
+    device = property(lambda self: self.dist.device)
+    dtype = property(lambda self: self.tc.dtype)
+    tokens_per_step = property(lambda self: self.tc.batch_size * self.tc.grad_accum * self.mc.block_size * self.dist.world)
+
+    @property
+    def finished(self) -> bool:
+        return self.schedule is not None and self.step >= self.tc.max_iters
