@@ -123,7 +123,7 @@ PRESETS: dict[str, Preset] = {
         ),
     ),
     "gpu": Preset(
-        description="the 51M default model in bf16 with torch.compile, sized for one modern GPU",
+        description="the 51M default model, 128 x 512 tokens per step; dtype, micro-batch and compile fitted to the GPU",
         model=GPTConfig(),
         train=replace(
             TrainConfig(),
@@ -135,8 +135,8 @@ PRESETS: dict[str, Preset] = {
             warmup_iters=1000,
             eval_interval=500,
             eval_iters=50,
-            dtype="bfloat16",
-            compile=True,
+            dtype="auto",  # the machine's plan: bfloat16 where native (sm80+), float16 + GradScaler on a T4
+            compile=True,  # where Triton runs; the plan fits the micro-batch to the GPU's memory (slm/plan.py)
         ),
     ),
 }
