@@ -1,0 +1,113 @@
+"""Where a CPU training step of the cpu preset goes, and what makes it faster: the head loss's chunk size
+(model.HEAD_LOSS_ROWS), torch.compile of the model, and the thread count, in float32 (what CPUs without
+native bfloat16 train in) and bfloat16 (where the CPU has it).
+
+    .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data [--dtypes float32,bfloat16] [--rounds 3]
+
+Each variant runs full optimizer steps (forward, backward, fused AdamW) of the cpu preset's model on real
+batches at the preset's shape; variants are interleaved round by round so a change in the machine's load
+hits all alike, and the best round of each counts. Then one float32 step is profiled (torch.profiler, the
+top operators by self time). Prints the CPU kind (AVX2 only, or AVX512_BF16) and the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import model as model_module  # noqa: E402
+from batches import Batches  # noqa: E402
+from config import PRESETS  # noqa: E402
+from model import GPT  # noqa: E402
+from slm.cli import run_cli  # noqa: E402
+from slm.hardware import autocast, detect_machine, keep_freed_memory  # noqa: E402
+
+
+def make_step(mc, tc, dtype: str, compiled: bool, batches: Batches):
+    torch.manual_seed(0)
+    raw = GPT(mc)
+    model = torch.compile(raw) if compiled else raw
+    opt = torch.optim.AdamW(raw.optim_groups(0.1), lr=1e-3, fused=True)
+    gen = torch.Generator().manual_seed(0)
+
+    def step():
+        x, y = batches.get_batch("train", tc.batch_size, generator=gen)
+        with autocast("cpu", dtype):
+            _, loss = model(x, y, return_logits=False)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def time_variant(step, rows: int, steps: int) -> float:
+    model_module.HEAD_LOSS_ROWS = rows
+    for _ in range(2):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - t0) / steps
+
+
+def profile_step(step, rows: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    model_module.HEAD_LOSS_ROWS = rows
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            step()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--rows", default="32,64,128,256", help="head-loss chunk sizes to compare")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile (a minute or two to compile)")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
+    args = p.parse_args(argv)
+    keep_freed_memory()
+    machine = detect_machine("cpu")
+    mc, tc = PRESETS["cpu"].model, PRESETS["cpu"].train
+    batches = Batches(args.data_dir, mc.block_size)
+    print(f"{machine.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"load average {os.getloadavg()[0]:.2f} at the start")
+    variants = {}
+    for dtype in args.dtypes.split(","):
+        if dtype == "bfloat16" and not machine.native_bf16:
+            print("bfloat16 skipped: not native on this CPU")
+            continue
+        for compiled in ([False, True] if args.compile else [False]):
+            step = make_step(mc, tc, dtype, compiled, batches)
+            for rows in map(int, args.rows.split(",")):
+                variants[(dtype, compiled, rows)] = step
+    best: dict = {}
+    for r in range(args.rounds):
+        for key, step in variants.items():
+            s = time_variant(step, key[2], args.steps)
+            best[key] = min(best.get(key, s), s)
+    tokens = tc.batch_size * mc.block_size
+    print(f"\n{'dtype':<9} {'compile':<8} {'rows':>5} {'ms/step':>8} {'tokens/s':>9} {'vs rows 32 eager':>17}")
+    for (dtype, compiled, rows), s in best.items():
+        base = best[(dtype, False, 32)] if (dtype, False, 32) in best else s
+        print(f"{dtype:<9} {str(compiled):<8} {rows:>5} {s * 1000:>8.0f} {tokens / s:>9,.0f} {base / s:>16.2f}x")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    if ("float32", False, 128) in variants:
+        print("\nprofile of float32 steps (rows 128):")
+        print(profile_step(variants[("float32", False, 128)], 128))
+
+
+if __name__ == "__main__":
+    run_cli(main)

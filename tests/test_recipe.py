@@ -1,0 +1,111 @@
+"""The step budget chooses the recipe (slm/recipe.py) and the time budget shows its estimate at once
+(slm/schedule.Budget): on a fake clock, so each count is known exactly and takes no real time."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+
+import training
+from slm import recipe
+from slm.checkpoint import load_checkpoint
+from slm.schedule import PROBE_UNTIMED_STEPS, Budget
+from test_training import fake_clock
+
+# A rule for the smoke preset, in the shape of the cpu preset's: a short step budget gets a small batch
+# and its own schedule; a long one the preset as it is.
+SMOKE_RULE = [(100, {"batch_size": 4, "warmup_iters": 6, "learning_rate": 2e-3, "min_lr": 2e-4}), (math.inf, {})]
+FLAGS = ["--preset", "smoke", "--max-minutes", "1", "--eval-interval", "20", "--eval-iters", "1", "--no-progress"]  # batch 8, warmup 5
+
+
+def test_choose_takes_the_row_of_the_step_budget_and_leaves_what_was_given(monkeypatch):
+    monkeypatch.setattr(recipe, "RULES", {"smoke": SMOKE_RULE})
+    assert recipe.choose("smoke", 60, set()) == SMOKE_RULE[0][1]
+    assert recipe.choose("smoke", 100, set()) == {}
+    assert recipe.choose("smoke", 60, {"batch_size", "learning_rate"}) == {"warmup_iters": 6, "min_lr": 2e-4}
+    assert recipe.choose("gpu", 60, set()) == {} and not recipe.has_rule("gpu")
+
+
+def test_calibrate_times_only_the_passes_after_the_untimed_ones():
+    now, passes = [0.0], []
+
+    def one_pass():
+        passes.append(1)
+        now[0] += 5.0 if len(passes) <= recipe.CALIBRATE_UNTIMED else 0.5
+
+    assert recipe.calibrate(one_pass, clock=lambda: now[0]) == pytest.approx(0.5)
+    assert len(passes) == recipe.CALIBRATE_UNTIMED + recipe.CALIBRATE_TIMED
+
+
+def test_the_budget_estimates_a_step_count_before_it_fixes_one():
+    guessed = Budget(minutes=1.0, warmup_iters=30, eval_interval=20, step_s_guess=1.0, eval_s_guess=3.0)
+    assert guessed.estimate(0, 0.0) == 51  # 60 s: 51 steps + evaluations at 20, 40 and 51 (3 x 3 s)
+    blind = Budget(minutes=1.0, warmup_iters=30, eval_interval=20)
+    for _ in range(PROBE_UNTIMED_STEPS):
+        assert blind.estimate(0, 0.0) is None
+        blind.record(4.0)  # the first, slow steps are not timed
+    blind.record(2.0)
+    assert blind.step_s() == 2.0 and blind.estimate(3, 10.0) == 3 + 25  # 50 s left: 25 steps at 2 s, no evaluation
+    assert not blind.ready(3) and blind.ready(30)
+
+
+def run_main(monkeypatch, capsys, argv, step_s=1.0):
+    """training.main on a fake clock (1 s per step, 3 s per evaluation), with a calibration that measures
+    step_s per pass of the preset's shape; returns (summary, printed lines)."""
+    fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
+    monkeypatch.setattr(recipe, "RULES", {"smoke": SMOKE_RULE})
+    real = recipe.calibrate
+    monkeypatch.setattr(recipe, "calibrate", lambda one_pass: (real(one_pass), step_s)[1])
+    summary = training.main(argv)
+    return summary, capsys.readouterr().out.splitlines()
+
+
+def test_a_budget_run_takes_its_recipe_and_the_printed_command_repeats_it(tiny_data_dir, tmp_path, monkeypatch,
+                                                                          capsys):
+    out = tmp_path / "budget"
+    s, lines = run_main(monkeypatch, capsys, [*FLAGS, "--data-dir", str(tiny_data_dir), "--out-dir", str(out)])
+    said = [line for line in lines if line.startswith("recipe: ")]
+    assert said == ["recipe: 1.0 minutes fit about 60 steps of the smoke preset's shape here (1,000 ms per step, "
+                    "timed): --batch-size 4 --warmup-iters 6 --learning-rate 0.002 --min-lr 0.0002 (the rule in "
+                    "slm/recipe.py)"]
+    ckpt = load_checkpoint(out / training.CKPT_FILE)
+    assert ckpt["train_config"]["batch_size"] == 4 and ckpt["train_config"]["warmup_iters"] == 6
+    assert ckpt["schedule"]["recipe"]["reference_steps"] == 60 and ckpt["schedule"]["recipe"]["batch_size"] == 4
+    assert s["stopped"] == "done" and s["step"] == s["max_iters"]
+    command = next(line for line in lines if line.startswith("schedule: ")).split("reproduce with: ")[1]
+    assert command.startswith("python training.py --preset smoke --batch-size 4 --grad-accum 1 --warmup-iters 6 "
+                              "--learning-rate 0.002 --min-lr 0.0002 --max-iters ")
+    monkeypatch.undo()
+
+    # The printed command, on the real clock, gives the same losses step for step.
+    argv = command.split()[2:] + ["--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "steps"),
+                                  "--eval-interval", "20", "--eval-iters", "1", "--no-progress"]
+    steps = training.main(argv)
+    assert [loss for _, loss in s["losses"]] == pytest.approx([loss for _, loss in steps["losses"]], abs=1e-6)
+
+
+def test_flags_given_by_hand_win_over_the_rule_and_resume_keeps_what_it_chose(tiny_data_dir, tmp_path, monkeypatch,
+                                                                               capsys):
+    out = tmp_path / "out"
+    s, lines = run_main(monkeypatch, capsys, [*FLAGS, "--lr", "1e-3", "--data-dir", str(tiny_data_dir),
+                                              "--out-dir", str(out), "--stop-after", "8"])
+    said = next(line for line in lines if line.startswith("recipe: "))
+    assert "--learning-rate" not in said and "--batch-size 4" in said
+    ckpt = load_checkpoint(out / training.CKPT_FILE)
+    assert ckpt["train_config"]["learning_rate"] == 1e-3 and ckpt["train_config"]["batch_size"] == 4
+
+    # A slow machine would choose differently now; --resume keeps what was fixed and times nothing.
+    s, lines = run_main(monkeypatch, capsys, ["--resume", "--out-dir", str(out), "--no-progress"], step_s=100.0)
+    assert not [line for line in lines if line.startswith("recipe: ")]
+    assert load_checkpoint(out / training.CKPT_FILE)["train_config"]["batch_size"] == 4
+    assert s["stopped"] == "done"
+
+
+def test_a_long_step_budget_keeps_the_preset(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    s, lines = run_main(monkeypatch, capsys, [*FLAGS, "--data-dir", str(tiny_data_dir), "--out-dir",
+                                              str(tmp_path / "out")], step_s=0.1)
+    said = next(line for line in lines if line.startswith("recipe: "))
+    assert re.search(r"about 600 steps .*: the preset as it is", said)
+    assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["train_config"]["batch_size"] == 8
