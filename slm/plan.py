@@ -16,6 +16,7 @@ A flag given by hand (--dtype, --batch-size, --grad-accum, --compile/--no-compil
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from config import GPTConfig, TrainConfig
 from slm.hardware import Machine, auto_dtype
@@ -97,3 +98,34 @@ def make_plan(machine: Machine, mc: GPTConfig, tc: TrainConfig, given: set[str] 
     elif {"batch_size", "grad_accum"} & set(given):
         notes.append("micro-batch as given")
     return Plan(dtype=dtype, batch_size=batch_size, grad_accum=grad_accum, compile=compile_, notes=tuple(notes))
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A CUDA, MPS or CPU allocation failure (torch raises OutOfMemoryError on CUDA, RuntimeError elsewhere)."""
+    import torch
+
+    if isinstance(e, getattr(torch, "OutOfMemoryError", ())) or isinstance(e, torch.cuda.OutOfMemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def shrink_until_it_fits(plan: Plan, trial_pass: Callable[[int], None], say, given) -> Plan:
+    """Run trial_pass(micro_batch) (a forward and backward, no optimizer step); while it runs out of memory,
+    halve the micro-batch to the next divisor of the sequences per step and accumulate more, so the tokens per
+    optimizer step stay the same. The memory estimate leaves a margin; this is the measurement behind it.
+    A micro-batch given by hand is tried as it is: its OOM is the user's to see."""
+    from dataclasses import replace
+
+    sequences = plan.batch_size * plan.grad_accum
+    while True:
+        try:
+            trial_pass(plan.batch_size)
+            return plan
+        except Exception as e:
+            if not is_out_of_memory(e) or plan.batch_size == 1 or {"batch_size", "grad_accum"} & set(given):
+                raise
+        smaller = max(d for d in range(1, plan.batch_size) if sequences % d == 0 and d <= plan.batch_size // 2)
+        say(f"note: a micro-batch of {plan.batch_size} ran out of memory in a trial step; using {smaller} x "
+            f"{sequences // smaller} accumulation (the same {sequences} sequences per optimizer step)")
+        plan = replace(plan, batch_size=smaller, grad_accum=sequences // smaller)

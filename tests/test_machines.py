@@ -120,3 +120,22 @@ def test_training_prints_the_plan_of_the_machine_in_one_line(tiny_data_dir, tmp_
     assert plans == ["plan for CPU AMD EPYC 7B13 (AVX2, no bf16): float32, micro-batch 2 x 1 accumulation, "
                      "compile off"]
     assert s["stopped"] == "done"
+
+
+def test_a_micro_batch_that_runs_out_of_memory_in_the_trial_step_is_halved_keeping_the_sequences():
+    p = make_plan(MACHINES["A100 40GB"][0], GPU_MC, GPU_TC)
+    tried, said = [], []
+
+    def trial(batch_size):  # this GPU holds 16 sequences, not the 64 the estimate allowed
+        tried.append(batch_size)
+        if batch_size > 16:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.13 GiB")
+
+    fitted = plan.shrink_until_it_fits(p, trial, said.append, given=set())
+    assert tried == [64, 32, 16] and (fitted.batch_size, fitted.grad_accum) == (16, 8)
+    assert said[-1] == ("note: a micro-batch of 32 ran out of memory in a trial step; using 16 x 8 accumulation "
+                        "(the same 128 sequences per optimizer step)")
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # a micro-batch given by hand is the user's to see fail
+        plan.shrink_until_it_fits(p, trial, said.append, given={"batch_size"})
+    cpu_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+    assert plan.is_out_of_memory(cpu_oom) and not plan.is_out_of_memory(RuntimeError("shape mismatch"))
