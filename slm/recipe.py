@@ -84,9 +84,15 @@ def apply(preset: str | None, tc: TrainConfig, step_s: float, given) -> tuple[Tr
 
 
 def reproduce_command(preset: str | None, tc: TrainConfig) -> str:
-    """The training.py command that repeats a run step for step on any machine."""
-    settings = {k: getattr(tc, k) for k in ("batch_size", "grad_accum", "warmup_iters", "learning_rate", "min_lr")}
-    if tc.seed != TrainConfig.seed:
-        settings["seed"] = tc.seed
+    """The training.py command that repeats a run step for step: the preset, every training setting that differs
+    from it (what the rule and the flags chose), and the fixed step count. Where and how the run executes
+    (device, dtype, compile, directories) is left to the machine that repeats it."""
+    from dataclasses import asdict
+
+    from config import PRESETS
+
+    base = asdict(PRESETS[preset].train) if preset in PRESETS else asdict(TrainConfig())
+    machine_fields = {"data_dir", "out_dir", "device", "dtype", "compile", "max_minutes", "max_iters"}
+    settings = {k: v for k, v in asdict(tc).items() if k not in machine_fields and base.get(k) != v}
     start = f"python training.py --preset {preset} " if preset else "python training.py "
-    return f"{start}{flags(settings)} --max-iters {tc.max_iters} --max-minutes 0"
+    return f"{start}{flags(settings)} --max-iters {tc.max_iters} --max-minutes 0".replace("  ", " ")

@@ -75,13 +75,12 @@ def test_a_budget_run_takes_its_recipe_and_the_printed_command_repeats_it(tiny_d
     assert ckpt["schedule"]["recipe"]["reference_steps"] == 60 and ckpt["schedule"]["recipe"]["batch_size"] == 4
     assert s["stopped"] == "done" and s["step"] == s["max_iters"]
     command = next(line for line in lines if line.startswith("schedule: ")).split("reproduce with: ")[1]
-    assert command.startswith("python training.py --preset smoke --batch-size 4 --grad-accum 1 --warmup-iters 6 "
-                              "--learning-rate 0.002 --min-lr 0.0002 --max-iters ")
+    assert command.startswith("python training.py --preset smoke --batch-size 4 --learning-rate 0.002 --min-lr 0.0002 "
+                              "--warmup-iters 6 --eval-interval 20 --eval-iters 1 --max-iters ")
     monkeypatch.undo()
 
     # The printed command, on the real clock, gives the same losses step for step.
-    argv = command.split()[2:] + ["--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "steps"),
-                                  "--eval-interval", "20", "--eval-iters", "1", "--no-progress"]
+    argv = command.split()[2:] + ["--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "steps"), "--no-progress"]
     steps = training.main(argv)
     assert [loss for _, loss in s["losses"]] == pytest.approx([loss for _, loss in steps["losses"]], abs=1e-6)
 
