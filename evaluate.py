@@ -36,6 +36,7 @@ from slm.checkpoint import check_vocab, describe_source, load_checkpoint
 from slm.cli import CLIError, run_cli
 from slm.encoding import get_encoding
 from slm.hardware import autocast, pick_device, pick_dtype
+from slm.progress import progress_bar
 from slm.sampling import MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P
 from config import EOT_ID, Paths
 
@@ -93,7 +94,6 @@ def score_tokens(model, tokens: np.ndarray, byte_lengths: np.ndarray, stride: in
     """Sum the cross-entropy of every token after the first, each predicted once, deterministically."""
     import torch
     import torch.nn.functional as F
-    from tqdm import tqdm
 
     n = len(tokens)
     if n < 2:
@@ -112,7 +112,7 @@ def score_tokens(model, tokens: np.ndarray, byte_lengths: np.ndarray, stride: in
     nats = story_nats = 0.0
     scored = story_bytes = 0
     model.eval()
-    bar = tqdm(total=len(starts), desc="scoring windows", unit="win", disable=not progress, file=sys.stderr)
+    bar = progress_bar(total=len(starts), desc="scoring windows", unit="win", disable=not progress, file=sys.stderr)
     for b in range(0, len(starts), batch_size):
         chunk = starts[b : b + batch_size]
         rows = np.stack([np.asarray(tokens[s : s + length + 1], dtype=np.int64) for s in chunk])  # (B, T+1)
@@ -177,12 +177,11 @@ def sample_stories(model, num_samples: int, max_new_tokens: int, seed: int, temp
                    progress: bool = False) -> tuple[list[list[int]], list[bool]]:
     """num_samples stories from an empty prompt with one generator seeded once: (tokens, ended with EOT)."""
     import torch
-    from tqdm import tqdm
 
     generator = torch.Generator(device=device).manual_seed(seed)
     idx = torch.tensor([[EOT_ID]], dtype=torch.long, device=device)
     stories, ended = [], []
-    for _ in tqdm(range(num_samples), desc="generating stories", disable=not progress, file=sys.stderr):
+    for _ in progress_bar(range(num_samples), desc="generating stories", disable=not progress, file=sys.stderr):
         story, saw_eot = [], False
         with torch.no_grad(), autocast(device, dtype):
             for tok in model.generate_stream(idx, max_new_tokens, temperature=temperature, top_k=top_k,

@@ -50,6 +50,7 @@ from slm.cli import CLIError, first_line, run_cli
 from slm.datafiles import SPLITS
 from slm.encoding import EOT_TEXT
 from slm.files import check_free_space, dir_lock, write_errors
+from slm.progress import progress_bar, quiet_library_bars
 from slm.storyfiles import SUFFIXES, iter_raw_file, load_story_file, text_only
 from config import Paths
 
@@ -232,13 +233,11 @@ def _load_sample(num_stories: int | None):
 
 def _split_facts(ds, split: str) -> dict:
     """Story count, characters and sha256 of one split, read back from what was written."""
-    from tqdm import tqdm
-
     h = hashlib.sha256()
     sep = f"\n{EOT_TEXT}\n".encode()
     chars = 0
     n = 0
-    with tqdm(total=len(ds), desc=f"verifying {split}", unit=" stories", mininterval=0.5,
+    with progress_bar(total=len(ds), desc=f"verifying {split}", unit=" stories", mininterval=0.5,
               disable=len(ds) < 50_000) as bar:
         for batch in ds.iter(batch_size=10_000):
             for story in batch["text"]:
@@ -479,6 +478,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"load_dataset: source={args.source} data_dir={args.data_dir} force={args.force} seed={args.seed}"
           + (f" data_files={data_files}" if data_files else "")
           + (f" num_stories={args.num_stories}" if args.num_stories is not None else ""))
+    quiet_library_bars()
     with dir_lock(args.data_dir, "--data-dir"):  # one run writes into DATA at a time (tokenization.py too)
         prepare(source=args.source, data_dir=args.data_dir, data_files=data_files, force=args.force,
                 num_stories=args.num_stories, seed=args.seed)

@@ -3,6 +3,7 @@
 Edit `sentence` below, save, and run `python model_usage.py`. Flags override the file:
 
     python model_usage.py --prompt "Once upon a time" --temperature 0 --max-new-tokens 100
+    python model_usage.py --interactive     # load once, then a story for each prompt you type (or pipe in)
 
 The story comes from out/best_model_params.pt (written by `python training.py`) unless --checkpoint
 says otherwise. The line before the story names the checkpoint and the data it was trained on.
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
+import functools
 import sys
-from typing import Iterable, TextIO
+from typing import Callable, Iterable, TextIO
 
 from slm.checkpoint import check_vocab, describe_source, load_checkpoint
 from slm.cli import run_cli
@@ -95,7 +98,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
     p.add_argument("--no-stop-at-eot", action="store_true",
                    help="keep generating past the end-of-text token (prints it as <|endoftext|>)")
+    p.add_argument("--interactive", action="store_true",
+                   help="load the model once, then write a story for each prompt typed (or one per line of a pipe); "
+                        "an empty line, Ctrl-D or Ctrl-C ends")
     args = p.parse_args(argv)
+    if args.interactive and args.prompt is not None:
+        p.error("--prompt and --interactive do not go together: with --interactive, type the prompts")
     if args.max_new_tokens < 1:
         p.error("--max-new-tokens must be at least 1")
     if args.temperature < 0:
@@ -117,7 +125,6 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     dtype = pick_dtype("auto", device)
     model, ckpt, enc = load_for_inference(args.checkpoint, device)
-    block_size = model.config.block_size
 
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -129,7 +136,18 @@ def main(argv: list[str] | None = None) -> None:
         f"[{args.checkpoint} ({trained}) | {describe_source(ckpt)} | temperature {args.temperature}, "
         f"top-k {top_k}, top-p {args.top_p}, seed {seed}, {device}]"
     )
+    write = functools.partial(tell, model, enc, args=args, generator=generator, device=device, dtype=dtype)
+    if args.interactive:
+        converse(write)
+    else:
+        write(prompt)
 
+
+def tell(model, enc, prompt: str, args: argparse.Namespace, generator, device: str, dtype: str) -> None:
+    """Write args.num_samples stories that continue prompt, each printed as it is generated."""
+    import torch
+
+    block_size, top_k = model.config.block_size, args.top_k or None  # top-k 0 means no limit
     ids = encode_prompt(enc, prompt)
     shown = prompt
     if len(ids) > block_size:
@@ -156,6 +174,34 @@ def main(argv: list[str] | None = None) -> None:
             stream_text(stream, enc, sys.stdout)
         sys.stdout.write("\n")
         sys.stdout.flush()
+
+
+def converse(write: Callable[[str], None], ask: Callable[[], str] | None = None) -> None:
+    """--interactive: write(prompt) for each prompt until an empty line, Ctrl-D (end of input) or Ctrl-C, all
+    of which end the program cleanly (exit status 0). On a terminal it asks with "> "; from a pipe it reads
+    one prompt per line and prints only the stories."""
+    tty = sys.stdin.isatty()
+    if tty:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (arrow keys and history for input())
+        print("[type the start of a story and press Enter; an empty line, Ctrl-D or Ctrl-C ends]")
+    ask = ask or (lambda: input("> ") if tty else read_line(sys.stdin))
+    try:
+        while (prompt := ask()).strip():
+            write(prompt)
+    except EOFError:
+        if tty:
+            print()
+    except KeyboardInterrupt:
+        print()
+
+
+def read_line(stream: TextIO) -> str:
+    """One prompt from a pipe, without its newline; EOFError at the end of the input."""
+    line = stream.readline()
+    if not line:
+        raise EOFError
+    return line.rstrip("\r\n")
 
 
 def _until(tokens: Iterable[int], stop: int):

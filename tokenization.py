@@ -52,6 +52,7 @@ from slm.cli import CLIError, run_cli
 from slm.datafiles import DTYPE, SPLITS, bin_path, load_raw, read_meta, read_source
 from slm.encoding import TOKENIZER_FINGERPRINT, encode_stories, encoding_source, get_encoding
 from slm.files import atomic_write_bytes, check_free_space, dir_lock, write_errors
+from slm.progress import progress_bar, quiet_library_bars
 from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME, VOCAB_SIZE, Paths
 
 FORMAT_VERSION = 1  # of the .bin + meta.json layout; bump when it changes (old outputs are rebuilt)
@@ -299,15 +300,13 @@ def _planned_shards(data_dir: Path, source: dict) -> tuple[list[Shard], dict[str
 def _write_bins(data_dir: Path, shards: list[Shard], num_proc: int, needed: int) -> dict[str, _BinWriter]:
     """Encode the shards and write DATA/<split>.bin, each as .tmp renamed when all are complete; meta.json is
     removed just before the renames. A full or failing disk is one line, and the old files stay as they were."""
-    from tqdm import tqdm
-
     writers: dict[str, _BinWriter] = {}
     with write_errors(data_dir / "train.bin", needed, "--data-dir") as target:
         try:
             for split in SPLITS:
                 target.path = data_dir / f"{split}.bin"
                 writers[split] = _BinWriter(target.path)
-            with tqdm(total=len(shards), desc="tokenizing", unit=" shards", mininterval=0.5) as bar, \
+            with progress_bar(total=len(shards), desc="tokenizing", unit=" shards", mininterval=0.5) as bar, \
                     contextlib.closing(_encoded_in_order(shards, num_proc)) as encoded:  # closing: stop the workers now
                 for done, (shard, tokens) in enumerate(zip(shards, encoded), 1):
                     written = tokens.nbytes + sum(2 * w.tokens for w in writers.values())
@@ -361,6 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--num-proc", type=int, default=None, help="worker processes (default: every core)")
     p.add_argument("--force", action="store_true", help="rebuild even when the files match the input")
     args = p.parse_args(argv)
+    quiet_library_bars()
     with dir_lock(args.data_dir, "--data-dir"):  # one run writes into DATA at a time (load_dataset.py too)
         tokenize(args.data_dir, num_proc=args.num_proc, force=args.force)
 

@@ -10,8 +10,11 @@
 Writes into OUT (--out-dir, default out/):
     best_model_params.pt   the model at its best validation loss (what model_usage.py loads)
     ckpt.pt                everything needed to resume: model, optimizer, schedule, scaler, RNG states, step
-    log.csv                one row per evaluation: step, fixed-batch train and validation loss, lr, tokens, time
-    loss.png               train and validation loss against step, best point marked
+    log.csv                one row per evaluation: step, fixed-batch train and validation loss, lr, tokens, time, sample
+    steps.csv              one row per optimizer step: its train loss and learning rate
+    loss.png               each step's train loss (raw, smoothed), the evaluations, the best model, the learning rate
+    report.md              at the end or a clean stop: machine, settings, the command that repeats the run, data,
+                           speed, losses, plot and samples (slm/report.py); --plot-only OUT redraws loss.png
 
 How a run is set up, in order: the preset and the flags give the settings; with a time budget
 (--max-minutes, the cpu preset: 10) a few passes of the preset's shape are timed and the step budget picks
@@ -36,7 +39,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -46,14 +49,17 @@ import torch
 from config import PRESETS, GPTConfig, TrainConfig
 from slm import recipe
 from slm.checkpoint import (BEST_FILE, CKPT_FILE, check_checkpoint_space, config_to_dict, data_facts, describe_source,
-                            read_resume_checkpoint, restore_progress, rng_state, settings_for_resume)
+                            model_file, read_resume_checkpoint, restore_progress, save_resume_state, settings_for_resume)
 from slm.cli import CLIError, StopRequest, run_cli
 from slm.distributed import Dist, global_batch
 from slm.files import atomic_torch_save, dir_lock
 from slm.hardware import (Machine, auto_dtype, autocast, compile_problem, detect_machine, fused_adamw, keep_freed_memory,
                           pick_device)
 from slm.plan import make_plan
-from slm.progress import LOG_FILE, PLOT_FILE, Speedometer, announce, plot_losses, print_end, write_log
+from slm.plot import redraw
+from slm.progress import LOG_FILE, PLOT_FILE, Speedometer, announce, print_end, progress_bar
+from slm.report import save_progress, write_report
+from slm.sampling import Glimpse
 from slm.schedule import BUDGET_OVERRUN, Budget, make_scheduler, past_budget
 from slm.run import Run
 from slm.settings import build_parser, check_data, check_settings, explicit_settings, format_settings, resolve
@@ -105,7 +111,8 @@ def evaluate(model, batches, tc: TrainConfig, device: str, dtype: str, dist: Dis
 # ----------------------------------------------------------------------------- one run: build and restore
 
 
-def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | None, given: frozenset = frozenset()) -> Run:
+def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | None, given: frozenset = frozenset(),
+              samples: bool = True) -> Run:
     """Everything a run needs, in order: hardware, data, seeds, model; the recipe and the machine's plan;
     optimizer and schedule; the checkpoint's state when resuming; then compile and DDP. Nothing is written."""
     from batches import Batches
@@ -126,12 +133,13 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
     np.random.seed(tc.seed + dist.rank)
     run = Run(mc=mc, tc=tc, preset=preset, dist=dist, say=print if dist.master else (lambda *a, **k: None),
               out_dir=Path(tc.out_dir), facts=facts, batches=Batches(tc.data_dir, mc.block_size, device=dist.device),
-              raw_model=GPT(mc).to(dist.device), t_start=t_start, t_train=time.time())
+              raw_model=GPT(mc).to(dist.device), machine=machine, t_start=t_start, t_train=time.time())
     if tc.max_minutes > 0 and not resume and recipe.has_rule(preset):
         choose_recipe(run, machine, given)
     plan = make_plan(machine, mc, run.tc, given)
     run.tc = plan.apply(run.tc)
     run.say(plan.line(machine))
+    run.glimpse = Glimpse(run.device, run.tc.dtype, tc.seed) if samples and dist.master else None
     if run.tc.dtype == "float16" and not run.device.startswith("cuda"):
         raise CLIError(f"--dtype float16 needs a CUDA GPU (GradScaler); on {run.device} use float32 or bfloat16")
     run.optimizer = make_optimizer(run.raw_model, run.tc, run.device)
@@ -245,8 +253,8 @@ def train_step(run: Run, wants_stop: Callable[[], bool]) -> bool:
 
 
 def evaluate_and_save(run: Run) -> None:
-    """Score the fixed batches, add a history row; rank 0 saves best_model_params.pt when the validation loss
-    is the best so far, then ckpt.pt, log.csv and loss.png."""
+    """Score the fixed batches, add a history row; rank 0 writes a short sample (the glimpse), saves
+    best_model_params.pt when the validation loss is the best so far, then ckpt.pt, log.csv, steps.csv and loss.png."""
     t0 = time.time()
     losses = evaluate(run.model, run.batches, run.tc, run.device, run.dtype, run.dist)
     is_best = losses["validation"] < run.best_val
@@ -256,42 +264,19 @@ def evaluate_and_save(run: Run) -> None:
         "step": run.step, "train_loss": losses["train"], "val_loss": losses["validation"],
         "step_loss": run.step_loss, "lr": run.optimizer.param_groups[0]["lr"],
         "tokens": run.step * run.tokens_per_step, "elapsed_s": round(time.time() - run.t_start, 2),
-        "best": int(is_best),
+        "best": int(is_best), "sample": "",
     })
-    if run.dist.master:
+    if run.dist.master:  # the sample, then the files: save_s counts both, as the time budget must
         t_save = time.time()
+        sample = run.history[-1]["sample"] = run.glimpse(run.raw_model) if run.glimpse else ""
         if is_best:
             atomic_torch_save(model_file(run, losses["validation"]), run.out_dir / BEST_FILE)
         save_resume_state(run)
-        write_log(run.out_dir / LOG_FILE, run.history)
-        plot_losses(run.out_dir / PLOT_FILE, run.history, plot_title(run))
+        save_progress(run)
         run.save_s = time.time() - t_save
         run.say(f"step {run.step}: train loss {losses['train']:.4f}, validation loss {losses['validation']:.4f}"
-                f"{' (best)' if is_best else ''}")
+                f"{' (best)' if is_best else ''}" + (f"\nsample: {sample}" if sample else ""))
     run.eval_s = time.time() - t0
-
-
-def model_file(run: Run, val_loss: float) -> dict:
-    """best_model_params.pt: the weights and what they are (model config, data, step, validation loss)."""
-    return {"model": run.raw_model.state_dict(), "config": config_to_dict(run.mc), "data": run.facts,
-            "step": run.step, "val_loss": val_loss}
-
-
-def save_resume_state(run: Run) -> None:
-    """ckpt.pt (rank 0): the model file plus everything --resume needs to continue exactly."""
-    if not run.dist.master:
-        return
-    state = model_file(run, run.history[-1]["val_loss"] if run.history else math.nan)
-    state.update(optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
-                 scaler=run.scaler.state_dict(), rng=rng_state(run.batch_gen), train_config=asdict(run.tc),
-                 best_val_loss=run.best_val, best_step=run.best_step, history=run.history,
-                 step_loss=run.step_loss, schedule=run.schedule, preset=run.preset)
-    atomic_torch_save(state, run.out_dir / CKPT_FILE)
-
-
-def plot_title(run: Run) -> str:
-    return (f"{run.mc.n_layer} layers x {run.mc.n_embd} wide, {run.raw_model.num_params() / 1e6:.1f}M parameters, "
-            f"{run.tokens_per_step:,} tokens per step\n{describe_source({'data': run.facts})}")
 
 
 def fix_schedule(run: Run) -> None:
@@ -325,20 +310,19 @@ def fix_schedule(run: Run) -> None:
 
 def train(mc: GPTConfig, tc: TrainConfig, *, resume: bool = False, stop_after: int = 0,
           peak_flops: float | None = None, progress: bool = True, preset: str | None = None,
-          given: frozenset = frozenset()) -> dict:
+          given: frozenset = frozenset(), samples: bool = True) -> dict:
     """Train (or resume from OUT/ckpt.pt); returns a summary dict. Settings are checked first.
 
     summary["stopped"] is "done", "time" (past max_minutes), "stop_after" or the signal name (SIGINT, SIGTERM).
     A non-finite loss raises CLIError naming the step; the checkpoints on disk are left as they were.
+    Rank 0 writes OUT/report.md at the end and at a clean stop (a signal, --stop-after, the time budget).
     """
-    from tqdm import tqdm
-
     check_settings(mc, tc, stop_after, peak_flops)
-    run = build_run(mc, tc, resume=resume, preset=preset, given=given)
-    start_step, evaluated_at, losses, stopped = run.step, (run.history[-1]["step"] if run.history else -1), [], "done"
+    run = build_run(mc, tc, resume=resume, preset=preset, given=given, samples=samples)
+    start_step, evaluated_at, stopped = run.step, (run.history[-1]["step"] if run.history else -1), "done"
     speed = Speedometer(run.device, run.raw_model.flops_per_token(), run.tokens_per_step, run.dist.world,
                         peak_flops, run.say)
-    bar = tqdm(total=bar_total(run), initial=run.step, desc="training", unit="step", dynamic_ncols=True,
+    bar = progress_bar(total=bar_total(run), initial=run.step, desc="training", unit="step", dynamic_ncols=True,
                disable=not (progress and run.dist.master), file=sys.stderr)
     run.say = bar.write if run.dist.master else run.say
     run.train_model.train()
@@ -354,7 +338,7 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume: bool = False, stop_after: i
                 t0 = time.time()
                 someone_stops = train_step(run, wants_stop=lambda: stop.signal is not None or out_of_time(run))
                 step_s = time.time() - t0
-                losses.append((run.step, run.step_loss))
+                run.steps.append((run.step, run.step_loss, run.lr))
                 speed.show(bar, step_s, run.step_loss, run.lr)
                 if run.budget is not None:  # a time budget's probe: max_iters is fixed once its steps are timed
                     run.budget.record(step_s)
@@ -369,7 +353,10 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume: bool = False, stop_after: i
     finally:
         bar.close()
         run.dist.close()
-    return summarize(run, stopped, losses, start_step)
+    summary = summarize(run, stopped, start_step)
+    if run.dist.master:
+        write_report(run, summary, speed.mfu(summary["tokens_per_s"]), run.glimpse and run.glimpse.describe())
+    return summary
 
 
 def bar_total(run: Run) -> int | None:
@@ -394,11 +381,12 @@ def why_stop(run: Run, asked: str | None, stop_after: int, steps_done: int) -> s
     return "stop_after" if stop_after and steps_done >= stop_after else "done"
 
 
-def summarize(run: Run, stopped: str, losses: list[tuple[int, float]], start_step: int) -> dict:
+def summarize(run: Run, stopped: str, start_step: int) -> dict:
     trained_steps, seconds = run.step - start_step, max(time.time() - run.t_train, 1e-9)
     last = run.history[-1] if run.history else {}
     return {
-        "stopped": stopped, "step": run.step, "schedule": run.schedule, "losses": losses,
+        "stopped": stopped, "step": run.step, "start_step": start_step, "schedule": run.schedule,
+        "losses": [(step, loss) for step, loss, _ in run.steps[len(run.steps) - (run.step - start_step):]],
         "max_iters": run.tc.max_iters if run.schedule else None,  # None: stopped before the budget fixed it
         "best_val_loss": run.best_val, "best_step": run.best_step,
         "final_train_loss": last.get("train_loss", math.nan), "final_val_loss": last.get("val_loss", math.nan),
@@ -415,6 +403,9 @@ def summarize(run: Run, stopped: str, losses: list[tuple[int, float]], start_ste
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
+    if args.plot_only:
+        print(f"drew {redraw(args.plot_only)} from its log.csv and steps.csv")
+        return {}
     model_over, train_over = explicit_settings(args)
     preset = None
     if args.resume:
@@ -437,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(format_settings(mc, tc, budget_fixes_steps=not args.resume and tc.max_minutes > 0))
     with dir_lock(tc.out_dir) if master else contextlib.nullcontext():  # one run writes into OUT at a time
         summary = train(mc, tc, resume=args.resume, stop_after=args.stop_after, peak_flops=args.peak_flops,
-                        progress=args.progress, preset=preset, given=frozenset(train_over))
+                        progress=args.progress, preset=preset, given=frozenset(train_over), samples=args.samples)
     if master:
         print_end(summary, Path(tc.out_dir), tc.max_minutes)
         if summary["stopped"] in ("SIGINT", "SIGTERM"):

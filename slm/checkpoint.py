@@ -11,6 +11,7 @@ from a checkpoint by model.GPT.from_checkpoint; check_vocab refuses one whose to
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from dataclasses import asdict, fields, replace
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME, GPTConfig, TrainConfig
 from slm.cli import CLIError, first_line
-from slm.files import check_free_space, human_bytes, saved_bytes, space_to_replace
+from slm.files import atomic_torch_save, check_free_space, human_bytes, saved_bytes, space_to_replace
 
 if TYPE_CHECKING:
     import torch
@@ -130,6 +131,29 @@ def data_facts(meta: dict) -> dict:
     return facts
 
 
+def model_file(run, val_loss: float) -> dict:
+    """best_model_params.pt of a run (slm.run.Run): the weights and what they are (model config, data, step,
+    validation loss)."""
+    return {"model": run.raw_model.state_dict(), "config": config_to_dict(run.mc), "data": run.facts,
+            "step": run.step, "val_loss": val_loss}
+
+
+def save_resume_state(run) -> None:
+    """ckpt.pt (rank 0): the model file plus everything --resume needs to continue exactly, the per-step
+    losses and learning rates (steps.csv) included, as one float64 tensor of (step, loss, lr) rows."""
+    import torch
+
+    if not run.dist.master:
+        return
+    state = model_file(run, run.history[-1]["val_loss"] if run.history else math.nan)
+    state.update(optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+                 scaler=run.scaler.state_dict(), rng=rng_state(run.batch_gen), train_config=asdict(run.tc),
+                 best_val_loss=run.best_val, best_step=run.best_step, history=run.history,
+                 steps=torch.tensor(run.steps, dtype=torch.float64).reshape(-1, 3),
+                 step_loss=run.step_loss, schedule=run.schedule, preset=run.preset)
+    atomic_torch_save(state, run.out_dir / CKPT_FILE)
+
+
 def read_resume_checkpoint(out_dir: Path, tc: TrainConfig, facts: dict) -> dict:
     """OUT/ckpt.pt, checked: it holds a training state and was trained on the same data."""
     ckpt = load_checkpoint(out_dir / CKPT_FILE, map_location="cpu")
@@ -224,7 +248,7 @@ def _list_to_tuple(x):
 
 def restore_progress(ckpt: dict, model, optimizer, scheduler, scaler, batch_gen) -> dict:
     """Load a resume checkpoint's state into a freshly built run's parts (weights, optimizer, schedule, scaler,
-    RNGs) and return its progress: step, best_val, best_step, history, step_loss, schedule."""
+    RNGs) and return its progress: step, best_val, best_step, history, steps, step_loss, schedule, preset."""
     model.load_state_dict(ckpt["model"], strict=True)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
@@ -232,6 +256,8 @@ def restore_progress(ckpt: dict, model, optimizer, scheduler, scaler, batch_gen)
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"], batch_gen)
     train_config = ckpt.get("train_config") or {}
+    steps = ckpt.get("steps")  # absent in checkpoints from before steps.csv: the per-step record starts here
     return {"step": ckpt["step"], "best_val": ckpt["best_val_loss"], "best_step": ckpt["best_step"],
-            "history": list(ckpt["history"]), "step_loss": ckpt["step_loss"],
+            "history": list(ckpt["history"]), "step_loss": ckpt["step_loss"], "preset": ckpt.get("preset"),
+            "steps": [] if steps is None else [(int(s), loss, lr) for s, loss, lr in steps.tolist()],
             "schedule": ckpt.get("schedule", {"max_iters": train_config.get("max_iters"), "fixed_by": "--max-iters"})}

@@ -1,63 +1,136 @@
-"""What the user sees of a run: tokens/s and MFU on the progress bar, log.csv, the loss plot, the last lines."""
+"""What the user sees of a run: progress bars (whole lines when the output is not a terminal), tokens/s and MFU
+on the bar, log.csv and steps.csv, the last lines. The loss plot is slm/plot.py, the report slm/report.py."""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
-import textwrap
+import sys
 from pathlib import Path
 
-import torch
+from tqdm import tqdm
 
 from slm.checkpoint import BEST_FILE, CKPT_FILE, describe_source
 from slm.files import atomic_write_bytes
 from slm.hardware import gpu_peak_flops
 
-LOG_FILE = "log.csv"  # one row per evaluation
-PLOT_FILE = "loss.png"
-LOG_FIELDS = ["step", "train_loss", "val_loss", "step_loss", "lr", "tokens", "elapsed_s", "best"]
+LOG_FILE = "log.csv"  # one row per evaluation, with the sample written then
+STEPS_FILE = "steps.csv"  # one row per optimizer step: its train loss and learning rate
+PLOT_FILE = "loss.png"  # drawn by slm/plot.py
+REPORT_FILE = "report.md"  # written by slm/report.py
+LOG_FIELDS = ["step", "train_loss", "val_loss", "step_loss", "lr", "tokens", "elapsed_s", "best", "sample"]
+STEP_FIELDS = ["step", "train_loss", "lr"]
+_INTS = ("step", "tokens", "best")
 
 
 def write_log(path: Path, history: list[dict]) -> None:
-    text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=LOG_FIELDS)
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_bytes(path, text.getvalue().encode())
+    write_csv(path, LOG_FIELDS, history)
 
 
 def read_log(path: str | os.PathLike) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k in ("step", "tokens", "best") else float(v)) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+    """log.csv's rows; a log from before samples were kept has no sample column (read as "")."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: (v if k == "sample" else int(v) if k in _INTS else float(v)) for k, v in row.items()}
+                | {"sample": row.get("sample") or ""} for row in csv.DictReader(f)]
 
 
-def plot_losses(path: Path, history: list[dict], title: str) -> None:
-    """Train and validation loss (fixed batches) against step; the best validation point marked."""
-    import matplotlib
+def write_steps(path: Path, steps: list[tuple[int, float, float]]) -> None:
+    """steps.csv: (step, train loss, learning rate) of every optimizer step so far."""
+    write_csv(path, STEP_FIELDS, [dict(zip(STEP_FIELDS, row)) for row in steps])
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    steps = [r["step"] for r in history]
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    ax.plot(steps, [r["train_loss"] for r in history], "o-", ms=3, label="train (fixed batches)")
-    ax.plot(steps, [r["val_loss"] for r in history], "o-", ms=3, label="validation (fixed batches)")
-    best = min(history, key=lambda r: r["val_loss"])
-    ax.plot([best["step"]], [best["val_loss"]], "*", ms=16, color="red", zorder=5,
-            label=f"best validation {best['val_loss']:.3f} at step {best['step']}")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy loss (nats per token)")
-    # Wrapped to the figure's width: the data line (which files, from where) can be long.
-    ax.set_title("\n".join(textwrap.fill(line, 100) for line in title.splitlines()), fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, png.getvalue())
+def read_steps(path: str | os.PathLike) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return [{k: int(v) if k == "step" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=fieldnames, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, text.getvalue().encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------- progress bars
+
+LINE_FRACTION = 0.1  # a bar on a stream that is not a terminal prints a line each tenth of its total,
+LINE_SECONDS = 30.0  # or, when it has no total, every 30 s
+LINE_MAX_SECONDS = 600.0  # and at least every 10 minutes, so a long run's log shows it is alive
+
+
+class LineBar(tqdm):
+    """tqdm for a stream that is not a terminal: a whole line (ASCII) at the start, at each tenth of the total
+    (every 30 s without a total; at least every 10 minutes) and at the end; never a carriage return."""
+
+    def __init__(self, *args, **kwargs):
+        self._line_n, self._line_t = None, 0.0
+        kwargs.setdefault("ascii", True)
+        kwargs.setdefault("mininterval", 1.0)
+        super().__init__(*args, **kwargs)
+
+    def clear(self, nolock=False):  # a written line stays: nothing to wipe before tqdm.write's message
+        pass
+
+    @classmethod
+    def write(cls, s, file=None, end="\n", nolock=False):
+        """tqdm.write, flushed: a log file shows each message when it is written, in order with the bar's lines."""
+        super().write(s, file=file, end=end, nolock=nolock)
+        getattr(file or sys.stdout, "flush", lambda: None)()
+
+    def display(self, msg=None, pos=None):
+        if msg is not None:  # tqdm wiping the bar (close with leave=False): nothing to wipe
+            return False
+        if self._line_due():
+            self._line_n, self._line_t = self.n, self._time()
+            sys.stdout.flush()  # what was printed before this line comes before it in a shared log
+            self.fp.write(self.__str__() + "\n")
+            getattr(self.fp, "flush", lambda: None)()
+        return True
+
+    def _line_due(self) -> bool:
+        if self._line_n is None:
+            return True
+        waited = self._time() - self._line_t
+        if self.total:
+            def tenth(n):
+                return int(min(n, self.total) / (self.total * LINE_FRACTION))
+
+            return tenth(self.n) > tenth(self._line_n) or waited >= LINE_MAX_SECONDS
+        return self.n != self._line_n and waited >= LINE_SECONDS
+
+    def close(self):
+        if not self.disable and self.n != self._line_n:
+            self._line_n = None  # the last line, always
+            self.display()
+        self.leave = False  # tqdm's close has nothing left to draw or wipe
+        super().close()
+
+
+def is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def progress_bar(iterable=None, **kwargs) -> tqdm:
+    """A tqdm bar on a terminal, as ever; on a stream that is not one (a log file, a pipe, CI) a LineBar,
+    which writes whole lines now and then instead of a flood of carriage-return updates."""
+    return (tqdm if is_terminal(kwargs.get("file") or sys.stderr) else LineBar)(iterable, **kwargs)
+
+
+def quiet_library_bars() -> None:
+    """datasets and huggingface_hub draw their own tqdm bars (saving, loading, downloading): off when stderr is
+    not a terminal, where each would be a flood of carriage returns. On a terminal they stay."""
+    if is_terminal(sys.stderr):
+        return
+    import datasets
+    import huggingface_hub.utils
+
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 def mfu_peak(device: str, peak_flops: float | None) -> tuple[float | None, str]:
@@ -66,6 +139,8 @@ def mfu_peak(device: str, peak_flops: float | None) -> tuple[float | None, str]:
         return peak_flops, f"MFU against --peak-flops {peak_flops:.4g} FLOP/s per device"
     if not device.startswith("cuda"):
         return None, ""
+    import torch
+
     name = torch.cuda.get_device_name(device)
     peak = gpu_peak_flops(name)
     if peak is None:
@@ -114,7 +189,7 @@ def print_end(summary: dict, out: Path, max_minutes: float) -> None:
     how = f"cut {BUDGET_OVERRUN:.0%} past the {max_minutes}-minute budget" if summary["stopped"] == "time" else "finished"
     print(f"{how} at step {summary['step']} of {summary['max_iters']} in {summary['elapsed_s'] / 60:.1f} min "
           f"({summary['tokens_per_s']:,.0f} tokens/s): best validation loss {summary['best_val_loss']:.4f} at step "
-          f"{summary['best_step']} -> {out / BEST_FILE}; log {out / LOG_FILE}, plot {out / PLOT_FILE}; "
+          f"{summary['best_step']} -> {out / BEST_FILE}; report {out / REPORT_FILE}, plot {out / PLOT_FILE}; "
           f"{summary['data']}")
     if summary["gpu_peak_gib"] is not None:
         print(f"peak GPU memory {summary['gpu_peak_gib']:.1f} GiB (torch.cuda.max_memory_allocated, rank 0)")

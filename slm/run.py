@@ -42,12 +42,15 @@ class Run:
     train_model: torch.nn.Module = None  # model, wrapped in DDP under torchrun: what trains
     budget: Budget | None = None  # the time budget while it has not fixed max_iters yet
     recipe: dict | None = None  # what the step budget chose (slm/recipe.py), saved with the schedule
+    machine: Any = None  # slm.hardware.Machine: what the report names
+    glimpse: Callable[[torch.nn.Module], str] | None = None  # writes the sample shown at each evaluation (rank 0)
     t_start: float = field(default_factory=time.time)
     # progress: what the checkpoints save and restore
     step: int = 0  # optimizer steps done
     best_val: float = math.inf
     best_step: int = -1
     history: list = field(default_factory=list)  # one row per evaluation, as in log.csv
+    steps: list = field(default_factory=list)  # (step, train loss, lr) of every optimizer step, as in steps.csv
     step_loss: float = math.nan  # training loss of the last step
     schedule: dict | None = None  # how max_iters was fixed (and by which recipe); None while the budget's probe runs
     # this process only

@@ -104,7 +104,8 @@ def format_settings(mc: GPTConfig, tc: TrainConfig, budget_fixes_steps: bool = F
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
         prog="python training.py",
-        description="Step 5: train the GPT on DATA/*.bin; writes OUT/best_model_params.pt, ckpt.pt, log.csv, loss.png. "
+        description="Step 5: train the GPT on DATA/*.bin; writes OUT/best_model_params.pt, ckpt.pt, log.csv, steps.csv, "
+        "loss.png and report.md. "
         "Each model and training setting defaults to the chosen preset's value (shown in brackets)."
     )
     p.add_argument("--preset", choices=list(PRESETS), default=None,
@@ -120,7 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peak FLOP/s of one accelerator, for the MFU on the progress bar (default: the dense bf16 "
                         "peak of the GPU present, looked up by name in slm.hardware.GPU_PEAK_FLOPS: H100, H200, A100, L40S, "
                         "L4, A10, RTX 4090, RTX 3090, T4, V100; another GPU shows no MFU and says so)")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm progress bar")
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bar (on a terminal a tqdm bar; when the output is not one, a line each tenth)")
+    p.add_argument("--no-samples", dest="samples", action="store_false",
+                   help="no short sample at each evaluation (by default 40 tokens from \"Once upon a time\", printed "
+                        "under the evaluation line as `sample: ...` and kept in log.csv and report.md)")
+    p.add_argument("--plot-only", metavar="OUT", default=None,
+                   help="train nothing: draw OUT/loss.png again from OUT/log.csv and OUT/steps.csv, and stop")
     add_model_flags(p)
     add_settings_flags(p, "train", TrainConfig, TRAIN_HELP, FLAG_ALIASES)
     return p

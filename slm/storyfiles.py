@@ -81,9 +81,9 @@ def _raw_file_rows(path: str, size: int, mtime_ns: int) -> Iterator[dict]:
 
     size and mtime_ns are unused here; they are part of the arguments so that the generator's
     fingerprint changes when the file does."""
-    from tqdm import tqdm
+    from slm.progress import progress_bar
 
-    with tqdm(total=size, unit="B", unit_scale=True, desc=f"reading {Path(path).name}") as bar:
+    with progress_bar(total=size, unit="B", unit_scale=True, desc=f"reading {Path(path).name}") as bar:
         for story in iter_raw_file(path, bar):
             yield {"text": story}
 

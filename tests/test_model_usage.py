@@ -322,3 +322,63 @@ def test_describe_source_names_the_data():
     local = {"source": "local", "demo": False, "data_files": {"train": "a.txt", "validation": "b.txt"}}
     described = model_usage.describe_source({"data": {"source": local}})
     assert described == "trained on local files (train=a.txt, validation=b.txt)"
+
+
+# ----------------------------------------------------------------------------- --interactive
+
+
+def run_interactive(stdin: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "model_usage.py"), "--interactive", *args], cwd=cwd,
+                          env=env_with_repo(), input=stdin, capture_output=True, text=True, encoding="utf-8",
+                          timeout=120)
+
+
+def test_interactive_from_a_pipe_writes_a_story_per_line_and_stops_at_the_empty_line(tmp_path, ckpts):
+    r = run_interactive("Once upon a time\nThe dog\n\nnever read\n", "--checkpoint", str(ckpts["la"]),
+                        "--max-new-tokens", "3", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith(f"[{ckpts['la']} (step 7")  # the model is loaded once, said once
+    assert story_lines(r.stdout) == ["Once upon a time la la la", "The dog la la la"]
+    assert r.stderr == ""
+
+
+def test_interactive_ends_cleanly_at_the_end_of_input_as_at_ctrl_d(tmp_path, ckpts):
+    r = run_interactive("Tom ran", "--checkpoint", str(ckpts["la"]), "--max-new-tokens", "2", "--num-samples", "2",
+                        cwd=tmp_path)  # no newline, no empty line: the pipe just ends
+    assert r.returncode == 0, r.stderr
+    assert story_lines(r.stdout) == ["Tom ran la la", "Tom ran la la"]
+    assert run_interactive("", "--checkpoint", str(ckpts["la"]), cwd=tmp_path).returncode == 0
+
+
+def test_interactive_ctrl_c_while_waiting_for_a_prompt_exits_0_without_a_traceback(tmp_path, ckpts):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, str(REPO / "model_usage.py"), "--interactive", "--checkpoint",
+                             str(ckpts["la"]), "--max-new-tokens", "2"], cwd=tmp_path, env=env_with_repo(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdin.write("Hi\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().startswith("[") and proc.stdout.readline() == "Hi la la\n"
+    proc.send_signal(signal.SIGINT)  # now blocked reading the next prompt
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err and err == ""
+
+
+def test_converse_stops_at_ctrl_c_even_in_the_middle_of_a_story(capsys):
+    import model_usage
+
+    told = []
+
+    def write(prompt):
+        told.append(prompt)
+        if prompt == "second":
+            raise KeyboardInterrupt
+
+    prompts = iter(["first", "second", "third"])
+    model_usage.converse(write, ask=lambda: next(prompts))
+    assert told == ["first", "second"]
+
+
+def test_interactive_with_prompt_is_a_usage_error(ckpts, capsys):
+    code, out, err = run_main(["--checkpoint", str(ckpts["la"]), "--interactive", "--prompt", "Hi"], capsys)
+    assert code == 2 and "--prompt and --interactive do not go together" in err and out == ""

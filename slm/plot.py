@@ -1,0 +1,165 @@
+"""The loss plot, out/loss.png: the train loss of every step (raw, faint, and smoothed), the evaluations as
+points, the best checkpoint marked, a tokens-seen axis, and the learning rate in a small panel beneath.
+
+The y-axis is logarithmic and starts where the first tenth of the steps is over: the first steps fall from
+ln(vocab) ~ 10.8 so fast that, drawn whole, they would flatten everything learned afterwards into a line
+at the bottom. A note on the plot says what was left above it. `python training.py --plot-only OUT`
+redraws it from OUT/log.csv and OUT/steps.csv (redraw below).
+"""
+
+from __future__ import annotations
+
+import io
+import textwrap
+from pathlib import Path
+
+from slm.checkpoint import BEST_FILE, config_from_dict, describe_source, load_checkpoint
+from slm.cli import CLIError
+from slm.files import atomic_write_bytes
+from slm.progress import LOG_FILE, PLOT_FILE, STEPS_FILE, read_log, read_steps
+
+CLIP_FRACTION = 0.1  # the y-axis's top is the highest smoothed loss after this share of the steps
+NICE_TICKS = [1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16]
+
+
+def smooth(values: list[float]) -> list[float]:
+    """Exponential moving average, bias-corrected (as nanochat's), over about 2% of the steps (1 to 100)."""
+    window = min(100, max(1, len(values) // 50))
+    beta, ema, out = 1 - 1 / window, 0.0, []
+    for i, v in enumerate(values, 1):
+        ema = beta * ema + (1 - beta) * v
+        out.append(ema / (1 - beta ** i) if beta else v)
+    return out
+
+
+def y_range(steps: list[dict], smoothed: list[float], history: list[dict]) -> tuple[float, float, int]:
+    """(bottom, top, first step shown whole): the top leaves out the first CLIP_FRACTION of the steps."""
+    values = [r["val_loss"] for r in history] + [r["train_loss"] for r in history]
+    if not steps:
+        return min(values) * 0.95, max(values) * 1.05, 0
+    skip = int(len(steps) * CLIP_FRACTION)
+    after = steps[skip]["step"]
+    later = smoothed[skip:] + [r["val_loss"] for r in history if r["step"] >= after]
+    bottom = min(values + [min(r["train_loss"] for r in steps)]) * 0.97
+    highest = max(values + smoothed)
+    if highest <= max(later) * 1.08:  # nothing to leave out
+        return bottom, highest * 1.03, 0
+    return bottom, max(later) * 1.08, after
+
+
+def loss_ticks(bottom: float, top: float) -> list[float]:
+    ticks = [t for t in NICE_TICKS if bottom <= t <= top]
+    while len(ticks) > 8:
+        ticks = ticks[::2]
+    return ticks
+
+
+def plot_run(path: Path, history: list[dict], steps: list[dict], title: str) -> None:
+    """Draw loss.png (see the module's docstring) and write it atomically. history: log.csv's rows;
+    steps: steps.csv's rows (may be empty: then the evaluations alone, as older runs logged them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(9, 6.5), dpi=100, sharex=True,
+                                    gridspec_kw={"height_ratios": [4, 1]})
+    smoothed = smooth([r["train_loss"] for r in steps])
+    if steps:
+        xs = [r["step"] for r in steps]
+        ax.plot(xs, [r["train_loss"] for r in steps], color="C0", alpha=0.25, lw=0.7, label="train loss, each step")
+        ax.plot(xs, smoothed, color="C0", lw=1.8, label="train loss, smoothed (EMA)")
+    draw_evaluations(ax, history)
+    bottom, top, after = y_range(steps, smoothed, history)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom, top)
+    ax.set_yticks(loss_ticks(bottom, top), minor=False)
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if after:
+        first = history[0] if history else steps[0]
+        ax.text(0.99, 0.97, f"before step {after:,} the loss is above this axis (from "
+                f"{first.get('val_loss', first['train_loss']):.2f} at step {first['step']})", transform=ax.transAxes,
+                ha="right", va="top", fontsize=8, color="0.35")
+    ax.set_ylabel("cross-entropy loss (log scale)")
+    ax.set_title("\n".join(textwrap.fill(line, 110) for line in title.splitlines()), fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    tokens_axis(ax, history)
+    lr_rows = steps or history
+    ax_lr.plot([r["step"] for r in lr_rows], [r["lr"] for r in lr_rows], color="C2", lw=1.2)
+    ax_lr.set_ylabel("learning rate", fontsize=8)
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    ax_lr.grid(True, alpha=0.3)
+    ax_lr.set_xlabel("optimizer step")
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, png.getvalue())
+
+
+def draw_evaluations(ax, history: list[dict]) -> None:
+    """The fixed-batch evaluations as points, the best validation loss (the saved model) as a star."""
+    if not history:
+        return
+    xs = [r["step"] for r in history]
+    ax.plot(xs, [r["train_loss"] for r in history], "o", ms=5, color="C0", mec="white",
+            label="train loss, evaluation (fixed batches)")
+    ax.plot(xs, [r["val_loss"] for r in history], "s--", ms=5, lw=0.8, color="C1", mec="white",
+            label="validation loss, evaluation (fixed batches)")
+    best = min(history, key=lambda r: r["val_loss"])
+    ax.plot([best["step"]], [best["val_loss"]], "*", ms=17, color="red", mec="darkred", zorder=5,
+            label=f"best checkpoint: validation {best['val_loss']:.3f} at step {best['step']:,}")
+
+
+def tokens_axis(ax, history: list[dict]) -> None:
+    """A second x-axis on top: tokens seen, from the tokens per step log.csv records."""
+    per_step = next((r["tokens"] / r["step"] for r in history if r["step"] > 0), None)
+    if not per_step:
+        return
+    total = per_step * history[-1]["step"]
+    scale, unit = (1e9, "billions") if total >= 5e9 else (1e6, "millions") if total >= 5e6 else (1e3, "thousands")
+    top = ax.secondary_xaxis("top", functions=(lambda s: s * per_step / scale, lambda t: t * scale / per_step))
+    top.set_xlabel(f"tokens seen ({unit}; {per_step:,.0f} per step)", fontsize=8)
+    top.tick_params(labelsize=8)
+
+
+def plot_title(mc, n_params: int | None, tokens_per_step: int | None, facts: dict | None) -> str:
+    """The model, the batch and the data, in the words of the plot's title."""
+    parts = [f"{mc.n_layer} layers x {mc.n_embd} wide, context {mc.block_size}"]
+    if n_params:
+        parts.append(f"{n_params / 1e6:.1f}M parameters")
+    if tokens_per_step:
+        parts.append(f"{tokens_per_step:,} tokens per step")
+    return ", ".join(parts) + (f"\n{describe_source({'data': facts})}" if facts else "")
+
+
+def redraw(out_dir: str | Path) -> Path:
+    """`python training.py --plot-only OUT`: draw OUT/loss.png again from OUT/log.csv and OUT/steps.csv."""
+    out = Path(out_dir)
+    if not (out / LOG_FILE).is_file():
+        raise CLIError(f"no {out / LOG_FILE} to plot; train first (python training.py --out-dir {out})")
+    history = read_log(out / LOG_FILE)
+    steps = read_steps(out / STEPS_FILE) if (out / STEPS_FILE).is_file() else []
+    if not history:
+        raise CLIError(f"{out / LOG_FILE} has no evaluation yet; nothing to plot")
+    title = f"{out / LOG_FILE}"
+    if (out / BEST_FILE).is_file():
+        best = load_checkpoint(out / BEST_FILE)
+        per_step = next((r["tokens"] // r["step"] for r in history if r["step"] > 0), None)
+        title = plot_title(config_from_dict(best["config"]), count_parameters(best["model"]), per_step, best.get("data"))
+    plot_run(out / PLOT_FILE, history, steps, title)
+    return out / PLOT_FILE
+
+
+def count_parameters(state_dict: dict) -> int:
+    """The weights in a saved state_dict, a tensor shared by two names (the tied embedding) counted once."""
+    seen, total = set(), 0
+    for t in state_dict.values():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            total += t.numel()
+    return total
+

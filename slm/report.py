@@ -1,0 +1,144 @@
+"""What a run leaves for a reader: log.csv, steps.csv and loss.png at each evaluation, and at the end (or a
+clean stop) OUT/report.md, a short report card readable on GitHub: the machine, the settings with the
+command that repeats the run, the data, time and speed, the losses, the plot, the samples, the best model.
+
+Everything here is rank 0's and is written atomically (slm.files), so a report is whole or not there.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from dataclasses import asdict, fields
+
+from config import PRESETS, GPTConfig, TrainConfig
+from slm import recipe
+from slm.checkpoint import BEST_FILE, CKPT_FILE, describe_source
+from slm.files import atomic_write_bytes
+from slm.plot import plot_run, plot_title
+from slm.progress import LOG_FILE, PLOT_FILE, REPORT_FILE, STEP_FIELDS, STEPS_FILE, write_log, write_steps
+CPU_FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "sve", "asimd")
+HOW_IT_ENDED = {"done": "finished", "time": "cut by the time budget", "stop_after": "stopped by --stop-after",
+                "SIGINT": "stopped by Ctrl-C (SIGINT)", "SIGTERM": "stopped by SIGTERM"}
+
+
+def save_progress(run) -> None:
+    """log.csv, steps.csv and loss.png as the run stands (rank 0)."""
+    write_log(run.out_dir / LOG_FILE, run.history)
+    write_steps(run.out_dir / STEPS_FILE, run.steps)
+    if run.history:
+        title = plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, run.facts)
+        plot_run(run.out_dir / PLOT_FILE, run.history, [dict(zip(STEP_FIELDS, r)) for r in run.steps], title)
+
+
+def reproduce(preset: str | None, mc: GPTConfig, tc: TrainConfig) -> str:
+    """The command that repeats the run step for step: recipe.reproduce_command (the training settings), plus a
+    flag for each model setting that differs from the preset's (each one, when the preset is not known)."""
+    base = PRESETS[preset].model if preset in PRESETS else None
+    extra = []
+    for f in fields(mc):
+        value, flag = getattr(mc, f.name), "--" + f.name.replace("_", "-")
+        if base is None or value != getattr(base, f.name):
+            extra.append((flag if value else f"--no-{flag[2:]}") if isinstance(value, bool) else f"{flag} {value}")
+    return " ".join([recipe.reproduce_command(preset, tc), *extra])
+
+
+def machine_line(machine, world: int) -> str:
+    """The hardware, as it identifies itself: the CPU and its flags that matter here, or the GPU and its memory."""
+    if machine is None:
+        return "not recorded"
+    if machine.kind == "cpu":
+        flags = [f for f in CPU_FLAGS_SHOWN if f in machine.cpu_flags]
+        return f"{machine.describe()}; flags: {', '.join(flags) or 'none of ' + '/'.join(CPU_FLAGS_SHOWN[:4])}; " \
+               f"{os.cpu_count()} cores"
+    return f"{world} x {machine.describe()}" if world > 1 else machine.describe()
+
+
+def data_line(facts: dict, data_dir: str) -> str:
+    splits = facts.get("splits") or {}
+    stories = ((facts.get("source") or {}).get("splits") or {})
+    counts = []
+    for split in ("train", "validation"):
+        n, tokens = (stories.get(split) or {}).get("stories"), (splits.get(split) or {}).get("tokens")
+        story_part = f"{n:,} stories, " if isinstance(n, int) else ""
+        counts.append(f"{split} {story_part}{tokens:,} tokens" if isinstance(tokens, int) else f"{split} ?")
+    return f"{describe_source({'data': facts})}; `{data_dir}`: {'; '.join(counts)}"
+
+
+def loss_rows(history: list[dict], steps: list) -> list[str]:
+    """The losses table: first, best and final of the fixed-batch evaluations, and the per-step train loss."""
+    first, last = history[0], history[-1]
+    best = min(history, key=lambda r: r["val_loss"])
+    rows = ["| | first | best | final |", "|---|---|---|---|"]
+    for key, name in (("val_loss", "validation (fixed batches)"), ("train_loss", "train (fixed batches)")):
+        rows.append(f"| {name} | {first[key]:.4f} (step {first['step']:,}) | {best[key]:.4f} (step {best['step']:,}) "
+                    f"| {last[key]:.4f} (step {last['step']:,}) |")
+    if steps:
+        low = min(steps, key=lambda r: r[1])
+        rows.append(f"| train, one step's batch | {steps[0][1]:.4f} (step {steps[0][0]:,}) | {low[1]:.4f} (step "
+                    f"{low[0]:,}) | {steps[-1][1]:.4f} (step {steps[-1][0]:,}) |")
+    return rows
+
+
+def report_text(run, summary: dict, mfu: float | None, glimpse: str | None) -> str:
+    """report.md's text (see the module's docstring)."""
+    import torch
+
+    out, history = run.out_dir, run.history
+    ended = HOW_IT_ENDED.get(summary["stopped"], summary["stopped"])
+    of = f" of {summary['max_iters']:,}" if summary.get("max_iters") else ""
+    resumed = f", resumed at step {summary['start_step']:,}" if summary.get("start_step") else ""
+    lines = [f"# Training run: {plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, None)}", "",
+             f"{ended.capitalize()} at step {run.step:,}{of} on {datetime.date.today().isoformat()}{resumed}."]
+    if history:
+        lines.append(f"Best validation loss **{run.best_val:.4f}** at step {run.best_step:,}: "
+                     f"`{out / BEST_FILE}` (what `model_usage.py --checkpoint {out / BEST_FILE}` loads).")
+    if summary["stopped"] in ("SIGINT", "SIGTERM", "stop_after"):
+        lines.append(f"Continue with `python training.py --out-dir {out} --resume` (from `{out / CKPT_FILE}`).")
+    mfu_text = f"MFU {mfu:.1%}" if mfu else "MFU not known (no peak FLOP/s for this device; --peak-flops sets it)"
+    gpu_mem = f", peak GPU memory {summary['gpu_peak_gib']:.1f} GiB" if summary.get("gpu_peak_gib") is not None else ""
+    lines += ["", "| | |", "|---|---|",
+              f"| machine | {machine_line(run.machine, summary['world_size'])} |",
+              f"| software | torch {torch.__version__}, Python {platform.python_version()} |",
+              f"| data | {data_line(run.facts, run.tc.data_dir)} |",
+              f"| this session | {summary['elapsed_s'] / 60:.1f} min, {summary['tokens_trained']:,} tokens trained, "
+              f"{summary['tokens_per_s']:,.0f} tokens/s, {mfu_text}{gpu_mem} |",
+              f"| in all | {run.step:,} steps, {run.step * run.tokens_per_step:,} tokens "
+              f"({run.tokens_per_step:,} per step) |", ""]
+    if history:
+        lines += ["## Losses", "", *loss_rows(history, run.steps), "", f"![train and validation loss]({PLOT_FILE})",
+                  "", f"Every evaluation is in `{LOG_FILE}`, every step's loss and learning rate in `{STEPS_FILE}`.", ""]
+    lines += settings_section(run)
+    samples = [r for r in history if r.get("sample")]
+    if samples:
+        lines += ["## Samples at each evaluation", "", f"{glimpse or 'One sample per evaluation'}:", ""]
+        lines += [f"- **step {r['step']:,}** (validation {r['val_loss']:.3f}): {escape(r['sample'])}" for r in samples]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def settings_section(run) -> list[str]:
+    schedule = run.schedule or {}
+    how = {"--max-minutes": f"fixed by the {schedule.get('max_minutes')}-minute budget at step "
+                            f"{schedule.get('fixed_at_step')}", "--max-iters": "set by --max-iters"}
+    steps = f"{run.tc.max_iters:,} steps, {how.get(schedule.get('fixed_by'), 'not fixed yet')}" if schedule else \
+        "not fixed yet (the time budget was still timing its first steps)"
+    return ["## Settings", "", f"The same steps again (add `--data-dir {run.tc.data_dir}` and an `--out-dir`; device, "
+            "dtype and compile are the machine's choice):", "", "```bash", reproduce(run.preset, run.mc, run.tc), "```", "",
+            f"- preset: {run.preset or 'not recorded'}; steps: {steps}",
+            f"- model: {', '.join(f'{k}={v}' for k, v in asdict(run.mc).items())}",
+            f"- training: {', '.join(f'{k}={v}' for k, v in asdict(run.tc).items())}", ""]
+
+
+def escape(text: str) -> str:
+    """Model text shown as text on GitHub: no Markdown or HTML from it."""
+    for ch in "\\`*_[]<>#|":
+        text = text.replace(ch, "\\" + ch)
+    return text
+
+
+def write_report(run, summary: dict, mfu: float | None = None, glimpse: str | None = None) -> None:
+    """OUT/report.md (rank 0), written atomically, with log.csv, steps.csv and loss.png brought up to date."""
+    save_progress(run)
+    atomic_write_bytes(run.out_dir / REPORT_FILE, report_text(run, summary, mfu, glimpse).encode("utf-8"))
