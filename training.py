@@ -48,17 +48,17 @@ import torch
 
 from config import PRESETS, GPTConfig, TrainConfig
 from slm import recipe
-from slm.checkpoint import (BEST_FILE, CKPT_FILE, check_checkpoint_space, config_to_dict, data_facts, describe_source,
+from slm.checkpoint import (BEST_FILE, CKPT_FILE, check_checkpoint_space, config_to_dict, data_facts,
                             model_file, read_resume_checkpoint, restore_progress, save_resume_state, settings_for_resume)
 from slm.cli import CLIError, StopRequest, run_cli
 from slm.distributed import Dist, global_batch
 from slm.files import atomic_torch_save, dir_lock
 from slm.hardware import (Machine, auto_dtype, autocast, compile_problem, detect_machine, fused_adamw, keep_freed_memory,
                           pick_device)
-from slm.plan import make_plan
+from slm.plan import make_plan, shrink_until_it_fits
 from slm.plot import redraw
 from slm.progress import LOG_FILE, PLOT_FILE, Speedometer, announce, print_end, progress_bar
-from slm.report import save_progress, write_report
+from slm.report import save_progress, summarize, write_report
 from slm.sampling import Glimpse
 from slm.schedule import BUDGET_OVERRUN, Budget, make_scheduler, past_budget
 from slm.run import Run
@@ -136,7 +136,7 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
               raw_model=GPT(mc).to(dist.device), machine=machine, t_start=t_start, t_train=time.time())
     if tc.max_minutes > 0 and not resume and recipe.has_rule(preset):
         choose_recipe(run, machine, given)
-    plan = make_plan(machine, mc, run.tc, given)
+    plan = make_plan(machine, run.mc, run.tc, given)
     run.tc = plan.apply(run.tc)
     run.say(plan.line(machine))
     run.glimpse = Glimpse(run.device, run.tc.dtype, tc.seed) if samples and dist.master else None
@@ -156,6 +156,10 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
         restore(run, ckpt)
     del ckpt
     compile_and_wrap(run, wanted=tc.compile)
+    if machine.total_memory:  # a GPU: a trial step proves the planned micro-batch fits, or halves it until it does
+        with torch.random.fork_rng(devices=[run.device] if run.device.startswith("cuda") else []):
+            plan = shrink_until_it_fits(plan, lambda b: trial_pass(run, run.model, b, run.dtype), run.say, given)
+        run.tc = plan.apply(run.tc)
     announce(run.say, run.raw_model, run.device, run.dist.world, run.model is not run.raw_model, run.tokens_per_step, run.tc,
              run.facts)
     if dist.master and not resume and (run.out_dir / CKPT_FILE).exists():
@@ -168,22 +172,30 @@ def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
 
     The passes change no weight (no optimizer step) and draw neither the training batches nor, inside
     fork_rng, any random number the run uses: a run started with the printed flags is the same run."""
-    tc, gen = run.tc, torch.Generator().manual_seed(0)
+    tc = run.tc
     dtype = auto_dtype(machine) if tc.dtype == "auto" else tc.dtype
-
-    def one_pass():
-        x, y = run.batches.get_batch("train", tc.batch_size * tc.grad_accum, generator=gen)
-        with autocast(run.device, dtype):
-            _, loss = run.raw_model(x, y, return_logits=keep_logits(run.device))
-        loss.backward()
-        run.raw_model.zero_grad(set_to_none=True)
-
     with torch.random.fork_rng(devices=[run.device] if run.device.startswith("cuda") else []):
-        step_s = run.dist.all_max(torch.tensor(recipe.calibrate(one_pass), device=run.device)).item()
-    run.tc, run.recipe, guess, line = recipe.apply(run.preset, tc, step_s, given)
+        seconds = recipe.calibrate(lambda: trial_pass(run, run.raw_model, tc.batch_size * tc.grad_accum, dtype))
+        step_s = run.dist.all_max(torch.tensor(seconds, device=run.device)).item()
+    mc, run.tc, run.recipe, guess, line = recipe.apply(run.preset, run.mc, tc, step_s, given)
+    if mc != run.mc:  # a narrower or shallower model: built afresh from the seed, as the printed flags would
+        from model import GPT
+
+        torch.manual_seed(tc.seed + run.dist.rank)
+        run.mc, run.raw_model = mc, GPT(mc).to(run.device)
     run.budget = Budget(tc.max_minutes, run.tc.warmup_iters, run.tc.eval_interval, step_s_guess=guess,
                         eval_s_guess=guess * run.tc.eval_iters * 2 / 3)
     run.say(line)
+
+
+def trial_pass(run: Run, model, batch_size: int, dtype: str) -> None:
+    """One forward and backward of batch_size sequences that changes nothing the run keeps: no optimizer step,
+    the gradients dropped, the batch from a generator of its own (callers hold the other RNGs in fork_rng)."""
+    x, y = run.batches.get_batch("train", batch_size, generator=torch.Generator().manual_seed(0))
+    with autocast(run.device, dtype):
+        _, loss = model(x, y, return_logits=keep_logits(run.device))
+    loss.backward()
+    run.raw_model.zero_grad(set_to_none=True)
 
 
 def compile_and_wrap(run: Run, wanted: bool) -> None:
@@ -302,7 +314,7 @@ def fix_schedule(run: Run) -> None:
                     "recipe": run.recipe}
     run.budget = None
     run.say(f"schedule: {max_iters} steps fixed from a probe of {step_s * 1000:,.0f} ms/step and {eval_s:.1f} s per evaluation "
-            f"to fill {run.tc.max_minutes} minutes; reproduce with: {recipe.reproduce_command(run.preset, run.tc)}")
+            f"to fill {run.tc.max_minutes} minutes; reproduce with: {recipe.reproduce_command(run.preset, run.mc, run.tc)}")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -353,7 +365,7 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume: bool = False, stop_after: i
     finally:
         bar.close()
         run.dist.close()
-    summary = summarize(run, stopped, start_step)
+    summary = summarize(run, stopped, start_step, time.time())
     if run.dist.master:
         write_report(run, summary, speed.mfu(summary["tokens_per_s"]), run.glimpse and run.glimpse.describe())
     return summary
@@ -379,23 +391,6 @@ def why_stop(run: Run, asked: str | None, stop_after: int, steps_done: int) -> s
     if asked:
         return asked
     return "stop_after" if stop_after and steps_done >= stop_after else "done"
-
-
-def summarize(run: Run, stopped: str, start_step: int) -> dict:
-    trained_steps, seconds = run.step - start_step, max(time.time() - run.t_train, 1e-9)
-    last = run.history[-1] if run.history else {}
-    return {
-        "stopped": stopped, "step": run.step, "start_step": start_step, "schedule": run.schedule,
-        "losses": [(step, loss) for step, loss, _ in run.steps[len(run.steps) - (run.step - start_step):]],
-        "max_iters": run.tc.max_iters if run.schedule else None,  # None: stopped before the budget fixed it
-        "best_val_loss": run.best_val, "best_step": run.best_step,
-        "final_train_loss": last.get("train_loss", math.nan), "final_val_loss": last.get("val_loss", math.nan),
-        "tokens_trained": trained_steps * run.tokens_per_step,
-        "tokens_per_s": trained_steps * run.tokens_per_step / seconds,
-        "elapsed_s": time.time() - run.t_start, "out_dir": str(run.out_dir),
-        "data": describe_source({"data": run.facts}), "world_size": run.dist.world,
-        "gpu_peak_gib": torch.cuda.max_memory_allocated(run.device) / 2**30 if run.device.startswith("cuda") else None,
-    }
 
 
 # ----------------------------------------------------------------------------- the script
@@ -428,7 +423,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(format_settings(mc, tc, budget_fixes_steps=not args.resume and tc.max_minutes > 0))
     with dir_lock(tc.out_dir) if master else contextlib.nullcontext():  # one run writes into OUT at a time
         summary = train(mc, tc, resume=args.resume, stop_after=args.stop_after, peak_flops=args.peak_flops,
-                        progress=args.progress, preset=preset, given=frozenset(train_over), samples=args.samples)
+                        progress=args.progress, preset=preset, given=frozenset(train_over) | frozenset(model_over),
+                        samples=args.samples)
     if master:
         print_end(summary, Path(tc.out_dir), tc.max_minutes)
         if summary["stopped"] in ("SIGINT", "SIGTERM"):

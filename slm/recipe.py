@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from typing import Callable
 
-from config import TrainConfig
+from config import PRESETS, GPTConfig, TrainConfig
 
 # preset -> rows of (reference steps below which the row applies, the training settings it sets).
 # Measured in benchmarks/recipe_rule.md: rows in order of the step budget, the last one open-ended.
@@ -62,37 +62,49 @@ def has_rule(preset: str | None) -> bool:
 
 def flags(settings: dict) -> str:
     """--batch-size 8 --warmup-iters 150 ...: the settings as the flags that set them."""
-    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in settings.items())
+    def flag(k, v):
+        name = k.replace("_", "-")
+        return (f"--{name}" if v else f"--no-{name}") if isinstance(v, bool) else f"--{name} {v}"
+
+    return " ".join(flag(k, v) for k, v in settings.items())
 
 
-def apply(preset: str | None, tc: TrainConfig, step_s: float, given) -> tuple[TrainConfig, dict, float, str]:
+def apply(preset: str | None, mc: GPTConfig, tc: TrainConfig, step_s: float, given
+          ) -> tuple[GPTConfig, TrainConfig, dict, float, str]:
     """The rule's recipe for the budget tc.max_minutes at step_s seconds per step of the preset's shape:
-    (the settings with it applied, what it chose for the checkpoint, the seconds a step of it should take,
-    the line that says so). A batch the rule sets is the sequences per optimizer step: the machine's plan
-    splits it into micro-batches."""
+    (the model and training settings with it applied, what it chose for the checkpoint, the seconds a step of
+    it should take, the line that says so). A batch the rule sets is the sequences per optimizer step: the
+    machine's plan splits it into micro-batches."""
     ref_steps = reference_steps(tc.max_minutes, step_s)
     settings = choose(preset, ref_steps, given)
-    new = replace(tc, **settings)
+    model_fields = {f.name for f in fields(GPTConfig)}
+    new_mc = replace(mc, **{k: v for k, v in settings.items() if k in model_fields})
+    new_tc = replace(tc, **{k: v for k, v in settings.items() if k not in model_fields})
     if "batch_size" in settings and "grad_accum" not in given:
-        new = replace(new, grad_accum=1)
-    guess = step_s * new.batch_size * new.grad_accum / (tc.batch_size * tc.grad_accum)
+        new_tc = replace(new_tc, grad_accum=1)
+    tokens = new_tc.batch_size * new_tc.grad_accum / (tc.batch_size * tc.grad_accum)
+    guess = step_s * tokens * token_cost(new_mc) / token_cost(mc)
     chosen = {"reference_steps": round(ref_steps), "calibrated_s": round(step_s, 4), **settings}
     line = (f"recipe: {tc.max_minutes} minutes fit about {ref_steps:,.0f} steps of the {preset} preset's shape here "
             f"({step_s * 1000:,.0f} ms per step, timed): {flags(settings) or 'the preset as it is'} "
             f"(the rule in slm/recipe.py)")
-    return new, chosen, guess, line
+    return new_mc, new_tc, chosen, guess, line
 
 
-def reproduce_command(preset: str | None, tc: TrainConfig) -> str:
-    """The training.py command that repeats a run step for step: the preset, every training setting that differs
-    from it (what the rule and the flags chose), and the fixed step count. Where and how the run executes
-    (device, dtype, compile, directories) is left to the machine that repeats it."""
-    from dataclasses import asdict
+def token_cost(mc: GPTConfig) -> float:
+    """A token's training cost, up to a constant: the head's vocab x width and the blocks' 12 width^2 per layer
+    (at width 128 the head is ~90% of it, which is why a narrower model makes more steps in a minute)."""
+    return mc.vocab_size * mc.n_embd + 12 * mc.n_layer * mc.n_embd ** 2
 
-    from config import PRESETS
 
-    base = asdict(PRESETS[preset].train) if preset in PRESETS else asdict(TrainConfig())
+def reproduce_command(preset: str | None, mc: GPTConfig, tc: TrainConfig) -> str:
+    """The training.py command that repeats a run step for step: the preset, every model and training setting
+    that differs from it (what the rule and the flags chose), and the fixed step count. Where and how the run
+    executes (device, dtype, compile, directories) is left to the machine that repeats it."""
+    base = PRESETS[preset] if preset in PRESETS else None
+    base_mc, base_tc = (asdict(base.model), asdict(base.train)) if base else (asdict(GPTConfig()), asdict(TrainConfig()))
     machine_fields = {"data_dir", "out_dir", "device", "dtype", "compile", "max_minutes", "max_iters"}
-    settings = {k: v for k, v in asdict(tc).items() if k not in machine_fields and base.get(k) != v}
+    settings = {k: v for k, v in asdict(mc).items() if base_mc.get(k) != v}
+    settings |= {k: v for k, v in asdict(tc).items() if k not in machine_fields and base_tc.get(k) != v}
     start = f"python training.py --preset {preset} " if preset else "python training.py "
     return f"{start}{flags(settings)} --max-iters {tc.max_iters} --max-minutes 0".replace("  ", " ")

@@ -8,11 +8,12 @@ Everything here is rank 0's and is written atomically (slm.files), so a report i
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
-from config import PRESETS, GPTConfig, TrainConfig
+from config import GPTConfig, TrainConfig
 from slm import recipe
 from slm.checkpoint import BEST_FILE, CKPT_FILE, describe_source
 from slm.files import atomic_write_bytes
@@ -32,16 +33,30 @@ def save_progress(run) -> None:
         plot_run(run.out_dir / PLOT_FILE, run.history, [dict(zip(STEP_FIELDS, r)) for r in run.steps], title)
 
 
+def summarize(run, stopped: str, start_step: int, now: float) -> dict:
+    """train()'s summary of a run (slm.run.Run) at time now: how it ended, its losses, speed and files.
+    summary["losses"] holds (step, train loss) of the steps this session trained."""
+    import torch
+
+    trained_steps, seconds = run.step - start_step, max(now - run.t_train, 1e-9)
+    last = run.history[-1] if run.history else {}
+    return {
+        "stopped": stopped, "step": run.step, "start_step": start_step, "schedule": run.schedule,
+        "losses": [(step, loss) for step, loss, _ in run.steps[len(run.steps) - (run.step - start_step):]],
+        "max_iters": run.tc.max_iters if run.schedule else None,  # None: stopped before the budget fixed it
+        "best_val_loss": run.best_val, "best_step": run.best_step,
+        "final_train_loss": last.get("train_loss", math.nan), "final_val_loss": last.get("val_loss", math.nan),
+        "tokens_trained": trained_steps * run.tokens_per_step,
+        "tokens_per_s": trained_steps * run.tokens_per_step / seconds,
+        "elapsed_s": now - run.t_start, "out_dir": str(run.out_dir),
+        "data": describe_source({"data": run.facts}), "world_size": run.dist.world,
+        "gpu_peak_gib": torch.cuda.max_memory_allocated(run.device) / 2**30 if run.device.startswith("cuda") else None,
+    }
+
+
 def reproduce(preset: str | None, mc: GPTConfig, tc: TrainConfig) -> str:
-    """The command that repeats the run step for step: recipe.reproduce_command (the training settings), plus a
-    flag for each model setting that differs from the preset's (each one, when the preset is not known)."""
-    base = PRESETS[preset].model if preset in PRESETS else None
-    extra = []
-    for f in fields(mc):
-        value, flag = getattr(mc, f.name), "--" + f.name.replace("_", "-")
-        if base is None or value != getattr(base, f.name):
-            extra.append((flag if value else f"--no-{flag[2:]}") if isinstance(value, bool) else f"{flag} {value}")
-    return " ".join([recipe.reproduce_command(preset, tc), *extra])
+    """The command that repeats the run step for step (recipe.reproduce_command)."""
+    return recipe.reproduce_command(preset, mc, tc)
 
 
 def machine_line(machine, world: int) -> str:
