@@ -22,7 +22,7 @@ from pathlib import Path
 from slm.checkpoint import config_from_dict, describe_source, load_checkpoint
 from slm.cli import CLIError, run_cli
 from slm.encoding import EOT_TEXT, gpt2_file_bytes
-from slm.files import atomic_write_bytes, check_free_space, space_to_replace, write_errors
+from slm.files import atomic_write_files, check_free_space, space_to_replace
 from config import EOT_ID, VOCAB_SIZE, Paths
 
 
@@ -122,7 +122,8 @@ def export(ckpt: dict, out_dir: str | Path) -> Path:
     """Write the Hugging Face directory for a checkpoint dict; returns the directory.
 
     Every file is made in memory first and the disk's free space checked, so a disk too small refuses
-    before anything is replaced; each file is then written atomically."""
+    before anything is replaced; the files are then written beside the old ones and renamed in together, so a
+    failure leaves the previous export whole (never new weights beside an old config.json)."""
     try:
         from safetensors.torch import save as safetensors_bytes
     except ImportError:
@@ -162,10 +163,7 @@ def export(ckpt: dict, out_dir: str | Path) -> Path:
     }
     check_free_space(out, space_to_replace(out, {name: len(data) for name, data in files.items()}),
                      f"the export ({len(files)} files)", "--out")
-    with write_errors(out, flag="--out"):
-        out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        atomic_write_bytes(out / name, data, flag="--out")
+    atomic_write_files(out, files, flag="--out")  # all new or all as they were: never a mixed export
     return out
 
 

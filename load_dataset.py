@@ -49,7 +49,7 @@ from pathlib import Path
 from slm.cli import CLIError, first_line, run_cli
 from slm.datafiles import SPLITS
 from slm.encoding import EOT_TEXT
-from slm.files import check_free_space, dir_lock, write_errors
+from slm.files import check_free_space, dir_lock, replace_together, write_errors
 from slm.progress import progress_bar, quiet_library_bars
 from slm.storyfiles import SUFFIXES, iter_raw_file, load_story_file, text_only
 from config import Paths
@@ -281,13 +281,9 @@ def _remove(path: Path) -> None:
 
 
 def _swap_in(new: Path, raw: Path) -> None:
-    """Put new at raw; the old raw is moved aside first and deleted only after the swap."""
-    old = raw.with_name(raw.name + ".old")
-    _remove(old)
-    if raw.exists() or raw.is_symlink():
-        os.replace(raw, old)
-    os.replace(new, raw)
-    _remove(old)
+    """Put new at raw; the old raw is moved aside (raw.old) first, put back if the swap fails, and deleted
+    only after it."""
+    replace_together([(new, raw)])
 
 
 def _recover(raw: Path) -> None:

@@ -24,9 +24,10 @@ most 2 x --num-proc shards in flight. Every story is encoded once and every toke
 memory stays bounded by a few shard buffers whatever the size of the corpus. (Counting tokens first
 to preallocate one memmap would need a second encode, or holding every shard until all are counted.)
 
-Atomic and idempotent. The .bin files are written as .tmp and renamed only when complete; meta.json is
-removed just before they are renamed and written last, so a stopped run never leaves a meta.json that
-describes other bins, and a run that fails while writing (disk full) leaves all three files as they were.
+Atomic and idempotent. The .bin files and meta.json are written as .tmp and renamed in together only
+when all three are complete (the old ones moved aside first and put back if a rename fails; meta.json
+goes last), so a stopped run never leaves a meta.json that describes other bins, and a run that fails
+while writing (disk full, I/O error) leaves all three files exactly as they were.
 Before it starts, the run checks that DATA's disk has room for the new .bin files (estimated from the
 raw Arrow files' size), and a write that fails all the same is one error line naming the file and the space.
 meta.json records a fingerprint of the input (sha256 of raw/source.json, the tokenizer files, this
@@ -46,12 +47,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from slm.cli import CLIError, run_cli
 from slm.datafiles import DTYPE, SPLITS, bin_path, load_raw, read_meta, read_source
 from slm.encoding import TOKENIZER_FINGERPRINT, encode_stories, encoding_source, get_encoding
-from slm.files import atomic_write_bytes, check_free_space, dir_lock, write_errors
+from slm.files import check_free_space, dir_lock, replace_together, write_errors
 from slm.progress import progress_bar, quiet_library_bars
 from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME, VOCAB_SIZE, Paths
 
@@ -266,10 +267,8 @@ def tokenize(data_dir: str | os.PathLike = Paths.data_dir, num_proc: int | None 
           f"{SHARD_STORIES} stories, one <|endoftext|> {EOT_POSITION} each story")
 
     start = time.perf_counter()
-    writers = _write_bins(data_dir, shards, num_proc, needed)
+    writers, meta = _write_bins(data_dir, shards, num_proc, needed, lambda w: _meta(w, stories, source, fingerprint))
     seconds = time.perf_counter() - start
-    meta = _meta(writers, stories, source, fingerprint)
-    atomic_write_bytes(data_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode(), flag="--data-dir")
     total = sum(w.tokens for w in writers.values())
     print(f"wrote {total:,} tokens to {data_dir} ({_counts(meta)}) in {seconds:.1f} s: "
           f"{total / max(seconds, 1e-9):,.0f} tokens/s with {num_proc} process(es)")
@@ -297,10 +296,13 @@ def _planned_shards(data_dir: Path, source: dict) -> tuple[list[Shard], dict[str
     return [s for split in SPLITS for s in plan[split]], stories
 
 
-def _write_bins(data_dir: Path, shards: list[Shard], num_proc: int, needed: int) -> dict[str, _BinWriter]:
-    """Encode the shards and write DATA/<split>.bin, each as .tmp renamed when all are complete; meta.json is
-    removed just before the renames. A full or failing disk is one line, and the old files stay as they were."""
+def _write_bins(data_dir: Path, shards: list[Shard], num_proc: int, needed: int,
+                describe: Callable[[dict[str, _BinWriter]], dict]) -> tuple[dict[str, _BinWriter], dict]:
+    """Encode the shards into DATA/<split>.bin.tmp, write meta.json.tmp (describe(writers)), then rename the
+    three in together (slm/files.replace_together: meta.json last, so none ever describes other bins).
+    A full or failing disk at any point is one line, and the three old files stay exactly as they were."""
     writers: dict[str, _BinWriter] = {}
+    meta_tmp = data_dir / "meta.json.tmp"
     with write_errors(data_dir / "train.bin", needed, "--data-dir") as target:
         try:
             for split in SPLITS:
@@ -317,15 +319,18 @@ def _write_bins(data_dir: Path, shards: list[Shard], num_proc: int, needed: int)
             for w in writers.values():
                 target.path = w.path
                 w.file.close()
-            (data_dir / "meta.json").unlink(missing_ok=True)  # from here on no meta.json describes half-replaced bins
-            for w in writers.values():
-                target.path = w.path
-                os.replace(w.tmp, w.path)
+            meta = describe(writers)
+            target.path = data_dir / "meta.json"
+            meta_tmp.write_bytes((json.dumps(meta, indent=2) + "\n").encode())
+            target.path = data_dir
+            replace_together([(w.tmp, w.path) for w in writers.values()] + [(meta_tmp, data_dir / "meta.json")])
         finally:
             for w in writers.values():
-                w.file.close()
+                with contextlib.suppress(OSError):  # a full disk fails the flush again: the tmp goes all the same
+                    w.file.close()
                 w.tmp.unlink(missing_ok=True)
-    return writers
+            meta_tmp.unlink(missing_ok=True)
+    return writers, meta
 
 
 def _meta(writers: dict[str, _BinWriter], stories: dict[str, int], source: dict, fingerprint: dict) -> dict:

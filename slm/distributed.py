@@ -52,6 +52,21 @@ class Dist:
                 dist.destroy_process_group()
 
 
+def launch_command(script: str = "training.py") -> str:
+    """The command that started this run, to type again: `python training.py`, or under torchrun `torchrun
+    --standalone --nproc_per_node=N training.py` with N and the node count read from the environment torchrun
+    sets (LOCAL_WORLD_SIZE processes on each of WORLD_SIZE / LOCAL_WORLD_SIZE nodes), so that a run stopped
+    under torchrun is resumed by as many processes as it had."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return f"python {script}"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    nodes = max(1, world // max(1, per_node))
+    if nodes == 1:
+        return f"torchrun --standalone --nproc_per_node={per_node} {script}"
+    return f"torchrun --nnodes={nodes} --nproc_per_node={per_node} --rdzv-endpoint=HOST:PORT {script}"  # on every node
+
+
 def global_batch(batches, split: str, batch_size: int, gen: torch.Generator, dist: Dist):
     """This rank's slice of one global batch of world * batch_size windows drawn from gen.
 

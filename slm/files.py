@@ -2,9 +2,10 @@
 free-space check before long work, and one writer per directory.
 
 What a user's machine does to writes: the disk fills, a directory is read-only or not ours, a disk
-fails, two runs write into one directory. Every write goes through atomic_write (a file) or
-write_errors (a directory such as DATA/raw), so each of these is one CLIError line that names the
-file, the space it needed and had, and the fix, with the previous version still in place.
+fails, two runs write into one directory. Every write goes through atomic_write (a file),
+atomic_write_files (several files that belong together) or write_errors (a directory such as DATA/raw,
+with replace_together swapping it in), so each of these is one CLIError line that names the file, the
+space it needed and had, and the fix, with the previous version still in place.
 """
 
 from __future__ import annotations
@@ -190,6 +191,67 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, flag: str = "--out-
     atomic_write(path, lambda tmp: tmp.write_bytes(data), needed=len(data), flag=flag)
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
+def replace_together(moves: list[tuple[Path, Path]]) -> None:
+    """Rename each (new, path) pair's new over path, all or none: every old version is first moved aside
+    (PATH.old), then each new one renamed in, in order; when a rename fails, the new ones already in place
+    are removed and every old version is put back before the error goes on. Files or directories.
+
+    At no moment does a path hold a mix: it holds its old version, nothing, or its new version (so a file
+    that describes the others, like tokenization's meta.json, goes last). A crash mid-way can leave PATH.old
+    behind, and a path missing; the next call for the same paths removes the leftovers."""
+    aside: list[tuple[Path, Path]] = []
+    placed: list[Path] = []
+    try:
+        for _, path in moves:
+            old = path.with_name(path.name + ".old")
+            _remove(old)
+            if os.path.lexists(path):
+                os.replace(path, old)
+                aside.append((path, old))
+        for new, path in moves:
+            os.replace(new, path)
+            placed.append(path)
+    except BaseException:
+        for path in reversed(placed):
+            with contextlib.suppress(OSError):
+                _remove(path)
+        for path, old in reversed(aside):
+            with contextlib.suppress(OSError):
+                os.replace(old, path)
+        raise
+    for _, old in aside:
+        with contextlib.suppress(OSError):
+            _remove(old)
+
+
+def atomic_write_files(directory: str | os.PathLike, files: dict[str, bytes], flag: str = "--out-dir") -> None:
+    """Write several files into directory as one whole: each beside its old version (NAME.tmp), then all
+    renamed in together (replace_together), so a failure anywhere leaves every old file as it was, and an
+    OS error is one CLIError line."""
+    directory = Path(directory)
+    needed = space_to_replace(directory, {name: len(data) for name, data in files.items()})
+    tmps: list[Path] = []
+    with write_errors(directory, needed, flag) as target:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for name, data in files.items():
+                target.path = directory / name
+                tmps.append(directory / (name + ".tmp"))
+                tmps[-1].write_bytes(data)
+            target.path = directory
+            replace_together([(tmp, directory / name) for tmp, name in zip(tmps, files)])
+        finally:
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
+
+
 def saved_bytes(obj: Any) -> int:
     """About how many bytes torch.save writes for obj: each tensor storage once, plus a little per entry."""
     import torch
@@ -262,6 +324,18 @@ def _lock_holder(fd: int) -> str:
     return f"pid {pid}: {command}" if command else f"pid {pid}"
 
 
+def _write_holder(fd: int) -> None:
+    """Put "PID command" in the held lock file, for whoever finds the directory locked; best effort (see dir_lock)."""
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+    command = command if len(command) <= 300 else command[:297] + "..."
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {command}\n".encode())
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # no half line naming a wrong pid
+
+
 @contextlib.contextmanager
 def dir_lock(directory: str | os.PathLike, flag: str = "--out-dir"):
     """Be the one process writing into directory (created if missing) while the block runs.
@@ -269,7 +343,12 @@ def dir_lock(directory: str | os.PathLike, flag: str = "--out-dir"):
     A second writer gets one CLIError line naming the directory and the process that holds it. The lock
     is flock(2) on DIR/.lock: the kernel drops it when its holder dies, even by SIGKILL, so a file left
     behind never blocks the next run. Readers take no lock: they only open files renamed into place.
-    Where flock is missing (Windows) the block runs without the lock."""
+    Where flock is missing (Windows) the block runs without the lock.
+
+    The lock file's "PID command" line is advice for a human: when the disk refuses even that line (0 bytes
+    free, an I/O error), the lock still holds and the run goes on without it; a second writer is then told
+    "another process" holds the directory, and the disk's trouble is said in one line where the run writes
+    (or, before it starts, by its free-space check)."""
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise CLIError(f"{flag} {d} is a file, not a directory; pass a directory (it is created if missing)")
@@ -301,10 +380,7 @@ def dir_lock(directory: str | os.PathLike, flag: str = "--out-dir"):
             fd = None
         if fd is not None:
             _held_lock_fds.add(fd)
-            os.ftruncate(fd, 0)
-            command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
-            command = command if len(command) <= 300 else command[:297] + "..."
-            os.write(fd, f"{os.getpid()} {command}\n".encode())
+            _write_holder(fd)
         yield
     finally:
         if fd is not None:

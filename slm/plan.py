@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from config import GPTConfig, TrainConfig
+from slm.cli import out_of_memory
 from slm.hardware import Machine, auto_dtype
 
 # Bytes of activations per token, fitted to the peaks measured on an H100 for the 51M default model at
@@ -101,13 +102,8 @@ def make_plan(machine: Machine, mc: GPTConfig, tc: TrainConfig, given: set[str] 
 
 
 def is_out_of_memory(e: BaseException) -> bool:
-    """A CUDA, MPS or CPU allocation failure (torch raises OutOfMemoryError on CUDA, RuntimeError elsewhere)."""
-    import torch
-
-    if isinstance(e, getattr(torch, "OutOfMemoryError", ())) or isinstance(e, torch.cuda.OutOfMemoryError):
-        return True
-    text = str(e).lower()
-    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    """A CUDA, MPS or CPU allocation failure (slm/cli.out_of_memory, which also makes it one line under run_cli)."""
+    return out_of_memory(e) is not None
 
 
 def shrink_until_it_fits(plan: Plan, trial_pass: Callable[[int], None], say, given) -> Plan:

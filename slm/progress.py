@@ -179,12 +179,13 @@ class Speedometer:
 
 def print_end(summary: dict, out: Path, max_minutes: float) -> None:
     """The run's last lines: where it stopped and how to go on, or what it reached and where the files are."""
+    from slm.distributed import launch_command
     from slm.schedule import BUDGET_OVERRUN
 
     if summary["stopped"] in ("SIGINT", "SIGTERM", "stop_after"):
         of = summary["max_iters"] or "a count the time budget has not fixed yet"
         print(f"stopped at step {summary['step']} of {of} ({summary['stopped']}): saved {out / CKPT_FILE}; continue "
-              f"with: python training.py --out-dir {out} --resume")
+              f"with: {launch_command()} --out-dir {out} --resume")
         return
     how = f"cut {BUDGET_OVERRUN:.0%} past the {max_minutes}-minute budget" if summary["stopped"] == "time" else "finished"
     print(f"{how} at step {summary['step']} of {summary['max_iters']} in {summary['elapsed_s'] / 60:.1f} min "

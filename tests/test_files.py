@@ -201,3 +201,56 @@ def test_the_lock_refuses_a_file_and_a_read_only_directory(tmp_path, monkeypatch
     with pytest.raises(CLIError, match=rf"^read-only file system writing {re.escape(str(tmp_path))} "):
         with dir_lock(tmp_path):
             pass
+
+
+def test_a_lock_whose_pid_line_cannot_be_written_still_holds(tmp_path, monkeypatch):
+    real_write = os.write
+
+    def full_disk(fd, data):  # the disk has 0 bytes free: the PID line is refused, the lock itself is not
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(files.LOCK_NAME):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    with dir_lock(tmp_path):  # the run goes on
+        assert (tmp_path / files.LOCK_NAME).read_bytes() == b""  # no half line naming a wrong pid
+        with pytest.raises(CLIError, match=r"another run is writing into .* \(another process\)"):
+            with dir_lock(tmp_path):  # a second writer is still refused (flock: another open file)
+                pass
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3, 4, 5])
+def test_replace_together_is_all_or_nothing(tmp_path, monkeypatch, fail_at):
+    """Three files (one a directory), the second new: whichever rename fails, every old one is put back."""
+    (tmp_path / "a").write_text("old a")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "inside").write_text("old c")
+    for name in "ab":
+        (tmp_path / f"{name}.tmp").write_text(f"new {name}")
+    (tmp_path / "c.tmp").mkdir()
+    (tmp_path / "c.tmp" / "inside").write_text("new c")
+    moves = [(tmp_path / f"{name}.tmp", tmp_path / name) for name in "abc"]
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == fail_at:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError):
+        files.replace_together(moves)  # 2 old versions moved aside, then 3 renames in: calls 1-5
+    assert (tmp_path / "a").read_text() == "old a" and (tmp_path / "c" / "inside").read_text() == "old c"
+    assert not (tmp_path / "b").exists() and not any(p.name.endswith(".old") for p in tmp_path.iterdir())
+    monkeypatch.undo()
+    for name in "ab":  # the caller's new files are where they were (it removes them)
+        (tmp_path / f"{name}.tmp").write_text(f"new {name}")
+    if not (tmp_path / "c.tmp").exists():
+        (tmp_path / "c.tmp").mkdir()
+        (tmp_path / "c.tmp" / "inside").write_text("new c")
+    files.replace_together(moves)
+    assert [(tmp_path / n).read_text() for n in "ab"] == ["new a", "new b"]
+    assert (tmp_path / "c" / "inside").read_text() == "new c"
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "c"]

@@ -266,23 +266,25 @@ def test_a_failed_run_leaves_the_previous_files_and_no_tmp(tmp_path, monkeypatch
     datafiles.read_meta(tmp_path)  # still describes the .bin files beside it
 
 
-def test_a_run_stopped_between_the_renames_leaves_no_meta(tmp_path, monkeypatch):
+def test_a_run_stopped_between_the_renames_puts_the_old_files_back(tmp_path, monkeypatch):
     train, validation = corpus(40)
     make_raw(tmp_path, train, validation)
     tokenization.tokenize(tmp_path, num_proc=1)
-    real_replace = os.replace
+    before = outputs(tmp_path)
+    real_replace, stopped = os.replace, []
 
-    def second_rename_fails(src, dst):
-        if str(dst).endswith("validation.bin"):
-            raise KeyboardInterrupt  # train.bin is new, validation.bin still old
+    def second_rename_stops(src, dst):
+        if str(src).endswith("validation.bin.tmp") and not stopped:
+            stopped.append(dst)
+            raise KeyboardInterrupt  # train.bin is new, validation.bin not yet: Ctrl-C
         real_replace(src, dst)
 
-    monkeypatch.setattr(tokenization.os, "replace", second_rename_fails)
+    monkeypatch.setattr(os, "replace", second_rename_stops)
     with pytest.raises(KeyboardInterrupt):
         tokenization.tokenize(tmp_path, num_proc=1, force=True)
-    assert not (tmp_path / "meta.json").exists() and not list(tmp_path.glob("*.tmp"))
-    with pytest.raises(CLIError, match="python tokenization.py --data-dir"):
-        datafiles.read_meta(tmp_path)
+    assert stopped and outputs(tmp_path) == before  # all three as they were: meta.json describes the bins beside it
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.old"))
+    datafiles.read_meta(tmp_path)
 
 
 def test_a_full_disk_is_one_line_and_keeps_the_previous_files(tmp_path, monkeypatch, capsys):
