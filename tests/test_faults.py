@@ -58,7 +58,7 @@ WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 DATA_OPS = {"write", "close", "os.write", "ftruncate", "torch.save"}  # what a full disk refuses; renames still work
 LEFTOVER = (".tmp", ".partial", ".old")
 ABSORBED_BY_DESIGN = {LOCK_NAME}  # the lock's PID line: the lock holds without it, the run goes on
-NO_SAMPLES = ["--no-samples"] if "--no-samples" in training.build_parser().format_help() else []
+NO_SAMPLES = ["--no-samples"]  # the evaluation's sample writes nothing and costs most of a smoke run
 SMOKE = [*NO_SAMPLES, "--preset", "smoke", "--max-iters", "1", "--eval-interval", "1", "--eval-iters", "1",
          "--batch-size", "1", "--block-size", "16", "--warmup-iters", "0", "--no-progress"]
 # Each script's main path: (its main, the world it runs in, its arguments, whether its output is one whole).
