@@ -114,7 +114,11 @@ class Block(nn.Module):
         return x
 
 
-HEAD_LOSS_ROWS = 32  # positions per chunk: 32 x 50257 float32 logits (6 MB) stay in the CPU's cache
+# Positions per chunk of the head loss: larger chunks re-read the (V, C) head fewer times. A cpu-preset step
+# (2,048 positions) against 32-row chunks: float32 1.12x at 512 rows, 1.15x at 1,024, 1.17x at 2,048 (the
+# whole batch); bfloat16 1.04-1.06x from 64 to 512 (benchmarks/bench_cpu_step.py, BENCHMARKS.md). 512 takes
+# most of the gain and bounds the chunk at 512 x 50,257 float32 logits (103 MB) however large the batch.
+HEAD_LOSS_ROWS = 512
 
 
 class _HeadLoss(torch.autograd.Function):
@@ -123,8 +127,9 @@ class _HeadLoss(torch.autograd.Function):
     The LM head's logits are (N, 50257): at width 128 the head is ~90% of the model's FLOPs, and on a
     CPU the plain path spends more time than that moving its float32 logits (cast, log-softmax, its
     backward, zero-filled gradients) than multiplying. Here each chunk of HEAD_LOSS_ROWS rows is
-    multiplied, exponentiated once, turned into its loss and into its gradient (softmax - one_hot) / n
-    while it is still in cache; the gradients of h and w then come from two large matmuls. The numbers
+    multiplied (in float32 straight into its rows of the gradient buffer), exponentiated once, and turned
+    in place into its loss and its gradient (softmax - one_hot) / n; the gradients of h and w then come from
+    two large matmuls. The numbers
     are those of F.cross_entropy(h @ w.T, targets, ignore_index=-1) (the tests compare them).
     """
 

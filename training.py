@@ -53,9 +53,9 @@ from slm.checkpoint import (BEST_FILE, CKPT_FILE, check_checkpoint_space, config
 from slm.cli import CLIError, StopRequest, run_cli
 from slm.distributed import Dist, global_batch
 from slm.files import atomic_torch_save, dir_lock
-from slm.hardware import (Machine, auto_dtype, autocast, compile_problem, detect_machine, fused_adamw, keep_freed_memory,
+from slm.hardware import (Machine, autocast, compile_problem, detect_machine, fused_adamw, keep_freed_memory,
                           pick_device)
-from slm.plan import make_plan, shrink_until_it_fits
+from slm.plan import make_plan, resolve_dtype, shrink_until_it_fits
 from slm.plot import redraw
 from slm.progress import LOG_FILE, PLOT_FILE, Speedometer, announce, print_end, progress_bar
 from slm.report import save_progress, summarize, write_report
@@ -157,8 +157,7 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
     del ckpt
     compile_and_wrap(run, wanted=tc.compile)
     if machine.total_memory:  # a GPU: a trial step proves the planned micro-batch fits, or halves it until it does
-        with torch.random.fork_rng(devices=[run.device] if run.device.startswith("cuda") else []):
-            plan = shrink_until_it_fits(plan, lambda b: trial_pass(run, run.model, b, run.dtype), run.say, given)
+        plan = shrink_until_it_fits(plan, lambda b: trial_pass(run, run.model, b, run.dtype), run.say, given)
         run.tc = plan.apply(run.tc)
     announce(run.say, run.raw_model, run.device, run.dist.world, run.model is not run.raw_model, run.tokens_per_step, run.tc,
              run.facts)
@@ -170,13 +169,12 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
 def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
     """Time a few passes of the preset's shape, and let the step budget pick the recipe (slm/recipe.py).
 
-    The passes change no weight (no optimizer step) and draw neither the training batches nor, inside
-    fork_rng, any random number the run uses: a run started with the printed flags is the same run."""
+    The passes (trial_pass) change no weight and draw no random number the run uses: a run started with the
+    printed flags is the same run."""
     tc = run.tc
-    dtype = auto_dtype(machine) if tc.dtype == "auto" else tc.dtype
-    with torch.random.fork_rng(devices=[run.device] if run.device.startswith("cuda") else []):
-        seconds = recipe.calibrate(lambda: trial_pass(run, run.raw_model, tc.batch_size * tc.grad_accum, dtype))
-        step_s = run.dist.all_max(torch.tensor(seconds, device=run.device)).item()
+    dtype = resolve_dtype(machine, tc)
+    seconds = recipe.calibrate(lambda: trial_pass(run, run.raw_model, tc.batch_size * tc.grad_accum, dtype))
+    step_s = run.dist.all_max(torch.tensor(seconds, device=run.device)).item()
     mc, run.tc, run.recipe, guess, line = recipe.apply(run.preset, run.mc, tc, step_s, given)
     if mc != run.mc:  # a narrower or shallower model: built afresh from the seed, as the printed flags would
         from model import GPT
@@ -190,11 +188,13 @@ def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
 
 def trial_pass(run: Run, model, batch_size: int, dtype: str) -> None:
     """One forward and backward of batch_size sequences that changes nothing the run keeps: no optimizer step,
-    the gradients dropped, the batch from a generator of its own (callers hold the other RNGs in fork_rng)."""
+    the gradients dropped, the batch from a generator of its own, and dropout's draws inside fork_rng (the
+    global CPU and CUDA generators come back as they were)."""
     x, y = run.batches.get_batch("train", batch_size, generator=torch.Generator().manual_seed(0))
-    with autocast(run.device, dtype):
-        _, loss = model(x, y, return_logits=keep_logits(run.device))
-    loss.backward()
+    with torch.random.fork_rng(devices=[run.device] if run.device.startswith("cuda") else []):
+        with autocast(run.device, dtype):
+            _, loss = model(x, y, return_logits=keep_logits(run.device))
+        loss.backward()
     run.raw_model.zero_grad(set_to_none=True)
 
 

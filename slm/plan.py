@@ -84,10 +84,15 @@ def fitting_micro_batch(machine: Machine, mc: GPTConfig, sequences: int, dtype: 
     return max(fits, default=1)
 
 
+def resolve_dtype(machine: Machine, tc: TrainConfig) -> str:
+    """The dtype a run of tc on machine trains in: --dtype as given, or auto_dtype's choice for 'auto'."""
+    return auto_dtype(machine) if tc.dtype == "auto" else tc.dtype
+
+
 def make_plan(machine: Machine, mc: GPTConfig, tc: TrainConfig, given: set[str] | frozenset[str] = frozenset()) -> Plan:
     """The plan for running (mc, tc) on machine; `given` names the TrainConfig fields set by hand."""
     notes = []
-    dtype = auto_dtype(machine) if tc.dtype == "auto" else tc.dtype
+    dtype = resolve_dtype(machine, tc)
     compile_ = tc.compile and not machine.compile_problem  # training says why in its own line
     batch_size, grad_accum = tc.batch_size, tc.grad_accum
     sequences = batch_size * grad_accum

@@ -374,10 +374,11 @@ def test_targets_minus_one_are_ignored():
 
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_head_loss_equals_the_logits_path_in_loss_and_every_gradient(dtype):
+def test_head_loss_equals_the_logits_path_in_loss_and_every_gradient(dtype, monkeypatch):
     """return_logits=False (the chunked head loss training uses on a CPU) against F.cross_entropy over the
     full logits: the same loss and the same gradient for every parameter, ignored targets included, in
     float32 and under bfloat16 autocast. 70 positions: two full 32-row chunks and a partial one."""
+    monkeypatch.setattr(model, "HEAD_LOSS_ROWS", 32)
     m = make(SMALL, scale=0.05)  # eval mode: no dropout, gradients all the same
     x, y = random_ids((2, 35), seed=3), random_ids((2, 35), seed=4)
     y[0, :9] = -1
@@ -397,12 +398,13 @@ def test_head_loss_equals_the_logits_path_in_loss_and_every_gradient(dtype):
         assert m(x, y, return_logits=False)[1].item() == pytest.approx(loss_full, rel=1e-5)  # no gradient wanted
 
 
-def test_head_loss_skips_its_gradient_under_no_grad():
+def test_head_loss_skips_its_gradient_under_no_grad(monkeypatch):
     """Evaluation runs under torch.no_grad while the weights still require grad: the chunked head must not
     compute a gradient nobody asked for (the two (N, V) x (V, C) products), only its per-chunk logits."""
     from torch.profiler import ProfilerActivity, profile
 
-    h = torch.randn(70, 16, requires_grad=True)  # three chunks of HEAD_LOSS_ROWS = 32
+    monkeypatch.setattr(model, "HEAD_LOSS_ROWS", 32)
+    h = torch.randn(70, 16, requires_grad=True)  # three chunks of 32 rows
     w = torch.randn(50, 16, requires_grad=True)
     targets = random_ids((70,), seed=1) % 50
 
