@@ -65,7 +65,7 @@ class LineBar(tqdm):
     (every 30 s without a total; at least every 10 minutes) and at the end; never a carriage return."""
 
     def __init__(self, *args, **kwargs):
-        self._line_n, self._line_t = None, 0.0
+        self._line_n, self._line_t, self._line_tenth = None, 0.0, -1
         kwargs.setdefault("ascii", True)
         kwargs.setdefault("mininterval", 1.0)
         super().__init__(*args, **kwargs)
@@ -83,7 +83,7 @@ class LineBar(tqdm):
         if msg is not None:  # tqdm wiping the bar (close with leave=False): nothing to wipe
             return False
         if self._line_due():
-            self._line_n, self._line_t = self.n, self._time()
+            self._line_n, self._line_t, self._line_tenth = self.n, self._time(), self._tenth(self.n)
             sys.stdout.flush()  # what was printed before this line comes before it in a shared log
             self.fp.write(self.__str__() + "\n")
             getattr(self.fp, "flush", lambda: None)()
@@ -93,12 +93,12 @@ class LineBar(tqdm):
         if self._line_n is None:
             return True
         waited = self._time() - self._line_t
-        if self.total:
-            def tenth(n):
-                return int(min(n, self.total) / (self.total * LINE_FRACTION))
-
-            return tenth(self.n) > tenth(self._line_n) or waited >= LINE_MAX_SECONDS
+        if self.total:  # the tenth last written, not recomputed: a total that grows must not repeat it
+            return self._tenth(self.n) > self._line_tenth or waited >= LINE_MAX_SECONDS
         return self.n != self._line_n and waited >= LINE_SECONDS
+
+    def _tenth(self, n) -> int:
+        return int(min(n, self.total) / (self.total * LINE_FRACTION)) if self.total else -1
 
     def close(self):
         if not self.disable and self.n != self._line_n:

@@ -209,6 +209,23 @@ def test_a_bar_on_a_stream_that_is_not_a_terminal_writes_a_few_whole_lines():
     assert "step 500: a message" in lines
 
 
+def test_a_bar_whose_estimated_total_grows_writes_each_tenth_once():
+    """The time budget's estimate moves the total while training: a tenth already written is not written again
+    when a larger total puts the count back under it."""
+    stream = io.StringIO()
+    bar = progress_bar(total=1000, desc="training", unit="step", file=stream, mininterval=0)
+    for n in range(1, 1201):
+        if n == 101:
+            bar.total = 1010  # step 101 of 1,010 is back under 10%: no second "10%" line
+        if n == 300:
+            bar.total = 1200
+        bar.update(1)
+    bar.close()
+    percents = [line.split("%")[0].split()[-1] for line in stream.getvalue().splitlines()]
+    assert len(percents) == len(set(percents)), percents
+    assert percents[:3] == ["0", "10", "20"] and percents[-1] == "100"
+
+
 def test_a_bar_on_a_terminal_is_tqdm_as_ever():
     class Terminal(io.StringIO):
         def isatty(self):
