@@ -114,10 +114,9 @@ class Block(nn.Module):
         return x
 
 
-# Positions per chunk of the head loss: larger chunks re-read the (V, C) head fewer times. A cpu-preset step
-# (2,048 positions) against 32-row chunks: float32 1.12x at 512 rows, 1.15x at 1,024, 1.17x at 2,048 (the
-# whole batch); bfloat16 1.04-1.06x from 64 to 512 (benchmarks/bench_cpu_step.py, BENCHMARKS.md). 512 takes
-# most of the gain and bounds the chunk at 512 x 50,257 float32 logits (103 MB) however large the batch.
+# Positions per head-loss chunk: fewer chunks re-read the (V, C) head fewer times. A cpu-preset step against
+# 32 rows: float32 1.12x at 512, 1.17x at 2,048; bfloat16 ~1.05x from 64 up (BENCHMARKS.md). 512 takes most
+# of the gain and bounds a chunk at 512 x 50,257 float32 logits (103 MB) however large the batch.
 HEAD_LOSS_ROWS = 512
 
 
