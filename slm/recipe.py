@@ -26,6 +26,10 @@ from config import PRESETS, GPTConfig, TrainConfig
 # tokens (width 128, 16 x 128 and 8 x 128 run at the same float32 tokens/s): benchmarks/recipe_rule.md.
 RULES: dict[str, list[tuple[float, dict]]] = {
     "cpu": [
+        # ~250 steps (a CPU half as fast as an AVX2 laptop): 4 x 128 per step, the same rates: 3.678 / 3.681
+        # (two seeds) against 3.731 / 3.736 at 8 x 128 and 3.824 for the preset's shape (warmup 200). At ~500
+        # steps 8 x 128 is ahead (3.315 against 3.326): the two cross at ~440 steps (log-interpolated).
+        (440, {"batch_size": 4, "learning_rate": 3e-3, "min_lr": 3e-4, "warmup_iters": 200}),
         # ~500 steps (a CPU without native bf16, float32): 8 x 128 per step, a gentler peak and a shorter
         # warmup: 3.315 / 3.343 (two seeds) against the preset's 3.354 / 3.380 at the same 1.02M tokens.
         # At 1,000 steps (2.05M tokens) the preset is ahead (2.966 against 2.982): the two cross at ~800

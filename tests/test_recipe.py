@@ -108,3 +108,25 @@ def test_a_long_step_budget_keeps_the_preset(tiny_data_dir, tmp_path, monkeypatc
     said = next(line for line in lines if line.startswith("recipe: "))
     assert re.search(r"about 600 steps .*: the preset as it is", said)
     assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["train_config"]["batch_size"] == 8
+
+
+@pytest.mark.parametrize("preset", sorted(recipe.RULES))
+def test_the_shipped_rules_are_ordered_and_each_row_builds_a_valid_run(preset):
+    """Each preset's table: limits rising to an open-ended last row; every setting a model or training field;
+    each row applied to its preset passes training's own checks (a warmup shorter than the steps it leaves)."""
+    from dataclasses import fields
+
+    from config import PRESETS, GPTConfig, TrainConfig
+
+    rows = recipe.RULES[preset]
+    limits = [limit for limit, _ in rows]
+    assert limits == sorted(set(limits)) and limits[-1] == math.inf
+    names = {f.name for f in fields(GPTConfig)} | {f.name for f in fields(TrainConfig)}
+    base = PRESETS[preset]
+    for lower, (limit, settings) in zip([limits[0] / 2] + limits, rows):
+        assert set(settings) <= names, settings
+        ref = lower * 1.01  # the row's smallest budget (the first row's: half its limit)
+        mc, tc, *_ = recipe.apply(preset, base.model, base.train, 600 / ref, frozenset())
+        steps = ref * base.train.batch_size / tc.batch_size  # the steps its tokens give at the row's batch
+        assert tc.warmup_iters < steps / 2, (limit, settings)
+        assert recipe.choose(preset, ref, set()) == settings
