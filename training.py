@@ -364,7 +364,7 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume: bool = False, stop_after: i
                     break
     finally:
         bar.close()
-        run.dist.close()
+        run.dist.close(clean=sys.exc_info()[0] is None)
     summary = summarize(run, stopped, start_step, time.time())
     if run.dist.master:
         write_report(run, summary, speed.mfu(summary["tokens_per_s"]), run.glimpse and run.glimpse.describe())

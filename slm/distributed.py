@@ -44,11 +44,16 @@ class Dist:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t
 
-    def close(self) -> None:
+    def close(self, clean: bool = True) -> None:
+        """Tear the process group down; after a clean end, only once every rank has reached it (a rank that
+        destroyed its gloo group while another was still in the last collective was seen to abort at exit).
+        After an error no barrier: the other ranks may be gone."""
         if self.ddp:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if clean:
+                    dist.barrier()
                 dist.destroy_process_group()
 
 
