@@ -128,8 +128,8 @@ class _HeadLoss(torch.autograd.Function):
     backward, zero-filled gradients) than multiplying. Here each chunk of HEAD_LOSS_ROWS rows is
     multiplied (in float32 straight into its rows of the gradient buffer), exponentiated once, and turned
     in place into its loss and its gradient (softmax - one_hot) / n; the gradients of h and w then come from
-    two large matmuls. The numbers
-    are those of F.cross_entropy(h @ w.T, targets, ignore_index=-1) (the tests compare them).
+    two large matmuls. The numbers are those of F.cross_entropy(h @ w.T, targets, ignore_index=-1) (the
+    tests compare them).
     """
 
     @staticmethod

@@ -113,10 +113,12 @@ def test_a_long_step_budget_keeps_the_preset(tiny_data_dir, tmp_path, monkeypatc
 @pytest.mark.parametrize("preset", sorted(recipe.RULES))
 def test_the_shipped_rules_are_ordered_and_each_row_builds_a_valid_run(preset):
     """Each preset's table: limits rising to an open-ended last row; every setting a model or training field;
-    each row applied to its preset passes training's own checks (a warmup shorter than the steps it leaves)."""
-    from dataclasses import fields
+    each row applied to its preset passes training's own checks (slm/settings.check_settings) both under the
+    time budget and as the fixed step count its smallest budget gives, with warmup under half of those steps."""
+    from dataclasses import fields, replace
 
     from config import PRESETS, GPTConfig, TrainConfig
+    from slm.settings import check_settings
 
     rows = recipe.RULES[preset]
     limits = [limit for limit, _ in rows]
@@ -128,5 +130,7 @@ def test_the_shipped_rules_are_ordered_and_each_row_builds_a_valid_run(preset):
         ref = lower * 1.01  # the row's smallest budget (the first row's: half its limit)
         mc, tc, *_ = recipe.apply(preset, base.model, base.train, 600 / ref, frozenset())
         steps = ref * base.train.batch_size / tc.batch_size  # the steps its tokens give at the row's batch
+        check_settings(mc, tc)
+        check_settings(mc, replace(tc, max_iters=int(steps), max_minutes=0))
         assert tc.warmup_iters < steps / 2, (limit, settings)
         assert recipe.choose(preset, ref, set()) == settings
