@@ -67,8 +67,12 @@ def lock_holder():
         code = ("import os, sys, time, slm.files\n"
                 "lock = slm.files.dir_lock(sys.argv[1])\n"
                 "lock.__enter__()\n"
+                "ready_r, ready_w = os.pipe()\n"
                 "child = os.fork() if sys.argv[2] == '1' else -1\n"
-                "if child == 0:\n    time.sleep(120)\n    os._exit(0)\n"
+                # fork() returns in the child after its at-fork hooks ran (the inherited lock is closed): it
+                # says so before the parent reports, or the test could race that closing on a busy machine
+                "if child == 0:\n    os.write(ready_w, b'x')\n    time.sleep(120)\n    os._exit(0)\n"
+                "if child > 0:\n    os.read(ready_r, 1)\n"
                 "print('locked', child, flush=True)\n"
                 "time.sleep(120)\n")
         proc = subprocess.Popen([sys.executable, "-c", code, str(directory), "1" if fork_child else "0"], cwd=REPO,
