@@ -338,6 +338,7 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume: bool = False, stop_after: i
                disable=not (progress and run.dist.master), file=sys.stderr)
     run.say = bar.write if run.dist.master else run.say
     run.train_model.train()
+    ended = False  # the loop ran to its end (done, time, a signal, --stop-after), no exception
     try:
         with StopRequest(run.say) as stop:
             while True:
@@ -362,9 +363,10 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume: bool = False, stop_after: i
                 if stopped in ("SIGINT", "SIGTERM", "stop_after"):  # save where it is, without an evaluation
                     save_resume_state(run)
                     break
+        ended = True
     finally:
         bar.close()
-        run.dist.close(clean=sys.exc_info()[0] is None)
+        run.dist.close(clean=ended)
     summary = summarize(run, stopped, start_step, time.time())
     if run.dist.master:
         write_report(run, summary, speed.mfu(summary["tokens_per_s"]), run.glimpse and run.glimpse.describe())

@@ -128,7 +128,8 @@ def test_the_shipped_rules_are_ordered_and_each_row_builds_a_valid_run(preset):
     for lower, (limit, settings) in zip([limits[0] / 2] + limits, rows):
         assert set(settings) <= names, settings
         ref = lower * 1.01  # the row's smallest budget (the first row's: half its limit)
-        mc, tc, *_ = recipe.apply(preset, base.model, base.train, 600 / ref, frozenset())
+        step_s = base.train.max_minutes * 60 / ref  # the seconds per reference step that give that budget
+        mc, tc, *_ = recipe.apply(preset, base.model, base.train, step_s, frozenset())
         steps = ref * base.train.batch_size / tc.batch_size  # the steps its tokens give at the row's batch
         check_settings(mc, tc)
         check_settings(mc, replace(tc, max_iters=int(steps), max_minutes=0))
