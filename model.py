@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from config import GPTConfig
+from slm.head_loss import head_loss
 
 __all__ = ["GPT", "GPTConfig"]
 
@@ -112,69 +113,6 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), cache)  # (B, T, C)
         x = x + self.mlp(self.ln_2(x))  # (B, T, C)
         return x
-
-
-# Positions per head-loss chunk: fewer chunks re-read the (V, C) head fewer times. A cpu-preset step against
-# 32 rows: float32 1.12x at 512, 1.17x at 2,048; bfloat16 ~1.05x from 64 up (BENCHMARKS.md). 512 takes most
-# of the gain and bounds a chunk at 512 x 50,257 float32 logits (103 MB) however large the batch.
-HEAD_LOSS_ROWS = 512
-
-
-class _HeadLoss(torch.autograd.Function):
-    """Mean cross-entropy of softmax(h @ w.T) against targets, with its gradient computed on the way.
-
-    The LM head's logits are (N, 50257): at width 128 the head is ~90% of the model's FLOPs, and on a
-    CPU the plain path spends more time than that moving its float32 logits (cast, log-softmax, its
-    backward, zero-filled gradients) than multiplying. Here each chunk of HEAD_LOSS_ROWS rows is
-    multiplied (in float32 straight into its rows of the gradient buffer), exponentiated once, and turned
-    in place into its loss and its gradient (softmax - one_hot) / n; the gradients of h and w then come from
-    two large matmuls. The numbers are those of F.cross_entropy(h @ w.T, targets, ignore_index=-1) (the
-    tests compare them).
-    """
-
-    @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, grad_enabled: bool) -> torch.Tensor:
-        device = h.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
-        hl, wl = h.to(dtype), w.to(dtype)  # (N, C), (V, C) the matmul inputs, as autocast would cast them
-        keep = targets != -1  # (N,)
-        n = keep.sum().clamp(min=1).float()  # positions scored
-        want_grad = grad_enabled and any(ctx.needs_input_grad[:2])  # not under no_grad (evaluation)
-        grad_logits = torch.empty(h.size(0), w.size(0), dtype=dtype, device=h.device) if want_grad else None
-        total = torch.zeros((), dtype=torch.float32, device=h.device)
-        in_place = want_grad and dtype == torch.float32  # float32: work in grad_logits itself, no copy after
-        for s in range(0, h.size(0), HEAD_LOSS_ROWS):
-            rows = slice(s, s + HEAD_LOSS_ROWS)
-            if in_place:
-                e = torch.mm(hl[rows], wl.t(), out=grad_logits[rows])  # (R, V) logits, in their gradient's rows
-            else:
-                e = torch.mm(hl[rows], wl.t()).float()  # (R, V) logits
-            m = e.amax(dim=1, keepdim=True)  # (R, 1)
-            e.sub_(m).exp_()  # (R, V) exp(logit - max)
-            z = e.sum(dim=1, keepdim=True)  # (R, 1)
-            k = keep[rows, None].float()  # (R, 1)
-            t = targets[rows, None].clamp(min=0)  # (R, 1)
-            total += ((z.log() - e.gather(1, t).log()) * k).sum()  # -log softmax at the target
-            if want_grad:
-                e.mul_(k / (n * z))  # (R, V) softmax / n, zero on ignored rows
-                e.scatter_add_(1, t, -k / n)  # minus one_hot / n
-                if not in_place:
-                    grad_logits[rows] = e
-        if want_grad:
-            ctx.save_for_backward(torch.mm(grad_logits, wl).to(h.dtype), torch.mm(grad_logits.t(), hl).to(w.dtype))
-        return total / n
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
-        grad_h, grad_w = ctx.saved_tensors  # (N, C), (V, C)
-        return grad_h * grad_loss, grad_w * grad_loss, None, None
-
-
-def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """h (N, C) final hidden states, w (V, C) the LM head, targets (N,) with -1 ignored -> mean cross-entropy."""
-    # Inside forward grad mode is always off, so whether the caller wants a gradient is passed in:
-    # under torch.no_grad the parameters still require grad, and the gradient would be computed for nothing.
-    return _HeadLoss.apply(h, w, targets, torch.is_grad_enabled())
 
 
 class GPT(nn.Module):

@@ -81,7 +81,7 @@ def make_optimizer(model, tc: TrainConfig, device: str) -> torch.optim.AdamW:
 
 
 def keep_logits(device: str) -> bool:
-    """Whether the loss goes through the full (B, T, vocab) logits. On a CPU model.head_loss computes the
+    """Whether the loss goes through the full (B, T, vocab) logits. On a CPU slm.head_loss computes the
     same loss and gradients a few rows at a time, twice as fast; on a GPU the plain path is fast (and
     torch.compile fuses it), so it stays."""
     return device != "cpu"

@@ -1,5 +1,5 @@
 """Where a CPU training step of the cpu preset goes, and what makes it faster: the head loss's chunk size
-(model.HEAD_LOSS_ROWS), torch.compile of the model, and the thread count, in float32 (what CPUs without
+(slm.head_loss.HEAD_LOSS_ROWS), torch.compile of the model, and the thread count, in float32 (what CPUs without
 native bfloat16 train in) and bfloat16 (where the CPU has it).
 
     .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data [--dtypes float32,bfloat16] [--rounds 3]
@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model as model_module  # noqa: E402
+import slm.head_loss as head_loss_module  # noqa: E402
 from batches import Batches  # noqa: E402
 from config import PRESETS  # noqa: E402
 from model import GPT  # noqa: E402
@@ -49,7 +50,7 @@ def make_step(mc, tc, dtype: str, compiled: bool, batches: Batches):
 
 
 def time_variant(step, rows: int, steps: int) -> float:
-    model_module.HEAD_LOSS_ROWS = rows
+    head_loss_module.HEAD_LOSS_ROWS = rows
     for _ in range(2):
         step()
     t0 = time.perf_counter()
@@ -61,7 +62,7 @@ def time_variant(step, rows: int, steps: int) -> float:
 def profile_step(step, rows: int) -> str:
     from torch.profiler import ProfilerActivity, profile
 
-    model_module.HEAD_LOSS_ROWS = rows
+    head_loss_module.HEAD_LOSS_ROWS = rows
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):

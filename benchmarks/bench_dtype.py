@@ -5,7 +5,7 @@ against the plain logits path, on the `cpu` preset's model and shape.
 
 Part 1, speed: one training step (forward, backward, AdamW) of the preset's model on random tokens at its
 batch shape, in the four combinations of dtype (float32, bfloat16 autocast) and head (full logits then
-F.cross_entropy, or model.head_loss's chunks), interleaved round by round so that a change in the machine's
+F.cross_entropy, or slm.head_loss's chunks), interleaved round by round so that a change in the machine's
 load hits all four alike; the best round of each counts. Part 2, the loss: training.py's preset for --steps
 steps (--max-minutes 0, warmup at most half of them) three times: float32 and bfloat16 with one seed, float32 with another. The loss per
 step of bf16 against fp32 is then set beside the gap that a different seed alone makes (the noise), both

@@ -8,6 +8,7 @@ positions, width 128, vocab 50,257), for chunk sizes 32, 128 and 256. Best of RO
 import sys, time, torch
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
 import model as M
+import slm.head_loss as H
 torch.manual_seed(0)
 N, V, C = 2048, 50257, 128
 h = torch.randn(N, C, requires_grad=True); w = (torch.randn(V, C) * 0.02).requires_grad_(); t = torch.randint(0, V, (N,))
@@ -20,7 +21,7 @@ def old(h, w, t, R):
         total += ((z.log() - e.gather(1, tt).log()) * k).sum(); e.mul_(k / (n * z)); e.scatter_add_(1, tt, -k / n); g[rows] = e
     return torch.mm(g, wl), torch.mm(g.t(), hl)
 def new(h, w, t, R):
-    M.HEAD_LOSS_ROWS = R
+    H.HEAD_LOSS_ROWS = R
     loss = M.head_loss(h, w, t); loss.backward(); return None
 res = {}
 for r in range(int(sys.argv[1])):

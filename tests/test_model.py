@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import model
+import slm.head_loss as head_loss_module
 from model import GPT, GPTConfig
 
 SMALL = GPTConfig(vocab_size=50257, block_size=64, n_layer=2, n_head=4, n_embd=64, dropout=0.1)
@@ -378,7 +379,7 @@ def test_head_loss_equals_the_logits_path_in_loss_and_every_gradient(dtype, monk
     """return_logits=False (the chunked head loss training uses on a CPU) against F.cross_entropy over the
     full logits: the same loss and the same gradient for every parameter, ignored targets included, in
     float32 and under bfloat16 autocast. 70 positions: two full 32-row chunks and a partial one."""
-    monkeypatch.setattr(model, "HEAD_LOSS_ROWS", 32)
+    monkeypatch.setattr(head_loss_module, "HEAD_LOSS_ROWS", 32)
     m = make(SMALL, scale=0.05)  # eval mode: no dropout, gradients all the same
     x, y = random_ids((2, 35), seed=3), random_ids((2, 35), seed=4)
     y[0, :9] = -1
@@ -398,19 +399,36 @@ def test_head_loss_equals_the_logits_path_in_loss_and_every_gradient(dtype, monk
         assert m(x, y, return_logits=False)[1].item() == pytest.approx(loss_full, rel=1e-5)  # no gradient wanted
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+def test_the_head_losss_softmax_is_torch_softmax_written_into_its_input(device):
+    """slm.head_loss._softmax_ (the head loss's fused softmax, the kernel run in place on a CPU) against
+    torch.softmax, on rows of small, huge and very negative logits: the same numbers, in the tensor given."""
+    x = torch.randn(6, 50257, generator=torch.Generator().manual_seed(0)) * 3
+    x[1] *= 100
+    x[2, 123] = 1e4
+    x[3] = -1e4
+    x = x.to(device)
+    want = torch.softmax(x, -1)
+    got = x.clone()
+    out = head_loss_module._softmax_(got)
+    assert out.data_ptr() == got.data_ptr()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)
+
+
 def test_head_loss_skips_its_gradient_under_no_grad(monkeypatch):
     """Evaluation runs under torch.no_grad while the weights still require grad: the chunked head must not
     compute a gradient nobody asked for (the two (N, V) x (V, C) products), only its per-chunk logits."""
     from torch.profiler import ProfilerActivity, profile
 
-    monkeypatch.setattr(model, "HEAD_LOSS_ROWS", 32)
+    monkeypatch.setattr(head_loss_module, "HEAD_LOSS_ROWS", 32)
     h = torch.randn(70, 16, requires_grad=True)  # three chunks of 32 rows
     w = torch.randn(50, 16, requires_grad=True)
     targets = random_ids((70,), seed=1) % 50
 
     def matmuls(grad: bool) -> tuple[float, int]:
         with torch.set_grad_enabled(grad), profile(activities=[ProfilerActivity.CPU]) as prof:
-            loss = model.head_loss(h, w, targets)
+            loss = head_loss_module.head_loss(h, w, targets)
         return loss.item(), sum(e.count for e in prof.key_averages() if e.key == "aten::mm")
 
     (loss_grad, mm_grad), (loss_eval, mm_eval) = matmuls(True), matmuls(False)

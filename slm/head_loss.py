@@ -1,0 +1,86 @@
+"""The LM head's loss on a CPU, chunked: the mean cross-entropy of softmax(h @ w.T) and its gradient,
+never holding the (positions, vocab) float32 logits at once. GPT.forward(..., return_logits=False) uses
+it; training does on a CPU (training.keep_logits), where it makes a step about twice as fast as the
+plain logits path (benchmarks/training.md) and its fused softmax another 1.08-1.12x (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Positions per head-loss chunk: fewer chunks re-read the (V, C) head fewer times. A cpu-preset step against
+# 32 rows: float32 1.12x at 512, 1.17x at 2,048; bfloat16 ~1.05x from 64 up (BENCHMARKS.md). 512 takes most
+# of the gain and bounds a chunk at 512 x 50,257 float32 logits (103 MB) however large the batch.
+HEAD_LOSS_ROWS = 512
+
+
+class _HeadLoss(torch.autograd.Function):
+    """Mean cross-entropy of softmax(h @ w.T) against targets, with its gradient computed on the way.
+
+    The LM head's logits are (N, 50257): at width 128 the head is ~90% of the model's FLOPs, and on a
+    CPU the plain path spends more time than that moving its float32 logits (cast, log-softmax, its
+    backward, zero-filled gradients) than multiplying. Here each chunk of HEAD_LOSS_ROWS rows is
+    multiplied straight into its rows of the gradient buffer, turned into its softmax in place by one fused
+    kernel (in float32: a bfloat16 chunk is cast to a float32 copy), scored at its targets, and made
+    its gradient (softmax - one_hot) / n; the gradients of h and w then come from two large matmuls. The
+    numbers are those of F.cross_entropy(h @ w.T, targets, ignore_index=-1) (the tests compare them).
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, grad_enabled: bool) -> torch.Tensor:
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        hl, wl = h.to(dtype), w.to(dtype)  # (N, C), (V, C) the matmul inputs, as autocast would cast them
+        keep = targets != -1  # (N,)
+        n = keep.sum().clamp(min=1).float()  # positions scored
+        want_grad = grad_enabled and any(ctx.needs_input_grad[:2])  # not under no_grad (evaluation)
+        # (N, V): each chunk's logits, then its gradient
+        grad_logits = torch.empty(h.size(0), w.size(0), dtype=dtype, device=h.device) if want_grad else None
+        low = dtype != torch.float32  # bfloat16 / float16: the softmax runs on a float32 copy
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        for s in range(0, h.size(0), HEAD_LOSS_ROWS):
+            rows = slice(s, s + HEAD_LOSS_ROWS)
+            e = torch.mm(hl[rows], wl.t(), out=grad_logits[rows] if want_grad else None)  # (R, V) logits
+            if low:
+                e = e.float()
+            _softmax_(e)  # (R, V) probabilities
+            k = keep[rows, None]  # (R, 1)
+            t = targets[rows, None].clamp(min=0)  # (R, 1)
+            total -= (e.gather(1, t).log() * k).sum()  # -log softmax at the target
+            if want_grad:
+                e.scatter_add_(1, t, torch.full_like(t, -1, dtype=e.dtype))  # softmax - one_hot
+                if low:  # / n (0 where ignored) in float32, then rounded once into the bfloat16 gradient
+                    grad_logits[rows].copy_(e.mul_(k / n))  # (faster than one mixed-dtype mul, out=)
+                elif not k.all():
+                    e.masked_fill_(~k, 0)  # ignored positions give no gradient
+        if want_grad:
+            grad_h = torch.mm(grad_logits, wl)  # (N, C)
+            if not low:  # float32: divided by n here, in (N, C) and (V, C), a pass over (N, V) saved
+                grad_w = torch.mm(grad_logits.t(), hl)  # (V, C)
+                grad_h, grad_w = grad_h.div_(n), grad_w.div_(n)
+            else:  # bfloat16 (oneDNN) is faster as (C, N) @ (N, V), float32 (MKL) as above
+                grad_w = torch.mm(hl.t(), grad_logits).t()
+            ctx.save_for_backward(grad_h.to(h.dtype), grad_w.to(w.dtype).contiguous())
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors  # (N, C), (V, C)
+        return grad_h * grad_loss, grad_w * grad_loss, None, None
+
+
+def _softmax_(x: torch.Tensor) -> torch.Tensor:
+    """x (R, V) -> softmax over its rows, in x. On a CPU one fused kernel does it in place (max, exp, sum and
+    scale row by row, each element read and written in order): one pass over x where amax, sub, exp, sum
+    and div made five. torch.softmax has no in-place form, so this is the kernel torch.softmax calls,
+    given x as its output; elsewhere torch.softmax's result is copied back."""
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():  # (torch.compile fuses its own)
+        return torch._softmax(x, -1, False, out=x)
+    return x.copy_(torch.softmax(x, -1))
+
+
+def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """h (N, C) final hidden states, w (V, C) the LM head, targets (N,) with -1 ignored -> mean cross-entropy."""
+    # Inside forward grad mode is always off, so whether the caller wants a gradient is passed in:
+    # under torch.no_grad the parameters still require grad, and the gradient would be computed for nothing.
+    return _HeadLoss.apply(h, w, targets, torch.is_grad_enabled())
