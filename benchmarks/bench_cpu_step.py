@@ -22,7 +22,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import model as model_module  # noqa: E402
 import slm.head_loss as head_loss_module  # noqa: E402
 from batches import Batches  # noqa: E402
 from config import PRESETS  # noqa: E402
@@ -70,6 +69,16 @@ def profile_step(step, rows: int) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
 
 
+def setup(data_dir: str):
+    """The cpu preset on this CPU, its real batches, and a line that says what machine and load this is."""
+    keep_freed_memory()
+    machine = detect_machine("cpu")
+    mc, tc = PRESETS["cpu"].model, PRESETS["cpu"].train
+    print(f"{machine.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"load average {os.getloadavg()[0]:.2f} at the start")
+    return machine, mc, tc, Batches(data_dir, mc.block_size)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data")
@@ -79,12 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
     args = p.parse_args(argv)
-    keep_freed_memory()
-    machine = detect_machine("cpu")
-    mc, tc = PRESETS["cpu"].model, PRESETS["cpu"].train
-    batches = Batches(args.data_dir, mc.block_size)
-    print(f"{machine.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"load average {os.getloadavg()[0]:.2f} at the start")
+    machine, mc, tc, batches = setup(args.data_dir)
     variants = {}
     for dtype in args.dtypes.split(","):
         if dtype == "bfloat16" and not machine.native_bf16:

@@ -22,11 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model as model_module  # noqa: E402
 import slm.head_loss as head_loss_module  # noqa: E402
-from batches import Batches  # noqa: E402
-from benchmarks.bench_cpu_step import make_step  # noqa: E402
-from config import PRESETS  # noqa: E402
+from benchmarks.bench_cpu_step import make_step, setup  # noqa: E402
 from slm.cli import run_cli  # noqa: E402
-from slm.hardware import detect_machine, keep_freed_memory  # noqa: E402
 
 TODAY = model_module.head_loss
 
@@ -101,12 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
     args = p.parse_args(argv)
-    keep_freed_memory()
-    machine = detect_machine("cpu")
-    mc, tc = PRESETS["cpu"].model, PRESETS["cpu"].train
-    batches = Batches(args.data_dir, mc.block_size)
-    print(f"{machine.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"load average {os.getloadavg()[0]:.2f} at the start")
+    machine, mc, tc, batches = setup(args.data_dir)
     dtypes = ["float32"] + (["bfloat16"] if machine.native_bf16 else [])
     for d in dtypes:
         print(f"{d}: the two heads' loss and gradients differ by {check_same(getattr(torch, d)):.1e} (relative)")
