@@ -416,9 +416,11 @@ def test_the_head_losss_softmax_is_torch_softmax_written_into_its_input(device):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)
 
 
-def test_head_loss_skips_its_gradient_under_no_grad(monkeypatch):
+def test_head_loss_skips_its_gradient_under_no_grad_and_chunks_only_where_a_chunk_costs_memory(monkeypatch):
     """Evaluation runs under torch.no_grad while the weights still require grad: the chunked head must not
-    compute a gradient nobody asked for (the two (N, V) x (V, C) products), only its per-chunk logits."""
+    compute a gradient nobody asked for (the two (N, V) x (V, C) products), only its per-chunk logits. With a
+    float32 gradient the logits are computed in the gradient's own rows, so all rows are one chunk (the head
+    read once); a bfloat16 chunk's float32 copy, and evaluation's logits, keep HEAD_LOSS_ROWS rows."""
     from torch.profiler import ProfilerActivity, profile
 
     monkeypatch.setattr(head_loss_module, "HEAD_LOSS_ROWS", 32)
@@ -426,14 +428,16 @@ def test_head_loss_skips_its_gradient_under_no_grad(monkeypatch):
     w = torch.randn(50, 16, requires_grad=True)
     targets = random_ids((70,), seed=1) % 50
 
-    def matmuls(grad: bool) -> tuple[float, int]:
-        with torch.set_grad_enabled(grad), profile(activities=[ProfilerActivity.CPU]) as prof:
+    def matmuls(grad: bool, dtype=torch.float32) -> tuple[float, int]:
+        with torch.set_grad_enabled(grad), profile(activities=[ProfilerActivity.CPU]) as prof, \
+                torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             loss = head_loss_module.head_loss(h, w, targets)
         return loss.item(), sum(e.count for e in prof.key_averages() if e.key == "aten::mm")
 
     (loss_grad, mm_grad), (loss_eval, mm_eval) = matmuls(True), matmuls(False)
-    assert loss_eval == loss_grad
-    assert (mm_grad, mm_eval) == (3 + 2, 3)
+    assert loss_eval == pytest.approx(loss_grad, rel=1e-6)
+    assert (mm_grad, mm_eval) == (1 + 2, 3)
+    assert matmuls(True, torch.bfloat16)[1] == 3 + 2
 
 
 # ----------------------------------------------------------------------------- python model.py
