@@ -1,7 +1,8 @@
-"""The LM head's loss on a CPU, chunked: the mean cross-entropy of softmax(h @ w.T) and its gradient,
-never holding the (positions, vocab) float32 logits at once. GPT.forward(..., return_logits=False) uses
-it; training does on a CPU (training.keep_logits), where it makes a step about twice as fast as the
-plain logits path (benchmarks/training.md) and its fused softmax another 1.08-1.12x (BENCHMARKS.md).
+"""The LM head's loss on a CPU: the mean cross-entropy of softmax(h @ w.T) and its gradient, computed
+together, the logits turned into their own gradient in place (no second (positions, vocab) tensor).
+GPT.forward(..., return_logits=False) uses it; training does on a CPU (training.keep_logits), where it
+makes a step about twice as fast as the plain logits path (benchmarks/training.md), and its fused
+in-place softmax another ~1.1x (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ class _HeadLoss(torch.autograd.Function):
 
     The LM head's logits are (N, 50257): at width 128 the head is ~90% of the model's FLOPs, and on a
     CPU the plain path spends more time than that moving its float32 logits (cast, log-softmax, its
-    backward, zero-filled gradients) than multiplying. Here each chunk of HEAD_LOSS_ROWS rows is
-    multiplied straight into its rows of the gradient buffer, turned into its softmax in place by one fused
-    kernel (in float32: a bfloat16 chunk is cast to a float32 copy), scored at its targets, and made
-    its gradient (softmax - one_hot) / n; the gradients of h and w then come from two large matmuls. The
-    numbers are those of F.cross_entropy(h @ w.T, targets, ignore_index=-1) (the tests compare them).
+    backward, zero-filled gradients) than multiplying. Here the rows, in chunks, are multiplied straight
+    into their rows of the gradient buffer, turned into their softmax in place by one fused kernel (in
+    float32: a bfloat16 chunk is cast to a float32 copy), scored at their targets, and made their gradient
+    (softmax - one_hot) / n; the gradients of h and w then come from two large matmuls. The numbers are
+    those of F.cross_entropy(h @ w.T, targets, ignore_index=-1) (the tests compare them).
     """
 
     @staticmethod
