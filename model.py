@@ -198,8 +198,8 @@ class GPT(nn.Module):
         (targets (B, T); -1 marks positions to ignore). caches: see hidden_states.
 
         return_logits=False (with targets): logits come back as None and the loss, the same number, is
-        computed by head_loss a few rows at a time, never holding the (B*T, vocab) float32 logits: on a
-        CPU that makes a training step about twice as fast (see head_loss)."""
+        computed by slm.head_loss with its gradient, the logits turned into that gradient in place (no
+        second (B*T, vocab) tensor): on a CPU a training step about twice as fast (see slm/head_loss.py)."""
         h = self.hidden_states(idx, caches)  # (B, T, C)
         if targets is not None and not return_logits:
             return None, head_loss(h.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
