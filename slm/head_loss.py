@@ -52,7 +52,7 @@ class _HeadLoss(torch.autograd.Function):
             _softmax_(e)  # (R, V) probabilities
             k = keep[rows, None]  # (R, 1)
             t = targets[rows, None].clamp(min=0)  # (R, 1)
-            total -= (e.gather(1, t).log() * k).sum()  # -log softmax at the target
+            total -= torch.where(k, e.gather(1, t).log(), 0).sum()  # -log softmax at the target (0 if ignored)
             if want_grad:
                 e.scatter_add_(1, t, torch.full_like(t, -1, dtype=e.dtype))  # softmax - one_hot
                 if low:  # / n (0 where ignored) in float32, then rounded once into the bfloat16 gradient

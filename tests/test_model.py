@@ -416,6 +416,19 @@ def test_the_head_losss_softmax_is_torch_softmax_written_into_its_input(device):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-12)
 
 
+def test_an_ignored_position_never_turns_the_head_loss_into_nan():
+    """An ignored target (-1) is scored as token 0 and then dropped: where token 0's probability underflows
+    to 0 there, log(0) * 0 would make the loss NaN. It must be the mean over the positions kept."""
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    w = torch.tensor([[-200.0, 0.0], [0.0, 0.0], [1.0, 1.0]], requires_grad=True)  # token 0: -200 at row 0
+    targets = torch.tensor([-1, 2])
+    loss = head_loss_module.head_loss(h, w, targets)
+    loss.backward()
+    expected = torch.nn.functional.cross_entropy(h.detach() @ w.detach().T, targets, ignore_index=-1)
+    assert torch.isfinite(loss) and loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.isfinite(h.grad).all() and torch.isfinite(w.grad).all()
+
+
 def test_head_loss_skips_its_gradient_under_no_grad_and_chunks_only_where_a_chunk_costs_memory(monkeypatch):
     """Evaluation runs under torch.no_grad while the weights still require grad: the chunked head must not
     compute a gradient nobody asked for (the two (N, V) x (V, C) products), only its per-chunk logits. With a
