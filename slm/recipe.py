@@ -37,7 +37,8 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         (800, {"batch_size": 8, "learning_rate": 3e-3, "min_lr": 3e-4, "warmup_iters": 200}),
         # 800 steps and up (AVX512_BF16 makes ~1,600): the preset, the earlier search's winner
         # (recipe_search.md). At 1,600 steps it beats batch 8, warmup 200 and a higher floor (2.777 against
-        # 2.792-2.804); at 3,000 steps batch 32 ties it at equal tokens (2.644 against 2.648, one seed).
+        # 2.792-2.804); at 3,000 steps batch 32 at equal tokens is a little ahead (2.644 / 2.644 against 2.648 /
+        # 2.653, two seeds), but where it starts to win is not measured, so it has no row.
         (math.inf, {}),
     ],
 }
