@@ -66,7 +66,8 @@ class _HeadLoss(torch.autograd.Function):
                 grad_h, grad_w = grad_h.div_(n), grad_w.div_(n)
             else:  # bfloat16 (oneDNN) is faster as (C, N) @ (N, V), float32 (MKL) as above
                 grad_w = torch.mm(hl.t(), grad_logits).t()
-            ctx.save_for_backward(grad_h.to(h.dtype), grad_w.to(w.dtype).contiguous())
+            # (one copy: the cast writes grad_w in w's row-major layout, however the product left it)
+            ctx.save_for_backward(grad_h.to(h.dtype), grad_w.to(w.dtype, memory_format=torch.contiguous_format))
         return total / n
 
     @staticmethod
