@@ -49,10 +49,10 @@ class _HeadLoss(torch.autograd.Function):
             e = torch.mm(hl[rows], wl.t(), out=grad_logits[rows] if want_grad else None)  # (R, V) logits
             if low:
                 e = e.float()
-            _softmax_(e)  # (R, V) probabilities
             k = keep[rows, None]  # (R, 1)
             t = targets[rows, None].clamp(min=0)  # (R, 1)
-            total -= torch.where(k, e.gather(1, t).log(), 0).sum()  # -log softmax at the target (0 if ignored)
+            log_p = _softmax_at_targets_(e, t, k, hl[rows], wl)  # e: (R, V) probabilities; log_p: (R, 1)
+            total -= torch.where(k, log_p, 0).sum()  # -log softmax at the target (0 if ignored)
             if want_grad:
                 e.scatter_add_(1, t, torch.full_like(t, -1, dtype=e.dtype))  # softmax - one_hot
                 if low:  # / n (0 where ignored) in float32, then rounded once into the bfloat16 gradient
@@ -74,6 +74,28 @@ class _HeadLoss(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors  # (N, C), (V, C)
         return grad_h * grad_loss, grad_w * grad_loss, None, None
+
+
+def _softmax_at_targets_(e: torch.Tensor, t: torch.Tensor, k: torch.Tensor, h: torch.Tensor, w: torch.Tensor
+                         ) -> torch.Tensor:
+    """The logits e (R, V) -> their softmax, in e; returns log softmax (R, 1) at the targets t (R, 1).
+
+    log p is read off the softmax, where a kept (k) target's probability underflowed (log p below ~-87: 0
+    or subnormal in float32), its row's logits h @ w.T are computed again and log_softmax'd, so the loss
+    stays finite and exact where F.cross_entropy's is (a rare row, cheap). torch.compile cannot build that
+    data-dependent repair; there log p comes from a logsumexp of e before the softmax, a pass it fuses."""
+    if torch.compiler.is_compiling():
+        log_p = e.gather(1, t) - torch.logsumexp(e, -1, keepdim=True)
+        _softmax_(e)
+        return log_p
+    _softmax_(e)
+    p_t = e.gather(1, t)
+    log_p = p_t.log()
+    lost = k & (p_t < torch.finfo(torch.float32).tiny)
+    if lost.any():
+        i = lost.nonzero()[:, 0]
+        log_p[i] = torch.log_softmax(torch.mm(h[i], w.t()).float(), -1).gather(1, t[i])
+    return log_p
 
 
 def _softmax_(x: torch.Tensor) -> torch.Tensor:

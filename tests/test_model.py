@@ -429,6 +429,26 @@ def test_an_ignored_position_never_turns_the_head_loss_into_nan():
     assert torch.isfinite(h.grad).all() and torch.isfinite(w.grad).all()
 
 
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_a_kept_target_whose_probability_underflows_still_scores_its_exact_loss(dtype):
+    """A kept target with log p below ~-87 has p = 0 in float32 after the softmax: log(0) would make the loss
+    +inf (and training stop at a 'non-finite loss' that F.cross_entropy does not have). Such rows are scored
+    from their logits again: the loss and gradients of F.cross_entropy, finite."""
+    h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
+    w = torch.tensor([[-200.0, 0.0], [0.0, 0.0], [1.0, 1.0]], requires_grad=True)  # token 0: -200 at rows 0 and 2
+    targets = torch.tensor([0, 2, 0])
+    got, want = [], []
+    for fn, out in ((head_loss_module.head_loss, got), (lambda a, b, t: torch.nn.functional.cross_entropy(a @ b.T, t), want)):
+        h.grad = w.grad = None
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = fn(h, w, targets)
+        loss.backward()
+        out += [loss.detach(), h.grad.clone(), w.grad.clone()]
+    assert got[0].item() > 130 and torch.isfinite(got[0])
+    for g, x in zip(got, want):  # bfloat16: the gradients rounded once each, in their own order
+        torch.testing.assert_close(g, x, rtol=1e-6 if dtype is None else 1e-2, atol=0 if dtype is None else 1e-2)
+
+
 def test_head_loss_skips_its_gradient_under_no_grad_and_chunks_only_where_a_chunk_costs_memory(monkeypatch):
     """Evaluation runs under torch.no_grad while the weights still require grad: the chunked head must not
     compute a gradient nobody asked for (the two (N, V) x (V, C) products), only its per-chunk logits. With a
