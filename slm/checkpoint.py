@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import random
+import zipfile
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -67,10 +69,31 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, random bytes, pickles of arbitrary objects, ...
-        raise CLIError(f"{path} is not a readable checkpoint (truncated or not made by training.py): {first_line(e)}") from None
+        raise CLIError(f"{path} {why_unreadable(path, e)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise CLIError(f"{path} is not a checkpoint made by training.py (no 'model' and 'config' entries)")
     return ckpt
+
+
+def why_unreadable(path: Path, e: Exception) -> str:
+    """Why torch.load(path, weights_only=True) failed, in words a user can act on. torch's own messages run
+    to several lines, and for a file of other Python objects they suggest weights_only=False, which would run
+    whatever code the file holds: a checkpoint from training.py never needs that."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as err:  # no read permission, an I/O error
+        return f"cannot be read: {err.strerror or first_line(err)}"
+    if not head:
+        return "is empty (0 bytes): a save that was cut short, or not a checkpoint"
+    if head != b"PK\x03\x04":  # torch.save writes a zip archive
+        return "is not a checkpoint: torch.save writes a zip archive, and this file is not one"
+    if not zipfile.is_zipfile(path):
+        return "is truncated: its zip archive has no end (a save that was cut short, or an incomplete copy)"
+    if isinstance(e, pickle.UnpicklingError):  # what weights_only raises for anything but tensors and plain data
+        return ("holds Python objects other than tensors and plain values, which are not loaded (they could run "
+                "code): it was not made by training.py")
+    return f"is not a readable checkpoint (damaged, or not made by training.py): {first_line(e)}"
 
 
 def check_vocab(ckpt: dict, enc, path) -> None:

@@ -287,11 +287,16 @@ def test_not_a_checkpoint_and_truncated_are_one_line_errors(tmp_path, ckpts, cap
     torch.save({"weights": torch.zeros(3)}, other)
     pickled = tmp_path / "pickled.pt"  # arbitrary Python objects: torch's refusal is many lines, with colour codes
     torch.save({"model": argparse.Namespace(), "config": {}}, pickled)
-    for path in (garbage, truncated, other, pickled, tmp_path):
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    says = {garbage: "is not a checkpoint: torch.save writes a zip archive", truncated: "is truncated",
+            other: "no 'model' and 'config' entries", pickled: "holds Python objects other than tensors",
+            empty: "is empty (0 bytes)", tmp_path: "is a directory"}
+    for path, why in says.items():
         code, out, err = run_main(["--checkpoint", str(path)], capsys)
         assert code == 2, path
-        assert err.startswith("error: ") and err.count("\n") == 1 and str(path) in err
-        assert "\x1b" not in err
+        assert err.startswith("error: ") and err.count("\n") == 1 and str(path) in err and why in err, err
+        assert "\x1b" not in err and "weights_only" not in err  # torch's advice to load unsafely is not passed on
         assert out == ""
 
 
