@@ -35,10 +35,11 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         # At 1,000 steps (2.05M tokens) the preset is ahead (2.966 against 2.982): the two cross at ~800
         # steps (interpolated in log steps), the boundary.
         (800, {"batch_size": 8, "learning_rate": 3e-3, "min_lr": 3e-4, "warmup_iters": 200}),
-        # 800 steps and up (AVX512_BF16 makes ~1,600): the preset, the earlier search's winner
+        # 800 steps and up (AVX512_BF16 makes ~1,100-1,650): the preset, the earlier search's winner
         # (recipe_search.md). At 1,600 steps it beats batch 8, warmup 200 and a higher floor (2.777 against
-        # 2.792-2.804); at 3,000 steps batch 32 at equal tokens is a little ahead (2.644 / 2.644 against 2.648 /
-        # 2.653, two seeds), but where it starts to win is not measured, so it has no row.
+        # 2.792-2.804). Batch 32 at equal tokens trails it at 2,200 steps (2.702 / 2.711 against 2.700 / 2.703,
+        # two seeds) and leads at 3,000 (2.644 / 2.644 against 2.648 / 2.653): they cross at ~2,600, within
+        # 0.01 either side, and nothing above 3,000 is measured, so batch 32 has no row.
         (math.inf, {}),
     ],
 }
