@@ -10,12 +10,14 @@ and one forward/backward pass on random tokens (loss near ln(vocab), a finite gr
 parameter). It reads and writes no files.
 
 As a module it is pure: no files, no arguments, no prints (those live in main() only). The attention
-path is SDPA (flash kernels on GPU); set `CausalSelfAttention.use_sdpa = False` (class attribute, or on
-one module) for the plain masked-softmax path the tests compare it against.
+path is SDPA (flash kernels; its math kernel where that measured faster: short training windows on a CPU
+in bfloat16); set `CausalSelfAttention.use_sdpa = False` (class attribute, or on one module) for the plain
+masked-softmax path the tests compare it against.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from typing import Iterator
@@ -23,11 +25,27 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from config import GPTConfig
 from slm.head_loss import head_loss
 
 __all__ = ["GPT", "GPTConfig"]
+
+# On a CPU in bfloat16, SDPA's flash kernel has a slow backward for short windows: with gradients, windows up
+# to this many tokens go to its math kernel (q @ k.T, softmax, @ v), 1.5-2.1x faster forward and backward at
+# 128 tokens (1.8-2.1x at the cpu preset's 32-wide heads), a cpu-preset step ~1.06x faster; at 256 tokens and
+# more, and without gradients, flash is as fast or faster (BENCHMARKS.md, "The attention kernel on a CPU").
+CPU_BF16_MATH_ATTENTION_MAX_T = 128
+
+
+def attention_kernel(q: torch.Tensor):
+    """The SDPA kernel for a causal window of queries q (B, nh, T, hs): the math kernel where it measured
+    faster (a CPU, bfloat16, gradients on, T up to CPU_BF16_MATH_ATTENTION_MAX_T), else SDPA's own choice."""
+    if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
+            and q.size(2) <= CPU_BF16_MATH_ATTENTION_MAX_T):
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 class CausalSelfAttention(nn.Module):
@@ -67,7 +85,8 @@ class CausalSelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         if self.use_sdpa:
             if S == T:  # no cache, or the prompt into an empty one
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
+                with attention_kernel(q):
+                    y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
             elif T == 1:  # one new token sees every cached key: no mask needed
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, nh, 1, hs)
             else:  # a chunk after cached tokens: is_causal would align the mask to the top left, not here

@@ -7,10 +7,12 @@ import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import model
 import slm.head_loss as head_loss_module
@@ -178,6 +180,44 @@ def test_sdpa_equals_plain_attention_full_and_chunked_with_cache():
             chunks = [m(idx[:, a:b], caches=caches)[0] for a, b in [(0, 17), (17, 18), (18, 41), (41, 50)]]
             torch.testing.assert_close(torch.cat(chunks, dim=1), plain, atol=1e-5, rtol=0)
     torch.testing.assert_close(sdpa, plain, atol=1e-5, rtol=0)
+
+
+def test_cpu_bfloat16_training_windows_take_the_math_kernel_and_match_the_plain_path(monkeypatch):
+    """On a CPU in bfloat16 with gradients, causal windows up to CPU_BF16_MATH_ATTENTION_MAX_T tokens run SDPA's
+    math kernel (flash switched off while it runs); longer windows, no gradients and float32 keep SDPA's own
+    choice. The loss and gradients on the math kernel are the plain masked-softmax path's."""
+    flash_on = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        flash_on.append(torch.backends.cuda.flash_sdp_enabled())
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    m = make(replace(SMALL, dropout=0.0), scale=0.05).train()
+    idx, targets = random_ids((2, 40)), random_ids((2, 40), seed=2)
+
+    def step(dtype, grad=True):
+        flash_on.clear()
+        m.zero_grad(set_to_none=True)
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+            _, loss = m(idx, targets)
+        if grad:
+            loss.backward()
+        return loss.item(), [p.grad.float().clone() for p in m.parameters()] if grad else None, list(flash_on)
+
+    loss, grads, seen = step("bf16")
+    assert seen == [False] * SMALL.n_layer and torch.backends.cuda.flash_sdp_enabled()  # and back on after
+    assert step("bf16", grad=False)[2] == [True] * SMALL.n_layer
+    assert step("f32")[2] == [True] * SMALL.n_layer
+    monkeypatch.setattr(model, "CPU_BF16_MATH_ATTENTION_MAX_T", 32)  # 40 tokens: over the limit
+    assert step("bf16")[2] == [True] * SMALL.n_layer
+
+    model.CausalSelfAttention.use_sdpa = False
+    plain_loss, plain_grads, _ = step("bf16")
+    assert loss == pytest.approx(plain_loss, abs=2e-3)
+    for g, h in zip(grads, plain_grads):
+        assert (g - h).norm() <= 0.02 * h.norm() + 1e-6
 
 
 def test_forward_rejects_more_than_block_size():
