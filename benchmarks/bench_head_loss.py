@@ -1,22 +1,27 @@
-"""The chunked head loss before and after its softmax became one fused in-place kernel (2026-12-01):
-full optimizer steps of the cpu preset (forward, backward, fused AdamW, 16 x 128 tokens, real batches), the
-head as it was (amax, sub, exp, sum, mul over each float32 chunk: five passes, and a bfloat16 chunk cast to
-a fresh float32 tensor) against model.head_loss today, in float32 (CPUs without native bfloat16) and
-bfloat16 (where native). Variants interleaved round by round, the best round of each counts; the same
-loss and gradients are checked first.
+"""The chunked head loss today against an earlier one: full optimizer steps of the cpu preset (forward,
+backward, fused AdamW, 16 x 128 tokens, real batches), in float32 (CPUs without native bfloat16) and bfloat16
+(where native). By default the earlier head is the one before its softmax became one fused in-place kernel
+(2026-12-01: amax, sub, exp, sum, mul over each float32 chunk, five passes, and a bfloat16 chunk cast to a
+fresh float32 tensor); --against REV takes slm/head_loss.py as it was at git revision REV instead. Each round
+times both, in alternating order, so a change in the machine's load hits both alike; it prints the best round
+of each and the median of the rounds' ratios. First, how far apart the two heads' loss and gradients are, and
+how far each is from float64 on the same (bfloat16-rounded) inputs.
 
-    .venv/bin/python benchmarks/bench_head_loss.py --data-dir data [--rounds 3] [--steps 5]
-"""
+    .venv/bin/python benchmarks/bench_head_loss.py --data-dir data [--rounds 3] [--steps 5] [--against REV]"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -76,20 +81,42 @@ def before(h, w, targets):
     return _Before.apply(h, w, targets, torch.is_grad_enabled())
 
 
-def check_same(dtype: torch.dtype) -> float:
-    """The largest relative difference of loss, grad h and grad w between the two heads (random data)."""
+def head_loss_at(rev: str):
+    """slm/head_loss.py's head_loss as it was at git revision rev, loaded as a module of its own."""
+    root = Path(__file__).resolve().parent.parent
+    text = subprocess.run(["git", "show", f"{rev}:slm/head_loss.py"], cwd=root, capture_output=True, text=True,
+                          check=True).stdout
+    path = Path(tempfile.mkdtemp()) / "head_loss_then.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("head_loss_then", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.head_loss
+
+
+def check_same(dtype: torch.dtype, then) -> str:
+    """How far apart the two heads' loss, grad h and grad w are (the largest relative difference), and how far
+    each is from float64 on the same inputs rounded to dtype (random data, 300 positions: not a power of 2)."""
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(300, 128, generator=gen, requires_grad=True)
     w = (torch.randn(50257, 128, generator=gen) * 0.05).requires_grad_()
     t = torch.randint(0, 50257, (300,), generator=gen)
+    hr, wr = (x.detach().to(dtype).double().requires_grad_() for x in (h, w))
+    exact = F.cross_entropy(hr @ wr.T, t)
+    exact.backward()
     out = []
-    for head in (before, TODAY):
+    for head in (then, TODAY):
         h.grad = w.grad = None
         with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             loss = head(h, w, t)
         loss.backward()
-        out.append((loss.detach(), h.grad.clone(), w.grad.clone()))
-    return max(float((a - b).norm() / b.norm()) for a, b in zip(*out))
+        out.append((loss.detach().double(), h.grad.double(), w.grad.double()))
+
+    def apart(a, b):
+        return max(float((x - y).norm() / y.norm()) for x, y in zip(a, b))
+
+    exact = (exact.detach(), hr.grad, wr.grad)
+    return f"{apart(*out):.1e} apart; from float64: earlier {apart(out[0], exact):.1e}, today {apart(out[1], exact):.1e}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,30 +124,35 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
+    p.add_argument("--against", metavar="REV", help="the head loss of slm/head_loss.py at this git revision")
     args = p.parse_args(argv)
+    then = head_loss_at(args.against) if args.against else before
     machine, mc, tc, batches = setup(args.data_dir)
     dtypes = ["float32"] + (["bfloat16"] if machine.native_bf16 else [])
     for d in dtypes:
-        print(f"{d}: the two heads' loss and gradients differ by {check_same(getattr(torch, d)):.1e} (relative)")
+        print(f"{d}: the two heads' loss and gradients: {check_same(getattr(torch, d), then)} (relative)")
     steps = {d: make_step(mc, tc, d, False, batches) for d in dtypes}
-    best: dict = {}
-    for _ in range(args.rounds):
+    times: dict = {}
+    for r in range(args.rounds):
         for d, step in steps.items():
-            for name, head in (("before", before), ("today", TODAY)):
+            heads = (("earlier", then), ("today", TODAY))
+            for name, head in (heads if r % 2 == 0 else heads[::-1]):  # alternating: first or second, alike
                 model_module.head_loss = head
                 for _ in range(2):
                     step()
                 t0 = time.perf_counter()
                 for _ in range(args.steps):
                     step()
-                s = (time.perf_counter() - t0) / args.steps
-                best[(d, name)] = min(best.get((d, name), s), s)
+                times.setdefault((d, name), []).append((time.perf_counter() - t0) / args.steps)
     model_module.head_loss = TODAY
     tokens = tc.batch_size * mc.block_size
-    print(f"\n{'dtype':<9} {'before ms':>9} {'today ms':>9} {'tokens/s today':>15} {'speed-up':>9}")
+    print(f"\n{'dtype':<9} {'earlier ms':>10} {'today ms':>9} {'tokens/s today':>15} {'best rounds':>12} "
+          f"{'median of rounds':>17}")
     for d in dtypes:
-        b, t = best[(d, "before")], best[(d, "today")]
-        print(f"{d:<9} {b * 1000:>9.0f} {t * 1000:>9.0f} {tokens / t:>15,.0f} {b / t:>8.2f}x")
+        b, t = times[(d, "earlier")], times[(d, "today")]
+        ratios = sorted(x / y for x, y in zip(b, t))
+        print(f"{d:<9} {min(b) * 1000:>10.0f} {min(t) * 1000:>9.0f} {tokens / min(t):>15,.0f} "
+              f"{min(b) / min(t):>11.3f}x {ratios[len(ratios) // 2]:>16.3f}x")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 

@@ -55,19 +55,22 @@ class _HeadLoss(torch.autograd.Function):
             total -= torch.where(k, log_p, 0).sum()  # -log softmax at the target (0 if ignored)
             if want_grad:
                 e.scatter_add_(1, t, torch.full_like(t, -1, dtype=e.dtype))  # softmax - one_hot
-                if low:  # / n (0 where ignored) in float32, then rounded once into the bfloat16 gradient
-                    grad_logits[rows].copy_(e.mul_(k / n))  # (faster than one mixed-dtype mul, out=)
-                elif not k.all():
+                if not k.all():
                     e.masked_fill_(~k, 0)  # ignored positions give no gradient
+                if low:
+                    grad_logits[rows].copy_(e)  # rounded once into the bfloat16 gradient
         if want_grad:
             grad_h = torch.mm(grad_logits, wl)  # (N, C)
-            if not low:  # float32: divided by n here, in (N, C) and (V, C), a pass over (N, V) saved
+            if not low:
                 grad_w = torch.mm(grad_logits.t(), hl)  # (V, C)
-                grad_h, grad_w = grad_h.div_(n), grad_w.div_(n)
             else:  # bfloat16 (oneDNN) is faster as (C, N) @ (N, V), float32 (MKL) as above
                 grad_w = torch.mm(hl.t(), grad_logits).t()
-            # (one copy: the cast writes grad_w in w's row-major layout, however the product left it)
-            ctx.save_for_backward(grad_h.to(h.dtype), grad_w.to(w.dtype, memory_format=torch.contiguous_format))
+            # Divided by n here, in (N, C) and (V, C) and in float32 (h's and w's dtype under autocast), not over
+            # (N, V): a pass saved. (One copy: the cast writes grad_w in w's row-major layout, whatever the
+            # product left.)
+            grad_h = grad_h.to(torch.float32).div_(n).to(h.dtype)
+            grad_w = grad_w.to(torch.float32, memory_format=torch.contiguous_format).div_(n).to(w.dtype)
+            ctx.save_for_backward(grad_h, grad_w)
         return total / n
 
     @staticmethod
