@@ -1,16 +1,16 @@
 """The LM head's loss on a CPU: the mean cross-entropy of softmax(h @ w.T) and its gradient, computed
 together, the logits turned into their own gradient in place (no second (positions, vocab) tensor).
 GPT.forward(..., return_logits=False) uses it; training does on a CPU (training.keep_logits), where it
-makes a step about twice as fast as the plain logits path (benchmarks/training.md), and its fused
-in-place softmax another ~1.1x (BENCHMARKS.md).
+makes a step about twice as fast as the plain logits path (benchmarks/training.md), its fused in-place
+softmax another ~1.1x, and the same in bfloat16 again ~1.1x (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import torch
 
-# Positions per head-loss chunk where a chunk needs memory of its own (a bfloat16 chunk's float32 copy, or
-# evaluation's logits): fewer chunks re-read the (V, C) head fewer times. A cpu-preset step against 32 rows:
+# Positions per head-loss chunk where a chunk needs memory of its own (evaluation's logits, and a bfloat16
+# chunk's float32 copy there): fewer chunks re-read the (V, C) head fewer times. A cpu-preset step against 32 rows:
 # float32 1.12x at 512, 1.17x at 2,048; bfloat16 ~1.05x from 64 up (BENCHMARKS.md). 512 takes most of the
 # gain and bounds a chunk at 512 x 50,257 float32 logits (103 MB) however large the batch.
 HEAD_LOSS_ROWS = 512
@@ -21,11 +21,12 @@ class _HeadLoss(torch.autograd.Function):
 
     The LM head's logits are (N, 50257): at width 128 the head is ~90% of the model's FLOPs, and on a
     CPU the plain path spends more time than that moving its float32 logits (cast, log-softmax, its
-    backward, zero-filled gradients) than multiplying. Here the rows, in chunks, are multiplied straight
-    into their rows of the gradient buffer, turned into their softmax in place by one fused kernel (in
-    float32: a bfloat16 chunk is cast to a float32 copy), scored at their targets, and made their gradient
-    (softmax - one_hot) / n; the gradients of h and w then come from two large matmuls. The numbers are
-    those of F.cross_entropy(h @ w.T, targets, ignore_index=-1) (the tests compare them).
+    backward, zero-filled gradients) than multiplying. Here the rows are multiplied straight into the
+    gradient buffer, turned into their softmax in place by one fused kernel (in the buffer's dtype: bfloat16
+    under autocast, whose kernel sums in float32), scored at their targets, and made softmax - one_hot; the
+    gradients of h and w then come from two large matmuls, divided by n. Without a gradient (evaluation) the
+    logits go in chunks, a bfloat16 chunk's softmax on a float32 copy. The numbers are those of
+    F.cross_entropy(h @ w.T, targets, ignore_index=-1) (the tests compare them).
     """
 
     @staticmethod
@@ -38,30 +39,31 @@ class _HeadLoss(torch.autograd.Function):
         want_grad = grad_enabled and any(ctx.needs_input_grad[:2])  # not under no_grad (evaluation)
         # (N, V): each chunk's logits, then its gradient
         grad_logits = torch.empty(h.size(0), w.size(0), dtype=dtype, device=h.device) if want_grad else None
-        low = dtype != torch.float32  # bfloat16 / float16: the softmax runs on a float32 copy
+        # Without a gradient (evaluation) a bfloat16 / float16 chunk's softmax runs on a float32 copy, for an exact
+        # loss; with one, in place in the gradient buffer, in bfloat16 (the kernel sums in float32).
+        to_float = dtype != torch.float32 and not want_grad
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        # A float32 chunk is computed in its rows of the (N, V) gradient, which exists anyway: then one chunk of
-        # every row reads the head once (a float32 step 1.08x faster than 512-row chunks at 16 x 128, AVX2).
-        # Otherwise (bfloat16's float32 copy, or no gradient) chunks bound the memory beside the gradient.
-        per_chunk = max(h.size(0), 1) if want_grad and not low else HEAD_LOSS_ROWS
+        # With a gradient, the chunk is all rows, computed in the (N, V) gradient, which exists anyway: one chunk
+        # reads the head once (a float32 step 1.08x faster than 512-row chunks at 16 x 128, AVX2). Otherwise
+        # (evaluation's logits, or their float32 copy) chunks bound the memory.
+        per_chunk = max(h.size(0), 1) if want_grad else HEAD_LOSS_ROWS
         for s in range(0, h.size(0), per_chunk):
             rows = slice(s, s + per_chunk)
             e = torch.mm(hl[rows], wl.t(), out=grad_logits[rows] if want_grad else None)  # (R, V) logits
-            if low:
+            if to_float:
                 e = e.float()
             k = keep[rows, None]  # (R, 1)
             t = targets[rows, None].clamp(min=0)  # (R, 1)
             log_p = _softmax_at_targets_(e, t, k, hl[rows], wl)  # e: (R, V) probabilities; log_p: (R, 1)
             total -= torch.where(k, log_p, 0).sum()  # -log softmax at the target (0 if ignored)
             if want_grad:
-                e.scatter_add_(1, t, torch.full_like(t, -1, dtype=e.dtype))  # softmax - one_hot
+                # softmax - one_hot, by indexing: scatter_ and scatter_add_ copy a whole bfloat16 tensor twice
+                e[torch.arange(e.size(0), device=e.device), t[:, 0]] -= 1
                 if not k.all():
                     e.masked_fill_(~k, 0)  # ignored positions give no gradient
-                if low:
-                    grad_logits[rows].copy_(e)  # rounded once into the bfloat16 gradient
         if want_grad:
             grad_h = torch.mm(grad_logits, wl)  # (N, C)
-            if not low:
+            if dtype == torch.float32:
                 grad_w = torch.mm(grad_logits.t(), hl)  # (V, C)
             else:  # bfloat16 (oneDNN) is faster as (C, N) @ (N, V), float32 (MKL) as above
                 grad_w = torch.mm(hl.t(), grad_logits).t()
@@ -81,18 +83,19 @@ class _HeadLoss(torch.autograd.Function):
 
 def _softmax_at_targets_(e: torch.Tensor, t: torch.Tensor, k: torch.Tensor, h: torch.Tensor, w: torch.Tensor
                          ) -> torch.Tensor:
-    """The logits e (R, V) -> their softmax, in e; returns log softmax (R, 1) at the targets t (R, 1).
+    """The logits e (R, V) -> their softmax, in e; returns log softmax (R, 1) at the targets t (R, 1), float32.
 
-    log p is read off the softmax, where a kept (k) target's probability underflowed (log p below ~-87: 0
-    or subnormal in float32), its row's logits h @ w.T are computed again and log_softmax'd, so the loss
-    stays finite and exact where F.cross_entropy's is (a rare row, cheap). torch.compile cannot build that
-    data-dependent repair; there log p comes from a logsumexp of e before the softmax, a pass it fuses."""
+    log p is read off the softmax (in float32: a bfloat16 probability is rounded to 3 significant digits, its
+    log to 0.002 of the 2-4 it is), where a kept (k) target's probability underflowed (log p below ~-87: 0
+    or subnormal), its row's logits h @ w.T are computed again and log_softmax'd, so the loss stays finite
+    and exact where F.cross_entropy's is (a rare row, cheap). torch.compile cannot build that data-dependent
+    repair; there log p comes from a float32 logsumexp of e before the softmax, a pass it fuses."""
     if torch.compiler.is_compiling():
-        log_p = e.gather(1, t) - torch.logsumexp(e, -1, keepdim=True)
+        log_p = e.gather(1, t).float() - torch.logsumexp(e.float(), -1, keepdim=True)
         _softmax_(e)
         return log_p
     _softmax_(e)
-    p_t = e.gather(1, t)
+    p_t = e.gather(1, t).float()
     log_p = p_t.log()
     lost = k & (p_t < torch.finfo(torch.float32).tiny)
     if lost.any():
