@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-# Positions per head-loss chunk where a chunk needs memory of its own (evaluation's logits, and a bfloat16
-# chunk's float32 copy there): fewer chunks re-read the (V, C) head fewer times. A cpu-preset step against 32 rows:
-# float32 1.12x at 512, 1.17x at 2,048; bfloat16 ~1.05x from 64 up (BENCHMARKS.md). 512 takes most of the
-# gain and bounds a chunk at 512 x 50,257 float32 logits (103 MB) however large the batch.
+# Positions per head-loss chunk where there is no gradient to compute the logits in (evaluation), so a chunk's
+# logits (and a bfloat16 chunk's float32 copy) are memory of their own: 512 bounds them at 512 x 50,257 float32
+# (103 MB) however large the batch, and fewer chunks re-read the (V, C) head fewer times. (Chosen when training
+# steps were chunked too: against 32 rows, float32 1.12x at 512, bfloat16 ~1.05x from 64 up; BENCHMARKS.md.)
 HEAD_LOSS_ROWS = 512
 
 

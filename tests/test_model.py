@@ -418,7 +418,8 @@ def test_targets_minus_one_are_ignored():
 def test_head_loss_equals_the_logits_path_in_loss_and_every_gradient(dtype, monkeypatch):
     """return_logits=False (the chunked head loss training uses on a CPU) against F.cross_entropy over the
     full logits: the same loss and the same gradient for every parameter, ignored targets included, in
-    float32 and under bfloat16 autocast. 70 positions: two full 32-row chunks and a partial one."""
+    float32 and under bfloat16 autocast. 70 positions: one chunk with a gradient; without one (evaluation),
+    two full 32-row chunks and a partial one."""
     monkeypatch.setattr(head_loss_module, "HEAD_LOSS_ROWS", 32)
     m = make(SMALL, scale=0.05)  # eval mode: no dropout, gradients all the same
     x, y = random_ids((2, 35), seed=3), random_ids((2, 35), seed=4)
