@@ -188,7 +188,10 @@ def print_end(summary: dict, out: Path, max_minutes: float) -> None:
               f"with: {launch_command()} --out-dir {out} --resume")
         return
     how = f"cut {BUDGET_OVERRUN:.0%} past the {max_minutes}-minute budget" if summary["stopped"] == "time" else "finished"
-    print(f"{how} at step {summary['step']} of {summary['max_iters']} in {summary['elapsed_s'] / 60:.1f} min "
+    # (no count: the budget ended inside warmup, before the count was fixed, and the rate never decayed)
+    of = (f"of {summary['max_iters']}" if summary["max_iters"] else
+          "before its warmup ended (the learning rate never decayed: give more minutes or fewer --warmup-iters)")
+    print(f"{how} at step {summary['step']} {of} in {summary['elapsed_s'] / 60:.1f} min "
           f"({summary['tokens_per_s']:,.0f} tokens/s): best validation loss {summary['best_val_loss']:.4f} at step "
           f"{summary['best_step']} -> {out / BEST_FILE}; report {out / REPORT_FILE}, plot {out / PLOT_FILE}; "
           f"{summary['data']}")

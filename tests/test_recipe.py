@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -108,6 +109,40 @@ def test_a_long_step_budget_keeps_the_preset(tiny_data_dir, tmp_path, monkeypatc
     said = next(line for line in lines if line.startswith("recipe: "))
     assert re.search(r"about 600 steps .*: the preset as it is", said)
     assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["train_config"]["batch_size"] == 8
+
+
+def test_a_budget_too_short_for_the_rows_warmup_cuts_it_to_half_the_steps_that_fit():
+    """A minute on an AVX2 CPU (~63 reference steps of the cpu preset: 1-minute run, measured) takes the first
+    row, whose 200 warmup steps would outlast the ~250 steps of 4 x 128 that fit: warmup becomes half of
+    those, said in the recipe line and recorded with the rule's choice. Given by hand, it stays."""
+    from config import PRESETS
+
+    base = PRESETS["cpu"]
+    step_s = 60 / 63  # a reference step, timed
+    short = replace(base.train, max_minutes=1.0)
+    mc, tc, chosen, guess, line = recipe.apply("cpu", base.model, short, step_s, frozenset())
+    expected = 60 / guess  # 4 x 128 steps: a quarter of a reference step each
+    assert tc.batch_size == 4 and expected == pytest.approx(252)
+    assert tc.warmup_iters == chosen["warmup_iters"] == int(expected / 2) == 126
+    assert line.endswith("(the rule in slm/recipe.py; warmup 200 cut to 126, half the ~252 steps that fit)")
+    assert "--warmup-iters 126" in line
+
+    _, tc, chosen, _, line = recipe.apply("cpu", base.model, replace(short, warmup_iters=200), step_s,
+                                          frozenset({"warmup_iters"}))
+    assert tc.warmup_iters == 200 and "warmup_iters" not in chosen and "cut" not in line
+    _, tc, *_ = recipe.apply("cpu", base.model, base.train, 600 / 500, frozenset())  # 10 minutes, ~500 steps
+    assert tc.warmup_iters == 200
+
+
+def test_a_budget_that_ends_inside_warmup_says_the_rate_never_decayed(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    """Warmup given by hand (100 steps) longer than the minute's ~55: the run is cut past its budget before the
+    step count was fixed, and its last line says why, not 'of None'."""
+    s, lines = run_main(monkeypatch, capsys, [*FLAGS, "--warmup-iters", "100", "--data-dir", str(tiny_data_dir),
+                                              "--out-dir", str(tmp_path / "out")])
+    assert s["stopped"] == "time" and s["max_iters"] is None and s["step"] < 100
+    end = next(line for line in lines if line.startswith("cut 5% past the 1.0-minute budget"))
+    assert f"at step {s['step']} before its warmup ended (the learning rate never decayed: give more minutes or " \
+           "fewer --warmup-iters)" in end and "None" not in end
 
 
 @pytest.mark.parametrize("preset", sorted(recipe.RULES))
