@@ -27,7 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model  # noqa: E402
-from benchmarks.bench_cpu_step import make_step, setup  # noqa: E402
+from benchmarks.bench_cpu_step import make_step, median_ratio, setup, time_steps  # noqa: E402
 from slm.cli import run_cli  # noqa: E402
 
 SHAPES = [(16, 4, 128, 32), (8, 4, 128, 32), (16, 8, 128, 64), (16, 8, 256, 64), (4, 4, 512, 32), (8, 8, 512, 64)]
@@ -56,10 +56,7 @@ def kernel_ms(shape: tuple[int, int, int, int], backend, grad: bool, reps: int =
 
 def step_ms(step, math_max_t: int, steps: int) -> float:
     model.CPU_BF16_MATH_ATTENTION_MAX_T = math_max_t
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps * 1000
+    return time_steps(step, steps, untimed=0) * 1000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,10 +87,9 @@ def main(argv: list[str] | None = None) -> None:
         for r in range(args.rounds):  # the order alternates, so going first or second is no advantage
             for limit in ((0, chosen) if r % 2 == 0 else (chosen, 0)):
                 times[limit].append(step_ms(step, limit, args.steps))
-        ratios = sorted(f / c for f, c in zip(times[0], times[chosen]))
         print(f"{dtype:<9} flash {min(times[0]):>5.0f} ms/step, model's choice {min(times[chosen]):>5.0f} ms/step "
               f"(best rounds: {min(times[0]) / min(times[chosen]):.3f}x); median of the rounds' ratios "
-              f"{ratios[len(ratios) // 2]:.3f}x")
+              f"{median_ratio(times[0], times[chosen]):.3f}x")
     model.CPU_BF16_MATH_ATTENTION_MAX_T = chosen
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 

@@ -1,8 +1,8 @@
-"""Where a CPU training step of the cpu preset goes, and what makes it faster: torch.compile of the model, the
-head loss's chunk size (slm.head_loss.HEAD_LOSS_ROWS), and the thread count, in float32 (what CPUs without
-native bfloat16 train in) and bfloat16 (where the CPU has it). Since the head computes a training step's logits
-in its gradient buffer as one chunk (float32 from 2026-12-01's fourth session, bfloat16 from its sixth), --rows
-changes evaluation only, not a step: it stays to repeat BENCHMARKS.md's figures at the commits they name.
+"""Where a CPU training step of the cpu preset goes, and what makes it faster: torch.compile of the model and the
+thread count, in float32 (what CPUs without native bfloat16 train in) and bfloat16 (where the CPU has it).
+(Its --rows, the head loss's chunk size, went when a training step stopped chunking its head: since
+2026-12-01's sixth session both dtypes compute a step's logits in the gradient buffer as one chunk, and
+HEAD_LOSS_ROWS sizes evaluation's chunks only. BENCHMARKS.md's commands with --rows ran at the commits named.)
 
     .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data [--dtypes float32,bfloat16] [--rounds 3]
 
@@ -24,7 +24,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import slm.head_loss as head_loss_module  # noqa: E402
 from batches import Batches  # noqa: E402
 from config import PRESETS  # noqa: E402
 from model import GPT  # noqa: E402
@@ -50,9 +49,9 @@ def make_step(mc, tc, dtype: str, compiled: bool, batches: Batches):
     return step
 
 
-def time_variant(step, rows: int, steps: int) -> float:
-    head_loss_module.HEAD_LOSS_ROWS = rows
-    for _ in range(2):
+def time_steps(step, steps: int, untimed: int = 2) -> float:
+    """Seconds per step of `steps` calls of step(), after `untimed` calls that warm it up."""
+    for _ in range(untimed):
         step()
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -60,10 +59,15 @@ def time_variant(step, rows: int, steps: int) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def profile_step(step, rows: int) -> str:
+def median_ratio(slower: list[float], faster: list[float]) -> float:
+    """The median over rounds of slower[i] / faster[i]: two variants timed side by side in each round."""
+    ratios = sorted(a / b for a, b in zip(slower, faster))
+    return ratios[len(ratios) // 2]
+
+
+def profile_step(step) -> str:
     from torch.profiler import ProfilerActivity, profile
 
-    head_loss_module.HEAD_LOSS_ROWS = rows
     step()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):
@@ -85,7 +89,6 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--rows", default="512", help="head-loss chunk sizes to compare (a step's: at older commits)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile (a minute or two to compile)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
@@ -97,25 +100,20 @@ def main(argv: list[str] | None = None) -> None:
             print("bfloat16 skipped: not native on this CPU")
             continue
         for compiled in ([False, True] if args.compile else [False]):
-            step = make_step(mc, tc, dtype, compiled, batches)
-            for rows in map(int, args.rows.split(",")):
-                variants[(dtype, compiled, rows)] = step
+            variants[(dtype, compiled)] = make_step(mc, tc, dtype, compiled, batches)
     best: dict = {}
     for r in range(args.rounds):
         for key, step in variants.items():
-            s = time_variant(step, key[2], args.steps)
+            s = time_steps(step, args.steps)
             best[key] = min(best.get(key, s), s)
     tokens = tc.batch_size * mc.block_size
-    first = int(args.rows.split(",")[0])
-    print(f"\n{'dtype':<9} {'compile':<8} {'rows':>5} {'ms/step':>8} {'tokens/s':>9} {f'vs rows {first} eager':>17}")
-    for (dtype, compiled, rows), s in best.items():
-        base = best[(dtype, False, first)]
-        print(f"{dtype:<9} {str(compiled):<8} {rows:>5} {s * 1000:>8.0f} {tokens / s:>9,.0f} {base / s:>16.2f}x")
+    print(f"\n{'dtype':<9} {'compile':<8} {'ms/step':>8} {'tokens/s':>9} {'vs eager':>9}")
+    for (dtype, compiled), s in best.items():
+        print(f"{dtype:<9} {str(compiled):<8} {s * 1000:>8.0f} {tokens / s:>9,.0f} {best[(dtype, False)] / s:>8.2f}x")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
-    if ("float32", False, first) in variants:
-        print(f"\nprofile of float32 steps (rows {first}):")
-        print(profile_step(variants[("float32", False, first)], first))
-
+    if ("float32", False) in variants:
+        print("\nprofile of float32 steps:")
+        print(profile_step(variants[("float32", False)]))
 
 if __name__ == "__main__":
     run_cli(main)

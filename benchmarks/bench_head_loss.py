@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model as model_module  # noqa: E402
 import slm.head_loss as head_loss_module  # noqa: E402
-from benchmarks.bench_cpu_step import make_step, setup  # noqa: E402
+from benchmarks.bench_cpu_step import make_step, median_ratio, setup, time_steps  # noqa: E402
 from slm.cli import run_cli  # noqa: E402
 
 TODAY = model_module.head_loss
@@ -138,21 +137,15 @@ def main(argv: list[str] | None = None) -> None:
             heads = (("earlier", then), ("today", TODAY))
             for name, head in (heads if r % 2 == 0 else heads[::-1]):  # alternating: first or second, alike
                 model_module.head_loss = head
-                for _ in range(2):
-                    step()
-                t0 = time.perf_counter()
-                for _ in range(args.steps):
-                    step()
-                times.setdefault((d, name), []).append((time.perf_counter() - t0) / args.steps)
+                times.setdefault((d, name), []).append(time_steps(step, args.steps))
     model_module.head_loss = TODAY
     tokens = tc.batch_size * mc.block_size
     print(f"\n{'dtype':<9} {'earlier ms':>10} {'today ms':>9} {'tokens/s today':>15} {'best rounds':>12} "
           f"{'median of rounds':>17}")
     for d in dtypes:
         b, t = times[(d, "earlier")], times[(d, "today")]
-        ratios = sorted(x / y for x, y in zip(b, t))
         print(f"{d:<9} {min(b) * 1000:>10.0f} {min(t) * 1000:>9.0f} {tokens / min(t):>15,.0f} "
-              f"{min(b) / min(t):>11.3f}x {ratios[len(ratios) // 2]:>16.3f}x")
+              f"{min(b) / min(t):>11.3f}x {median_ratio(b, t):>16.3f}x")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
