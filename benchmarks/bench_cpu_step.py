@@ -75,9 +75,12 @@ def profile_step(step) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
 
 
-def setup(data_dir: str):
-    """The cpu preset on this CPU, its real batches, and a line that says what machine and load this is."""
-    keep_freed_memory()
+def setup(data_dir: str, keep_freed: bool = True):
+    """The cpu preset on this CPU, its real batches, and a line that says what machine and load this is.
+    keep_freed=False leaves glibc's malloc as it comes (big freed blocks go back to the OS), as training
+    finds it where slm.hardware.keep_freed_memory cannot act: macOS, Windows, musl."""
+    if keep_freed:
+        keep_freed_memory()
     machine = detect_machine("cpu")
     mc, tc = PRESETS["cpu"].model, PRESETS["cpu"].train
     print(f"{machine.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "

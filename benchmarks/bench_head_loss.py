@@ -4,10 +4,13 @@ backward, fused AdamW, 16 x 128 tokens, real batches), in float32 (CPUs without 
 (2026-12-01: amax, sub, exp, sum, mul over each float32 chunk, five passes, and a bfloat16 chunk cast to a
 fresh float32 tensor); --against REV takes slm/head_loss.py as it was at git revision REV instead. Each round
 times both, in alternating order, so a change in the machine's load hits both alike; it prints the best round
-of each and the median of the rounds' ratios. First, how far apart the two heads' loss and gradients are, and
-how far each is from float64 on the same (bfloat16-rounded) inputs.
+of each, the median of the rounds' ratios, and each head's minor page faults a step (memory mapped on first
+touch; --malloc-as-it-comes leaves glibc returning big freed blocks to the OS, as other platforms do).
+First, how far apart the two heads' loss and gradients are, and how far each is from float64 on the same
+(bfloat16-rounded) inputs.
 
-    .venv/bin/python benchmarks/bench_head_loss.py --data-dir data [--rounds 3] [--steps 5] [--against REV]"""
+    .venv/bin/python benchmarks/bench_head_loss.py --data-dir data [--rounds 3] [--steps 5] [--against REV]
+        [--malloc-as-it-comes]"""
 
 from __future__ import annotations
 
@@ -93,6 +96,15 @@ def head_loss_at(rev: str):
     return module.head_loss
 
 
+def page_faults() -> int:
+    """Minor page faults of this process so far (pages mapped on first touch), -1 where not counted (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return -1
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def check_same(dtype: torch.dtype, then) -> str:
     """How far apart the two heads' loss, grad h and grad w are (the largest relative difference), and how far
     each is from float64 on the same inputs rounded to dtype (random data, 300 positions: not a power of 2)."""
@@ -124,28 +136,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
     p.add_argument("--against", metavar="REV", help="the head loss of slm/head_loss.py at this git revision")
+    p.add_argument("--malloc-as-it-comes", action="store_true",
+                   help="leave glibc's malloc thresholds alone (big freed blocks go back to the OS, as on macOS, "
+                        "Windows and musl), where training raises them (slm.hardware.keep_freed_memory)")
     args = p.parse_args(argv)
     then = head_loss_at(args.against) if args.against else before
-    machine, mc, tc, batches = setup(args.data_dir)
+    machine, mc, tc, batches = setup(args.data_dir, keep_freed=not args.malloc_as_it_comes)
+    print(f"malloc: {'as it comes' if args.malloc_as_it_comes else 'thresholds raised, as training does'}")
     dtypes = ["float32"] + (["bfloat16"] if machine.native_bf16 else [])
     for d in dtypes:
         print(f"{d}: the two heads' loss and gradients: {check_same(getattr(torch, d), then)} (relative)")
     steps = {d: make_step(mc, tc, d, False, batches) for d in dtypes}
     times: dict = {}
+    faults: dict = {}  # (dtype, head) -> minor page faults a step, in the last round
     for r in range(args.rounds):
         for d, step in steps.items():
             heads = (("earlier", then), ("today", TODAY))
             for name, head in (heads if r % 2 == 0 else heads[::-1]):  # alternating: first or second, alike
                 model_module.head_loss = head
+                before_faults = page_faults()
                 times.setdefault((d, name), []).append(time_steps(step, args.steps))
+                faults[(d, name)] = (page_faults() - before_faults) // (args.steps + 2)  # 2 untimed steps
     model_module.head_loss = TODAY
     tokens = tc.batch_size * mc.block_size
     print(f"\n{'dtype':<9} {'earlier ms':>10} {'today ms':>9} {'tokens/s today':>15} {'best rounds':>12} "
-          f"{'median of rounds':>17}")
+          f"{'median of rounds':>17} {'page faults a step':>19}")
     for d in dtypes:
         b, t = times[(d, "earlier")], times[(d, "today")]
         print(f"{d:<9} {min(b) * 1000:>10.0f} {min(t) * 1000:>9.0f} {tokens / min(t):>15,.0f} "
-              f"{min(b) / min(t):>11.3f}x {median_ratio(b, t):>16.3f}x")
+              f"{min(b) / min(t):>11.3f}x {median_ratio(b, t):>16.3f}x "
+              f"{faults[(d, 'earlier')]:>9,} -> {faults[(d, 'today')]:,}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 

@@ -201,7 +201,8 @@ def keep_freed_memory() -> None:
 
     The (batch * block_size, vocab) logits and their gradients are 100+ MB; by default glibc hands each
     such block back to the OS when freed and page-faults a new one on the next step. Raising the mmap
-    and trim thresholds made CPU training steps about 2x faster on this project's 2-core machine.
+    and trim thresholds made CPU training steps about 2x faster on this project's 2-core machine. (Where this
+    cannot act, on macOS, Windows or musl, slm.head_loss keeps its (N, V) buffer from step to step itself.)
     """
     if not sys.platform.startswith("linux"):
         return

@@ -14,6 +14,9 @@ import torch
 # (103 MB) however large the batch, and fewer chunks re-read the (V, C) head fewer times. (Chosen when training
 # steps were chunked too: against 32 rows, float32 1.12x at 512, bfloat16 ~1.05x from 64 up; BENCHMARKS.md.)
 HEAD_LOSS_ROWS = 512
+# The (positions, vocab) tensor a training step computes its logits and their gradient in, kept for the next step
+# (gradient_buffer).
+_KEPT: dict[str, torch.Tensor] = {}
 
 
 class _HeadLoss(torch.autograd.Function):
@@ -37,8 +40,10 @@ class _HeadLoss(torch.autograd.Function):
         keep = targets != -1  # (N,)
         n = keep.sum().clamp(min=1).float()  # positions scored
         want_grad = grad_enabled and any(ctx.needs_input_grad[:2])  # not under no_grad (evaluation)
+        if not want_grad and not torch.compiler.is_compiling():
+            _KEPT.clear()  # evaluation's chunks take the training buffer's memory: the peak stays where it was
         # (N, V): each chunk's logits, then its gradient
-        grad_logits = torch.empty(h.size(0), w.size(0), dtype=dtype, device=h.device) if want_grad else None
+        grad_logits = gradient_buffer(h.size(0), w.size(0), dtype, h.device) if want_grad else None
         # Without a gradient (evaluation) a bfloat16 / float16 chunk's softmax runs on a float32 copy, for an exact
         # loss; with one, in place in the gradient buffer, in bfloat16 (the kernel sums in float32).
         to_float = dtype != torch.float32 and not want_grad
@@ -79,6 +84,24 @@ class _HeadLoss(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors  # (N, C), (V, C)
         return grad_h * grad_loss, grad_w * grad_loss, None, None
+
+
+def gradient_buffer(n: int, v: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An (n, v) tensor for a training step's logits and their gradient: on a CPU the same memory every step.
+
+    It is 206 MB at 16 x 128 positions in bfloat16 (412 MB in float32). Where the allocator hands a freed block
+    that big back to the operating system (glibc does, unless slm.hardware.keep_freed_memory raised its
+    thresholds, which it cannot on macOS, Windows or musl), a fresh one is mapped page by page as it is first
+    written, each page zeroed: ~50,000 page faults; a step 1.16x (float32) to 1.18x (bfloat16) slower here
+    (BENCHMARKS.md). One buffer is kept, the largest a step has asked for, until an evaluation; its contents
+    never outlive the forward pass that fills them (the gradients are computed there)."""
+    if device.type != "cpu" or torch.compiler.is_compiling():  # (CUDA caches its own blocks; compile plans its own)
+        return torch.empty(n, v, dtype=dtype, device=device)
+    kept = _KEPT.get("grad_logits")
+    if kept is None or kept.dtype != dtype or kept.numel() < n * v:
+        _KEPT.clear()  # the old buffer goes before the new one comes: never two
+        kept = _KEPT["grad_logits"] = torch.empty(n * v, dtype=dtype, device=device)
+    return kept[: n * v].view(n, v)
 
 
 def _softmax_at_targets_(e: torch.Tensor, t: torch.Tensor, k: torch.Tensor, h: torch.Tensor, w: torch.Tensor

@@ -491,6 +491,41 @@ def test_a_kept_target_whose_probability_underflows_still_scores_its_exact_loss(
         torch.testing.assert_close(g, x, rtol=1e-6 if dtype is None else 1e-2, atol=0 if dtype is None else 1e-2)
 
 
+def test_training_steps_compute_the_head_in_one_kept_buffer_and_its_reuse_changes_no_number(monkeypatch):
+    """The (N, V) logits-and-gradient tensor is the same memory from step to step (no fresh 200 MB to page in),
+    grown for a larger step and replaced for another dtype, never two at once, and let go for an evaluation
+    (whose chunks then take its memory, so the peak stays where it was). Two losses computed before one
+    backward (gradient accumulation; each fills the buffer in turn) give the gradients of F.cross_entropy."""
+    monkeypatch.setattr(head_loss_module, "_KEPT", {})
+    w = (torch.randn(50, 16, generator=torch.Generator().manual_seed(0)) * 0.3).requires_grad_()
+    hs = [torch.randn(n, 16, generator=torch.Generator().manual_seed(n), requires_grad=True) for n in (30, 30, 40)]
+    ts = [random_ids((n,), seed=n) % 50 for n in (30, 30, 40)]
+    pointers = []
+    for h, t in zip(hs, ts):
+        head_loss_module.head_loss(h, w, t)
+        pointers.append(head_loss_module._KEPT["grad_logits"].data_ptr())
+    assert pointers[0] == pointers[1] != pointers[2]  # kept; then grown for 40 rows
+    assert head_loss_module._KEPT["grad_logits"].numel() == 40 * 50
+    head_loss_module.head_loss(hs[0], w, ts[0])  # a smaller step takes the front of the larger buffer
+    assert head_loss_module._KEPT["grad_logits"].data_ptr() == pointers[2]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        head_loss_module.head_loss(hs[0], w, ts[0])
+    assert [b.dtype for b in head_loss_module._KEPT.values()] == [torch.bfloat16]
+    with torch.no_grad():
+        head_loss_module.head_loss(hs[2], w, ts[2])  # evaluation: no gradient; its chunks take the buffer's memory
+    assert head_loss_module._KEPT == {}
+
+    got, want = [], []
+    for loss_fn, out in ((head_loss_module.head_loss, got),
+                         (lambda a, b, t: torch.nn.functional.cross_entropy(a @ b.T, t), want)):
+        for x in (*hs[:2], w):
+            x.grad = None
+        (loss_fn(hs[0], w, ts[0]) + loss_fn(hs[1], w, ts[1])).backward()  # two micro-batches, one backward
+        out += [hs[0].grad.clone(), hs[1].grad.clone(), w.grad.clone()]
+    for g, x in zip(got, want):
+        torch.testing.assert_close(g, x, rtol=1e-5, atol=1e-7)
+
+
 def test_head_loss_skips_its_gradient_under_no_grad_and_chunks_only_where_a_chunk_costs_memory(monkeypatch):
     """Evaluation runs under torch.no_grad while the weights still require grad: the chunked head must not
     compute a gradient nobody asked for (the two (N, V) x (V, C) products), only its per-chunk logits. With a
