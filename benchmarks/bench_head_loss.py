@@ -96,12 +96,12 @@ def head_loss_at(rev: str):
     return module.head_loss
 
 
-def page_faults() -> int:
-    """Minor page faults of this process so far (pages mapped on first touch), -1 where not counted (Windows)."""
+def page_faults() -> int | None:
+    """Minor page faults of this process so far (pages mapped on first touch); None where not counted (Windows)."""
     try:
         import resource
     except ImportError:
-        return -1
+        return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
@@ -154,9 +154,10 @@ def main(argv: list[str] | None = None) -> None:
             heads = (("earlier", then), ("today", TODAY))
             for name, head in (heads if r % 2 == 0 else heads[::-1]):  # alternating: first or second, alike
                 model_module.head_loss = head
-                before_faults = page_faults()
-                times.setdefault((d, name), []).append(time_steps(step, args.steps))
-                faults[(d, name)] = (page_faults() - before_faults) // (args.steps + 2)  # 2 untimed steps
+                before_faults, untimed = page_faults(), 2
+                times.setdefault((d, name), []).append(time_steps(step, args.steps, untimed))
+                if before_faults is not None:
+                    faults[(d, name)] = f"{(page_faults() - before_faults) // (args.steps + untimed):,}"
     model_module.head_loss = TODAY
     tokens = tc.batch_size * mc.block_size
     print(f"\n{'dtype':<9} {'earlier ms':>10} {'today ms':>9} {'tokens/s today':>15} {'best rounds':>12} "
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
         b, t = times[(d, "earlier")], times[(d, "today")]
         print(f"{d:<9} {min(b) * 1000:>10.0f} {min(t) * 1000:>9.0f} {tokens / min(t):>15,.0f} "
               f"{min(b) / min(t):>11.3f}x {median_ratio(b, t):>16.3f}x "
-              f"{faults[(d, 'earlier')]:>9,} -> {faults[(d, 'today')]:,}")
+              f"{faults.get((d, 'earlier'), '-'):>9} -> {faults.get((d, 'today'), '-')}")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
