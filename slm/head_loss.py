@@ -92,9 +92,9 @@ def gradient_buffer(n: int, v: int, dtype: torch.dtype, device: torch.device) ->
     It is 206 MB at 16 x 128 positions in bfloat16 (412 MB in float32). Where the allocator hands a freed block
     that big back to the operating system (glibc does, unless slm.hardware.keep_freed_memory raised its
     thresholds, which it cannot on macOS, Windows or musl), a fresh one is mapped page by page as it is first
-    written, each page zeroed: ~50,000 page faults; a step 1.16x (float32) to 1.18x (bfloat16) slower here
-    (BENCHMARKS.md). One buffer is kept, the largest a step has asked for, until an evaluation; its contents
-    never outlive the forward pass that fills them (the gradients are computed there)."""
+    written, each page zeroed: ~50,000 page faults; a step 1.14-1.16x (float32) and 1.18-1.26x (bfloat16)
+    slower here (BENCHMARKS.md). One buffer is kept, the largest a step has asked for, until an evaluation;
+    its contents never outlive the forward pass that fills them (the gradients are computed there)."""
     if device.type != "cpu" or torch.compiler.is_compiling():  # (CUDA caches its own blocks; compile plans its own)
         return torch.empty(n, v, dtype=dtype, device=device)
     kept = _KEPT.get("grad_logits")
