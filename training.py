@@ -48,6 +48,7 @@ import torch
 
 from config import PRESETS, GPTConfig, TrainConfig
 from slm import recipe
+from slm.averaging import WeightAverage, averaged_weights
 from slm.checkpoint import (BEST_FILE, CKPT_FILE, check_checkpoint_space, config_to_dict, data_facts,
                             model_file, read_resume_checkpoint, restore_progress, save_resume_state, settings_for_resume)
 from slm.cli import CLIError, StopRequest, run_cli
@@ -143,8 +144,9 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
     if run.tc.dtype == "float16" and not run.device.startswith("cuda"):
         raise CLIError(f"--dtype float16 needs a CUDA GPU (GradScaler); on {run.device} use float32 or bfloat16")
     run.optimizer = make_optimizer(run.raw_model, run.tc, run.device)
+    run.average = WeightAverage(run.raw_model, run.tc.ema) if run.tc.ema > 0 else None
     if dist.master:  # a run that cannot save its checkpoints must not train first
-        check_checkpoint_space(run.out_dir, run.raw_model, BEST_FILE, CKPT_FILE)
+        check_checkpoint_space(run.out_dir, run.raw_model, BEST_FILE, CKPT_FILE, averaged=run.average is not None)
     run.scheduler = make_scheduler(run.optimizer, run.tc)
     run.scaler = torch.amp.GradScaler("cuda", enabled=plan.grad_scaler)
     run.batch_gen = torch.Generator().manual_seed(tc.seed)
@@ -213,7 +215,7 @@ def compile_and_wrap(run: Run, wanted: bool) -> None:
 def restore(run: Run, ckpt: dict) -> None:
     """Bring a freshly built run to the checkpoint's step: weights, optimizer, schedule, scaler, RNGs, history."""
     for name, value in restore_progress(ckpt, run.raw_model, run.optimizer, run.scheduler, run.scaler,
-                                        run.batch_gen).items():
+                                        run.batch_gen, run.average).items():
         setattr(run, name, value)
     if run.schedule is None:
         if run.tc.max_minutes == 0:
@@ -259,6 +261,8 @@ def train_step(run: Run, wants_stop: Callable[[], bool]) -> bool:
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
+    if run.average is not None:
+        run.average.update()
     run.scheduler.step()
     run.step += 1
     return stats[1].item() > 0
@@ -266,23 +270,25 @@ def train_step(run: Run, wants_stop: Callable[[], bool]) -> bool:
 
 def evaluate_and_save(run: Run) -> None:
     """Score the fixed batches, add a history row; rank 0 writes a short sample (the glimpse), saves
-    best_model_params.pt when the validation loss is the best so far, then ckpt.pt, log.csv, steps.csv and loss.png."""
+    best_model_params.pt when the validation loss is the best so far, then ckpt.pt, log.csv, steps.csv and loss.png.
+    With --ema the weights scored, sampled and saved as the best are the average; ckpt.pt keeps both."""
     t0 = time.time()
-    losses = evaluate(run.model, run.batches, run.tc, run.device, run.dtype, run.dist)
-    is_best = losses["validation"] < run.best_val
-    if is_best:
-        run.best_val, run.best_step = losses["validation"], run.step
+    with averaged_weights(run.average):
+        losses = evaluate(run.model, run.batches, run.tc, run.device, run.dtype, run.dist)
+        elapsed = round(time.time() - run.t_start, 2)
+        is_best = losses["validation"] < run.best_val
+        if is_best:
+            run.best_val, run.best_step = losses["validation"], run.step
+        t_save = time.time()  # the sample, then the files: save_s counts both, as the time budget must
+        sample = run.glimpse(run.raw_model) if run.glimpse else ""  # (rank 0 only has a glimpse)
+        if is_best and run.dist.master:
+            atomic_torch_save(model_file(run, losses["validation"]), run.out_dir / BEST_FILE)
     run.history.append({
         "step": run.step, "train_loss": losses["train"], "val_loss": losses["validation"],
         "step_loss": run.step_loss, "lr": run.optimizer.param_groups[0]["lr"],
-        "tokens": run.step * run.tokens_per_step, "elapsed_s": round(time.time() - run.t_start, 2),
-        "best": int(is_best), "sample": "",
+        "tokens": run.step * run.tokens_per_step, "elapsed_s": elapsed, "best": int(is_best), "sample": sample,
     })
-    if run.dist.master:  # the sample, then the files: save_s counts both, as the time budget must
-        t_save = time.time()
-        sample = run.history[-1]["sample"] = run.glimpse(run.raw_model) if run.glimpse else ""
-        if is_best:
-            atomic_torch_save(model_file(run, losses["validation"]), run.out_dir / BEST_FILE)
+    if run.dist.master:
         save_resume_state(run)
         save_progress(run)
         run.save_s = time.time() - t_save

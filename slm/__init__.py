@@ -15,6 +15,7 @@ here imports a step script (only config.py, the shared floor).
     plan        the per-machine plan: dtype, micro-batch, accumulation and compile, said in one line
     recipe      the step budget chooses the recipe (batch and schedule), from a measured table
     schedule    the learning-rate schedule and the time budget that fixes its length
+    averaging   the moving average of the weights (--ema) that evaluation scores and the best model keeps
     run         a run's state in one place: settings, device, model, optimizer, progress
     distributed several processes, one run (torchrun): ranks, collective sums, each rank's batches
     progress    progress bars with tokens/s and MFU, log.csv and steps.csv

@@ -3,7 +3,9 @@
 One format for both files training writes:
   best_model_params.pt  {"model", "config", "data", "step", "val_loss"}
   ckpt.pt               the same keys plus {"optimizer", "scheduler", "scaler", "rng", "train_config",
-                        "best_val_loss", ...}: everything training needs to resume.
+                        "best_val_loss", "average", ...}: everything training needs to resume. With --ema,
+                        best_model_params.pt's "model" is the weights' average and ckpt.pt's the trained
+                        weights, the average beside them.
 "config" is dataclasses.asdict(GPTConfig) and "data" the tokenizer/source facts of meta.json, both
 plain dicts, so torch.load(path, weights_only=True) reads every file. The model itself is rebuilt
 from a checkpoint by model.GPT.from_checkpoint; check_vocab refuses one whose token ids mean other text.
@@ -28,18 +30,19 @@ if TYPE_CHECKING:
     import torch
 
 
-def checkpoint_sizes(model) -> tuple[int, int]:
+def checkpoint_sizes(model, averaged: bool = False) -> tuple[int, int]:
     """About how many bytes training's two files take for this model: best_model_params.pt holds the
-    weights; ckpt.pt also AdamW's two moments (exp_avg, exp_avg_sq) per trainable parameter, the
-    schedule, RNG states and the loss history (the last few, well under a megabyte)."""
+    weights; ckpt.pt also AdamW's two moments (exp_avg, exp_avg_sq) per trainable parameter, their average
+    where there is one (--ema), the schedule, RNG states and the loss history (well under a megabyte)."""
     weights = saved_bytes(model.state_dict())
-    moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    moments = (3 if averaged else 2) * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return weights, weights + moments + 1024 * len(list(model.parameters())) + (256 << 10)
 
 
-def check_checkpoint_space(out_dir: str | os.PathLike, model, best_file: str, ckpt_file: str) -> None:
+def check_checkpoint_space(out_dir: str | os.PathLike, model, best_file: str, ckpt_file: str,
+                           averaged: bool = False) -> None:
     """Refuse to start training (one line) when out_dir's disk cannot take the two checkpoint files."""
-    weights, resume_state = checkpoint_sizes(model)
+    weights, resume_state = checkpoint_sizes(model, averaged)
     needed = space_to_replace(out_dir, {best_file: weights, ckpt_file: resume_state})
     check_free_space(out_dir, needed, f"{best_file} and {ckpt_file} ({human_bytes(weights)} and "
                                       f"{human_bytes(resume_state)})")
@@ -173,7 +176,8 @@ def save_resume_state(run) -> None:
                  scaler=run.scaler.state_dict(), rng=rng_state(run.batch_gen), train_config=asdict(run.tc),
                  best_val_loss=run.best_val, best_step=run.best_step, history=run.history,
                  steps=torch.tensor(run.steps, dtype=torch.float64).reshape(-1, 3),
-                 step_loss=run.step_loss, schedule=run.schedule, preset=run.preset)
+                 step_loss=run.step_loss, schedule=run.schedule, preset=run.preset,
+                 average=run.average.state_dict() if run.average is not None else None)
     atomic_torch_save(state, run.out_dir / CKPT_FILE)
 
 
@@ -269,10 +273,15 @@ def _list_to_tuple(x):
     return tuple(_list_to_tuple(v) for v in x) if isinstance(x, list) else x
 
 
-def restore_progress(ckpt: dict, model, optimizer, scheduler, scaler, batch_gen) -> dict:
+def restore_progress(ckpt: dict, model, optimizer, scheduler, scaler, batch_gen, average=None) -> dict:
     """Load a resume checkpoint's state into a freshly built run's parts (weights, optimizer, schedule, scaler,
-    RNGs) and return its progress: step, best_val, best_step, history, steps, step_loss, schedule, preset."""
+    RNGs, the weights' average) and return its progress: step, best_val, best_step, history, steps, step_loss,
+    schedule, preset."""
     model.load_state_dict(ckpt["model"], strict=True)
+    if average is not None:
+        if ckpt.get("average") is None:
+            raise CLIError("the checkpoint has no average of the weights (--ema) to continue; resume with --ema 0")
+        average.load_state_dict(ckpt["average"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     if ckpt.get("scaler") and scaler.is_enabled():

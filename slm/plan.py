@@ -30,6 +30,7 @@ from slm.hardware import Machine, auto_dtype
 LOGIT_BYTES = {False: 15.0, True: 8.5}  # by compiled
 BLOCK_VALUES = 17
 TRAINING_BYTES_PER_PARAM = 16  # float32 weights, gradients and AdamW's two moments
+AVERAGE_BYTES_PER_PARAM = 4  # the weights' float32 average (--ema, slm/averaging.py)
 USABLE_MEMORY = 0.85  # of the device's memory (free memory where known); the rest is the allocator's slack
 RESERVED_BYTES = 512 << 20  # CUDA context, cuBLAS workspaces
 
@@ -68,19 +69,22 @@ def activation_bytes(mc: GPTConfig, dtype: str, compiled: bool) -> float:
     return per_token * mc.block_size
 
 
-def training_memory(mc: GPTConfig, batch_size: int, dtype: str, compiled: bool) -> float:
-    """Estimated peak bytes of a training step with this micro-batch: the parameters' state plus activations."""
+def training_memory(mc: GPTConfig, batch_size: int, dtype: str, compiled: bool, averaged: bool = False) -> float:
+    """Estimated peak bytes of a training step with this micro-batch: the parameters' state (and their average,
+    with --ema) plus activations."""
     c = mc.n_embd  # parameters: the tied embedding, positions, and per block 12 C^2 + 13 C (model.py's layers)
     params = (mc.vocab_size + mc.block_size) * c + mc.n_layer * (12 * c * c + 13 * c) + 2 * c
-    return params * TRAINING_BYTES_PER_PARAM + batch_size * activation_bytes(mc, dtype, compiled)
+    per_param = TRAINING_BYTES_PER_PARAM + (AVERAGE_BYTES_PER_PARAM if averaged else 0)
+    return params * per_param + batch_size * activation_bytes(mc, dtype, compiled)
 
 
-def fitting_micro_batch(machine: Machine, mc: GPTConfig, sequences: int, dtype: str, compiled: bool) -> int:
+def fitting_micro_batch(machine: Machine, mc: GPTConfig, sequences: int, dtype: str, compiled: bool,
+                        averaged: bool = False) -> int:
     """The largest divisor of `sequences` whose training step fits the device's memory (1 at least)."""
     memory = machine.free_memory or machine.total_memory
     usable = memory * USABLE_MEMORY - RESERVED_BYTES
     fits = [d for d in range(1, sequences + 1)
-            if sequences % d == 0 and training_memory(mc, d, dtype, compiled) <= usable]
+            if sequences % d == 0 and training_memory(mc, d, dtype, compiled, averaged) <= usable]
     return max(fits, default=1)
 
 
@@ -97,9 +101,9 @@ def make_plan(machine: Machine, mc: GPTConfig, tc: TrainConfig, given: set[str] 
     batch_size, grad_accum = tc.batch_size, tc.grad_accum
     sequences = batch_size * grad_accum
     if machine.total_memory and not {"batch_size", "grad_accum"} & set(given):
-        batch_size = fitting_micro_batch(machine, mc, sequences, dtype, compile_)
+        batch_size = fitting_micro_batch(machine, mc, sequences, dtype, compile_, averaged=tc.ema > 0)
         grad_accum = sequences // batch_size
-        if training_memory(mc, batch_size, dtype, compile_) > machine.total_memory * USABLE_MEMORY:
+        if training_memory(mc, batch_size, dtype, compile_, tc.ema > 0) > machine.total_memory * USABLE_MEMORY:
             notes.append("even one sequence may not fit: lower --block-size or use a smaller model")
     elif {"batch_size", "grad_accum"} & set(given):
         notes.append("micro-batch as given")

@@ -109,6 +109,9 @@ def report_text(run, summary: dict, mfu: float | None, glimpse: str | None) -> s
     if history:
         lines.append(f"Best validation loss **{run.best_val:.4f}** at step {run.best_step:,}: "
                      f"`{out / BEST_FILE}` (what `model_usage.py --checkpoint {out / BEST_FILE}` loads).")
+        if run.tc.ema > 0:
+            lines.append(f"It holds the moving average of the weights (`--ema {run.tc.ema}`), which every evaluation "
+                         f"scored; `{out / CKPT_FILE}` holds the weights as trained, to resume.")
     if summary["stopped"] in ("SIGINT", "SIGTERM", "stop_after"):
         lines.append(f"Continue with `python training.py --out-dir {out} --resume` (from `{out / CKPT_FILE}`).")
     mfu_text = f"MFU {mfu:.1%}" if mfu else "MFU not known (no peak FLOP/s for this device; --peak-flops sets it)"

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 
 from config import GPTConfig, TrainConfig
+from slm.averaging import WeightAverage
 from slm.distributed import Dist
 from slm.schedule import Budget
 
@@ -37,6 +38,7 @@ class Run:
     optimizer: torch.optim.Optimizer = None
     scheduler: Any = None
     scaler: torch.amp.GradScaler = None
+    average: WeightAverage | None = None  # the weights' moving average (--ema): what evaluates and is kept
     batch_gen: torch.Generator = None  # draws the training batches; evaluation has its own generators
     model: torch.nn.Module = None  # raw_model, compiled if asked: what evaluates
     train_model: torch.nn.Module = None  # model, wrapped in DDP under torchrun: what trains

@@ -36,6 +36,8 @@ TRAIN_HELP = {
     "beta1": "AdamW beta1",
     "beta2": "AdamW beta2",
     "grad_clip": "clip the global gradient norm to this (0 disables)",
+    "ema": "keep an exponential moving average of the weights with this decay (0.99 averages the last ~100 "
+           "steps): evaluations score it and best_model_params.pt saves it (0 = the weights as trained)",
     "eval_interval": "optimizer steps between evaluations (each also saves ckpt.pt)",
     "eval_iters": "fixed batches per split in each evaluation",
     "seed": "seed for initialisation, batch sampling and dropout",
@@ -83,6 +85,8 @@ def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flo
     for flag, beta in (("--beta1", tc.beta1), ("--beta2", tc.beta2)):
         if not 0 <= beta < 1:
             raise CLIError(f"{flag} {beta} must be in [0, 1)")
+    if not 0 <= tc.ema < 1:
+        raise CLIError(f"--ema {tc.ema} must be in [0, 1) (0 = no average: the weights as trained)")
     if tc.grad_clip < 0:
         raise CLIError(f"--grad-clip {tc.grad_clip} must not be negative (0 disables clipping)")
     if tc.max_minutes < 0:

@@ -136,6 +136,8 @@ def test_flags_override_the_preset_and_the_default_preset_is_cpu_without_cuda():
         (["--block-size", "100000"], "--block-size 100000 is longer than the train data"),
         (["--warmup-iters", "30"], "--warmup-iters 30 must be at least 0 and below --max-iters 30"),
         (["--dropout", "1.5"], "--dropout 1.5 must be in [0, 1)"),
+        (["--ema", "1"], "--ema 1.0 must be in [0, 1)"),
+        (["--ema", "-0.5"], "--ema -0.5 must be in [0, 1)"),
     ],
 )
 def test_bad_settings_stop_before_any_work(tiny_data_dir, tmp_path, flags, message):
@@ -207,8 +209,9 @@ def test_real_tinystories_sample_loss_falls(shared_tinystories, tmp_path):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 2.0
 
 
-def test_resume_continues_exactly(tiny_data_dir, tmp_path):
-    over = dict(max_iters=12, eval_interval=4, dropout=0.1, batch_size=2, eval_iters=1)
+@pytest.mark.parametrize("ema", [0.0, 0.8])
+def test_resume_continues_exactly(tiny_data_dir, tmp_path, ema):
+    over = dict(max_iters=12, eval_interval=4, dropout=0.1, batch_size=2, eval_iters=1, ema=ema)
     mc, tc = smoke(tiny_data_dir, tmp_path / "straight", **over)
     straight = training.train(mc, tc, progress=False)
 
@@ -224,9 +227,55 @@ def test_resume_continues_exactly(tiny_data_dir, tmp_path):
     assert got == pytest.approx([loss for _, loss in straight["losses"]], abs=1e-6)
     assert_same_rows(read_log(Path(tc.out_dir) / "log.csv"),
                      read_log(tmp_path / "straight" / "log.csv"), tol=1e-6)
-    a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)["model"]
-    b = torch.load(Path(tc.out_dir) / "ckpt.pt", weights_only=True)["model"]
-    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    for name in ("ckpt.pt", "best_model_params.pt"):  # with --ema, the best model is the average: resumed too
+        a = torch.load(tmp_path / "straight" / name, weights_only=True)["model"]
+        b = torch.load(Path(tc.out_dir) / name, weights_only=True)["model"]
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_the_weights_average_weighs_each_steps_weights_by_the_decay_and_swaps_in_and_out_exactly():
+    from slm.averaging import WeightAverage
+
+    model = torch.nn.Linear(3, 2)
+    average = WeightAverage(model, decay=0.7)
+    seen = []
+    for _ in range(4):  # four "steps": new weights each time, mixed into the average
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn_like(p))
+        seen.append([p.detach().clone() for p in model.parameters()])
+        average.update()
+    weights = [0.7 ** (len(seen) - 1 - i) for i in range(len(seen))]  # the last step 1, the one before 0.7, ...
+    expected = [sum(w * s[j] for w, s in zip(weights, seen)) / sum(weights) for j in range(2)]
+    trained = [p.detach().clone() for p in model.parameters()]
+    pointers = [p.data_ptr() for p in model.parameters()]
+    with average.swapped_in():
+        for p, e in zip(model.parameters(), expected):
+            torch.testing.assert_close(p.detach(), e)  # the initial weights count for nothing
+    assert all(torch.equal(p, t) for p, t in zip(model.parameters(), trained))  # bit for bit
+    assert [p.data_ptr() for p in model.parameters()] == pointers  # the same tensors: compile and AdamW hold them
+
+
+def test_ema_keeps_the_average_as_the_best_model_and_leaves_the_training_itself_untouched(tiny_data_dir, tmp_path):
+    over = dict(max_iters=12, eval_interval=6, dropout=0.1, batch_size=2, eval_iters=2)
+    plain = training.train(*smoke(tiny_data_dir, tmp_path / "plain", **over), progress=False)
+    averaged = training.train(*smoke(tiny_data_dir, tmp_path / "ema", ema=0.8, **over), progress=False)
+    assert averaged["losses"] == plain["losses"]  # the same steps, to the last bit: the average only watches
+    trained = torch.load(tmp_path / "plain" / "ckpt.pt", weights_only=True)
+    ckpt = torch.load(tmp_path / "ema" / "ckpt.pt", weights_only=True)
+    assert all(torch.equal(ckpt["model"][k], v) for k, v in trained["model"].items())
+    best = torch.load(tmp_path / "ema" / "best_model_params.pt", weights_only=True)
+    names = [n for n, p in GPT(smoke(tiny_data_dir, tmp_path)[0]).named_parameters()]
+    assert best["step"] == 12 and ckpt["average"]["updates"] == 12 and ckpt["average"]["decay"] == 0.8
+    for name, a in zip(names, ckpt["average"]["average"]):
+        assert torch.equal(best["model"][name], a)  # what is kept as the best model is the average ...
+    assert not torch.equal(best["model"][names[0]], trained["model"][names[0]])  # ... not the trained weights
+    # ... and what evaluation scored: another loss than the trained weights' at the same step
+    rows, plain_rows = read_log(tmp_path / "ema" / "log.csv"), read_log(tmp_path / "plain" / "log.csv")
+    assert rows[0]["val_loss"] == plain_rows[0]["val_loss"] and rows[-1]["val_loss"] != plain_rows[-1]["val_loss"]
+    GPT.from_checkpoint(best)  # a model file like any other: strict load of every key
+    assert "moving average of the weights (`--ema 0.8`)" in (tmp_path / "ema" / "report.md").read_text()
+    assert "moving average" not in (tmp_path / "plain" / "report.md").read_text()
 
 
 def test_resume_refuses_changed_settings(tiny_data_dir, tmp_path):
