@@ -13,7 +13,7 @@ import io
 import textwrap
 from pathlib import Path
 
-from slm.checkpoint import BEST_FILE, config_from_dict, describe_source, load_checkpoint
+from slm.checkpoint import BEST_FILE, CKPT_FILE, config_from_dict, describe_source, load_checkpoint
 from slm.cli import CLIError
 from slm.files import atomic_write_bytes
 from slm.progress import LOG_FILE, PLOT_FILE, STEPS_FILE, read_log, read_steps
@@ -54,9 +54,10 @@ def loss_ticks(bottom: float, top: float) -> list[float]:
     return ticks
 
 
-def plot_run(path: Path, history: list[dict], steps: list[dict], title: str) -> None:
+def plot_run(path: Path, history: list[dict], steps: list[dict], title: str, ema: float = 0.0) -> None:
     """Draw loss.png (see the module's docstring) and write it atomically. history: log.csv's rows;
-    steps: steps.csv's rows (may be empty: then the evaluations alone, as older runs logged them)."""
+    steps: steps.csv's rows (may be empty: then the evaluations alone, as older runs logged them); ema: the run's
+    --ema (above 0 its evaluations scored the weights' average, and the legend says so)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,7 +70,7 @@ def plot_run(path: Path, history: list[dict], steps: list[dict], title: str) -> 
         xs = [r["step"] for r in steps]
         ax.plot(xs, [r["train_loss"] for r in steps], color="C0", alpha=0.25, lw=0.7, label="train loss, each step")
         ax.plot(xs, smoothed, color="C0", lw=1.8, label="train loss, smoothed (EMA)")
-    draw_evaluations(ax, history)
+    draw_evaluations(ax, history, ema)
     bottom, top, after = y_range(steps, smoothed, history)
     ax.set_yscale("log")
     ax.set_ylim(bottom, top)
@@ -99,15 +100,15 @@ def plot_run(path: Path, history: list[dict], steps: list[dict], title: str) -> 
     atomic_write_bytes(path, png.getvalue())
 
 
-def draw_evaluations(ax, history: list[dict]) -> None:
+def draw_evaluations(ax, history: list[dict], ema: float = 0.0) -> None:
     """The fixed-batch evaluations as points, the best validation loss (the saved model) as a star."""
     if not history:
         return
     xs = [r["step"] for r in history]
-    ax.plot(xs, [r["train_loss"] for r in history], "o", ms=5, color="C0", mec="white",
-            label="train loss, evaluation (fixed batches)")
+    of = f"the weights' average (--ema {ema}), fixed batches" if ema > 0 else "evaluation (fixed batches)"
+    ax.plot(xs, [r["train_loss"] for r in history], "o", ms=5, color="C0", mec="white", label=f"train loss, {of}")
     ax.plot(xs, [r["val_loss"] for r in history], "s--", ms=5, lw=0.8, color="C1", mec="white",
-            label="validation loss, evaluation (fixed batches)")
+            label=f"validation loss, {of}")
     best = min(history, key=lambda r: r["val_loss"])
     ax.plot([best["step"]], [best["val_loss"]], "*", ms=17, color="red", mec="darkred", zorder=5,
             label=f"best checkpoint: validation {best['val_loss']:.3f} at step {best['step']:,}")
@@ -149,7 +150,9 @@ def redraw(out_dir: str | Path) -> Path:
         best = load_checkpoint(out / BEST_FILE)
         per_step = next((r["tokens"] // r["step"] for r in history if r["step"] > 0), None)
         title = plot_title(config_from_dict(best["config"]), count_parameters(best["model"]), per_step, best.get("data"))
-    plot_run(out / PLOT_FILE, history, steps, title)
+    ckpt = load_checkpoint(out / CKPT_FILE) if (out / CKPT_FILE).is_file() else {}
+    ema = (ckpt.get("train_config") or {}).get("ema", 0.0)  # the evaluations scored the weights' average
+    plot_run(out / PLOT_FILE, history, steps, title, ema)
     return out / PLOT_FILE
 
 

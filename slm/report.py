@@ -30,7 +30,8 @@ def save_progress(run) -> None:
     write_steps(run.out_dir / STEPS_FILE, run.steps)
     if run.history:
         title = plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, run.facts)
-        plot_run(run.out_dir / PLOT_FILE, run.history, [dict(zip(STEP_FIELDS, r)) for r in run.steps], title)
+        plot_run(run.out_dir / PLOT_FILE, run.history, [dict(zip(STEP_FIELDS, r)) for r in run.steps], title,
+                 run.tc.ema)
 
 
 def summarize(run, stopped: str, start_step: int, now: float) -> dict:

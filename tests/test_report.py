@@ -166,6 +166,26 @@ def test_plot_only_redraws_loss_png_from_the_logs(finished, capsys):
     assert f"drew {out / 'loss.png'}" in capsys.readouterr().out
 
 
+def test_the_plots_legend_says_when_the_evaluations_scored_the_weights_average():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from slm.plot import draw_evaluations
+
+    history = [{"step": 0, "train_loss": 10.8, "val_loss": 10.9}, {"step": 10, "train_loss": 5.0, "val_loss": 5.2}]
+    labels = {}
+    for ema in (0.0, 0.99):
+        fig, ax = plt.subplots()
+        draw_evaluations(ax, history, ema)
+        labels[ema] = ax.get_legend_handles_labels()[1]
+        plt.close(fig)
+    assert labels[0.0][:2] == ["train loss, evaluation (fixed batches)", "validation loss, evaluation (fixed batches)"]
+    assert labels[0.99][:2] == ["train loss, the weights' average (--ema 0.99), fixed batches",
+                                "validation loss, the weights' average (--ema 0.99), fixed batches"]
+
+
 def test_plot_only_without_a_log_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "training.py", "--plot-only", str(tmp_path)], cwd=REPO, capture_output=True,
                        text=True)

@@ -256,7 +256,8 @@ def test_the_weights_average_weighs_each_steps_weights_by_the_decay_and_swaps_in
     assert [p.data_ptr() for p in model.parameters()] == pointers  # the same tensors: compile and AdamW hold them
 
 
-def test_ema_keeps_the_average_as_the_best_model_and_leaves_the_training_itself_untouched(tiny_data_dir, tmp_path):
+def test_ema_keeps_the_average_as_the_best_model_and_leaves_the_training_itself_untouched(tiny_data_dir, tmp_path,
+                                                                                          monkeypatch):
     over = dict(max_iters=12, eval_interval=6, dropout=0.1, batch_size=2, eval_iters=2)
     plain = training.train(*smoke(tiny_data_dir, tmp_path / "plain", **over), progress=False)
     averaged = training.train(*smoke(tiny_data_dir, tmp_path / "ema", ema=0.8, **over), progress=False)
@@ -276,6 +277,12 @@ def test_ema_keeps_the_average_as_the_best_model_and_leaves_the_training_itself_
     GPT.from_checkpoint(best)  # a model file like any other: strict load of every key
     assert "moving average of the weights (`--ema 0.8`)" in (tmp_path / "ema" / "report.md").read_text()
     assert "moving average" not in (tmp_path / "plain" / "report.md").read_text()
+    import slm.plot  # --plot-only finds the run's --ema in ckpt.pt, for the legend (test_report.py checks its words)
+
+    drawn = {}
+    monkeypatch.setattr(slm.plot, "plot_run", lambda path, history, steps, title, ema=0.0: drawn.update(ema=ema))
+    training.main(["--plot-only", str(tmp_path / "ema")])
+    assert drawn == {"ema": 0.8}
 
 
 def test_resume_refuses_changed_settings(tiny_data_dir, tmp_path):
