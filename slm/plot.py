@@ -69,7 +69,7 @@ def plot_run(path: Path, history: list[dict], steps: list[dict], title: str, ema
     if steps:
         xs = [r["step"] for r in steps]
         ax.plot(xs, [r["train_loss"] for r in steps], color="C0", alpha=0.25, lw=0.7, label="train loss, each step")
-        ax.plot(xs, smoothed, color="C0", lw=1.8, label="train loss, smoothed (EMA)")
+        ax.plot(xs, smoothed, color="C0", lw=1.8, label="train loss, smoothed")
     draw_evaluations(ax, history, ema)
     bottom, top, after = y_range(steps, smoothed, history)
     ax.set_yscale("log")
