@@ -36,16 +36,17 @@ def main(argv: list[str] | None = None) -> None:
     train_args = [a for a in args.train_args if a != "--"]
     if "--ema" not in train_args:
         train_args += ["--ema", "0"]
-    averages: dict[float, WeightAverage] = {}
+    averages: dict[float, WeightAverage] = {}  # decay -> the average, made at the first step
+    trained: list[torch.nn.Module] = []  # the run's model, whose parameters the averages follow
     step = training.train_step
 
     def step_and_average(run, wants_stop):
         stop = step(run, wants_stop)
-        if not averages:
+        if not trained:
+            trained.append(run.raw_model)
             averages.update({d: WeightAverage(run.raw_model, d) for d in decays})
-            averages["model"] = run.raw_model
-        for d in decays:
-            averages[d].update()
+        for average in averages.values():
+            average.update()
         return stop
 
     training.train_step = step_and_average
@@ -53,10 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(train_args[train_args.index("--out-dir") + 1])
     best = torch.load(out / "best_model_params.pt", weights_only=True)
     rows = [("trained weights (best_model_params.pt)", best["step"], out / "best_model_params.pt")]
-    for d in decays:
-        with averages[d].swapped_in():
-            path = out / f"ema-{d}.pt"
-            torch.save({**best, "model": averages["model"].state_dict(), "step": summary["step"]}, path)
+    for d, average in averages.items():
+        path = out / f"ema-{d}.pt"
+        with average.swapped_in():
+            torch.save({**best, "model": trained[0].state_dict(), "step": summary["step"]}, path)
         rows.append((f"average, decay {d}", summary["step"], path))
     print(f"\n{'model':<40} {'step':>6} {'loss on ' + Path(args.text_file).name:>24}")
     for name, at, path in rows:

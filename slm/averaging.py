@@ -1,10 +1,11 @@
 """The weights a run keeps: an exponential moving average of the trained weights (--ema), which evaluation
 scores and best_model_params.pt saves, while the optimizer goes on training the weights themselves.
 
-The cpu preset's learning rate ends at a tenth of its peak, not near zero: decaying further lost every time
-in the recipe search (the model still learns fast at these step counts), so the last steps' weights are
-noisy. Averaging the last ~100 of them (decay 0.99) removes much of that noise without slowing the learning:
-at 1,550 fixed steps of the cpu preset, 2.768 against 2.781 on validation.txt (benchmarks/recipe_rule.md).
+At the cpu preset's step counts the model still learns fast, so its learning rate must not decay near zero
+(that lost every time in the recipe search), and the last steps' weights are noisy. Averaging the last ~100
+of them (decay 0.99) removes much of that noise without slowing the learning, and lets the rate end even
+higher: at 1,550 fixed steps, 2.746 on validation.txt with a floor of 2e-3 and the average, against 2.781
+for the floor of 5e-4 without one (benchmarks/recipe_rule.md, "The weights' average").
 """
 
 from __future__ import annotations

@@ -280,7 +280,8 @@ def restore_progress(ckpt: dict, model, optimizer, scheduler, scaler, batch_gen,
     model.load_state_dict(ckpt["model"], strict=True)
     if average is not None:
         if ckpt.get("average") is None:
-            raise CLIError("the checkpoint has no average of the weights (--ema) to continue; resume with --ema 0")
+            raise CLIError(f"the checkpoint's settings keep an average of the weights (--ema "
+                           f"{average.decay}) but it holds none; it cannot be resumed, start afresh")
         average.load_state_dict(ckpt["average"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
