@@ -39,7 +39,7 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         # goes up to 1.2e-3: 3.136 at 1,230 steps (the AVX2 kind's count) against 3.173 at the floor of 3e-4
         # and 3.181 for that run's trained weights (3.201 for the trained weights at 1.2e-3).
         (800, {"batch_size": 8, "learning_rate": 3e-3, "min_lr": 1.2e-3, "warmup_iters": 200, "ema": 0.98}),
-        # 800 steps and up (AVX512_BF16 makes ~1,100-1,650): the preset, the earlier search's winner
+        # 800 steps and up (AVX512_BF16 makes ~1,100-1,650, AMX ~2,400): the preset, the earlier search's winner
         # (recipe_search.md). At 1,600 steps it beats batch 8, warmup 200 and a higher floor (2.777 against
         # 2.792-2.804). Batch 32 at equal tokens trails it at 2,200 steps (2.702 / 2.711 against 2.700 / 2.703,
         # two seeds) and leads at 3,000 (2.644 / 2.644 against 2.648 / 2.653): they cross at ~2,600, within
