@@ -26,21 +26,24 @@ from config import PRESETS, GPTConfig, TrainConfig
 # tokens (width 128, 16 x 128 and 8 x 128 run at the same float32 tokens/s): benchmarks/recipe_rule.md.
 RULES: dict[str, list[tuple[float, dict]]] = {
     "cpu": [
-        # ~250 steps (a CPU half as fast as an AVX2 laptop): 4 x 128 per step, the same rates: 3.678 / 3.681
-        # (two seeds) against 3.731 / 3.736 at 8 x 128 and 3.824 for the preset's shape (warmup 200). At ~500
-        # steps 8 x 128 is ahead (3.315 against 3.326): the two cross at ~440 steps (log-interpolated).
-        # The weights' average (decay 0.98) with the floor raised to 1.2e-3: 3.648 against 3.685 at 1,000 steps
-        # (at the floor of 3e-4 the average alone did not help: 3.687). A higher peak is worse here: 4e-3 -> 2e-3
-        # 3.661 and 5e-3 -> 2e-3 3.689 against 3.652 for these rates (a rerun, one thread).
-        (440, {"batch_size": 4, "learning_rate": 3e-3, "min_lr": 1.2e-3, "warmup_iters": 200, "ema": 0.98}),
-        # ~500 steps (a CPU without native bf16, float32): 8 x 128 per step and a shorter warmup: 3.315 / 3.343
-        # (two seeds, 3e-3 -> 3e-4) against the preset's 3.354 / 3.380 at the same 1.02M tokens. At 1,000 steps
-        # (2.05M tokens) the preset is ahead (2.966 against 2.982): the two cross at ~800 steps (interpolated in
-        # log steps), the boundary. With the weights' average (decay 0.98) the preset's own rates win here too:
-        # 5e-3 -> 2e-3 scored 3.155 / 3.200 (two seeds) at 1,150 steps of 8 x 128 (the AVX2 kind's count) and
-        # 3.282 at 900, against 3.178 / 3.216 and 3.310 for 3e-3 -> 1.2e-3; 4e-3, 7e-3, a floor of 1.2e-3 or
-        # 3e-3, a warmup of 100, 150 or 300, and 16 x 128 at equal tokens were no better (recipe_rule.md).
-        (800, {"batch_size": 8, "warmup_iters": 200, "ema": 0.98}),
+        # ~250 steps (a CPU half as fast as an AVX2 laptop): 512 tokens per step, 3e-3 -> 1.2e-3 and the weights'
+        # average (decay 0.98). 4 x 128 at 3e-3 -> 3e-4 scored 3.678 / 3.681 (two seeds) against 3.731 / 3.736 at
+        # 8 x 128 and 3.824 for the preset's shape (warmup 200); at ~500 steps 8 x 128 was ahead (3.315 against
+        # 3.326): the two cross at ~440 steps (log-interpolated), the boundary. The average with the floor at
+        # 1.2e-3 gave 4 x 128 3.652 at 1,000 steps (3.687 at the floor of 3e-4), a higher peak no better (4e-3:
+        # 3.661, 5e-3: 3.689), and a context of 64, 8 x 64, 3.477 (recipe_rule.md, "A shorter context").
+        (440, {"batch_size": 8, "block_size": 64, "learning_rate": 3e-3, "min_lr": 1.2e-3, "warmup_iters": 200,
+               "ema": 0.98}),
+        # ~500 steps (a CPU without native bf16, float32): 1,024 tokens per step and a shorter warmup. Without the
+        # weights' average, 8 x 128 at 3e-3 -> 3e-4 scored 3.315 / 3.343 (two seeds) against the preset's 3.354 /
+        # 3.380 at the same 1.02M tokens; at 1,000 steps (2.05M tokens) the preset is ahead (2.966 against
+        # 2.982): the two cross at ~800 steps (interpolated in log steps), the boundary. With the average (decay
+        # 0.98) the preset's own rates win here, and a context of 64 more so: 16 x 64 at 5e-3 -> 2e-3 scored
+        # 3.092 / 3.082 (two seeds) at 1,150 steps (the AVX2 kind's count) and 3.189 at 900, against 3.155 /
+        # 3.200 and 3.282 for 8 x 128 at the same rates, and 3.178 / 3.216 and 3.310 for 8 x 128 at 3e-3 ->
+        # 1.2e-3. 32 x 32 (3.102), 4 x 256 (3.431), 16 x 64 at 3e-3 (3.103), other peaks, floors and warmups
+        # were no better (recipe_rule.md, "The batch-8 row's rates" and "A shorter context").
+        (800, {"batch_size": 16, "block_size": 64, "warmup_iters": 200, "ema": 0.98}),
         # 800 steps and up (AVX512_BF16 makes ~1,100-1,650, AMX ~2,400): the preset, the earlier search's winner
         # (recipe_search.md). At 1,600 steps it beats batch 8, warmup 200 and a higher floor (2.777 against
         # 2.792-2.804). Batch 32 at equal tokens trails it at 2,200 steps (2.702 / 2.711 against 2.700 / 2.703,
@@ -109,7 +112,7 @@ def apply(preset: str | None, mc: GPTConfig, tc: TrainConfig, step_s: float, giv
     new_tc = replace(tc, **{k: v for k, v in settings.items() if k not in model_fields})
     if "batch_size" in settings and "grad_accum" not in given:
         new_tc = replace(new_tc, grad_accum=1)
-    tokens = new_tc.batch_size * new_tc.grad_accum / (tc.batch_size * tc.grad_accum)
+    tokens = tokens_per_step(new_mc, new_tc) / tokens_per_step(mc, tc)  # a chosen step, in reference steps
     guess = step_s * tokens * token_cost(new_mc) / token_cost(mc)
     expected = tc.max_minutes * 60 / max(guess, 1e-9)  # steps of the chosen shape that fit, evaluations aside
     cut = max(1, int(WARMUP_MAX_SHARE * expected))
@@ -123,6 +126,11 @@ def apply(preset: str | None, mc: GPTConfig, tc: TrainConfig, step_s: float, giv
             f"({step_s * 1000:,.0f} ms per step, timed): {flags(settings) or 'the preset as it is'} "
             f"(the rule in slm/recipe.py{why})")
     return new_mc, new_tc, chosen, guess, line
+
+
+def tokens_per_step(mc: GPTConfig, tc: TrainConfig) -> int:
+    """Tokens in one optimizer step (per process): sequences x accumulation x context."""
+    return tc.batch_size * tc.grad_accum * mc.block_size
 
 
 def token_cost(mc: GPTConfig) -> float:

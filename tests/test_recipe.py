@@ -113,7 +113,7 @@ def test_a_long_step_budget_keeps_the_preset(tiny_data_dir, tmp_path, monkeypatc
 
 def test_a_budget_too_short_for_the_rows_warmup_cuts_it_to_half_the_steps_that_fit():
     """A minute on an AVX2 CPU (~63 reference steps of the cpu preset: 1-minute run, measured) takes the first
-    row, whose 200 warmup steps would outlast the ~250 steps of 4 x 128 that fit: warmup becomes half of
+    row, whose 200 warmup steps would outlast the ~250 steps of 8 x 64 that fit: warmup becomes half of
     those, said in the recipe line and recorded with the rule's choice. Given by hand, it stays."""
     from config import PRESETS
 
@@ -121,8 +121,8 @@ def test_a_budget_too_short_for_the_rows_warmup_cuts_it_to_half_the_steps_that_f
     step_s = 60 / 63  # a reference step, timed
     short = replace(base.train, max_minutes=1.0)
     mc, tc, chosen, guess, line = recipe.apply("cpu", base.model, short, step_s, frozenset())
-    expected = 60 / guess  # 4 x 128 steps: a quarter of a reference step each
-    assert tc.batch_size == 4 and expected == pytest.approx(252)
+    expected = 60 / guess  # 8 x 64 steps: a quarter of a reference step's tokens each
+    assert (tc.batch_size, mc.block_size) == (8, 64) and expected == pytest.approx(252)
     assert tc.warmup_iters == chosen["warmup_iters"] == int(expected / 2) == 126
     assert line.endswith("(the rule in slm/recipe.py; warmup 200 cut to 126, half the ~252 steps that fit)")
     assert "--warmup-iters 126" in line
@@ -132,6 +132,18 @@ def test_a_budget_too_short_for_the_rows_warmup_cuts_it_to_half_the_steps_that_f
     assert tc.warmup_iters == 200 and "warmup_iters" not in chosen and "cut" not in line
     _, tc, *_ = recipe.apply("cpu", base.model, base.train, 600 / 500, frozenset())  # 10 minutes, ~500 steps
     assert tc.warmup_iters == 200
+
+
+def test_a_row_that_shortens_the_context_counts_its_tokens(monkeypatch):
+    """A row may set the context as well as the batch: 16 x 64 is half the tokens of the preset's 16 x 128, so
+    a step of it is expected to take half the time (the cost per token is the same) and twice the steps fit."""
+    from config import PRESETS
+
+    base = PRESETS["cpu"]
+    monkeypatch.setattr(recipe, "RULES", {"cpu": [(math.inf, {"block_size": 64})]})
+    mc, tc, chosen, guess, line = recipe.apply("cpu", base.model, base.train, 0.5, frozenset())
+    assert mc.block_size == 64 and tc.batch_size == base.train.batch_size and chosen["block_size"] == 64
+    assert guess == pytest.approx(0.25) and "--block-size 64" in line
 
 
 def test_a_budget_that_ends_inside_warmup_says_the_rate_never_decayed(tiny_data_dir, tmp_path, monkeypatch, capsys):
@@ -165,7 +177,7 @@ def test_the_shipped_rules_are_ordered_and_each_row_builds_a_valid_run(preset):
         ref = lower * 1.01  # the row's smallest budget (the first row's: half its limit)
         step_s = base.train.max_minutes * 60 / ref  # the seconds per reference step that give that budget
         mc, tc, *_ = recipe.apply(preset, base.model, base.train, step_s, frozenset())
-        steps = ref * base.train.batch_size / tc.batch_size  # the steps its tokens give at the row's batch
+        steps = ref * recipe.tokens_per_step(base.model, base.train) / recipe.tokens_per_step(mc, tc)  # its steps
         check_settings(mc, tc)
         check_settings(mc, replace(tc, max_iters=int(steps), max_minutes=0))
         assert tc.warmup_iters < steps / 2, (limit, settings)
