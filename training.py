@@ -178,9 +178,12 @@ def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
     seconds = recipe.calibrate(lambda: trial_pass(run, run.raw_model, tc.batch_size * tc.grad_accum, dtype))
     step_s = run.dist.all_max(torch.tensor(seconds, device=run.device)).item()
     mc, run.tc, run.recipe, guess, line = recipe.apply(run.preset, run.mc, tc, step_s, given)
-    if mc != run.mc:  # a narrower or shallower model: built afresh from the seed, as the printed flags would
+    if mc != run.mc:  # another shape (a shorter context): built afresh from the seed, as the printed flags would
+        from batches import Batches
         from model import GPT
 
+        if mc.block_size != run.mc.block_size:
+            run.batches = Batches(tc.data_dir, mc.block_size, device=run.device)
         torch.manual_seed(tc.seed + run.dist.rank)
         run.mc, run.raw_model = mc, GPT(mc).to(run.device)
     run.budget = Budget(tc.max_minutes, run.tc.warmup_iters, run.tc.eval_interval, step_s_guess=guess,
