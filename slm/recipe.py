@@ -23,7 +23,8 @@ from config import PRESETS, GPTConfig, TrainConfig
 
 # preset -> rows of (reference steps below which the row applies, the settings it sets), in order of the step
 # budget, the last one open-ended. Measured on the real TinyStories sample, scored on validation.txt, at equal
-# tokens (width 128, 16 x 128 and 8 x 128 run at the same float32 tokens/s): benchmarks/recipe_rule.md.
+# tokens (width 128: 16 x 128, 8 x 128 and 16 x 64 run at the same float32 tokens/s within 2%, the head being ~90%
+# of the FLOPs): benchmarks/recipe_rule.md.
 RULES: dict[str, list[tuple[float, dict]]] = {
     "cpu": [
         # ~250 steps (a CPU half as fast as an AVX2 laptop): 512 tokens per step, 3e-3 -> 1.2e-3 and the weights'
