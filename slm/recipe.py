@@ -32,7 +32,8 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         # 8 x 128 and 3.824 for the preset's shape (warmup 200); at ~500 steps 8 x 128 was ahead (3.315 against
         # 3.326): the two cross at ~440 steps (log-interpolated), the boundary. The average with the floor at
         # 1.2e-3 gave 4 x 128 3.652 at 1,000 steps (3.687 at the floor of 3e-4), a higher peak no better (4e-3:
-        # 3.661, 5e-3: 3.689), and a context of 64, 8 x 64, 3.477 (recipe_rule.md, "A shorter context").
+        # 3.661, 5e-3: 3.689), and a context of 64, 8 x 64, 3.477 / 3.453 against 3.652 / 3.640 (two seeds;
+        # recipe_rule.md, "A shorter context").
         (440, {"batch_size": 8, "block_size": 64, "learning_rate": 3e-3, "min_lr": 1.2e-3, "warmup_iters": 200,
                "ema": 0.98}),
         # ~500 steps (a CPU without native bf16, float32): 1,024 tokens per step and a shorter warmup. Without the
