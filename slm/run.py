@@ -16,6 +16,7 @@ import torch
 from config import GPTConfig, TrainConfig
 from slm.averaging import WeightAverage
 from slm.distributed import Dist
+from slm.recipe import tokens_per_step
 from slm.schedule import Budget
 
 
@@ -63,7 +64,7 @@ class Run:
 
     device = property(lambda self: self.dist.device)
     dtype = property(lambda self: self.tc.dtype)
-    tokens_per_step = property(lambda self: self.tc.batch_size * self.tc.grad_accum * self.mc.block_size * self.dist.world)
+    tokens_per_step = property(lambda self: tokens_per_step(self.mc, self.tc) * self.dist.world)  # every process's
 
     @property
     def finished(self) -> bool:
