@@ -60,8 +60,9 @@ def config_from_dict(d: dict) -> GPTConfig:
     return GPTConfig(**d)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
-    """Load a checkpoint dict safely (weights_only), with one clear error for each way it can be bad."""
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint dict safely (weights_only), with one clear error for each way it can be bad. mmap: map
+    the tensors from the file instead of reading them, for a caller that needs only the settings or shapes."""
     import torch
 
     path = Path(path)
@@ -70,7 +71,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> dict:
     if path.is_dir():
         raise CLIError(f"{path} is a directory; pass the checkpoint file (e.g. {path / 'best_model_params.pt'})")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, random bytes, pickles of arbitrary objects, ...
         raise CLIError(f"{path} {why_unreadable(path, e)}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:

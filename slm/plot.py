@@ -147,10 +147,10 @@ def redraw(out_dir: str | Path) -> Path:
         raise CLIError(f"{out / LOG_FILE} has no evaluation yet; nothing to plot")
     title = f"{out / LOG_FILE}"
     if (out / BEST_FILE).is_file():
-        best = load_checkpoint(out / BEST_FILE)
+        best = load_checkpoint(out / BEST_FILE, mmap=True)  # its config and tensor shapes, not its weights
         per_step = next((r["tokens"] // r["step"] for r in history if r["step"] > 0), None)
         title = plot_title(config_from_dict(best["config"]), count_parameters(best["model"]), per_step, best.get("data"))
-    ckpt = load_checkpoint(out / CKPT_FILE) if (out / CKPT_FILE).is_file() else {}
+    ckpt = load_checkpoint(out / CKPT_FILE, mmap=True) if (out / CKPT_FILE).is_file() else {}
     ema = (ckpt.get("train_config") or {}).get("ema", 0.0)  # the evaluations scored the weights' average
     plot_run(out / PLOT_FILE, history, steps, title, ema)
     return out / PLOT_FILE
