@@ -62,6 +62,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
     ema: float = 0.0  # decay of the moving average of the weights that is evaluated and saved (0 = the weights as trained)
+    short_context: float = 0.0  # share of the steps, from the first, trained on windows cut in half (0 = none)
     # evaluation
     eval_interval: int = 500  # optimizer steps between evaluations
     eval_iters: int = 50  # fixed batches per split per evaluation

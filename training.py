@@ -61,7 +61,7 @@ from slm.plot import redraw
 from slm.progress import LOG_FILE, PLOT_FILE, Speedometer, announce, print_end, progress_bar
 from slm.report import save_progress, summarize, write_report
 from slm.sampling import Glimpse
-from slm.schedule import BUDGET_OVERRUN, Budget, make_scheduler, past_budget
+from slm.schedule import BUDGET_OVERRUN, Budget, make_scheduler, past_budget, short_context_steps
 from slm.run import Run
 from slm.settings import build_parser, check_data, check_settings, explicit_settings, format_settings, resolve
 
@@ -240,9 +240,12 @@ def train_step(run: Run, wants_stop: Callable[[], bool]) -> bool:
     One all-reduce per step carries the loss (for the log) and whether any rank wants_stop() (a signal,
     the time budget); returns that. A non-finite loss raises CLIError before the weights are touched."""
     tc, dist = run.tc, run.dist
+    short = run.step < short_context_steps(tc)  # --short-context: these windows are cut in half
     loss_sum = torch.zeros((), dtype=torch.float32, device=run.device)
     for micro in range(tc.grad_accum):
         x, y = global_batch(run.batches, "train", tc.batch_size, run.batch_gen, dist)
+        if short:  # (B, T) -> (2B, T/2): the same tokens, each predicted from at most T/2 before it
+            x, y = x.reshape(-1, x.shape[1] // 2), y.reshape(-1, y.shape[1] // 2)
         sync = micro == tc.grad_accum - 1  # under DDP, only the last micro-batch all-reduces the gradients
         with (run.train_model.no_sync() if dist.ddp and not sync else contextlib.nullcontext()):
             with autocast(run.device, run.dtype):

@@ -43,6 +43,16 @@ def make_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, at_step: i
     return scheduler
 
 
+def short_context_steps(tc: TrainConfig) -> int:
+    """How many optimizer steps, from the first, train on windows cut in half (--short-context): the share of
+    max_iters, and at least the warmup. A time budget fixes max_iters at the end of its probe, which lies
+    within warmup; every step before it is short whatever the count, so the run is step for step the one its
+    printed --max-iters command repeats."""
+    if tc.short_context <= 0:
+        return 0
+    return max(tc.warmup_iters, round(tc.short_context * tc.max_iters))
+
+
 def steps_that_fit(step: int, seconds: float, step_s: float, eval_s: float, eval_interval: int) -> int:
     """The largest step count N >= step whose remaining steps and evaluations (one at each multiple of
     eval_interval after step, and the final one at N) take at most `seconds`."""

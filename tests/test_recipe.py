@@ -16,8 +16,9 @@ from slm.schedule import PROBE_UNTIMED_STEPS, Budget
 from test_training import fake_clock
 
 # A rule for the smoke preset, in the shape of the cpu preset's: a short step budget gets a small batch, a
-# shorter context and its own schedule; a long one the preset as it is.
-SMOKE_RULE = [(100, {"batch_size": 4, "block_size": 32, "warmup_iters": 6, "learning_rate": 2e-3, "min_lr": 2e-4}),
+# shorter context (cut in half again for its first half) and its own schedule; a long one the preset as it is.
+SMOKE_RULE = [(100, {"batch_size": 4, "block_size": 32, "warmup_iters": 6, "learning_rate": 2e-3, "min_lr": 2e-4,
+                     "short_context": 0.5}),
               (math.inf, {})]
 FLAGS = ["--preset", "smoke", "--max-minutes", "1", "--eval-interval", "20", "--eval-iters", "1", "--no-progress"]  # batch 8, warmup 5
 
@@ -27,7 +28,7 @@ def test_choose_takes_the_row_of_the_step_budget_and_leaves_what_was_given(monke
     assert recipe.choose("smoke", 60, set()) == SMOKE_RULE[0][1]
     assert recipe.choose("smoke", 100, set()) == {}
     assert recipe.choose("smoke", 60, {"batch_size", "learning_rate"}) == {"block_size": 32, "warmup_iters": 6,
-                                                                           "min_lr": 2e-4}
+                                                                           "min_lr": 2e-4, "short_context": 0.5}
     assert recipe.choose("gpu", 60, set()) == {} and not recipe.has_rule("gpu")
 
 
@@ -72,7 +73,7 @@ def test_a_budget_run_takes_its_recipe_and_the_printed_command_repeats_it(tiny_d
     said = [line for line in lines if line.startswith("recipe: ")]
     assert said == ["recipe: 1.0 minutes fit about 60 steps of the smoke preset's shape here (1,000 ms per step, "
                     "timed): --batch-size 4 --block-size 32 --warmup-iters 6 --learning-rate 0.002 --min-lr 0.0002 "
-                    "(the rule in slm/recipe.py)"]
+                    "--short-context 0.5 (the rule in slm/recipe.py)"]
     ckpt = load_checkpoint(out / training.CKPT_FILE)
     assert ckpt["train_config"]["batch_size"] == 4 and ckpt["train_config"]["warmup_iters"] == 6
     assert ckpt["schedule"]["recipe"]["reference_steps"] == 60 and ckpt["schedule"]["recipe"]["batch_size"] == 4
@@ -80,7 +81,8 @@ def test_a_budget_run_takes_its_recipe_and_the_printed_command_repeats_it(tiny_d
     command = next(line for line in lines if line.startswith("schedule: ")).split("reproduce with: ")[1]
     assert ckpt["config"]["block_size"] == 32
     assert command.startswith("python training.py --preset smoke --block-size 32 --batch-size 4 --learning-rate 0.002 "
-                              "--min-lr 0.0002 --warmup-iters 6 --eval-interval 20 --eval-iters 1 --max-iters ")
+                              "--min-lr 0.0002 --warmup-iters 6 --short-context 0.5 --eval-interval 20 --eval-iters 1 "
+                              "--max-iters ")
     monkeypatch.undo()
 
     # The printed command, on the real clock, gives the same losses step for step.

@@ -25,6 +25,7 @@ from slm import schedule
 from slm.checkpoint import load_checkpoint
 from slm.cli import CLIError
 from slm.progress import mfu_peak, read_log
+from slm.schedule import short_context_steps
 from config import PRESETS, GPTConfig, TrainConfig
 from conftest import fake_free_space
 from test_files import torch_save_on_a_full_disk
@@ -138,6 +139,8 @@ def test_flags_override_the_preset_and_the_default_preset_is_cpu_without_cuda():
         (["--dropout", "1.5"], "--dropout 1.5 must be in [0, 1)"),
         (["--ema", "1"], "--ema 1.0 must be in [0, 1)"),
         (["--ema", "-0.5"], "--ema -0.5 must be in [0, 1)"),
+        (["--short-context", "1.5"], "--short-context 1.5 must be in [0, 1]"),
+        (["--short-context", "0.5", "--block-size", "33"], "--short-context needs an even --block-size"),
     ],
 )
 def test_bad_settings_stop_before_any_work(tiny_data_dir, tmp_path, flags, message):
@@ -209,9 +212,10 @@ def test_real_tinystories_sample_loss_falls(shared_tinystories, tmp_path):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 2.0
 
 
-@pytest.mark.parametrize("ema", [0.0, 0.8])
-def test_resume_continues_exactly(tiny_data_dir, tmp_path, ema):
-    over = dict(max_iters=12, eval_interval=4, dropout=0.1, batch_size=2, eval_iters=1, ema=ema)
+@pytest.mark.parametrize("ema, short_context", [(0.0, 0.0), (0.8, 0.0), (0.0, 0.75)])  # short: 9 of 12 steps
+def test_resume_continues_exactly(tiny_data_dir, tmp_path, ema, short_context):
+    over = dict(max_iters=12, eval_interval=4, dropout=0.1, batch_size=2, eval_iters=1, ema=ema,
+                short_context=short_context)
     mc, tc = smoke(tiny_data_dir, tmp_path / "straight", **over)
     straight = training.train(mc, tc, progress=False)
 
@@ -231,6 +235,37 @@ def test_resume_continues_exactly(tiny_data_dir, tmp_path, ema):
         a = torch.load(tmp_path / "straight" / name, weights_only=True)["model"]
         b = torch.load(Path(tc.out_dir) / name, weights_only=True)["model"]
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_short_context_steps_are_the_share_of_the_run_and_at_least_the_warmup():
+    tc = replace(TrainConfig(), max_iters=1000, warmup_iters=200)
+    assert short_context_steps(tc) == 0
+    assert short_context_steps(replace(tc, short_context=0.5)) == 500
+    assert short_context_steps(replace(tc, short_context=0.1)) == 200  # the warmup: see its docstring
+    assert short_context_steps(replace(tc, short_context=1.0)) == 1000
+
+
+def test_short_context_trains_the_first_steps_on_half_windows_with_the_same_tokens(tiny_data_dir, tmp_path,
+                                                                                  monkeypatch):
+    import model as model_module
+
+    seen = []  # (training?, shape of x) for every forward pass with targets
+
+    class Recording(model_module.GPT):
+        def forward(self, idx, targets=None, **kw):
+            if targets is not None:
+                seen.append((self.training, tuple(idx.shape)))
+            return super().forward(idx, targets, **kw)
+
+    monkeypatch.setattr(model_module, "GPT", Recording)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=20, warmup_iters=5, short_context=0.5, eval_interval=10,
+                   eval_iters=1)
+    summary = training.train(mc, tc, progress=False)
+    trained = [shape for training_mode, shape in seen if training_mode]
+    B, T = tc.batch_size, mc.block_size
+    assert trained == [(2 * B, T // 2)] * 10 + [(B, T)] * 10  # steps 0-9 short, 10-19 the full context
+    assert {shape for training_mode, shape in seen if not training_mode} == {(B, T)}, "evaluation: full windows"
+    assert summary["stopped"] == "done" and all(math.isfinite(loss) for _, loss in summary["losses"])
 
 
 def test_the_weights_average_weighs_each_steps_weights_by_the_decay_and_swaps_in_and_out_exactly():
