@@ -35,7 +35,7 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         # 3.661, 5e-3: 3.689), and a context of 64, 8 x 64, 3.477 / 3.453 against 3.652 / 3.640 (two seeds;
         # recipe_rule.md, "A shorter context").
         (440, {"batch_size": 8, "block_size": 64, "learning_rate": 3e-3, "min_lr": 1.2e-3, "warmup_iters": 200,
-               "ema": 0.98}),
+               "ema": 0.98, "short_context": 0.0}),
         # ~500 steps (a CPU without native bf16, float32): 1,024 tokens per step and a shorter warmup. Without the
         # weights' average, 8 x 128 at 3e-3 -> 3e-4 scored 3.315 / 3.343 (two seeds) against the preset's 3.354 /
         # 3.380 at the same 1.02M tokens; at 1,000 steps (2.05M tokens) the preset is ahead (2.966 against
@@ -44,14 +44,21 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         # 3.092 / 3.082 (two seeds) at 1,150 steps (the AVX2 kind's count) and 3.189 at 900, against 3.155 /
         # 3.200 and 3.282 for 8 x 128 at the same rates, and 3.178 / 3.216 and 3.310 for 8 x 128 at 3e-3 ->
         # 1.2e-3. 32 x 32 (3.102), 4 x 256 (3.431), 16 x 64 at 3e-3 (3.103), other peaks, floors and warmups
-        # were no better (recipe_rule.md, "The batch-8 row's rates" and "A shorter context").
-        (800, {"batch_size": 16, "block_size": 64, "warmup_iters": 200, "ema": 0.98}),
+        # were no better (recipe_rule.md, "The batch-8 row's rates" and "A shorter context"). At equal time at 1,050
+        # steps (3.119 / 3.120, two seeds) it beat 8, 12, 24 and 32 sequences of 64, 6 layers, width 160, 7e-3, a
+        # floor of 3e-3 and warmup 100 (3.130-3.201); halving its context for the first third or half of the steps
+        # moved it by under 0.01, so both short rows keep the whole context throughout (recipe_rule.md, "The AVX2
+        # kind at equal time").
+        (800, {"batch_size": 16, "block_size": 64, "warmup_iters": 200, "ema": 0.98, "short_context": 0.0}),
         # 800 steps and up (AVX512_BF16 makes ~1,100-1,650, AMX ~2,400): the preset, the earlier search's winner
         # (recipe_search.md). At 1,600 steps it beats batch 8, warmup 200 and a higher floor (2.777 against
         # 2.792-2.804). Batch 32 at equal tokens trails it at 2,200 steps (2.702 / 2.711 against 2.700 / 2.703,
         # two seeds) and leads at 3,000 (2.644 / 2.644 against 2.648 / 2.653): they cross at ~2,600, within
         # 0.01 either side, and nothing above 3,000 is measured, so batch 32 has no row. (Those comparisons
         # predate the preset's floor of 2e-3 with --ema 0.99, measured at 1,550 steps only: 2.746 against 2.781.)
+        # At 1,450 steps 16 x 64 throughout, at equal time, trails it (2.804 against 2.786), so the boundary at
+        # 800 stands; the preset's first half at context 64 (--short-context 0.5) leads it (recipe_rule.md,
+        # "Half the context first").
         (math.inf, {}),
     ],
 }
