@@ -61,7 +61,7 @@ from slm.plot import redraw
 from slm.progress import LOG_FILE, PLOT_FILE, Speedometer, announce, print_end, progress_bar
 from slm.report import save_progress, summarize, write_report
 from slm.sampling import Glimpse
-from slm.schedule import BUDGET_OVERRUN, Budget, make_scheduler, past_budget, short_context_steps
+from slm.schedule import BUDGET_OVERRUN, Budget, make_scheduler, past_budget, short_context_note, short_context_steps
 from slm.run import Run
 from slm.settings import build_parser, check_data, check_settings, explicit_settings, format_settings, resolve
 
@@ -240,11 +240,10 @@ def train_step(run: Run, wants_stop: Callable[[], bool]) -> bool:
     One all-reduce per step carries the loss (for the log) and whether any rank wants_stop() (a signal,
     the time budget); returns that. A non-finite loss raises CLIError before the weights are touched."""
     tc, dist = run.tc, run.dist
-    short = run.step < short_context_steps(tc)  # --short-context: these windows are cut in half
     loss_sum = torch.zeros((), dtype=torch.float32, device=run.device)
     for micro in range(tc.grad_accum):
         x, y = global_batch(run.batches, "train", tc.batch_size, run.batch_gen, dist)
-        if short:  # (B, T) -> (2B, T/2): the same tokens, each predicted from at most T/2 before it
+        if run.step < short_context_steps(tc):  # --short-context: (B, T) -> (2B, T/2), the same tokens
             x, y = x.reshape(-1, x.shape[1] // 2), y.reshape(-1, y.shape[1] // 2)
         sync = micro == tc.grad_accum - 1  # under DDP, only the last micro-batch all-reduces the gradients
         with (run.train_model.no_sync() if dist.ddp and not sync else contextlib.nullcontext()):
@@ -298,8 +297,9 @@ def evaluate_and_save(run: Run) -> None:
         save_resume_state(run)
         save_progress(run)
         run.save_s = time.time() - t_save
+        note = short_context_note(run.tc, run.mc.block_size, run.step)
         run.say(f"step {run.step}: train loss {losses['train']:.4f}, validation loss {losses['validation']:.4f}"
-                f"{' (best)' if is_best else ''}" + (f"\nsample: {sample}" if sample else ""))
+                f"{' (best)' if is_best else ''}{note}" + (f"\nsample: {sample}" if sample else ""))
     run.eval_s = time.time() - t0
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import io
 import textwrap
+from dataclasses import fields
 from pathlib import Path
 
+from config import TrainConfig
 from slm.checkpoint import BEST_FILE, CKPT_FILE, config_from_dict, describe_source, load_checkpoint
 from slm.cli import CLIError
 from slm.files import atomic_write_bytes
 from slm.progress import LOG_FILE, PLOT_FILE, STEPS_FILE, read_log, read_steps
+from slm.schedule import short_phase
 
 CLIP_FRACTION = 0.1  # the y-axis's top is the highest smoothed loss after this share of the steps
 NICE_TICKS = [1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16]
@@ -54,10 +57,12 @@ def loss_ticks(bottom: float, top: float) -> list[float]:
     return ticks
 
 
-def plot_run(path: Path, history: list[dict], steps: list[dict], title: str, ema: float = 0.0) -> None:
+def plot_run(path: Path, history: list[dict], steps: list[dict], title: str, ema: float = 0.0,
+             short: tuple[int, int] | None = None) -> None:
     """Draw loss.png (see the module's docstring) and write it atomically. history: log.csv's rows;
     steps: steps.csv's rows (may be empty: then the evaluations alone, as older runs logged them); ema: the run's
-    --ema (above 0 its evaluations scored the weights' average, and the legend says so)."""
+    --ema (above 0 its evaluations scored the weights' average, and the legend says so); short: (steps,
+    context) of a --short-context run's first phase, marked by a dotted line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -82,6 +87,10 @@ def plot_run(path: Path, history: list[dict], steps: list[dict], title: str, ema
         ax.text(0.99, 0.97, f"before step {after:,} the loss is above this axis (from "
                 f"{first.get('val_loss', first['train_loss']):.2f} at step {first['step']})", transform=ax.transAxes,
                 ha="right", va="top", fontsize=8, color="0.35")
+    if short:  # before the line the validation loss is high: the windows' later positions are not trained yet
+        ax.axvline(short[0], color="0.45", ls=":", lw=1.2)
+        ax.text(short[0], 0.88, f" context {short[1]} before step {short[0]:,}, {2 * short[1]} from it",
+                transform=ax.get_xaxis_transform(), ha="left", va="top", fontsize=8, color="0.35")
     ax.set_ylabel("cross-entropy loss (log scale)")
     ax.set_title("\n".join(textwrap.fill(line, 110) for line in title.splitlines()), fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
@@ -151,8 +160,13 @@ def redraw(out_dir: str | Path) -> Path:
         per_step = next((r["tokens"] // r["step"] for r in history if r["step"] > 0), None)
         title = plot_title(config_from_dict(best["config"]), count_parameters(best["model"]), per_step, best.get("data"))
     ckpt = load_checkpoint(out / CKPT_FILE, mmap=True) if (out / CKPT_FILE).is_file() else {}
-    ema = (ckpt.get("train_config") or {}).get("ema", 0.0)  # the evaluations scored the weights' average
-    plot_run(out / PLOT_FILE, history, steps, title, ema)
+    saved = ckpt.get("train_config") or {}
+    ema = saved.get("ema", 0.0)  # the evaluations scored the weights' average
+    short = None
+    if saved.get("short_context", 0) > 0:
+        tc = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
+        short = short_phase(tc, ckpt["config"]["block_size"])
+    plot_run(out / PLOT_FILE, history, steps, title, ema, short=short)
     return out / PLOT_FILE
 
 

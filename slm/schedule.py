@@ -53,6 +53,19 @@ def short_context_steps(tc: TrainConfig) -> int:
     return max(tc.warmup_iters, round(tc.short_context * tc.max_iters))
 
 
+def short_phase(tc: TrainConfig, block_size: int) -> tuple[int, int] | None:
+    """(steps, context) of a --short-context run's first phase, for what the user reads; None without one."""
+    return (short_context_steps(tc), block_size // 2) if tc.short_context > 0 else None
+
+
+def short_context_note(tc: TrainConfig, block_size: int, step: int) -> str:
+    """What an evaluation line adds while a --short-context run is in its short phase ("" otherwise)."""
+    short = short_phase(tc, block_size)
+    if not short or step >= short[0]:
+        return ""
+    return f" (context {short[1]} until step {short[0]}: the validation windows' later positions are not trained yet)"
+
+
 def steps_that_fit(step: int, seconds: float, step_s: float, eval_s: float, eval_interval: int) -> int:
     """The largest step count N >= step whose remaining steps and evaluations (one at each multiple of
     eval_interval after step, and the final one at N) take at most `seconds`."""

@@ -246,8 +246,10 @@ def test_short_context_steps_are_the_share_of_the_run_and_at_least_the_warmup():
 
 
 def test_short_context_trains_the_first_steps_on_half_windows_with_the_same_tokens(tiny_data_dir, tmp_path,
-                                                                                  monkeypatch):
+                                                                                  monkeypatch, capsys):
     import model as model_module
+    import slm.plot
+    import slm.report
 
     seen = []  # (training?, shape of x) for every forward pass with targets
 
@@ -257,6 +259,10 @@ def test_short_context_trains_the_first_steps_on_half_windows_with_the_same_toke
                 seen.append((self.training, tuple(idx.shape)))
             return super().forward(idx, targets, **kw)
 
+    drawn = []  # the short phase each loss.png marks: (steps, context)
+    real_plot = slm.plot.plot_run
+    monkeypatch.setattr(slm.report, "plot_run",
+                        lambda *a, short=None: (drawn.append(short), real_plot(*a, short=short)))
     monkeypatch.setattr(model_module, "GPT", Recording)
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=20, warmup_iters=5, short_context=0.5, eval_interval=10,
                    eval_iters=1)
@@ -266,6 +272,16 @@ def test_short_context_trains_the_first_steps_on_half_windows_with_the_same_toke
     assert trained == [(2 * B, T // 2)] * 10 + [(B, T)] * 10  # steps 0-9 short, 10-19 the full context
     assert {shape for training_mode, shape in seen if not training_mode} == {(B, T)}, "evaluation: full windows"
     assert summary["stopped"] == "done" and all(math.isfinite(loss) for _, loss in summary["losses"])
+
+    # What the user reads: the evaluations inside the short phase say why their validation loss is high, and
+    # loss.png marks the switch, also when --plot-only draws it again from the files.
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    note = f"(context {T // 2} until step 10: the validation windows' later positions are not trained yet)"
+    assert [note in line for line in lines] == [True, False, False]  # steps 0, 10, 20
+    assert drawn and set(drawn) == {(10, T // 2)}  # every save of loss.png
+    monkeypatch.setattr(slm.plot, "plot_run", lambda *a, short=None: drawn.append(short))
+    training.main(["--plot-only", tc.out_dir])
+    assert drawn[-1] == (10, T // 2)
 
 
 def test_the_weights_average_weighs_each_steps_weights_by_the_decay_and_swaps_in_and_out_exactly():
@@ -315,7 +331,8 @@ def test_ema_keeps_the_average_as_the_best_model_and_leaves_the_training_itself_
     import slm.plot  # --plot-only finds the run's --ema in ckpt.pt, for the legend (test_report.py checks its words)
 
     drawn = {}
-    monkeypatch.setattr(slm.plot, "plot_run", lambda path, history, steps, title, ema=0.0: drawn.update(ema=ema))
+    monkeypatch.setattr(slm.plot, "plot_run",
+                        lambda path, history, steps, title, ema=0.0, short=None: drawn.update(ema=ema))
     training.main(["--plot-only", str(tmp_path / "ema")])
     assert drawn == {"ema": 0.8}
 
