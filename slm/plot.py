@@ -160,13 +160,10 @@ def redraw(out_dir: str | Path) -> Path:
         per_step = next((r["tokens"] // r["step"] for r in history if r["step"] > 0), None)
         title = plot_title(config_from_dict(best["config"]), count_parameters(best["model"]), per_step, best.get("data"))
     ckpt = load_checkpoint(out / CKPT_FILE, mmap=True) if (out / CKPT_FILE).is_file() else {}
-    saved = ckpt.get("train_config") or {}
-    ema = saved.get("ema", 0.0)  # the evaluations scored the weights' average
-    short = None
-    if saved.get("short_context", 0) > 0:
-        tc = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
-        short = short_phase(tc, ckpt["config"]["block_size"])
-    plot_run(out / PLOT_FILE, history, steps, title, ema, short=short)
+    saved = ckpt.get("train_config") or {}  # the run's settings (absent ones at TrainConfig's defaults)
+    tc = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
+    short = short_phase(tc, ckpt["config"]["block_size"]) if saved else None  # a --short-context run's switch
+    plot_run(out / PLOT_FILE, history, steps, title, tc.ema, short=short)  # ema: evaluations scored the average
     return out / PLOT_FILE
 
 

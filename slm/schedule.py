@@ -55,7 +55,8 @@ def short_context_steps(tc: TrainConfig) -> int:
 
 def short_phase(tc: TrainConfig, block_size: int) -> tuple[int, int] | None:
     """(steps, context) of a --short-context run's first phase, for what the user reads; None without one."""
-    return (short_context_steps(tc), block_size // 2) if tc.short_context > 0 else None
+    steps = short_context_steps(tc)
+    return (steps, block_size // 2) if steps else None
 
 
 def short_context_note(tc: TrainConfig, block_size: int, step: int) -> str:
