@@ -46,7 +46,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from batches import Batches
 from config import PRESETS, GPTConfig, TrainConfig
+from model import GPT
 from slm import recipe
 from slm.averaging import WeightAverage, averaged_weights
 from slm.checkpoint import (BEST_FILE, CKPT_FILE, check_checkpoint_space, config_to_dict, data_facts,
@@ -82,9 +84,8 @@ def make_optimizer(model, tc: TrainConfig, device: str) -> torch.optim.AdamW:
 
 
 def keep_logits(device: str) -> bool:
-    """Whether the loss goes through the full (B, T, vocab) logits. On a CPU slm.head_loss computes the
-    same loss and gradients a few rows at a time, twice as fast; on a GPU the plain path is fast (and
-    torch.compile fuses it), so it stays."""
+    """Whether the loss goes through the full (B, T, vocab) logits. On a CPU slm.head_loss computes the same
+    loss and gradients twice as fast; on a GPU the plain path is fast (torch.compile fuses it), so it stays."""
     return device != "cpu"
 
 
@@ -116,9 +117,6 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
               samples: bool = True) -> Run:
     """Everything a run needs, in order: hardware, data, seeds, model; the recipe and the machine's plan;
     optimizer and schedule; the checkpoint's state when resuming; then compile and DDP. Nothing is written."""
-    from batches import Batches
-    from model import GPT
-
     t_start = time.time()
     device = pick_device(tc.device)
     dist = Dist(device)
@@ -151,7 +149,7 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
     run.scaler = torch.amp.GradScaler("cuda", enabled=plan.grad_scaler)
     run.batch_gen = torch.Generator().manual_seed(tc.seed)
     if run.tc.max_minutes > 0 and not resume:
-        run.budget = run.budget or Budget(run.tc.max_minutes, run.tc.warmup_iters, run.tc.eval_interval)
+        run.budget = run.budget or Budget(run.tc)
     else:
         run.schedule = {"max_iters": run.tc.max_iters, "fixed_by": "--max-iters"}
     if ckpt is not None:
@@ -179,23 +177,24 @@ def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
     step_s = run.dist.all_max(torch.tensor(seconds, device=run.device)).item()
     mc, run.tc, run.recipe, guess, line = recipe.apply(run.preset, run.mc, tc, step_s, given)
     if mc != run.mc:  # another shape (a shorter context): built afresh from the seed, as the printed flags would
-        from batches import Batches
-        from model import GPT
-
         if mc.block_size != run.mc.block_size:
             run.batches = Batches(tc.data_dir, mc.block_size, device=run.device)
         torch.manual_seed(tc.seed + run.dist.rank)
         run.mc, run.raw_model = mc, GPT(mc).to(run.device)
-    run.budget = Budget(tc.max_minutes, run.tc.warmup_iters, run.tc.eval_interval, step_s_guess=guess,
-                        eval_s_guess=guess * run.tc.eval_iters * 2 / 3)
+    sequences = run.tc.batch_size * run.tc.grad_accum  # a --short-context probe times short steps: price the rest
+    short = run.tc.short_context and run.dist.all_max(torch.tensor(recipe.calibrate(
+        lambda: trial_pass(run, run.raw_model, sequences, dtype, short=True)), device=run.device)).item()
+    run.budget = Budget(run.tc, short or guess, guess * run.tc.eval_iters * 2 / 3, guess / short if short else 1.0)
     run.say(line)
 
 
-def trial_pass(run: Run, model, batch_size: int, dtype: str) -> None:
-    """One forward and backward of batch_size sequences that changes nothing the run keeps: no optimizer step,
-    the gradients dropped, the batch from a generator of its own, and dropout's draws inside fork_rng (the
-    global CPU and CUDA generators come back as they were)."""
+def trial_pass(run: Run, model, batch_size: int, dtype: str, short: bool = False) -> None:
+    """One forward and backward of batch_size sequences (cut in half if short) that changes nothing the run
+    keeps: no optimizer step, the gradients dropped, the batch from a generator of its own, and dropout's
+    draws inside fork_rng (the global CPU and CUDA generators come back as they were)."""
     x, y = run.batches.get_batch("train", batch_size, generator=torch.Generator().manual_seed(0))
+    if short:
+        x, y = x.reshape(-1, x.shape[1] // 2), y.reshape(-1, y.shape[1] // 2)
     with torch.random.fork_rng(devices=[run.device] if run.device.startswith("cuda") else []):
         with autocast(run.device, dtype):
             _, loss = model(x, y, return_logits=keep_logits(run.device))
@@ -224,7 +223,7 @@ def restore(run: Run, ckpt: dict) -> None:
         if run.tc.max_minutes == 0:
             raise CLIError(f"{run.out_dir / CKPT_FILE} stopped at step {run.step}, before its time budget fixed the "
                            f"step count; resume it with a budget (--max-minutes M)")
-        run.budget = Budget(run.tc.max_minutes, run.tc.warmup_iters, run.tc.eval_interval)
+        run.budget = Budget(run.tc)
     if not run.dist.master:  # only rank 0's dropout RNG was saved; the others restart theirs deterministically
         torch.manual_seed(run.tc.seed + 1000 * run.dist.rank + run.step)
     run.say(f"resuming from {run.out_dir / CKPT_FILE} at step {run.step} (best validation loss {run.best_val:.4f} "
@@ -323,10 +322,11 @@ def fix_schedule(run: Run) -> None:
     run.scheduler = make_scheduler(run.optimizer, run.tc, at_step=run.step)
     run.schedule = {"max_iters": max_iters, "fixed_by": "--max-minutes", "max_minutes": run.tc.max_minutes,
                     "fixed_at_step": run.step, "probe_ms_per_step": round(step_s * 1000, 3), "eval_s": round(eval_s, 3),
-                    "recipe": run.recipe}
+                    "recipe": run.recipe, "full_over_short": round(run.budget.full_over_short, 4)}
+    run.say(f"schedule: {max_iters} steps fixed from a probe of {step_s * 1000:,.0f} ms/step{run.budget.priced(run.tc)} and "
+            f"{eval_s:.1f} s per evaluation to fill {run.tc.max_minutes} minutes; reproduce with: "
+            f"{recipe.reproduce_command(run.preset, run.mc, run.tc)}")
     run.budget = None
-    run.say(f"schedule: {max_iters} steps fixed from a probe of {step_s * 1000:,.0f} ms/step and {eval_s:.1f} s per evaluation "
-            f"to fill {run.tc.max_minutes} minutes; reproduce with: {recipe.reproduce_command(run.preset, run.mc, run.tc)}")
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -7,6 +7,9 @@ fixed, then the cosine is laid over exactly that many steps.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Callable
+
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
@@ -67,16 +70,22 @@ def short_context_note(tc: TrainConfig, block_size: int, step: int) -> str:
     return f" (context {short[1]} until step {short[0]}: the validation windows' later positions are not trained yet)"
 
 
-def steps_that_fit(step: int, seconds: float, step_s: float, eval_s: float, eval_interval: int) -> int:
+def steps_that_fit(step: int, seconds: float, step_s: float, eval_s: float, eval_interval: int,
+                   short_until: Callable[[int], int] = lambda n: 0, full_over_short: float = 1.0) -> int:
     """The largest step count N >= step whose remaining steps and evaluations (one at each multiple of
-    eval_interval after step, and the final one at N) take at most `seconds`."""
+    eval_interval after step, and the final one at N) take at most `seconds`.
+
+    A --short-context run's steps before short_until(N) take step_s (the probe times them), the rest
+    full_over_short times as long (the whole context: slower attention)."""
     step_s = max(step_s, 1e-9)
 
     def cost(n: int) -> float:
         evals = n // eval_interval - step // eval_interval + (n % eval_interval != 0)
-        return (n - step) * step_s + evals * eval_s
+        short = max(0, min(n, short_until(n)) - step)
+        return (short + (n - step - short) * full_over_short) * step_s + evals * eval_s
 
-    lo, hi = step, step + int(max(seconds, 0.0) / step_s) + 1  # cost(hi) > seconds: its steps alone exceed it
+    # cost(hi) > seconds: its steps alone exceed it (each takes at least step_s x min(1, full_over_short))
+    lo, hi = step, step + int(max(seconds, 0.0) / (step_s * min(1.0, full_over_short))) + 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if cost(mid) <= seconds else (lo, mid)
@@ -84,25 +93,27 @@ def steps_that_fit(step: int, seconds: float, step_s: float, eval_s: float, eval
 
 
 class Budget:
-    """The bookkeeping of a time budget (--max-minutes): an estimated step count from the first steps, the
+    """The bookkeeping of a time budget (tc.max_minutes): an estimated step count from the first steps, the
     count fixed once the probe's steps are timed, and whether the run has fallen past its minutes.
 
     The probe times every step from PROBE_UNTIMED_STEPS on, until the end of warmup or PROBE_MAX_STEPS; the
     estimate (shown as the progress bar's total and ETA) is refined as the steps come in, the fixed count
-    is final. Times are passed in, so it runs the same on a fake clock."""
+    is final. A --short-context run's probe times short steps only (its short phase covers the warmup):
+    full_over_short, timed before training, prices the whole-context steps after it. Times are passed in,
+    so it runs the same on a fake clock."""
 
-    def __init__(self, minutes: float, warmup_iters: int, eval_interval: int, step_s_guess: float | None = None,
-                 eval_s_guess: float = 0.0):
-        self.seconds, self.warmup_iters, self.eval_interval = minutes * 60, warmup_iters, eval_interval
+    def __init__(self, tc: TrainConfig, step_s_guess: float | None = None, eval_s_guess: float = 0.0,
+                 full_over_short: float = 1.0):
+        self.tc, self.seconds = tc, tc.max_minutes * 60
         self.step_times: list[float] = []
-        self.step_s_guess, self.eval_s_guess = step_s_guess, eval_s_guess
+        self.step_s_guess, self.eval_s_guess, self.full_over_short = step_s_guess, eval_s_guess, full_over_short
 
     def record(self, step_s: float) -> None:
         self.step_times.append(step_s)
 
     def ready(self, step: int) -> bool:
         """Whether the probe has its steps: fix the count now."""
-        return len(self.step_times) >= PROBE_MAX_STEPS or step >= self.warmup_iters
+        return len(self.step_times) >= PROBE_MAX_STEPS or step >= self.tc.warmup_iters
 
     def step_s(self) -> float | None:
         """Mean seconds per step so far (the untimed first steps left out), else the guess given."""
@@ -114,12 +125,19 @@ class Budget:
         step_s = self.step_s()
         if step_s is None:
             return None
-        return max(step + 1, steps_that_fit(step, self.seconds - elapsed, step_s, self.eval_s_guess,
-                                            self.eval_interval))
+        return max(step + 1, self.fix(step, elapsed, step_s, self.eval_s_guess))
+
+    def priced(self, tc: TrainConfig) -> str:
+        """What the schedule line adds for a --short-context run with max_iters fixed ("" otherwise)."""
+        if not short_context_steps(tc) or self.full_over_short == 1.0:
+            return ""
+        return (f" (short steps; the whole context's from step {short_context_steps(tc)} on, timed before training, "
+                f"take {self.full_over_short:.2f}x as long)")
 
     def fix(self, step: int, elapsed: float, step_s: float, eval_s: float) -> int:
         """The step count whose remaining steps and evaluations fill the rest of the budget."""
-        return steps_that_fit(step, self.seconds - elapsed, step_s, eval_s, self.eval_interval)
+        return steps_that_fit(step, self.seconds - elapsed, step_s, eval_s, self.tc.eval_interval,
+                              lambda n: short_context_steps(replace(self.tc, max_iters=n)), self.full_over_short)
 
 
 def past_budget(minutes: float, elapsed: float, eval_s: float) -> bool:

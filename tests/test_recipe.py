@@ -10,9 +10,10 @@ from dataclasses import replace
 import pytest
 
 import training
+from config import TrainConfig
 from slm import recipe
 from slm.checkpoint import load_checkpoint
-from slm.schedule import PROBE_UNTIMED_STEPS, Budget
+from slm.schedule import PROBE_UNTIMED_STEPS, Budget, short_context_steps
 from test_training import fake_clock
 
 # A rule for the smoke preset, in the shape of the cpu preset's: a short step budget gets a small batch, a
@@ -44,9 +45,10 @@ def test_calibrate_times_only_the_passes_after_the_untimed_ones():
 
 
 def test_the_budget_estimates_a_step_count_before_it_fixes_one():
-    guessed = Budget(minutes=1.0, warmup_iters=30, eval_interval=20, step_s_guess=1.0, eval_s_guess=3.0)
+    tc = TrainConfig(max_minutes=1.0, warmup_iters=30, eval_interval=20)
+    guessed = Budget(tc, step_s_guess=1.0, eval_s_guess=3.0)
     assert guessed.estimate(0, 0.0) == 51  # 60 s: 51 steps + evaluations at 20, 40 and 51 (3 x 3 s)
-    blind = Budget(minutes=1.0, warmup_iters=30, eval_interval=20)
+    blind = Budget(tc)
     for _ in range(PROBE_UNTIMED_STEPS):
         assert blind.estimate(0, 0.0) is None
         blind.record(4.0)  # the first, slow steps are not timed
@@ -55,13 +57,15 @@ def test_the_budget_estimates_a_step_count_before_it_fixes_one():
     assert not blind.ready(3) and blind.ready(30)
 
 
-def run_main(monkeypatch, capsys, argv, step_s=1.0):
+def run_main(monkeypatch, capsys, argv, step_s=1.0, short_s=None):
     """training.main on a fake clock (1 s per step, 3 s per evaluation), with a calibration that measures
-    step_s per pass of the preset's shape; returns (summary, printed lines)."""
+    step_s per pass of the preset's shape, then short_s per pass of the rule's row with its windows cut in
+    half (default: a quarter of step_s, what the row's whole windows take: 4 x 32 tokens to the preset's
+    8 x 64, so the budget prices every step alike); returns (summary, printed lines)."""
     fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
     monkeypatch.setattr(recipe, "RULES", {"smoke": SMOKE_RULE})
-    real = recipe.calibrate
-    monkeypatch.setattr(recipe, "calibrate", lambda one_pass: (real(one_pass), step_s)[1])
+    real, timed = recipe.calibrate, iter([step_s, step_s / 4 if short_s is None else short_s])
+    monkeypatch.setattr(recipe, "calibrate", lambda one_pass: (real(one_pass), next(timed))[1])
     summary = training.main(argv)
     return summary, capsys.readouterr().out.splitlines()
 
@@ -89,6 +93,29 @@ def test_a_budget_run_takes_its_recipe_and_the_printed_command_repeats_it(tiny_d
     argv = command.split()[2:] + ["--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "steps"), "--no-progress"]
     steps = training.main(argv)
     assert [loss for _, loss in s["losses"]] == pytest.approx([loss for _, loss in steps["losses"]], abs=1e-6)
+
+
+def test_a_short_context_budget_prices_the_whole_context_steps_it_did_not_time(tiny_data_dir, tmp_path, monkeypatch,
+                                                                               capsys):
+    # The rule's row trains its first half on windows cut in half: on this clock those steps take 1 s and the
+    # whole-context ones 2 s, as the calibration says (the row's whole step a quarter of the preset's 1 s, its
+    # short step an eighth). The probe times short steps only; priced alike, the rest would run ~13 s over.
+    def charge(run, wants_stop):
+        clock.now += 1.0 if run.step < short_context_steps(run.tc) else 2.0
+        return real_step(run, wants_stop)
+
+    clock = fake_clock(monkeypatch, step_s=0.0, eval_s=3.0)
+    real_step = training.train_step
+    monkeypatch.setattr(training, "train_step", charge)
+    monkeypatch.setattr(recipe, "RULES", {"smoke": SMOKE_RULE})
+    real, timed = recipe.calibrate, iter([1.0, 0.125])
+    monkeypatch.setattr(recipe, "calibrate", lambda one_pass: (real(one_pass), next(timed))[1])
+    start = clock.now
+    s = training.main([*FLAGS, "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "out")])
+    said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("schedule: "))
+    assert s["stopped"] == "done" and s["schedule"]["full_over_short"] == pytest.approx(2.0)
+    assert f"the whole context's from step {round(s['max_iters'] / 2)} on" in said and "take 2.00x as long" in said
+    assert 60 - 2.0 - 3.0 < clock.now - start <= 60, "the run fills its minute: no room for one more step"
 
 
 def test_flags_given_by_hand_win_over_the_rule_and_resume_keeps_what_it_chose(tiny_data_dir, tmp_path, monkeypatch,

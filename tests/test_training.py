@@ -263,7 +263,7 @@ def test_short_context_trains_the_first_steps_on_half_windows_with_the_same_toke
     real_plot = slm.plot.plot_run
     monkeypatch.setattr(slm.report, "plot_run",
                         lambda *a, short=None: (drawn.append(short), real_plot(*a, short=short)))
-    monkeypatch.setattr(model_module, "GPT", Recording)
+    monkeypatch.setattr(training, "GPT", Recording)
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=20, warmup_iters=5, short_context=0.5, eval_interval=10,
                    eval_iters=1)
     summary = training.train(mc, tc, progress=False)
@@ -405,7 +405,7 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoints(tiny_da
                     loss = loss * float("nan")
             return logits, loss
 
-    monkeypatch.setattr(model_module, "GPT", BreaksAtStep6)
+    monkeypatch.setattr(training, "GPT", BreaksAtStep6)
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=10, eval_interval=4, batch_size=2, eval_iters=1)
     with pytest.raises(CLIError, match=r"loss became nan at step 6 .*last saved at step 4"):
         training.train(mc, tc, progress=False)
@@ -628,6 +628,11 @@ def test_steps_that_fit_counts_every_evaluation():
     assert schedule.steps_that_fit(0, 10.0, 1.0, 2.0, 4) == 6
     assert schedule.steps_that_fit(4, 10.0, 1.0, 2.0, 4) == 10  # 6 steps + evaluations at 8 and 10
     assert schedule.steps_that_fit(3, 0.5, 1.0, 2.0, 4) == 3  # not even one step fits
+    # Short steps (1 s) before half the count, whole-context ones at 2 s after, evaluations free: N=13 takes
+    # 6 x 1 + 7 x 2 = 20 s (round(6.5) is 6), N=14 takes 7 + 14 = 21 s.
+    half = lambda n: round(n / 2)  # noqa: E731
+    assert schedule.steps_that_fit(0, 20.0, 1.0, 0.0, 100, short_until=half, full_over_short=2.0) == 13
+    assert schedule.steps_that_fit(0, 20.0, 1.0, 0.0, 100, short_until=half, full_over_short=0.5) == 26  # 13 + 6.5 s; 27: 14 + 6.5
 
 
 def test_max_iters_with_a_time_budget_is_refused_in_one_line(tiny_data_dir, tmp_path):
