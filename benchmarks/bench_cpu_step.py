@@ -5,11 +5,16 @@ thread count, in float32 (what CPUs without native bfloat16 train in) and bfloat
 HEAD_LOSS_ROWS sizes evaluation's chunks only. BENCHMARKS.md's commands with --rows ran at the commits named.)
 
     .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data [--dtypes float32,bfloat16] [--rounds 3]
+    .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data --dtypes float32 --shapes 16x128,16x64,32x64
 
 Each variant runs full optimizer steps (forward, backward, fused AdamW) of the cpu preset's model on real
 batches at the preset's shape; variants are interleaved round by round so a change in the machine's load
 hits all alike, and the best round of each counts. Then one float32 step is profiled (torch.profiler, the
 top operators by self time). Prints the CPU kind (AVX2 only, or AVX512_BF16) and the load average.
+
+--shapes times other batch x context shapes of the same model beside the preset's, for the recipe search's
+equal-time comparisons (benchmarks/recipe_rule.md): each shape's tokens/s as a share of the first one's, so
+a shape at 0.94 of it is given 0.94 x its tokens in the same minutes.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -27,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from batches import Batches  # noqa: E402
 from config import PRESETS  # noqa: E402
 from model import GPT  # noqa: E402
-from slm.cli import run_cli  # noqa: E402
+from slm.cli import CLIError, run_cli  # noqa: E402
 from slm.hardware import autocast, detect_machine, keep_freed_memory  # noqa: E402
 
 
-def make_step(mc, tc, dtype: str, compiled: bool, batches: Batches):
+def make_step(mc, batch_size: int, dtype: str, compiled: bool, batches: Batches):
     torch.manual_seed(0)
     raw = GPT(mc)
     model = torch.compile(raw) if compiled else raw
@@ -39,7 +45,7 @@ def make_step(mc, tc, dtype: str, compiled: bool, batches: Batches):
     gen = torch.Generator().manual_seed(0)
 
     def step():
-        x, y = batches.get_batch("train", tc.batch_size, generator=gen)
+        x, y = batches.get_batch("train", batch_size, generator=gen)
         with autocast("cpu", dtype):
             _, loss = model(x, y, return_logits=False)
         loss.backward()
@@ -88,6 +94,32 @@ def setup(data_dir: str, keep_freed: bool = True):
     return machine, mc, tc, Batches(data_dir, mc.block_size)
 
 
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """"16x128,16x64" -> [(16, 128), (16, 64)]: sequences x context."""
+    try:
+        shapes = [tuple(int(n) for n in item.lower().split("x")) for item in text.split(",")]
+    except ValueError:
+        shapes = []
+    if not shapes or any(len(s) != 2 or min(s) < 1 for s in shapes):
+        raise CLIError(f"--shapes {text!r}: give batch x context pairs such as 16x128,16x64")
+    return shapes
+
+
+def compare_shapes(mc, data_dir: str, dtype: str, shapes: list[tuple[int, int]], rounds: int, steps: int) -> None:
+    """Each shape's best-round tokens/s, and its share of the first shape's, timed interleaved round by round."""
+    variants = {(b, t): make_step(replace(mc, block_size=t), b, dtype, False, Batches(data_dir, t))
+                for b, t in shapes}
+    best: dict = {}
+    for _ in range(rounds):
+        for key, step in variants.items():
+            s = time_steps(step, steps)
+            best[key] = min(best.get(key, s), s)
+    first = shapes[0][0] * shapes[0][1] / best[shapes[0]]
+    print(f"\n{dtype}: {'shape':<9} {'ms/step':>8} {'tokens/s':>9} {'share':>6}")
+    for (b, t), s in best.items():
+        print(f"{'':<{len(dtype) + 2}}{f'{b}x{t}':<9} {s * 1000:>8.0f} {b * t / s:>9,.0f} {b * t / s / first:>6.3f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data")
@@ -95,15 +127,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compile", action="store_true", help="also time torch.compile (a minute or two to compile)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
+    p.add_argument("--shapes", help="batch x context shapes to compare instead, e.g. 16x128,16x64,32x64")
     args = p.parse_args(argv)
+    shapes = parse_shapes(args.shapes) if args.shapes else None
     machine, mc, tc, batches = setup(args.data_dir)
+    if shapes:
+        for dtype in args.dtypes.split(","):
+            compare_shapes(mc, args.data_dir, dtype, shapes, args.rounds, args.steps)
+        print(f"load average {os.getloadavg()[0]:.2f} at the end")
+        return
     variants = {}
     for dtype in args.dtypes.split(","):
         if dtype == "bfloat16" and not machine.native_bf16:
             print("bfloat16 skipped: not native on this CPU")
             continue
         for compiled in ([False, True] if args.compile else [False]):
-            variants[(dtype, compiled)] = make_step(mc, tc, dtype, compiled, batches)
+            variants[(dtype, compiled)] = make_step(mc, tc.batch_size, dtype, compiled, batches)
     best: dict = {}
     for r in range(args.rounds):
         for key, step in variants.items():
