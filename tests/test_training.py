@@ -647,9 +647,10 @@ def test_max_iters_with_a_time_budget_is_refused_in_one_line(tiny_data_dir, tmp_
 
 # ----------------------------------------------------------------------------- the gpu preset's settings, on a CPU
 
-# The gpu preset's training settings (bfloat16, torch.compile, grad_accum 2, dropout 0.1) on a tiny model.
-TINY_GPU = ["--preset", "gpu", "--device", "cpu", "--n-layer", "2", "--n-head", "2", "--n-embd", "32",
-            "--block-size", "64", "--batch-size", "2", "--max-iters", "6", "--warmup-iters", "2",
+# The gpu preset's training settings (bfloat16, torch.compile, grad_accum 2, dropout 0.1) on a tiny model. bfloat16
+# is given by hand: a CPU without native bf16 (AVX2 only) would plan float32 for it (tests/test_machines.py).
+TINY_GPU = ["--preset", "gpu", "--device", "cpu", "--dtype", "bfloat16", "--n-layer", "2", "--n-head", "2",
+            "--n-embd", "32", "--block-size", "64", "--batch-size", "2", "--max-iters", "6", "--warmup-iters", "2",
             "--eval-interval", "3", "--eval-iters", "1", "--no-progress"]
 
 
