@@ -50,8 +50,8 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         # moved it by under 0.01, so both short rows keep the whole context throughout (recipe_rule.md, "The AVX2
         # kind at equal time"). Its upper boundary is where the preset as it is now (the short half, the average at
         # 0.99) catches up, at equal time on a CPU with AVX2 only (float32, 16 x 64 making 1.95x the preset's steps):
-        # at 800 reference steps 16 x 64 led it by 0.034 (2.986 against 3.020), at 1,000 it trailed by 0.016
-        # (2.925 against 2.909); interpolated in log steps, they cross at ~930 (recipe_rule.md, "Where the
+        # at 800 reference steps 16 x 64 led it by 0.034 (2.986 against 3.020), at 1,000 it trailed by 0.016 and
+        # 0.006 (two seeds); interpolated in log steps, they cross at ~930-950 (recipe_rule.md, "Where the
         # middle row ends").
         (930, {"batch_size": 16, "block_size": 64, "warmup_iters": 200, "ema": 0.98, "short_context": 0.0}),
         # 930 steps and up (AVX512_BF16 makes ~1,100-1,650, AMX ~2,400): the preset, the earlier search's winner
