@@ -63,7 +63,8 @@ from slm.plot import redraw
 from slm.progress import LOG_FILE, PLOT_FILE, Speedometer, announce, print_end, progress_bar
 from slm.report import save_progress, summarize, write_report
 from slm.sampling import Glimpse
-from slm.schedule import BUDGET_OVERRUN, Budget, make_scheduler, past_budget, short_context_note, short_context_steps
+from slm.schedule import (BUDGET_OVERRUN, Budget, halve_windows, make_scheduler, past_budget, short_context_note,
+                          short_context_steps)
 from slm.run import Run
 from slm.settings import build_parser, check_data, check_settings, explicit_settings, format_settings, resolve
 
@@ -193,8 +194,7 @@ def trial_pass(run: Run, model, batch_size: int, dtype: str, short: bool = False
     keeps: no optimizer step, the gradients dropped, the batch from a generator of its own, and dropout's
     draws inside fork_rng (the global CPU and CUDA generators come back as they were)."""
     x, y = run.batches.get_batch("train", batch_size, generator=torch.Generator().manual_seed(0))
-    if short:
-        x, y = x.reshape(-1, x.shape[1] // 2), y.reshape(-1, y.shape[1] // 2)
+    x, y = halve_windows(x, y) if short else (x, y)
     with torch.random.fork_rng(devices=[run.device] if run.device.startswith("cuda") else []):
         with autocast(run.device, dtype):
             _, loss = model(x, y, return_logits=keep_logits(run.device))
@@ -242,8 +242,8 @@ def train_step(run: Run, wants_stop: Callable[[], bool]) -> bool:
     loss_sum = torch.zeros((), dtype=torch.float32, device=run.device)
     for micro in range(tc.grad_accum):
         x, y = global_batch(run.batches, "train", tc.batch_size, run.batch_gen, dist)
-        if run.step < short_context_steps(tc):  # --short-context: (B, T) -> (2B, T/2), the same tokens
-            x, y = x.reshape(-1, x.shape[1] // 2), y.reshape(-1, y.shape[1] // 2)
+        if run.step < short_context_steps(tc):  # --short-context
+            x, y = halve_windows(x, y)
         sync = micro == tc.grad_accum - 1  # under DDP, only the last micro-batch all-reduces the gradients
         with (run.train_model.no_sync() if dist.ddp and not sync else contextlib.nullcontext()):
             with autocast(run.device, run.dtype):

@@ -65,6 +65,17 @@ def time_steps(step, steps: int, untimed: int = 2) -> float:
     return (time.perf_counter() - t0) / steps
 
 
+def best_of_rounds(variants: dict, rounds: int, steps: int) -> dict:
+    """Each variant's best seconds per step over `rounds` rounds, every round timing all variants in turn (so a
+    change in the machine's load hits all alike)."""
+    best: dict = {}
+    for _ in range(rounds):
+        for key, step in variants.items():
+            s = time_steps(step, steps)
+            best[key] = min(best.get(key, s), s)
+    return best
+
+
 def median_ratio(slower: list[float], faster: list[float]) -> float:
     """The median over rounds of slower[i] / faster[i]: two variants timed side by side in each round."""
     ratios = sorted(a / b for a, b in zip(slower, faster))
@@ -109,11 +120,7 @@ def compare_shapes(mc, data_dir: str, dtype: str, shapes: list[tuple[int, int]],
     """Each shape's best-round tokens/s, and its share of the first shape's, timed interleaved round by round."""
     variants = {(b, t): make_step(replace(mc, block_size=t), b, dtype, False, Batches(data_dir, t))
                 for b, t in shapes}
-    best: dict = {}
-    for _ in range(rounds):
-        for key, step in variants.items():
-            s = time_steps(step, steps)
-            best[key] = min(best.get(key, s), s)
+    best = best_of_rounds(variants, rounds, steps)
     first = shapes[0][0] * shapes[0][1] / best[shapes[0]]
     print(f"\n{dtype}: {'shape':<9} {'ms/step':>8} {'tokens/s':>9} {'share':>6}")
     for (b, t), s in best.items():
@@ -143,11 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         for compiled in ([False, True] if args.compile else [False]):
             variants[(dtype, compiled)] = make_step(mc, tc.batch_size, dtype, compiled, batches)
-    best: dict = {}
-    for r in range(args.rounds):
-        for key, step in variants.items():
-            s = time_steps(step, args.steps)
-            best[key] = min(best.get(key, s), s)
+    best = best_of_rounds(variants, args.rounds, args.steps)
     tokens = tc.batch_size * mc.block_size
     print(f"\n{'dtype':<9} {'compile':<8} {'ms/step':>8} {'tokens/s':>9} {'vs eager':>9}")
     for (dtype, compiled), s in best.items():

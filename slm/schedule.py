@@ -56,6 +56,11 @@ def short_context_steps(tc: TrainConfig) -> int:
     return max(tc.warmup_iters, round(tc.short_context * tc.max_iters))
 
 
+def halve_windows(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A short-phase batch: (B, T) -> (2B, T/2), the same tokens, each predicted from at most T/2 before it."""
+    return x.reshape(-1, x.shape[1] // 2), y.reshape(-1, y.shape[1] // 2)
+
+
 def short_phase(tc: TrainConfig, block_size: int) -> tuple[int, int] | None:
     """(steps, context) of a --short-context run's first phase, for what the user reads; None without one."""
     steps = short_context_steps(tc)

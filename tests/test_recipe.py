@@ -57,15 +57,21 @@ def test_the_budget_estimates_a_step_count_before_it_fixes_one():
     assert not blind.ready(3) and blind.ready(30)
 
 
-def run_main(monkeypatch, capsys, argv, step_s=1.0, short_s=None):
-    """training.main on a fake clock (1 s per step, 3 s per evaluation), with a calibration that measures
-    step_s per pass of the preset's shape, then short_s per pass of the rule's row with its windows cut in
-    half (default: a quarter of step_s, what the row's whole windows take: 4 x 32 tokens to the preset's
-    8 x 64, so the budget prices every step alike); returns (summary, printed lines)."""
-    fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
+def fake_calibration(monkeypatch, preset_s: float, short_s: float) -> None:
+    """SMOKE_RULE in place of the real rules, and a calibration that runs its passes and says preset_s per pass
+    of the preset's shape, then short_s per pass of the chosen row with its windows cut in half."""
     monkeypatch.setattr(recipe, "RULES", {"smoke": SMOKE_RULE})
-    real, timed = recipe.calibrate, iter([step_s, step_s / 4 if short_s is None else short_s])
+    real, timed = recipe.calibrate, iter([preset_s, short_s])
     monkeypatch.setattr(recipe, "calibrate", lambda one_pass: (real(one_pass), next(timed))[1])
+
+
+def run_main(monkeypatch, capsys, argv, step_s=1.0):
+    """training.main on a fake clock (1 s per step, 3 s per evaluation), with a calibration that measures
+    step_s per pass of the preset's shape and a quarter of it per short pass of the rule's row (what the row's
+    whole windows take, 4 x 32 tokens to the preset's 8 x 64: every step priced alike); returns (summary,
+    printed lines)."""
+    fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
+    fake_calibration(monkeypatch, step_s, step_s / 4)
     summary = training.main(argv)
     return summary, capsys.readouterr().out.splitlines()
 
@@ -107,9 +113,7 @@ def test_a_short_context_budget_prices_the_whole_context_steps_it_did_not_time(t
     clock = fake_clock(monkeypatch, step_s=0.0, eval_s=3.0)
     real_step = training.train_step
     monkeypatch.setattr(training, "train_step", charge)
-    monkeypatch.setattr(recipe, "RULES", {"smoke": SMOKE_RULE})
-    real, timed = recipe.calibrate, iter([1.0, 0.125])
-    monkeypatch.setattr(recipe, "calibrate", lambda one_pass: (real(one_pass), next(timed))[1])
+    fake_calibration(monkeypatch, 1.0, 0.125)
     start = clock.now
     s = training.main([*FLAGS, "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "out")])
     said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("schedule: "))
