@@ -26,13 +26,17 @@ HOW_IT_ENDED = {"done": "finished", "time": "cut by the time budget", "stop_afte
 
 
 def save_progress(run) -> None:
-    """log.csv, steps.csv and loss.png as the run stands (rank 0)."""
+    """log.csv, steps.csv and loss.png as the run stands (rank 0); nothing when they show it already (a run that
+    ends on an evaluation: its report would redraw the same plot)."""
+    if run.shown == (len(run.history), len(run.steps)):
+        return
     write_log(run.out_dir / LOG_FILE, run.history)
     write_steps(run.out_dir / STEPS_FILE, run.steps)
     if run.history:
         title = plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, run.facts)
         plot_run(run.out_dir / PLOT_FILE, run.history, [dict(zip(STEP_FIELDS, r)) for r in run.steps], title,
                  run.tc.ema, short=short_phase(run.tc, run.mc.block_size))
+    run.shown = (len(run.history), len(run.steps))
 
 
 def summarize(run, stopped: str, start_step: int, now: float) -> dict:

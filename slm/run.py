@@ -61,6 +61,7 @@ class Run:
     eval_s: float = 0.0  # how long the last evaluate_and_save took
     save_s: float = 0.0  # how much of that was saving files
     t_train: float = 0.0  # when the time budget started counting
+    shown: tuple = ()  # (evaluations, steps) that log.csv, steps.csv and loss.png last showed
 
     device = property(lambda self: self.dist.device)
     dtype = property(lambda self: self.tc.dtype)

@@ -546,7 +546,7 @@ def test_sigterm_saves_and_the_printed_command_resumes_to_the_uninterrupted_weig
     from test_training import wait_for_log_step
 
     common = [*NO_SAMPLES, "--no-progress", "--preset", "smoke", "--data-dir", str(tiny_data_dir), "--max-iters", "40",
-              "--eval-interval", "4", "--eval-iters", "1", "--warmup-iters", "2", "--batch-size", "2", "--dropout", "0"]
+              "--eval-interval", "8", "--eval-iters", "1", "--warmup-iters", "2", "--batch-size", "2", "--dropout", "0"]
     launch = ([str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}", "training.py"] if processes > 1 else
               [sys.executable, "training.py"])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -557,11 +557,11 @@ def test_sigterm_saves_and_the_printed_command_resumes_to_the_uninterrupted_weig
     out = tmp_path / "preempted"
     proc = subprocess.Popen([*launch, *common, "--out-dir", str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    wait_for_log_step(proc, out / "log.csv", 4, timeout=180)
+    wait_for_log_step(proc, out / "log.csv", 8, timeout=180)
     proc.send_signal(signal.SIGTERM)  # as a scheduler preempting the job does
     stdout, stderr = proc.communicate(timeout=180)
     stopped = torch.load(out / "ckpt.pt", weights_only=True)["step"]
-    assert 4 <= stopped < 40, "the run finished before the signal landed"
+    assert 8 <= stopped < 40, "the run finished before the signal landed"
     hint = re.search(r"\(SIGTERM\): saved \S+; continue with: (.+)$", stdout, re.MULTILINE)
     assert hint, stdout + stderr
     expected = (f"torchrun --standalone --nproc_per_node={processes} training.py" if processes > 1 else
