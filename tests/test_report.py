@@ -166,6 +166,22 @@ def test_plot_only_redraws_loss_png_from_the_logs(finished, capsys):
     assert f"drew {out / 'loss.png'}" in capsys.readouterr().out
 
 
+def test_the_plot_is_drawn_at_each_evaluation_and_at_the_end_only_when_steps_came_after_it(tiny_data_dir, tmp_path,
+                                                                                         monkeypatch):
+    drawn = []  # the (evaluations, steps) each drawing showed
+    real = report.plot_run
+    monkeypatch.setattr(report, "plot_run", lambda path, history, steps, *a, **k: (
+        drawn.append((len(history), len(steps))), real(path, history, steps, *a, **k)))
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", **SMALL)  # evaluations at steps 0, 4 and 8, the last step
+    training.train(mc, tc, progress=False)
+    assert drawn == [(1, 0), (2, 4), (3, 8)]  # the report's save found the plot up to date
+    drawn.clear()
+    mc, tc = smoke(tiny_data_dir, tmp_path / "stopped", **SMALL)
+    training.train(mc, tc, progress=False, stop_after=6)  # stopped between evaluations: the end draws steps 5, 6
+    assert drawn == [(1, 0), (2, 4), (2, 6)]
+    assert read_steps(tmp_path / "stopped" / STEPS_FILE)[-1]["step"] == 6
+
+
 def test_the_plots_legend_says_when_the_evaluations_scored_the_weights_average():
     import matplotlib
 
