@@ -7,7 +7,7 @@ step's figures from benchmarks/<step>.md in pipeline order, their headings moved
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ["load_dataset", "tokenization", "model", "training", "usage_eval_export"]
+STEPS = ["load_dataset", "tokenization", "model", "machines", "training", "usage_eval_export"]
 FIRST_SECTION = "## Step 1 (load_dataset.py"
 
 

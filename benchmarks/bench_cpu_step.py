@@ -20,8 +20,11 @@ a shape at 0.94 of it is given 0.94 x its tokens in the same minutes.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -74,6 +77,18 @@ def best_of_rounds(variants: dict, rounds: int, steps: int) -> dict:
             s = time_steps(step, steps)
             best[key] = min(best.get(key, s), s)
     return best
+
+
+def module_at(rev: str, relpath: str, name: str):
+    """The file relpath as it was at git revision rev, loaded as a module of its own (named name)."""
+    text = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                          check=True).stdout
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def median_ratio(slower: list[float], faster: list[float]) -> float:

@@ -15,11 +15,8 @@ First, how far apart the two heads' loss and gradients are, and how far each is 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -29,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model as model_module  # noqa: E402
 import slm.head_loss as head_loss_module  # noqa: E402
-from benchmarks.bench_cpu_step import make_step, median_ratio, setup, time_steps  # noqa: E402
+from benchmarks.bench_cpu_step import make_step, median_ratio, module_at, setup, time_steps  # noqa: E402
 from slm.cli import run_cli  # noqa: E402
 
 TODAY = model_module.head_loss
@@ -84,16 +81,8 @@ def before(h, w, targets):
 
 
 def head_loss_at(rev: str):
-    """slm/head_loss.py's head_loss as it was at git revision rev, loaded as a module of its own."""
-    root = Path(__file__).resolve().parent.parent
-    text = subprocess.run(["git", "show", f"{rev}:slm/head_loss.py"], cwd=root, capture_output=True, text=True,
-                          check=True).stdout
-    path = Path(tempfile.mkdtemp()) / "head_loss_then.py"
-    path.write_text(text)
-    spec = importlib.util.spec_from_file_location("head_loss_then", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.head_loss
+    """slm/head_loss.py's head_loss as it was at git revision rev."""
+    return module_at(rev, "slm/head_loss.py", "head_loss_then").head_loss
 
 
 def page_faults() -> int | None:

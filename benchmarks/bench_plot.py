@@ -1,0 +1,59 @@
+"""loss.png today against slm/plot.py at an earlier git revision: seconds to draw and write the plot that
+training redraws at every evaluation (and a fault sweep of training.py redraws at each of its runs).
+
+It draws a finished run's logs (--out OUT: its log.csv, steps.csv and best_model_params.pt, as
+`training.py --plot-only` does) and a smoke run's first evaluations (two rows), in rounds that time both
+revisions in alternating order, so a change in the machine's load hits both alike; it prints each one's best
+round and the median of the rounds' ratios. By default the earlier revision is 0810473, which laid the
+figure out with fig.tight_layout().
+
+    .venv/bin/python benchmarks/bench_plot.py --out OUT [--rounds 8] [--against REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import slm.plot as plot_today  # noqa: E402
+from benchmarks.bench_cpu_step import median_ratio, module_at  # noqa: E402
+from slm.checkpoint import BEST_FILE, config_from_dict, load_checkpoint  # noqa: E402
+from slm.cli import run_cli  # noqa: E402
+from slm.progress import LOG_FILE, STEPS_FILE, read_log, read_steps  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="a finished run's out dir (log.csv, steps.csv, best_model_params.pt)")
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--against", default="0810473", help="git revision of slm/plot.py to compare with")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    history, steps = read_log(out / LOG_FILE), read_steps(out / STEPS_FILE)
+    best = load_checkpoint(out / BEST_FILE, mmap=True)
+    per_step = next(r["tokens"] // r["step"] for r in history if r["step"] > 0)
+    title = plot_today.plot_title(config_from_dict(best["config"]), plot_today.count_parameters(best["model"]),
+                                  per_step, best.get("data"))
+    cases = {"finished run": (history, steps), "smoke run, 2 evaluations": (history[:2], steps[:1])}
+    then = module_at(args.against, "slm/plot.py", "plot_then")
+    target = Path(tempfile.mkdtemp()) / "loss.png"
+    print(f"slm/plot.py now against {args.against}; {args.out}: {len(history)} evaluations, {len(steps)} steps")
+    for case, (h, s) in cases.items():
+        times: dict[str, list[float]] = {"now": [], args.against: []}
+        for i in range(args.rounds + 1):  # round 0 warms both up (matplotlib's imports, the font cache)
+            for key, module in sorted([("now", plot_today), (args.against, then)], reverse=i % 2 == 1):
+                t0 = time.perf_counter()
+                module.plot_run(target, h, s, title)
+                if i:
+                    times[key].append(time.perf_counter() - t0)
+        print(f"  {case}: now {min(times['now']):.3f} s, {args.against} {min(times[args.against]):.3f} s (best of "
+              f"{args.rounds}); median ratio {median_ratio(times[args.against], times['now']):.2f}x")
+
+
+if __name__ == "__main__":
+    run_cli(main)
