@@ -172,19 +172,19 @@ def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
 
     The passes (trial_pass) change no weight and draw no random number the run uses: a run started with the
     printed flags is the same run."""
-    tc = run.tc
-    dtype = resolve_dtype(machine, tc)
-    seconds = recipe.calibrate(lambda: trial_pass(run, run.raw_model, tc.batch_size * tc.grad_accum, dtype))
-    step_s = run.dist.all_max(torch.tensor(seconds, device=run.device)).item()
-    mc, run.tc, run.recipe, guess, line = recipe.apply(run.preset, run.mc, tc, step_s, given)
+    tc, dtype = run.tc, resolve_dtype(machine, run.tc)
+    def pass_s(sequences: int, short: bool = False) -> float:  # a trial pass's seconds on the slowest rank
+        seconds = recipe.calibrate(lambda: trial_pass(run, run.raw_model, sequences, dtype, short))
+        return run.dist.all_max(torch.tensor(seconds, device=run.device)).item()
+    mc, run.tc, run.recipe, guess, line = recipe.apply(run.preset, run.mc, tc, pass_s(tc.batch_size * tc.grad_accum),
+                                                       given)
     if mc != run.mc:  # another shape (a shorter context): built afresh from the seed, as the printed flags would
         if mc.block_size != run.mc.block_size:
             run.batches = Batches(tc.data_dir, mc.block_size, device=run.device)
         torch.manual_seed(tc.seed + run.dist.rank)
         run.mc, run.raw_model = mc, GPT(mc).to(run.device)
-    sequences = run.tc.batch_size * run.tc.grad_accum  # a --short-context probe times short steps: price the rest
-    short = run.tc.short_context and run.dist.all_max(torch.tensor(recipe.calibrate(
-        lambda: trial_pass(run, run.raw_model, sequences, dtype, short=True)), device=run.device)).item()
+    # a --short-context probe times short steps: the whole-context steps it did not time are priced by this ratio
+    short = run.tc.short_context and pass_s(run.tc.batch_size * run.tc.grad_accum, short=True)
     run.budget = Budget(run.tc, short or guess, guess * run.tc.eval_iters * 2 / 3, guess / short if short else 1.0)
     run.say(line)
 
