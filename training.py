@@ -323,7 +323,7 @@ def fix_schedule(run: Run) -> None:
     run.schedule = {"max_iters": max_iters, "fixed_by": "--max-minutes", "max_minutes": run.tc.max_minutes,
                     "fixed_at_step": run.step, "probe_ms_per_step": round(step_s * 1000, 3), "eval_s": round(eval_s, 3),
                     "recipe": run.recipe, "full_over_short": round(run.budget.full_over_short, 4)}
-    run.say(f"schedule: {max_iters} steps fixed from a probe of {step_s * 1000:,.0f} ms/step{run.budget.priced(run.tc)} and "
+    run.say(f"schedule: {max_iters} steps fixed from a probe of {step_s * 1000:,.0f} ms/step{run.budget.priced(max_iters)} and "
             f"{eval_s:.1f} s per evaluation to fill {run.tc.max_minutes} minutes; reproduce with: "
             f"{recipe.reproduce_command(run.preset, run.mc, run.tc)}")
     run.budget = None

@@ -132,11 +132,12 @@ class Budget:
             return None
         return max(step + 1, self.fix(step, elapsed, step_s, self.eval_s_guess))
 
-    def priced(self, tc: TrainConfig) -> str:
-        """What the schedule line adds for a --short-context run with max_iters fixed ("" otherwise)."""
-        if not short_context_steps(tc) or self.full_over_short == 1.0:
+    def priced(self, max_iters: int) -> str:
+        """What the schedule line adds for a --short-context run fixed at max_iters steps ("" otherwise)."""
+        short_steps = short_context_steps(replace(self.tc, max_iters=max_iters))
+        if not short_steps or self.full_over_short == 1.0:
             return ""
-        return (f" (short steps; the whole context's from step {short_context_steps(tc)} on, timed before training, "
+        return (f" (short steps; the whole context's from step {short_steps} on, timed before training, "
                 f"take {self.full_over_short:.2f}x as long)")
 
     def fix(self, step: int, elapsed: float, step_s: float, eval_s: float) -> int:
