@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ncpu preset steps ({tc.batch_size} x {mc.block_size}): the model's choice (math up to {chosen} tokens in "
           f"bfloat16) against flash everywhere, {args.rounds} rounds of {args.steps} steps")
     for dtype in (["bfloat16"] if machine.native_bf16 else []) + ["float32"]:
-        step = make_step(mc, tc, dtype, False, batches)
+        step = make_step(mc, tc.batch_size, dtype, False, batches)
         for _ in range(2):
             step()
         times: dict[int, list[float]] = {0: [], chosen: []}

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     dtypes = ["float32"] + (["bfloat16"] if machine.native_bf16 else [])
     for d in dtypes:
         print(f"{d}: the two heads' loss and gradients: {check_same(getattr(torch, d), then)} (relative)")
-    steps = {d: make_step(mc, tc, d, False, batches) for d in dtypes}
+    steps = {d: make_step(mc, tc.batch_size, d, False, batches) for d in dtypes}
     times: dict = {}
     faults: dict = {}  # (dtype, head) -> minor page faults a step, in the last round
     for r in range(args.rounds):
