@@ -27,7 +27,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model  # noqa: E402
-from benchmarks.bench_cpu_step import make_step, median_ratio, setup, time_steps  # noqa: E402
+from benchmarks.bench_cpu_step import (make_step, median_ratio, paired_rounds, setup,  # noqa: E402
+                                        time_steps)
 from slm.cli import run_cli  # noqa: E402
 
 SHAPES = [(16, 4, 128, 32), (8, 4, 128, 32), (16, 8, 128, 64), (16, 8, 256, 64), (4, 4, 512, 32), (8, 8, 512, 64)]
@@ -83,10 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         step = make_step(mc, tc.batch_size, dtype, False, batches)
         for _ in range(2):
             step()
-        times: dict[int, list[float]] = {0: [], chosen: []}
-        for r in range(args.rounds):  # the order alternates, so going first or second is no advantage
-            for limit in ((0, chosen) if r % 2 == 0 else (chosen, 0)):
-                times[limit].append(step_ms(step, limit, args.steps))
+        times = dict(zip((0, chosen), paired_rounds(lambda: step_ms(step, 0, args.steps),
+                                                    lambda: step_ms(step, chosen, args.steps), args.rounds)))
         print(f"{dtype:<9} flash {min(times[0]):>5.0f} ms/step, model's choice {min(times[chosen]):>5.0f} ms/step "
               f"(best rounds: {min(times[0]) / min(times[chosen]):.3f}x); median of the rounds' ratios "
               f"{median_ratio(times[0], times[chosen]):.3f}x")

@@ -81,14 +81,24 @@ def best_of_rounds(variants: dict, rounds: int, steps: int) -> dict:
 
 def module_at(rev: str, relpath: str, name: str):
     """The file relpath as it was at git revision rev, loaded as a module of its own (named name)."""
-    text = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
-                          check=True).stdout
+    text = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, check=True).stdout
     path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(text)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def paired_rounds(a, b, rounds: int) -> tuple[list[float], list[float]]:
+    """a() and b() (each returns the time it measured) once a round, in alternating order, so going first or
+    second is no advantage and a change in the machine's load hits both alike: their times, round by round."""
+    times_a, times_b = [], []
+    for r in range(rounds):
+        for timing, times in ((a, times_a), (b, times_b)) if r % 2 == 0 else ((b, times_b), (a, times_a)):
+            times.append(timing())
+    return times_a, times_b
 
 
 def median_ratio(slower: list[float], faster: list[float]) -> float:

@@ -21,8 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import slm.plot as plot_today  # noqa: E402
-from benchmarks.bench_cpu_step import median_ratio, module_at  # noqa: E402
-from slm.checkpoint import BEST_FILE, config_from_dict, load_checkpoint  # noqa: E402
+from benchmarks.bench_cpu_step import median_ratio, module_at, paired_rounds  # noqa: E402
 from slm.cli import run_cli  # noqa: E402
 from slm.progress import LOG_FILE, STEPS_FILE, read_log, read_steps  # noqa: E402
 
@@ -35,24 +34,21 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out)
     history, steps = read_log(out / LOG_FILE), read_steps(out / STEPS_FILE)
-    best = load_checkpoint(out / BEST_FILE, mmap=True)
-    per_step = next(r["tokens"] // r["step"] for r in history if r["step"] > 0)
-    title = plot_today.plot_title(config_from_dict(best["config"]), plot_today.count_parameters(best["model"]),
-                                  per_step, best.get("data"))
+    title = plot_today.saved_title(out, history)
     cases = {"finished run": (history, steps), "smoke run, 2 evaluations": (history[:2], steps[:1])}
     then = module_at(args.against, "slm/plot.py", "plot_then")
     target = Path(tempfile.mkdtemp()) / "loss.png"
     print(f"slm/plot.py now against {args.against}; {args.out}: {len(history)} evaluations, {len(steps)} steps")
     for case, (h, s) in cases.items():
-        times: dict[str, list[float]] = {"now": [], args.against: []}
-        for i in range(args.rounds + 1):  # round 0 warms both up (matplotlib's imports, the font cache)
-            for key, module in sorted([("now", plot_today), (args.against, then)], reverse=i % 2 == 1):
-                t0 = time.perf_counter()
-                module.plot_run(target, h, s, title)
-                if i:
-                    times[key].append(time.perf_counter() - t0)
-        print(f"  {case}: now {min(times['now']):.3f} s, {args.against} {min(times[args.against]):.3f} s (best of "
-              f"{args.rounds}); median ratio {median_ratio(times[args.against], times['now']):.2f}x")
+        def drawing_s(module) -> float:
+            t0 = time.perf_counter()
+            module.plot_run(target, h, s, title)
+            return time.perf_counter() - t0
+
+        drawing_s(plot_today), drawing_s(then)  # untimed: matplotlib's imports, the font cache
+        now, earlier = paired_rounds(lambda: drawing_s(plot_today), lambda: drawing_s(then), args.rounds)
+        print(f"  {case}: now {min(now):.3f} s, {args.against} {min(earlier):.3f} s (best of {args.rounds}); "
+              f"median ratio {median_ratio(earlier, now):.2f}x")
 
 
 if __name__ == "__main__":

@@ -159,17 +159,23 @@ def redraw(out_dir: str | Path) -> Path:
     steps = read_steps(out / STEPS_FILE) if (out / STEPS_FILE).is_file() else []
     if not history:
         raise CLIError(f"{out / LOG_FILE} has no evaluation yet; nothing to plot")
-    title = f"{out / LOG_FILE}"
-    if (out / BEST_FILE).is_file():
-        best = load_checkpoint(out / BEST_FILE, mmap=True)  # its config and tensor shapes, not its weights
-        per_step = next((r["tokens"] // r["step"] for r in history if r["step"] > 0), None)
-        title = plot_title(config_from_dict(best["config"]), count_parameters(best["model"]), per_step, best.get("data"))
+    title = saved_title(out, history)
     ckpt = load_checkpoint(out / CKPT_FILE, mmap=True) if (out / CKPT_FILE).is_file() else {}
     saved = ckpt.get("train_config") or {}  # the run's settings (absent ones at TrainConfig's defaults)
     tc = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
     short = short_phase(tc, ckpt["config"]["block_size"]) if saved else None  # a --short-context run's switch
     plot_run(out / PLOT_FILE, history, steps, title, tc.ema, short=short)  # ema: evaluations scored the average
     return out / PLOT_FILE
+
+
+def saved_title(out: Path, history: list[dict]) -> str:
+    """The plot's title for the run saved in out (its best model's config, size and data; log.csv's tokens per
+    step), or the log's path where there is no best model."""
+    if not (out / BEST_FILE).is_file():
+        return f"{out / LOG_FILE}"
+    best = load_checkpoint(out / BEST_FILE, mmap=True)  # its config and tensor shapes, not its weights
+    per_step = next((r["tokens"] // r["step"] for r in history if r["step"] > 0), None)
+    return plot_title(config_from_dict(best["config"]), count_parameters(best["model"]), per_step, best.get("data"))
 
 
 def count_parameters(state_dict: dict) -> int:
