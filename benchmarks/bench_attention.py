@@ -27,8 +27,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model  # noqa: E402
-from benchmarks.bench_cpu_step import (make_step, median_ratio, paired_rounds, setup,  # noqa: E402
-                                        time_steps)
+from benchmarks.bench_cpu_step import (add_preset_flag, make_step, median_ratio, paired_rounds,  # noqa: E402
+                                        setup, time_steps)
 from slm.cli import run_cli  # noqa: E402
 
 SHAPES = [(16, 4, 128, 32), (8, 4, 128, 32), (16, 8, 128, 64), (16, 8, 256, 64), (4, 4, 512, 32), (8, 8, 512, 64)]
@@ -65,8 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--steps", type=int, default=3, help="timed optimizer steps per variant per round")
+    add_preset_flag(p)
     args = p.parse_args(argv)
-    machine, mc, tc, batches = setup(args.data_dir)
+    machine, mc, tc, batches = setup(args.data_dir, preset=args.preset)
 
     if machine.native_bf16:
         print(f"\n{'B x heads x T x head size':<26} {'gradients':<10} {'flash ms':>9} {'math ms':>8} {'flash/math':>11}")
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
                       f"{flash / math_:>10.2f}x")
 
     chosen = model.CPU_BF16_MATH_ATTENTION_MAX_T
-    print(f"\ncpu preset steps ({tc.batch_size} x {mc.block_size}): the model's choice (math up to {chosen} tokens in "
-          f"bfloat16) against flash everywhere, {args.rounds} rounds of {args.steps} steps")
+    print(f"\n{args.preset} preset steps ({tc.batch_size} x {mc.block_size}): the model's choice (math up to {chosen} "
+          f"tokens in bfloat16) against flash everywhere, {args.rounds} rounds of {args.steps} steps")
     for dtype in (["bfloat16"] if machine.native_bf16 else []) + ["float32"]:
         step = make_step(mc, tc.batch_size, dtype, False, batches)
         for _ in range(2):

@@ -60,14 +60,14 @@ def nanogpt_get_batch(data_dir: Path, block_size: int, batch_size: int):
     return x, y
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--calls", type=int, default=100_000, help="get_batch calls measured for memory")
     p.add_argument("--tokens", type=int, default=20_000_000, help="tokens in train.bin (2 bytes each)")
     p.add_argument("--block-size", type=int, default=GPTConfig().block_size)
     p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     p.add_argument("--compare-calls", type=int, default=5_000, help="calls timed for each get_batch in the comparison")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
 
     print(f"loadavg at start {os.getloadavg()}; train.bin {args.tokens:,} tokens ({args.tokens * 2 / 2**20:.0f} MiB), "

@@ -117,16 +117,22 @@ def profile_step(step) -> str:
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8)
 
 
-def setup(data_dir: str, keep_freed: bool = True):
-    """The cpu preset on this CPU, its real batches, and a line that says what machine and load this is.
+def add_preset_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
+                   help="whose model and batch shape are timed (default: %(default)s; smoke takes seconds)")
+
+
+def setup(data_dir: str, keep_freed: bool = True, preset: str = "cpu"):
+    """A preset (the cpu one unless said) on this CPU, its real batches, and a line that says what machine and
+    load this is.
     keep_freed=False leaves glibc's malloc as it comes (big freed blocks go back to the OS), as training
     finds it where slm.hardware.keep_freed_memory cannot act: macOS, Windows, musl."""
     if keep_freed:
         keep_freed_memory()
     machine = detect_machine("cpu")
-    mc, tc = PRESETS["cpu"].model, PRESETS["cpu"].train
-    print(f"{machine.describe()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"load average {os.getloadavg()[0]:.2f} at the start")
+    mc, tc = PRESETS[preset].model, PRESETS[preset].train
+    print(f"{preset} preset, {tc.batch_size} x {mc.block_size}; {machine.describe()}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f} at the start")
     return machine, mc, tc, Batches(data_dir, mc.block_size)
 
 
@@ -160,9 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
     p.add_argument("--shapes", help="batch x context shapes to compare instead, e.g. 16x128,16x64,32x64")
+    add_preset_flag(p)
     args = p.parse_args(argv)
     shapes = parse_shapes(args.shapes) if args.shapes else None
-    machine, mc, tc, batches = setup(args.data_dir)
+    machine, mc, tc, batches = setup(args.data_dir, preset=args.preset)
     if shapes:
         for dtype in args.dtypes.split(","):
             compare_shapes(mc, args.data_dir, dtype, shapes, args.rounds, args.steps)

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model as model_module  # noqa: E402
 import slm.head_loss as head_loss_module  # noqa: E402
-from benchmarks.bench_cpu_step import make_step, median_ratio, module_at, setup, time_steps  # noqa: E402
+from benchmarks.bench_cpu_step import (add_preset_flag, make_step, median_ratio, module_at, setup,  # noqa: E402
+                                        time_steps)
 from slm.cli import run_cli  # noqa: E402
 
 TODAY = model_module.head_loss
@@ -128,9 +129,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--malloc-as-it-comes", action="store_true",
                    help="leave glibc's malloc thresholds alone (big freed blocks go back to the OS, as on macOS, "
                         "Windows and musl), where training raises them (slm.hardware.keep_freed_memory)")
+    add_preset_flag(p)
     args = p.parse_args(argv)
     then = head_loss_at(args.against) if args.against else before
-    machine, mc, tc, batches = setup(args.data_dir, keep_freed=not args.malloc_as_it_comes)
+    machine, mc, tc, batches = setup(args.data_dir, keep_freed=not args.malloc_as_it_comes, preset=args.preset)
     print(f"malloc: {'as it comes' if args.malloc_as_it_comes else 'thresholds raised, as training does'}")
     dtypes = ["float32"] + (["bfloat16"] if machine.native_bf16 else [])
     for d in dtypes:

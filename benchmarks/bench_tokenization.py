@@ -166,14 +166,14 @@ def run_end_to_end(data_dir: Path, num_proc: int) -> dict:
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mb", type=float, default=52.0, help="story text of the speed corpus, in MB (>= 50)")
     p.add_argument("--num-proc", type=int, default=2, help="workers / threads for every contender")
     p.add_argument("--repeats", type=int, default=3, help="runs of each contender; the best is reported")
     p.add_argument("--common-repeats", type=int, default=1, help="runs of the (slow) common approach")
     p.add_argument("--work-dir", default=None, help="where the corpora go (default: a temporary directory)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench_tok_"))

@@ -107,9 +107,10 @@ def markdown(path: Path) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    if sys.argv[1:2] == ["--markdown"]:
-        for path in sys.argv[2:]:
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--markdown"]:
+        for path in argv[1:]:
             print(f"### {path}\n\n{markdown(Path(path))}\n")
         return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -121,7 +122,7 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=1, help="trials at once (1 for timed CPU runs)")
     p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for each trial (0: torch's default)")
     p.add_argument("--device", default="", help="--device for evaluate.py (training takes it from the flags)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     done = set()
     if args.out.exists():

@@ -1,0 +1,177 @@
+"""Every benchmark script runs: each at its smallest size, on the tiny real-text data, and prints its figures.
+A benchmark that no test runs breaks silently when the code under it changes (bench_attention and
+bench_head_loss once called make_step with a signature it no longer had), and then the command recorded
+beside its figures in BENCHMARKS.md no longer reproduces them. The figures here mean nothing; that each
+script gets to its table does."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import config
+from benchmarks import (assemble, bench_attention, bench_batches, bench_cpu_step, bench_dtype, bench_head_loss,
+                        bench_model, bench_plot, bench_tokenization, bench_training, ema_decays, recipe_search)
+from slm.cli import CLIError
+
+REPO = Path(__file__).resolve().parent.parent
+NUMBER = r"[\d,]+(\.\d+)?"
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_kept():
+    """Some scripts set torch's thread count for their own process (bench_batches, bench_model): put it back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_benchmarks_md_is_the_assembly_of_its_parts():
+    assert (REPO / "BENCHMARKS.md").read_text() == assemble.assembled(), (
+        "BENCHMARKS.md differs from benchmarks/*.md: edit those, then run benchmarks/assemble.py")
+
+
+@pytest.fixture(scope="module")
+def few_stories(shared_tinystories, tmp_path_factory) -> Path:
+    """The first stories of the real sample's validation.txt, in its format: enough to score a model on."""
+    stories = (shared_tinystories / "validation.txt").read_text().split("<|endoftext|>")[:6]
+    path = tmp_path_factory.mktemp("text") / "few.txt"
+    path.write_text("<|endoftext|>".join(stories))
+    return path
+
+
+@pytest.fixture(scope="module")
+def benched_run(tiny_data_dir, tmp_path_factory):
+    """bench_training.py's own training run (the smoke preset, 4 steps): its out dir and what it printed."""
+    out = tmp_path_factory.mktemp("bench") / "out"
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        bench_training.main(["--data-dir", str(tiny_data_dir), "--out-dir", str(out), "--stories", "1",
+                             "--max-new-tokens", "6", "--", "--preset", "smoke", "--max-iters", "4",
+                             "--warmup-iters", "1", "--eval-interval", "2", "--no-progress"])
+    return out, printed.getvalue()
+
+
+def test_bench_training_trains_a_preset_and_reports_it(benched_run, capsys):
+    out, report = benched_run
+    assert re.search(r"stopped: .* at step 4 of 4", report)
+    assert re.search(rf"validation loss: {NUMBER} at step 0 -> best {NUMBER} at step [24]", report)
+    assert "--- story 1 ---" in report
+    bench_training.main(["--no-train", "--out-dir", str(out), "--stories", "1", "--max-new-tokens", "6"])
+    again = capsys.readouterr().out
+    assert f"report of the finished run in {out}" in again and "--- story 1 ---" in again
+
+
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="compares with a git revision: needs the repository")
+def test_bench_plot_times_today_against_a_revision(benched_run, capsys):
+    out, _ = benched_run
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                          check=True).stdout.strip()
+    bench_plot.main(["--out", str(out), "--rounds", "1", "--against", head])
+    printed = capsys.readouterr().out
+    for case in ("finished run", "smoke run, 2 evaluations"):
+        assert re.search(rf"{case}: now {NUMBER} s, {head} {NUMBER} s .*median ratio {NUMBER}x", printed)
+
+
+def test_ema_decays_scores_the_trained_weights_and_each_average(tiny_data_dir, few_stories, tmp_path, capsys):
+    ema_decays.main(["--decays", "0.5,0.9", "--text-file", str(few_stories), "--",
+                     "--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "out"),
+                     "--max-iters", "3", "--warmup-iters", "1", "--eval-interval", "3"])
+    printed = capsys.readouterr().out
+    assert re.search(rf"trained weights \(best_model_params.pt\) +3 +{NUMBER}", printed)
+    for decay in ("0.5", "0.9"):
+        assert (tmp_path / "out" / f"ema-{decay}.pt").is_file()
+        assert re.search(rf"average, decay {decay} +3 +{NUMBER}", printed)
+
+
+def test_recipe_search_runs_a_trial_skips_it_when_done_and_tables_it(tiny_data_dir, few_stories, tmp_path, capsys):
+    trials = tmp_path / "trials.tsv"
+    trials.write_text("# a comment line\nsmall\t--preset smoke --max-iters 2 --warmup-iters 1 --eval-interval 2\n")
+    table = tmp_path / "out.tsv"
+    args = [str(trials), "--data-dir", str(tiny_data_dir), "--text-file", str(few_stories), "--out", str(table),
+            "--runs", str(tmp_path / "runs"), "--threads", "1"]
+    recipe_search.main(args)
+    rows = table.read_text().splitlines()
+    assert rows[0].split("\t") == recipe_search.FIELDS and len(rows) == 2
+    row = dict(zip(recipe_search.FIELDS, rows[1].split("\t")))
+    assert row["name"] == "small" and row["steps"] == "2" and float(row["text_loss"]) > 0
+    capsys.readouterr()
+    recipe_search.main(args)
+    assert "0 trials to run (1 already in" in capsys.readouterr().out
+    recipe_search.main(["--markdown", str(table)])
+    assert re.search(rf"\| small \| `\(none\)` \| 2 \| .*\| {row['text_loss']} \|", capsys.readouterr().out)
+
+
+def test_bench_cpu_step_times_and_profiles_a_float32_step(tiny_data_dir, capsys):
+    bench_cpu_step.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--dtypes", "float32", "--rounds", "1",
+                         "--steps", "1"])
+    printed = capsys.readouterr().out
+    assert re.search(rf"^float32 +False +{NUMBER} +{NUMBER} +1\.00x$", printed, re.M)
+    assert "profile of float32 steps:" in printed and "aten::mm" in printed
+
+
+def test_bench_cpu_step_compares_shapes_as_shares_of_the_first(tiny_data_dir, capsys):
+    bench_cpu_step.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--dtypes", "float32", "--rounds", "1",
+                         "--steps", "1", "--shapes", "2x32,4x16"])
+    printed = capsys.readouterr().out
+    assert re.search(rf"2x32 +{NUMBER} +{NUMBER} +1\.000$", printed, re.M)
+    assert re.search(rf"4x16 +{NUMBER} +{NUMBER} +{NUMBER}$", printed, re.M)
+    with pytest.raises(CLIError, match="--shapes '16x'"):
+        bench_cpu_step.parse_shapes("16x")
+
+
+def test_bench_attention_compares_the_kernels_in_whole_steps(tiny_data_dir, capsys):
+    bench_attention.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--rounds", "1", "--steps", "1"])
+    printed = capsys.readouterr().out
+    assert re.search(rf"^float32 +flash +{NUMBER} ms/step, model's choice +{NUMBER} ms/step", printed, re.M)
+
+
+def test_bench_head_loss_checks_and_times_both_heads(tiny_data_dir, capsys):
+    bench_head_loss.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--rounds", "1", "--steps", "1"])
+    printed = capsys.readouterr().out
+    assert re.search(r"float32: the two heads' loss and gradients: [\d.e+-]+ apart", printed)
+    assert re.search(rf"^float32 +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER}x +{NUMBER}x", printed, re.M)
+
+
+def test_bench_dtype_times_each_combination_and_trains_in_each_dtype(tiny_data_dir, monkeypatch, capsys):
+    # bfloat16 on a CPU without it is emulated, ~10x slower than float32: the smoke preset at 2 x 16 tokens a step
+    smoke = config.PRESETS["smoke"]
+    monkeypatch.setitem(config.PRESETS, "smoke", replace(smoke, model=replace(smoke.model, block_size=16),
+                                                         train=replace(smoke.train, batch_size=2, eval_iters=1)))
+    bench_dtype.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--rounds", "1", "--timed-steps", "1",
+                      "--steps", "2", "--window", "1"])
+    printed = capsys.readouterr().out
+    assert len(re.findall(r"best +(float32|bfloat16) +\w+ head: +[\d,]+ tokens/s", printed)) == 4
+    assert re.search(rf"last window: fp32 {NUMBER}, bf16 {NUMBER}, fp32 other seed {NUMBER}", printed)
+
+
+def test_bench_batches_measures_memory_and_time_per_call(capsys):
+    bench_batches.main(["--calls", "40", "--tokens", "50000", "--block-size", "32", "--batch-size", "4",
+                        "--compare-calls", "10"])
+    printed = capsys.readouterr().out
+    assert re.search(r"growth over 40 calls: RssAnon [+-][\d,]+ KiB", printed)
+    assert re.search(rf"nanoGPT / Batches: {NUMBER}x", printed)
+
+
+def test_bench_model_times_generation_and_a_training_step(capsys):
+    bench_model.main(["--prompt-len", "4", "--new-tokens", "4", "--repeats", "1", "--batch-size", "1",
+                      "--seq-len", "16", "--steps", "1", "--warmup", "0"])
+    printed = capsys.readouterr().out
+    assert re.search(r"model: default GPTConfig, [\d,]+ parameters", printed)
+    assert "generation: batch 1, 4-token prompt, 4 new tokens" in printed
+    assert "training step" in printed
+
+
+@pytest.mark.slow
+def test_bench_tokenization_compares_the_contenders_on_a_small_corpus(tmp_path, capsys):
+    bench_tokenization.main(["--mb", "0.2", "--num-proc", "1", "--repeats", "1", "--work-dir", str(tmp_path)])
+    printed = capsys.readouterr().out
+    for contender in ("limit", "limit/procs", "common", "end to end"):
+        assert re.search(rf"^{re.escape(contender)} +{NUMBER} +{NUMBER}", printed, re.M)
+    assert re.search(r"largest worker +[\d.]+ MiB", printed)
