@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import training  # noqa: E402
+from benchmarks.bench_cpu_step import add_preset_flag  # noqa: E402
 from slm.cli import run_cli  # noqa: E402
 from slm.hardware import cpu_has_native_bf16  # noqa: E402
 from config import PRESETS  # noqa: E402
@@ -77,7 +78,7 @@ def windows(losses: list[float], width: int) -> list[float]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default="data", help="tokenized data for part 2")
-    p.add_argument("--preset", default="cpu", help="the preset whose model, shape and recipe are measured")
+    add_preset_flag(p)
     p.add_argument("--rounds", type=int, default=3, help="part 1: rounds over the four combinations")
     p.add_argument("--timed-steps", type=int, default=5, help="part 1: timed steps per combination and round")
     p.add_argument("--steps", type=int, default=300, help="part 2: training steps of each run (0 skips part 2)")
