@@ -62,6 +62,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # clip the global gradient norm to this (0 disables)
     ema: float = 0.0  # decay of the moving average of the weights that is evaluated and saved (0 = the weights as trained)
+    quarter_context: float = 0.0  # share of the steps, from the first, trained on windows cut in four (0 = none)
     short_context: float = 0.0  # share of the steps, from the first, trained on windows cut in half (0 = none)
     # evaluation
     eval_interval: int = 500  # optimizer steps between evaluations
@@ -126,6 +127,7 @@ PRESETS: dict[str, Preset] = {
             warmup_iters=300,
             beta2=0.99,
             ema=0.99,
+            quarter_context=0.25,
             short_context=0.5,
             eval_interval=500,
             eval_iters=10,

@@ -63,8 +63,8 @@ from slm.plot import redraw
 from slm.progress import LOG_FILE, PLOT_FILE, Speedometer, announce, print_end, progress_bar
 from slm.report import save_progress, summarize, write_report
 from slm.sampling import Glimpse
-from slm.schedule import (BUDGET_OVERRUN, Budget, halve_windows, make_scheduler, past_budget, short_context_note,
-                          short_context_steps)
+from slm.schedule import (BUDGET_OVERRUN, Budget, cut_windows, make_scheduler, past_budget, phase_costs,
+                          short_context_note, window_cut)
 from slm.run import Run
 from slm.settings import build_parser, check_data, check_settings, explicit_settings, format_settings, resolve
 
@@ -173,8 +173,8 @@ def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
     The passes (trial_pass) change no weight and draw no random number the run uses: a run started with the
     printed flags is the same run."""
     tc, dtype = run.tc, resolve_dtype(machine, run.tc)
-    def pass_s(sequences: int, short: bool = False) -> float:  # a trial pass's seconds on the slowest rank
-        seconds = recipe.calibrate(lambda: trial_pass(run, run.raw_model, sequences, dtype, short))
+    def pass_s(sequences: int, parts: int = 1) -> float:  # a trial pass's seconds on the slowest rank
+        seconds = recipe.calibrate(lambda: trial_pass(run, run.raw_model, sequences, dtype, parts))
         return run.dist.all_max(torch.tensor(seconds, device=run.device)).item()
     mc, run.tc, run.recipe, guess, line = recipe.apply(run.preset, run.mc, tc, pass_s(tc.batch_size * tc.grad_accum),
                                                        given)
@@ -183,18 +183,18 @@ def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
             run.batches = Batches(tc.data_dir, mc.block_size, device=run.device)
         torch.manual_seed(tc.seed + run.dist.rank)
         run.mc, run.raw_model = mc, GPT(mc).to(run.device)
-    # a --short-context probe times short steps: the whole-context steps it did not time are priced by this ratio
-    short = run.tc.short_context and pass_s(run.tc.batch_size * run.tc.grad_accum, short=True)
-    run.budget = Budget(run.tc, short or guess, guess * run.tc.eval_iters * 2 / 3, guess / short if short else 1.0)
+    # a probe of cut windows times its first phase's steps: the other phases' steps are priced against them
+    first, costs = phase_costs(run.tc, guess, lambda parts: pass_s(run.tc.batch_size * run.tc.grad_accum, parts))
+    run.budget = Budget(run.tc, first, guess * run.tc.eval_iters * 2 / 3, costs)
     run.say(line)
 
 
-def trial_pass(run: Run, model, batch_size: int, dtype: str, short: bool = False) -> None:
-    """One forward and backward of batch_size sequences (cut in half if short) that changes nothing the run
+def trial_pass(run: Run, model, batch_size: int, dtype: str, parts: int = 1) -> None:
+    """One forward and backward of batch_size sequences (each cut in `parts`) that changes nothing the run
     keeps: no optimizer step, the gradients dropped, the batch from a generator of its own, and dropout's
     draws inside fork_rng (the global CPU and CUDA generators come back as they were)."""
     x, y = run.batches.get_batch("train", batch_size, generator=torch.Generator().manual_seed(0))
-    x, y = halve_windows(x, y) if short else (x, y)
+    x, y = cut_windows(x, y, parts)
     with torch.random.fork_rng(devices=[run.device] if run.device.startswith("cuda") else []):
         with autocast(run.device, dtype):
             _, loss = model(x, y, return_logits=keep_logits(run.device))
@@ -242,8 +242,7 @@ def train_step(run: Run, wants_stop: Callable[[], bool]) -> bool:
     loss_sum = torch.zeros((), dtype=torch.float32, device=run.device)
     for micro in range(tc.grad_accum):
         x, y = global_batch(run.batches, "train", tc.batch_size, run.batch_gen, dist)
-        if run.step < short_context_steps(tc):  # --short-context
-            x, y = halve_windows(x, y)
+        x, y = cut_windows(x, y, window_cut(tc, run.step))  # --quarter-context, --short-context: 4 or 2; else 1
         sync = micro == tc.grad_accum - 1  # under DDP, only the last micro-batch all-reduces the gradients
         with (run.train_model.no_sync() if dist.ddp and not sync else contextlib.nullcontext()):
             with autocast(run.device, run.dtype):
@@ -322,8 +321,8 @@ def fix_schedule(run: Run) -> None:
     run.scheduler = make_scheduler(run.optimizer, run.tc, at_step=run.step)
     run.schedule = {"max_iters": max_iters, "fixed_by": "--max-minutes", "max_minutes": run.tc.max_minutes,
                     "fixed_at_step": run.step, "probe_ms_per_step": round(step_s * 1000, 3), "eval_s": round(eval_s, 3),
-                    "recipe": run.recipe, "full_over_short": round(run.budget.full_over_short, 4)}
-    run.say(f"schedule: {max_iters} steps fixed from a probe of {step_s * 1000:,.0f} ms/step{run.budget.priced(max_iters)} and "
+                    "recipe": run.recipe, "step_costs": [round(c, 4) for c in run.budget.costs]}
+    run.say(f"schedule: {max_iters} steps fixed from a probe of {step_s * 1000:,.0f} ms/step{run.budget.priced(max_iters, run.mc.block_size)} and "
             f"{eval_s:.1f} s per evaluation to fill {run.tc.max_minutes} minutes; reproduce with: "
             f"{recipe.reproduce_command(run.preset, run.mc, run.tc)}")
     run.budget = None

@@ -19,7 +19,7 @@ from slm.checkpoint import BEST_FILE, CKPT_FILE, config_from_dict, describe_sour
 from slm.cli import CLIError
 from slm.files import atomic_write_bytes
 from slm.progress import LOG_FILE, PLOT_FILE, STEPS_FILE, read_log, read_steps
-from slm.schedule import short_phase
+from slm.schedule import context_switches
 
 CLIP_FRACTION = 0.1  # the y-axis's top is the highest smoothed loss after this share of the steps
 NICE_TICKS = [1, 1.25, 1.5, 1.75, 2, 2.25, 2.5, 2.75, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16]
@@ -58,11 +58,12 @@ def loss_ticks(bottom: float, top: float) -> list[float]:
 
 
 def plot_run(path: Path, history: list[dict], steps: list[dict], title: str, ema: float = 0.0,
-             short: tuple[int, int] | None = None) -> None:
+             switches: list[tuple[int, int, int]] | None = None) -> None:
     """Draw loss.png (see the module's docstring) and write it atomically. history: log.csv's rows;
     steps: steps.csv's rows (may be empty: then the evaluations alone, as older runs logged them); ema: the run's
-    --ema (above 0 its evaluations scored the weights' average, and the legend says so); short: (steps,
-    context) of a --short-context run's first phase, marked by a dotted line."""
+    --ema (above 0 its evaluations scored the weights' average, and the legend says so); switches: (step, context
+    before, context from it) of a run with cut windows (--quarter-context, --short-context), each marked by a
+    dotted line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -87,9 +88,9 @@ def plot_run(path: Path, history: list[dict], steps: list[dict], title: str, ema
         ax.text(0.99, 0.97, f"before step {after:,} the loss is above this axis (from "
                 f"{first.get('val_loss', first['train_loss']):.2f} at step {first['step']})", transform=ax.transAxes,
                 ha="right", va="top", fontsize=8, color="0.35")
-    if short:  # before the line the validation loss is high: the windows' later positions are not trained yet
-        ax.axvline(short[0], color="0.45", ls=":", lw=1.2)
-        ax.text(short[0], 0.88, f" context {short[1]} before step {short[0]:,}, {2 * short[1]} from it",
+    for i, (step, before, after) in enumerate(switches or []):  # before the last line the validation loss is high:
+        ax.axvline(step, color="0.45", ls=":", lw=1.2)  # the windows' later positions are not trained yet
+        ax.text(step, 0.88 - 0.06 * i, f" context {before} before step {step:,}, {after} from it",
                 transform=ax.get_xaxis_transform(), ha="left", va="top", fontsize=8, color="0.35")
     ax.set_ylabel("cross-entropy loss (log scale)")
     title = "\n".join(textwrap.fill(line, 110) for line in title.splitlines())
@@ -163,8 +164,8 @@ def redraw(out_dir: str | Path) -> Path:
     ckpt = load_checkpoint(out / CKPT_FILE, mmap=True) if (out / CKPT_FILE).is_file() else {}
     saved = ckpt.get("train_config") or {}  # the run's settings (absent ones at TrainConfig's defaults)
     tc = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
-    short = short_phase(tc, ckpt["config"]["block_size"]) if saved else None  # a --short-context run's switch
-    plot_run(out / PLOT_FILE, history, steps, title, tc.ema, short=short)  # ema: evaluations scored the average
+    switches = context_switches(tc, ckpt["config"]["block_size"]) if saved else None  # where its context changed
+    plot_run(out / PLOT_FILE, history, steps, title, tc.ema, switches=switches)  # ema: evaluations scored the average
     return out / PLOT_FILE
 
 

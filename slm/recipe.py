@@ -35,7 +35,7 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         # 3.661, 5e-3: 3.689), and a context of 64, 8 x 64, 3.477 / 3.453 against 3.652 / 3.640 (two seeds;
         # recipe_rule.md, "A shorter context").
         (440, {"batch_size": 8, "block_size": 64, "learning_rate": 3e-3, "min_lr": 1.2e-3, "warmup_iters": 200,
-               "ema": 0.98, "short_context": 0.0}),
+               "ema": 0.98, "quarter_context": 0.0, "short_context": 0.0}),
         # ~500 steps (a CPU without native bf16, float32): 1,024 tokens per step and a shorter warmup. Without the
         # weights' average, 8 x 128 at 3e-3 -> 3e-4 scored 3.315 / 3.343 (two seeds) against the preset's 3.354 /
         # 3.380 at the same 1.02M tokens; at 1,000 steps (2.05M tokens) the preset is ahead (2.966 against
@@ -53,7 +53,8 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         # at 800 reference steps 16 x 64 led it by 0.034 (2.986 against 3.020), at 1,000 it trailed by 0.016 and
         # 0.006 (two seeds); interpolated in log steps, they cross at ~930-950 (recipe_rule.md, "Where the
         # middle row ends").
-        (930, {"batch_size": 16, "block_size": 64, "warmup_iters": 200, "ema": 0.98, "short_context": 0.0}),
+        (930, {"batch_size": 16, "block_size": 64, "warmup_iters": 200, "ema": 0.98, "quarter_context": 0.0,
+               "short_context": 0.0}),
         # 930 steps and up (AVX512_BF16 makes ~1,100-1,650, AMX ~2,400): the preset, the earlier search's winner
         # (recipe_search.md). At 1,600 steps it beats batch 8, warmup 200 and a higher floor (2.777 against
         # 2.792-2.804). Batch 32 at equal tokens trails it at 2,200 steps (2.702 / 2.711 against 2.700 / 2.703,

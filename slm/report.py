@@ -19,7 +19,7 @@ from slm.checkpoint import BEST_FILE, CKPT_FILE, describe_source
 from slm.files import atomic_write_bytes
 from slm.plot import plot_run, plot_title
 from slm.progress import LOG_FILE, PLOT_FILE, REPORT_FILE, STEP_FIELDS, STEPS_FILE, write_log, write_steps
-from slm.schedule import short_phase
+from slm.schedule import context_switches
 CPU_FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "sve", "asimd")
 HOW_IT_ENDED = {"done": "finished", "time": "cut by the time budget", "stop_after": "stopped by --stop-after",
                 "SIGINT": "stopped by Ctrl-C (SIGINT)", "SIGTERM": "stopped by SIGTERM"}
@@ -35,7 +35,7 @@ def save_progress(run) -> None:
     if run.history:
         title = plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, run.facts)
         plot_run(run.out_dir / PLOT_FILE, run.history, [dict(zip(STEP_FIELDS, r)) for r in run.steps], title,
-                 run.tc.ema, short=short_phase(run.tc, run.mc.block_size))
+                 run.tc.ema, switches=context_switches(run.tc, run.mc.block_size))
     run.shown = (len(run.history), len(run.steps))
 
 

@@ -46,51 +46,79 @@ def make_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, at_step: i
     return scheduler
 
 
-def short_context_steps(tc: TrainConfig) -> int:
-    """How many optimizer steps, from the first, train on windows cut in half (--short-context): the share of
-    max_iters, and at least the warmup. A time budget fixes max_iters at the end of its probe, which lies
-    within warmup; every step before it is short whatever the count, so the run is step for step the one its
-    printed --max-iters command repeats."""
-    if tc.short_context <= 0:
-        return 0
-    return max(tc.warmup_iters, round(tc.short_context * tc.max_iters))
+def share_steps(share: float, tc: TrainConfig) -> int:
+    """Steps, from the first, of a phase that takes `share` of max_iters: at least the warmup (0 for no share). A
+    time budget fixes max_iters at the end of its probe, which lies within warmup; every step before it is then
+    of the first phase whatever the count, so the run is step for step the one its printed --max-iters command
+    repeats."""
+    return max(tc.warmup_iters, round(share * tc.max_iters)) if share > 0 else 0
 
 
-def halve_windows(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A short-phase batch: (B, T) -> (2B, T/2), the same tokens, each predicted from at most T/2 before it."""
-    return x.reshape(-1, x.shape[1] // 2), y.reshape(-1, y.shape[1] // 2)
+def phase_ends(tc: TrainConfig) -> tuple[int, int]:
+    """(end of the windows cut in four, end of those cut in half): steps [0, q) train at a quarter of the
+    context (--quarter-context), [q, h) at half (--short-context, counted from step 0), [h, max_iters) whole."""
+    quarter = share_steps(tc.quarter_context, tc)
+    return quarter, max(quarter, share_steps(tc.short_context, tc))
 
 
-def short_phase(tc: TrainConfig, block_size: int) -> tuple[int, int] | None:
-    """(steps, context) of a --short-context run's first phase, for what the user reads; None without one."""
-    steps = short_context_steps(tc)
-    return (steps, block_size // 2) if steps else None
+def window_cut(tc: TrainConfig, step: int) -> int:
+    """Into how many pieces each window of the step's batch is cut: 4, 2 or 1 (the whole context)."""
+    quarter, half = phase_ends(tc)
+    return 4 if step < quarter else 2 if step < half else 1
+
+
+def cut_windows(x: torch.Tensor, y: torch.Tensor, parts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A short-phase batch: (B, T) -> (parts x B, T / parts), the same tokens, each predicted from at most
+    T / parts before it."""
+    return x.reshape(-1, x.shape[1] // parts), y.reshape(-1, y.shape[1] // parts)
+
+
+def context_switches(tc: TrainConfig, block_size: int) -> list[tuple[int, int, int]]:
+    """(step, context before it, context from it) at each change of context, for what the user reads; [] for a
+    run on the whole context throughout."""
+    quarter, half = phase_ends(tc)
+    ends = [(quarter, block_size // 4), (half, block_size // 2)]
+    phases = [(end, context) for i, (end, context) in enumerate(ends) if end > (ends[i - 1][0] if i else 0)]
+    return [(end, context, phases[i + 1][1] if i + 1 < len(phases) else block_size)
+            for i, (end, context) in enumerate(phases)]
+
+
+def phase_costs(tc: TrainConfig, whole_s: float, time_pass: Callable[[int], float]
+                ) -> tuple[float, tuple[float, float, float]]:
+    """(seconds of a step of the run's first phase, the cost of a step with windows cut in 4, in 2 and whole
+    against it): time_pass(parts) times a step of each cut phase the run has; a whole step takes whole_s."""
+    seconds = {1: whole_s} | {parts: time_pass(parts) for parts, share in ((4, tc.quarter_context),
+                                                                          (2, tc.short_context)) if share > 0}
+    first = seconds[max(seconds)]
+    return first, tuple(seconds.get(parts, first) / first for parts in (4, 2, 1))
 
 
 def short_context_note(tc: TrainConfig, block_size: int, step: int) -> str:
-    """What an evaluation line adds while a --short-context run is in its short phase ("" otherwise)."""
-    short = short_phase(tc, block_size)
-    if not short or step >= short[0]:
+    """What an evaluation line adds while a run trains on cut windows ("" otherwise)."""
+    ahead = [f"context {before} until step {end}" for end, before, _ in context_switches(tc, block_size) if step < end]
+    if not ahead:
         return ""
-    return f" (context {short[1]} until step {short[0]}: the validation windows' later positions are not trained yet)"
+    return f" ({', '.join(ahead)}: the validation windows' later positions are not trained yet)"
 
 
 def steps_that_fit(step: int, seconds: float, step_s: float, eval_s: float, eval_interval: int,
-                   short_until: Callable[[int], int] = lambda n: 0, full_over_short: float = 1.0) -> int:
+                   ends: Callable[[int], tuple[int, int]] = lambda n: (0, 0),
+                   costs: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> int:
     """The largest step count N >= step whose remaining steps and evaluations (one at each multiple of
     eval_interval after step, and the final one at N) take at most `seconds`.
 
-    A --short-context run's steps before short_until(N) take step_s (the probe times them), the rest
-    full_over_short times as long (the whole context: slower attention)."""
+    A run with cut windows (--quarter-context, --short-context) has phases whose ends ends(N) gives (see
+    phase_ends); a step of each phase (windows cut in 4, in 2, whole) takes costs[i] x step_s."""
     step_s = max(step_s, 1e-9)
 
     def cost(n: int) -> float:
         evals = n // eval_interval - step // eval_interval + (n % eval_interval != 0)
-        short = max(0, min(n, short_until(n)) - step)
-        return (short + (n - step - short) * full_over_short) * step_s + evals * eval_s
+        quarter, half = (min(n, end) for end in ends(n))
+        spans = (max(0, quarter - step), max(0, half - max(step, quarter)), n - max(step, half))
+        return sum(steps * c for steps, c in zip(spans, costs)) * step_s + evals * eval_s
 
-    # cost(hi) > seconds: its steps alone exceed it (each takes at least step_s x min(1, full_over_short))
-    lo, hi = step, step + int(max(seconds, 0.0) / (step_s * min(1.0, full_over_short))) + 1
+    # cost(hi) > seconds: its steps alone exceed it (each takes at least step_s x min(costs))
+    lo, hi = step, step + int(max(seconds, 0.0) / (step_s * min(costs))) + 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if cost(mid) <= seconds else (lo, mid)
@@ -103,15 +131,15 @@ class Budget:
 
     The probe times every step from PROBE_UNTIMED_STEPS on, until the end of warmup or PROBE_MAX_STEPS; the
     estimate (shown as the progress bar's total and ETA) is refined as the steps come in, the fixed count
-    is final. A --short-context run's probe times short steps only (its short phase covers the warmup):
-    full_over_short, timed before training, prices the whole-context steps after it. Times are passed in,
-    so it runs the same on a fake clock."""
+    is final. A run with cut windows times those of its first phase only (it covers the warmup): costs,
+    timed before training, price a step of each phase (windows cut in 4, in 2, whole) against the probe's.
+    Times are passed in, so it runs the same on a fake clock."""
 
     def __init__(self, tc: TrainConfig, step_s_guess: float | None = None, eval_s_guess: float = 0.0,
-                 full_over_short: float = 1.0):
+                 costs: tuple[float, float, float] = (1.0, 1.0, 1.0)):
         self.tc, self.seconds = tc, tc.max_minutes * 60
         self.step_times: list[float] = []
-        self.step_s_guess, self.eval_s_guess, self.full_over_short = step_s_guess, eval_s_guess, full_over_short
+        self.step_s_guess, self.eval_s_guess, self.costs = step_s_guess, eval_s_guess, costs
 
     def record(self, step_s: float) -> None:
         self.step_times.append(step_s)
@@ -132,18 +160,19 @@ class Budget:
             return None
         return max(step + 1, self.fix(step, elapsed, step_s, self.eval_s_guess))
 
-    def priced(self, max_iters: int) -> str:
-        """What the schedule line adds for a --short-context run fixed at max_iters steps ("" otherwise)."""
-        short_steps = short_context_steps(replace(self.tc, max_iters=max_iters))
-        if not short_steps or self.full_over_short == 1.0:
+    def priced(self, max_iters: int, block_size: int) -> str:
+        """What the schedule line adds for a run with cut windows fixed at max_iters steps ("" otherwise)."""
+        switches = context_switches(replace(self.tc, max_iters=max_iters), block_size)
+        if not switches or set(self.costs) == {1.0}:
             return ""
-        return (f" (short steps; the whole context's from step {short_steps} on, timed before training, "
-                f"take {self.full_over_short:.2f}x as long)")
+        cost = dict(zip((block_size // 4, block_size // 2, block_size), self.costs))
+        later = ", ".join(f"from step {step} those at {after} {cost[after]:.2f}x" for step, _, after in switches)
+        return f" (steps at context {switches[0][1]}; {later} as long, timed before training)"
 
     def fix(self, step: int, elapsed: float, step_s: float, eval_s: float) -> int:
         """The step count whose remaining steps and evaluations fill the rest of the budget."""
         return steps_that_fit(step, self.seconds - elapsed, step_s, eval_s, self.tc.eval_interval,
-                              lambda n: short_context_steps(replace(self.tc, max_iters=n)), self.full_over_short)
+                              lambda n: phase_ends(replace(self.tc, max_iters=n)), self.costs)
 
 
 def past_budget(minutes: float, elapsed: float, eval_s: float) -> bool:

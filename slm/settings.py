@@ -38,6 +38,9 @@ TRAIN_HELP = {
     "grad_clip": "clip the global gradient norm to this (0 disables)",
     "ema": "keep an exponential moving average of the weights with this decay (0.99 averages the last ~100 "
            "steps): evaluations score it and best_model_params.pt saves it (0 = the weights as trained)",
+    "quarter_context": "share of the optimizer steps, from the first (and at least the warmup), whose windows are "
+                       "cut in four: each batch of B x T tokens trains as 4B x T/4 (0 = never); --short-context's "
+                       "steps follow them",
     "short_context": "share of the optimizer steps, from the first (and at least the warmup), whose windows are cut "
                      "in half: each batch of B x T tokens trains as 2B x T/2, the same tokens with half the context; "
                      "a short context learns faster early, the full one late (0 = never)",
@@ -90,10 +93,12 @@ def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flo
             raise CLIError(f"{flag} {beta} must be in [0, 1)")
     if not 0 <= tc.ema < 1:
         raise CLIError(f"--ema {tc.ema} must be in [0, 1) (0 = no average: the weights as trained)")
-    if not 0 <= tc.short_context <= 1:
-        raise CLIError(f"--short-context {tc.short_context} must be in [0, 1] (a share of the steps; 0 = never)")
-    if tc.short_context > 0 and mc.block_size % 2:
-        raise CLIError(f"--short-context needs an even --block-size to cut each window in half, not {mc.block_size}")
+    for flag, share, parts in (("--quarter-context", tc.quarter_context, 4), ("--short-context", tc.short_context, 2)):
+        if not 0 <= share <= 1:
+            raise CLIError(f"{flag} {share} must be in [0, 1] (a share of the steps; 0 = never)")
+        if share > 0 and mc.block_size % parts:
+            raise CLIError(f"{flag} needs a --block-size divisible by {parts} to cut each window in {parts}, "
+                           f"not {mc.block_size}")
     if tc.grad_clip < 0:
         raise CLIError(f"--grad-clip {tc.grad_clip} must not be negative (0 disables clipping)")
     if tc.max_minutes < 0:

@@ -13,7 +13,7 @@ import training
 from config import TrainConfig
 from slm import recipe
 from slm.checkpoint import load_checkpoint
-from slm.schedule import PROBE_UNTIMED_STEPS, Budget, short_context_steps
+from slm.schedule import PROBE_UNTIMED_STEPS, Budget, window_cut
 from test_training import fake_clock
 
 # A rule for the smoke preset, in the shape of the cpu preset's: a short step budget gets a small batch, a
@@ -57,11 +57,11 @@ def test_the_budget_estimates_a_step_count_before_it_fixes_one():
     assert not blind.ready(3) and blind.ready(30)
 
 
-def fake_calibration(monkeypatch, preset_s: float, short_s: float) -> None:
+def fake_calibration(monkeypatch, preset_s: float, *cut_s: float) -> None:
     """SMOKE_RULE in place of the real rules, and a calibration that runs its passes and says preset_s per pass
-    of the preset's shape, then short_s per pass of the chosen row with its windows cut in half."""
+    of the preset's shape, then cut_s per pass of the chosen row with its windows cut (in four, then in half)."""
     monkeypatch.setattr(recipe, "RULES", {"smoke": SMOKE_RULE})
-    real, timed = recipe.calibrate, iter([preset_s, short_s])
+    real, timed = recipe.calibrate, iter([preset_s, *cut_s])
     monkeypatch.setattr(recipe, "calibrate", lambda one_pass: (real(one_pass), next(timed))[1])
 
 
@@ -101,24 +101,36 @@ def test_a_budget_run_takes_its_recipe_and_the_printed_command_repeats_it(tiny_d
     assert [loss for _, loss in s["losses"]] == pytest.approx([loss for _, loss in steps["losses"]], abs=1e-6)
 
 
-def test_a_short_context_budget_prices_the_whole_context_steps_it_did_not_time(tiny_data_dir, tmp_path, monkeypatch,
-                                                                               capsys):
+@pytest.mark.parametrize("quarter", [False, True])
+def test_a_budget_of_cut_windows_prices_the_steps_it_did_not_time(tiny_data_dir, tmp_path, monkeypatch, capsys,
+                                                                  quarter):
     # The rule's row trains its first half on windows cut in half: on this clock those steps take 1 s and the
     # whole-context ones 2 s, as the calibration says (the row's whole step a quarter of the preset's 1 s, its
     # short step an eighth). The probe times short steps only; priced alike, the rest would run ~13 s over.
+    # With --quarter-context 0.25 too, the first quarter takes 1 s, the second 1.5 s, the rest 2 s.
+    cost = {4: 1.0, 2: 1.5, 1: 2.0} if quarter else {2: 1.0, 1: 2.0}
+
     def charge(run, wants_stop):
-        clock.now += 1.0 if run.step < short_context_steps(run.tc) else 2.0
+        clock.now += cost[window_cut(run.tc, run.step)]
         return real_step(run, wants_stop)
 
     clock = fake_clock(monkeypatch, step_s=0.0, eval_s=3.0)
     real_step = training.train_step
     monkeypatch.setattr(training, "train_step", charge)
-    fake_calibration(monkeypatch, 1.0, 0.125)
+    fake_calibration(monkeypatch, 1.0, *((0.125, 0.1875) if quarter else (0.125,)))
     start = clock.now
-    s = training.main([*FLAGS, "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "out")])
+    s = training.main([*FLAGS, "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "out"),
+                       *(["--quarter-context", "0.25"] if quarter else [])])
     said = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("schedule: "))
-    assert s["stopped"] == "done" and s["schedule"]["full_over_short"] == pytest.approx(2.0)
-    assert f"the whole context's from step {round(s['max_iters'] / 2)} on" in said and "take 2.00x as long" in said
+    half, n = round(s["max_iters"] / 2), s["max_iters"]
+    assert s["stopped"] == "done"
+    if quarter:
+        assert s["schedule"]["step_costs"] == pytest.approx([1.0, 1.5, 2.0])
+        assert (f"(steps at context 8; from step {max(6, round(n / 4))} those at 16 1.50x, from step {half} those at "
+                f"32 2.00x as long, timed before training)") in said
+    else:
+        assert s["schedule"]["step_costs"] == pytest.approx([1.0, 1.0, 2.0])
+        assert f"(steps at context 16; from step {half} those at 32 2.00x as long, timed before training)" in said
     assert 60 - 2.0 - 3.0 < clock.now - start <= 60, "the run fills its minute: no room for one more step"
 
 

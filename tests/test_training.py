@@ -25,7 +25,7 @@ from slm import schedule
 from slm.checkpoint import load_checkpoint
 from slm.cli import CLIError
 from slm.progress import mfu_peak, read_log
-from slm.schedule import short_context_steps
+from slm.schedule import context_switches, phase_ends, window_cut
 from config import PRESETS, GPTConfig, TrainConfig
 from conftest import fake_free_space
 from test_files import torch_save_on_a_full_disk
@@ -140,7 +140,9 @@ def test_flags_override_the_preset_and_the_default_preset_is_cpu_without_cuda():
         (["--ema", "1"], "--ema 1.0 must be in [0, 1)"),
         (["--ema", "-0.5"], "--ema -0.5 must be in [0, 1)"),
         (["--short-context", "1.5"], "--short-context 1.5 must be in [0, 1]"),
-        (["--short-context", "0.5", "--block-size", "33"], "--short-context needs an even --block-size"),
+        (["--short-context", "0.5", "--block-size", "33"], "--short-context needs a --block-size divisible by 2"),
+        (["--quarter-context", "-0.1"], "--quarter-context -0.1 must be in [0, 1]"),
+        (["--quarter-context", "0.25", "--block-size", "34"], "--quarter-context needs a --block-size divisible by 4"),
     ],
 )
 def test_bad_settings_stop_before_any_work(tiny_data_dir, tmp_path, flags, message):
@@ -212,10 +214,11 @@ def test_real_tinystories_sample_loss_falls(shared_tinystories, tmp_path):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 2.0
 
 
-@pytest.mark.parametrize("ema, short_context", [(0.0, 0.0), (0.8, 0.0), (0.0, 0.75)])  # short: 9 of 12 steps
-def test_resume_continues_exactly(tiny_data_dir, tmp_path, ema, short_context):
+# quarter: steps 0-4 (the warmup: see share_steps), short: to step 9 of 12; stopped at 6, between the two switches
+@pytest.mark.parametrize("ema, quarter, short", [(0.0, 0.0, 0.0), (0.8, 0.0, 0.0), (0.0, 0.0, 0.75), (0.0, 0.25, 0.75)])
+def test_resume_continues_exactly(tiny_data_dir, tmp_path, ema, quarter, short):
     over = dict(max_iters=12, eval_interval=4, dropout=0.1, batch_size=2, eval_iters=1, ema=ema,
-                short_context=short_context)
+                quarter_context=quarter, short_context=short)
     mc, tc = smoke(tiny_data_dir, tmp_path / "straight", **over)
     straight = training.train(mc, tc, progress=False)
 
@@ -237,16 +240,25 @@ def test_resume_continues_exactly(tiny_data_dir, tmp_path, ema, short_context):
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
-def test_short_context_steps_are_the_share_of_the_run_and_at_least_the_warmup():
+def test_the_cut_phases_are_shares_of_the_run_each_at_least_the_warmup():
     tc = replace(TrainConfig(), max_iters=1000, warmup_iters=200)
-    assert short_context_steps(tc) == 0
-    assert short_context_steps(replace(tc, short_context=0.5)) == 500
-    assert short_context_steps(replace(tc, short_context=0.1)) == 200  # the warmup: see its docstring
-    assert short_context_steps(replace(tc, short_context=1.0)) == 1000
+    assert phase_ends(tc) == (0, 0) and context_switches(tc, 128) == []
+    assert phase_ends(replace(tc, short_context=0.5)) == (0, 500)
+    assert phase_ends(replace(tc, short_context=0.1)) == (0, 200)  # the warmup: see share_steps's docstring
+    assert phase_ends(replace(tc, short_context=1.0)) == (0, 1000)
+    both = replace(tc, quarter_context=0.25, short_context=0.5)
+    assert phase_ends(both) == (250, 500)
+    assert [window_cut(both, s) for s in (0, 249, 250, 499, 500, 999)] == [4, 4, 2, 2, 1, 1]
+    assert context_switches(both, 128) == [(250, 32, 64), (500, 64, 128)]
+    assert phase_ends(replace(tc, quarter_context=0.1, short_context=0.5)) == (200, 500)
+    assert phase_ends(replace(tc, quarter_context=0.5, short_context=0.25)) == (500, 500)  # no half phase
+    assert context_switches(replace(tc, quarter_context=0.5, short_context=0.25), 128) == [(500, 32, 128)]
+    assert context_switches(replace(tc, quarter_context=0.3), 64) == [(300, 16, 64)]
 
 
-def test_short_context_trains_the_first_steps_on_half_windows_with_the_same_tokens(tiny_data_dir, tmp_path,
-                                                                                  monkeypatch, capsys):
+@pytest.mark.parametrize("quarter", [0.0, 0.25])
+def test_cut_windows_train_the_first_steps_on_the_same_tokens_with_less_context(tiny_data_dir, tmp_path, monkeypatch,
+                                                                               capsys, quarter):
     import model as model_module
     import slm.plot
     import slm.report
@@ -259,29 +271,34 @@ def test_short_context_trains_the_first_steps_on_half_windows_with_the_same_toke
                 seen.append((self.training, tuple(idx.shape)))
             return super().forward(idx, targets, **kw)
 
-    drawn = []  # the short phase each loss.png marks: (steps, context)
+    drawn = []  # the context switches each loss.png marks
     real_plot = slm.plot.plot_run
     monkeypatch.setattr(slm.report, "plot_run",
-                        lambda *a, short=None: (drawn.append(short), real_plot(*a, short=short)))
+                        lambda *a, switches=None: (drawn.append(switches), real_plot(*a, switches=switches)))
     monkeypatch.setattr(training, "GPT", Recording)
-    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=20, warmup_iters=5, short_context=0.5, eval_interval=10,
-                   eval_iters=1)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=20, warmup_iters=5, quarter_context=quarter,
+                   short_context=0.5, eval_interval=10, eval_iters=1)
     summary = training.train(mc, tc, progress=False)
     trained = [shape for training_mode, shape in seen if training_mode]
     B, T = tc.batch_size, mc.block_size
-    assert trained == [(2 * B, T // 2)] * 10 + [(B, T)] * 10  # steps 0-9 short, 10-19 the full context
+    if quarter:  # steps 0-4 at a quarter of the context, 5-9 at half, 10-19 the whole
+        assert trained == [(4 * B, T // 4)] * 5 + [(2 * B, T // 2)] * 5 + [(B, T)] * 10
+        switches, note = [(5, T // 4, T // 2), (10, T // 2, T)], f"(context {T // 4} until step 5, context {T // 2} until step 10"
+    else:  # steps 0-9 short, 10-19 the full context
+        assert trained == [(2 * B, T // 2)] * 10 + [(B, T)] * 10
+        switches, note = [(10, T // 2, T)], f"(context {T // 2} until step 10"
     assert {shape for training_mode, shape in seen if not training_mode} == {(B, T)}, "evaluation: full windows"
     assert summary["stopped"] == "done" and all(math.isfinite(loss) for _, loss in summary["losses"])
 
     # What the user reads: the evaluations inside the short phase say why their validation loss is high, and
-    # loss.png marks the switch, also when --plot-only draws it again from the files.
+    # loss.png marks each switch, also when --plot-only draws it again from the files.
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
-    note = f"(context {T // 2} until step 10: the validation windows' later positions are not trained yet)"
+    note += ": the validation windows' later positions are not trained yet)"
     assert [note in line for line in lines] == [True, False, False]  # steps 0, 10, 20
-    assert drawn and set(drawn) == {(10, T // 2)}  # every save of loss.png
-    monkeypatch.setattr(slm.plot, "plot_run", lambda *a, short=None: drawn.append(short))
+    assert drawn and all(d == switches for d in drawn)  # every save of loss.png
+    monkeypatch.setattr(slm.plot, "plot_run", lambda *a, switches=None: drawn.append(switches))
     training.main(["--plot-only", tc.out_dir])
-    assert drawn[-1] == (10, T // 2)
+    assert drawn[-1] == switches
 
 
 def test_the_weights_average_weighs_each_steps_weights_by_the_decay_and_swaps_in_and_out_exactly():
@@ -630,9 +647,15 @@ def test_steps_that_fit_counts_every_evaluation():
     assert schedule.steps_that_fit(3, 0.5, 1.0, 2.0, 4) == 3  # not even one step fits
     # Short steps (1 s) before half the count, whole-context ones at 2 s after, evaluations free: N=13 takes
     # 6 x 1 + 7 x 2 = 20 s (round(6.5) is 6), N=14 takes 7 + 14 = 21 s.
-    half = lambda n: round(n / 2)  # noqa: E731
-    assert schedule.steps_that_fit(0, 20.0, 1.0, 0.0, 100, short_until=half, full_over_short=2.0) == 13
-    assert schedule.steps_that_fit(0, 20.0, 1.0, 0.0, 100, short_until=half, full_over_short=0.5) == 26  # 13 + 6.5 s; 27: 14 + 6.5
+    half = lambda n: (0, round(n / 2))  # noqa: E731
+    assert schedule.steps_that_fit(0, 20.0, 1.0, 0.0, 100, ends=half, costs=(1.0, 1.0, 2.0)) == 13
+    assert schedule.steps_that_fit(0, 20.0, 1.0, 0.0, 100, ends=half, costs=(1.0, 1.0, 0.5)) == 26  # 13 + 6.5 s; 27: 14 + 6.5
+    # Three phases, the first quarter at 1 s, to the half at 2 s, then 3 s; from step 2 (the first two are
+    # done): N=12 takes (3-2) x 1 + 3 x 2 + 6 x 3 = 25 s, N=13 (ends 3 and 6) 1 + 6 + 21 = 28 s.
+    thirds = lambda n: (round(n / 4), round(n / 2))  # noqa: E731
+    assert schedule.steps_that_fit(2, 25.0, 1.0, 0.0, 100, ends=thirds, costs=(1.0, 2.0, 3.0)) == 12
+    assert schedule.steps_that_fit(2, 27.9, 1.0, 0.0, 100, ends=thirds, costs=(1.0, 2.0, 3.0)) == 12
+    assert schedule.steps_that_fit(2, 28.0, 1.0, 0.0, 100, ends=thirds, costs=(1.0, 2.0, 3.0)) == 13
 
 
 def test_max_iters_with_a_time_budget_is_refused_in_one_line(tiny_data_dir, tmp_path):
