@@ -116,7 +116,10 @@ PRESETS: dict[str, Preset] = {
         # floor of 5e-4 without an average; 1e-3: 2.766, 3e-3: 2.750 averaged). benchmarks/recipe_rule.md,
         # "The weights' average". The first half of the steps trains on windows of 64 (32 x 64, the same
         # tokens; --short-context 0.5): 2.749 / 2.755 against 2.786 / 2.774 at 1,450 steps (two seeds),
-        # 2.622 against 2.635 at 2,400 (one seed); recipe_rule.md, "Half the context first".
+        # 2.622 against 2.635 at 2,400 (one seed); recipe_rule.md, "Half the context first". Its first
+        # quarter trains on windows of 32 (64 x 32; --quarter-context 0.25): 2.743 / 2.743 against 2.758 /
+        # 2.762 at 1,450 steps (two seeds), 2.614 against 2.638 at 2,400 (float32 screens; recipe_rule.md,
+        # "A quarter of the context first").
         model=GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
         train=replace(
             TrainConfig(),

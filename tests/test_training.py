@@ -349,7 +349,7 @@ def test_ema_keeps_the_average_as_the_best_model_and_leaves_the_training_itself_
 
     drawn = {}
     monkeypatch.setattr(slm.plot, "plot_run",
-                        lambda path, history, steps, title, ema=0.0, short=None: drawn.update(ema=ema))
+                        lambda path, history, steps, title, ema=0.0, switches=None: drawn.update(ema=ema))
     training.main(["--plot-only", str(tmp_path / "ema")])
     assert drawn == {"ema": 0.8}
 
