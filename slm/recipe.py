@@ -122,6 +122,7 @@ def apply(preset: str | None, mc: GPTConfig, tc: TrainConfig, step_s: float, giv
     machine's plan splits it into micro-batches."""
     ref_steps = reference_steps(tc.max_minutes, step_s)
     settings = choose(preset, ref_steps, given)
+    overruled = {k: v for k, v in choose(preset, ref_steps, frozenset()).items() if k in given}
     model_fields = {f.name for f in fields(GPTConfig)}
     new_mc = replace(mc, **{k: v for k, v in settings.items() if k in model_fields})
     new_tc = replace(tc, **{k: v for k, v in settings.items() if k not in model_fields})
@@ -137,9 +138,11 @@ def apply(preset: str | None, mc: GPTConfig, tc: TrainConfig, step_s: float, giv
         settings = {**settings, "warmup_iters": cut}
         new_tc = replace(new_tc, warmup_iters=cut)
     chosen = {"reference_steps": round(ref_steps), "calibrated_s": round(step_s, 4), **settings}
+    kept = "the preset with the flags given" if overruled else "the preset as it is"
+    by_hand = f"; the flags given win over its {flags(overruled)}" if overruled else ""
     line = (f"recipe: {tc.max_minutes} minutes fit about {ref_steps:,.0f} steps of the {preset} preset's shape here "
-            f"({step_s * 1000:,.0f} ms per step, timed): {flags(settings) or 'the preset as it is'} "
-            f"(the rule in slm/recipe.py{why})")
+            f"({step_s * 1000:,.0f} ms per step, timed): {flags(settings) or kept} "
+            f"(the rule in slm/recipe.py{why}{by_hand})")
     return new_mc, new_tc, chosen, guess, line
 
 

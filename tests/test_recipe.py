@@ -140,7 +140,9 @@ def test_flags_given_by_hand_win_over_the_rule_and_resume_keeps_what_it_chose(ti
     s, lines = run_main(monkeypatch, capsys, [*FLAGS, "--lr", "1e-3", "--data-dir", str(tiny_data_dir),
                                               "--out-dir", str(out), "--stop-after", "8"])
     said = next(line for line in lines if line.startswith("recipe: "))
-    assert "--learning-rate" not in said and "--batch-size 4" in said
+    chose, overruled = said.split("; the flags given win over its ")
+    assert "--learning-rate" not in chose and "--batch-size 4" in chose
+    assert overruled.startswith("--learning-rate ") and "--batch-size" not in overruled  # the row's rate, not taken
     ckpt = load_checkpoint(out / training.CKPT_FILE)
     assert ckpt["train_config"]["learning_rate"] == 1e-3 and ckpt["train_config"]["batch_size"] == 4
 
@@ -180,6 +182,23 @@ def test_a_budget_too_short_for_the_rows_warmup_cuts_it_to_half_the_steps_that_f
     assert tc.warmup_iters == 200 and "warmup_iters" not in chosen and "cut" not in line
     _, tc, *_ = recipe.apply("cpu", base.model, base.train, 600 / 500, frozenset())  # 10 minutes, ~500 steps
     assert tc.warmup_iters == 200
+
+
+def test_a_row_whose_settings_were_all_given_says_so_and_what_it_would_have_set():
+    """Flags given by hand that cover the whole row leave nothing for the rule to set: the line does not call
+    that "the preset as it is", it names the row's values that the flags overruled."""
+    from config import PRESETS
+
+    base = PRESETS["cpu"]
+    row = recipe.choose("cpu", 500, frozenset())  # the middle row: ~500 reference steps
+    assert row and "block_size" in row
+    mc, tc, chosen, _, line = recipe.apply("cpu", base.model, base.train, 600 / 500, frozenset(row))
+    assert (mc.block_size, tc.batch_size) == (base.model.block_size, base.train.batch_size)
+    assert set(chosen) == {"reference_steps", "calibrated_s"}
+    assert "the preset as it is" not in line and ": the preset with the flags given (" in line
+    assert line.endswith(f"; the flags given win over its {recipe.flags(row)})")
+    _, _, _, _, line = recipe.apply("cpu", base.model, base.train, 600 / 500, frozenset({"block_size"}))
+    assert f"the flags given win over its --block-size {row['block_size']})" in line and "--batch-size" in line
 
 
 def test_a_row_that_shortens_the_context_counts_its_tokens(monkeypatch):
