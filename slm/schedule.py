@@ -153,6 +153,11 @@ class Budget:
         timed = self.step_times[PROBE_UNTIMED_STEPS:]
         return sum(timed) / len(timed) if timed else self.step_s_guess
 
+    def probe_s(self) -> float:
+        """Seconds per step that fix the count (once ready): step_s(), or for a run resumed just before its
+        warmup ends, which has no guess and only steps the probe would leave out, the mean of those."""
+        return self.step_s() or sum(self.step_times) / len(self.step_times)
+
     def estimate(self, step: int, elapsed: float) -> int | None:
         """The step count the budget will probably fix, for the progress bar; None with nothing to go on."""
         step_s = self.step_s()

@@ -539,9 +539,9 @@ def fake_clock(monkeypatch, step_s, eval_s: float) -> FakeClock:
 
 
 # 1 minute, 1 s per step, 3 s per evaluation, an evaluation every 20 steps, warmup 5 (smoke). Before the
-# count is fixed: the step-0 evaluation (3 s), the 5 probe steps (5 s), the probe's timed evaluation (3 s):
-# 11 s. The 49 s left hold N = 45 steps: 40 more steps and evaluations at 20, 40 and 45 = 40 + 9 = 49 s
-# (N = 46 would need 41 + 9 = 50 s).
+# count is fixed: the step-0 evaluation (3 s, which also prices the later ones) and the 5 probe steps (5 s):
+# 8 s. The 52 s left hold N = 48 steps: 43 more steps and evaluations at 20, 40 and 48 = 43 + 9 = 52 s
+# (N = 49 would need 44 + 9 = 53 s).
 BUDGET = dict(max_minutes=1.0, eval_interval=20, eval_iters=1, batch_size=2, warmup_iters=5, max_iters=30)
 
 
@@ -551,15 +551,43 @@ def test_the_time_budget_fixes_the_step_count_and_the_cosine_ends_at_min_lr(tiny
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET)
     start = clock.now
     s = training.train(mc, tc, progress=False)
-    assert s["stopped"] == "done" and s["step"] == s["max_iters"] == 45
+    assert s["stopped"] == "done" and s["step"] == s["max_iters"] == 48
     assert clock.now - start == pytest.approx(60.0), "the run fills its minute exactly"
     assert s["schedule"]["probe_ms_per_step"] == pytest.approx(1000) and s["schedule"]["fixed_at_step"] == 5
-    assert "schedule: 45 steps fixed from a probe of 1,000 ms/step" in capsys.readouterr().out
+    assert s["schedule"]["eval_s"] == pytest.approx(3.0), "the step-0 evaluation's time, not a second one's"
+    assert "schedule: 48 steps fixed from a probe of 1,000 ms/step" in capsys.readouterr().out
     rows = read_log(tmp_path / "out" / training.LOG_FILE)
-    assert [r["step"] for r in rows] == [0, 20, 40, 45]
+    assert [r["step"] for r in rows] == [0, 20, 40, 48]
     assert rows[-1]["lr"] == pytest.approx(tc.min_lr, rel=1e-9), "the cosine ends at min_lr at the last step"
     ckpt = load_checkpoint(tmp_path / "out" / training.CKPT_FILE)
-    assert ckpt["schedule"]["max_iters"] == ckpt["train_config"]["max_iters"] == 45
+    assert ckpt["schedule"]["max_iters"] == ckpt["train_config"]["max_iters"] == 48
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_the_step_count_is_fixed_without_an_evaluation_of_its_own_where_step_0s_time_will_do(
+        tiny_data_dir, tmp_path, monkeypatch, compiled):
+    """Eager, the step-0 evaluation prices the later ones: no evaluation only to time one (48 steps, as above).
+    Compiled, step 0's first call also compiled the graphs, so one more is timed when the count is fixed: 3 s
+    less for steps (45). A run resumed before its count was fixed has no evaluation of its own to go by: it times
+    one too. (torch.compile stands in as the identity: what is checked is the timing, not the compiler.)"""
+    monkeypatch.setattr(torch, "compile", lambda model, **k: model)
+    monkeypatch.setattr(training, "compile_problem", lambda device: None)
+    clock = fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
+    real_evaluate, scored = training.evaluate, []
+    monkeypatch.setattr(training, "evaluate", lambda *a, **k: (scored.append(clock.now), real_evaluate(*a, **k))[1])
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET, compile=compiled)
+    s = training.train(mc, tc, progress=False)
+    assert s["max_iters"] == (45 if compiled else 48) and s["schedule"]["eval_s"] == pytest.approx(3.0)
+    assert len(scored) == len(read_log(tmp_path / "out" / training.LOG_FILE)) + compiled
+
+    mc, tc = smoke(tiny_data_dir, tmp_path / "resumed", **BUDGET)
+    assert training.train(mc, tc, progress=False, stop_after=3)["schedule"] is None  # stopped inside the probe
+    scored.clear()
+    s = training.main(["--resume", "--out-dir", tc.out_dir, "--no-progress"])
+    assert s["schedule"]["fixed_at_step"] == 5 and s["schedule"]["eval_s"] == pytest.approx(3.0)
+    rows = read_log(tmp_path / "resumed" / training.LOG_FILE)
+    assert [r["step"] for r in rows] == [0, 20, 40, s["max_iters"]]
+    assert len(scored) == len(rows[1:]) + 1, "the evaluations after the resume, and one only to time it"
 
 
 def test_the_probe_times_steps_until_warmup_ends_so_slow_first_steps_do_not_shrink_the_run(tiny_data_dir, tmp_path,
@@ -585,19 +613,19 @@ def test_a_budget_run_resumes_with_its_step_count_and_matches_the_printed_reprod
     fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
     mc, tc = smoke(tiny_data_dir, tmp_path / "budget", **BUDGET)
     first = training.train(mc, tc, progress=False, stop_after=20)
-    assert first["stopped"] == "stop_after" and first["max_iters"] == 45
+    assert first["stopped"] == "stop_after" and first["max_iters"] == 48
     capsys.readouterr()
     # The resumed run is much slower, which would fix a smaller count, but it keeps the checkpoint's.
     fake_clock(monkeypatch, step_s=0.5, eval_s=1.0)
     second = training.main(["--resume", "--out-dir", tc.out_dir, "--no-progress"])
-    assert second["stopped"] == "done" and second["step"] == second["max_iters"] == 45
+    assert second["stopped"] == "done" and second["step"] == second["max_iters"] == 48
     assert "schedule:" not in capsys.readouterr().out, "no second probe on --resume"
     monkeypatch.undo()
 
     # The printed reproduction: the same steps, step-based, on the real clock.
-    mc, tc = smoke(tiny_data_dir, tmp_path / "steps", **{**BUDGET, "max_minutes": 0.0, "max_iters": 45})
+    mc, tc = smoke(tiny_data_dir, tmp_path / "steps", **{**BUDGET, "max_minutes": 0.0, "max_iters": 48})
     steps = training.train(mc, tc, progress=False)
-    assert [s for s, _ in first["losses"] + second["losses"]] == list(range(1, 46))
+    assert [s for s, _ in first["losses"] + second["losses"]] == list(range(1, 49))
     assert [loss for _, loss in first["losses"] + second["losses"]] == pytest.approx(
         [loss for _, loss in steps["losses"]], abs=1e-6)
     assert_same_rows(read_log(tmp_path / "budget" / "log.csv"),
@@ -607,14 +635,15 @@ def test_a_budget_run_resumes_with_its_step_count_and_matches_the_printed_reprod
 
 def test_a_machine_that_slows_down_is_cut_just_past_the_budget_with_everything_saved(tiny_data_dir, tmp_path,
                                                                                        monkeypatch):
-    # The probe measures 1 s per step and fixes 45 steps; then each step takes 3 s. Step 21 ends at 62 s, and
-    # 62 s + the last evaluation's 3 s passes 1.05 minutes (63 s): evaluate at step 21, save, stop.
+    # The probe measures 1 s per step and fixes 48 steps; then each step takes 3 s. Step 22 ends at 62 s (8 s to
+    # step 5, 17 steps of 3 s, the evaluation at 20), and 62 s + the last evaluation's 3 s passes 1.05 minutes
+    # (63 s): evaluate at step 22, save, stop. (Step 21 ended at 59 s: 62 s with an evaluation, still inside.)
     fake_clock(monkeypatch, step_s=lambda step: 1.0 if step < 5 else 3.0, eval_s=3.0)
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET)
     s = training.train(mc, tc, progress=False)
-    assert s["stopped"] == "time" and s["step"] == 21 and s["max_iters"] == 45
-    assert [r["step"] for r in read_log(tmp_path / "out" / "log.csv")] == [0, 20, 21]
-    assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["step"] == 21
+    assert s["stopped"] == "time" and s["step"] == 22 and s["max_iters"] == 48
+    assert [r["step"] for r in read_log(tmp_path / "out" / "log.csv")] == [0, 20, 22]
+    assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["step"] == 22
 
 
 @pytest.mark.skipif(torch.__version__ < (2, 4), reason="fused AdamW on CPU needs torch 2.4")
