@@ -278,7 +278,6 @@ def evaluate_and_save(run: Run) -> None:
     t0 = time.time()
     with averaged_weights(run.average):
         losses = evaluate(run.model, run.batches, run.tc, run.device, run.dtype, run.dist)
-        run.score_s = time.time() - t0
         elapsed = round(time.time() - run.t_start, 2)
         is_best = losses["validation"] < run.best_val
         if is_best:
@@ -305,13 +304,13 @@ def evaluate_and_save(run: Run) -> None:
 def fix_schedule(run: Run) -> None:
     """Fix max_iters at the steps that fill the rest of the budget, evaluations included, and rebuild the schedule
     at this step (warmup's rates do not depend on max_iters: they are those of --max-iters N --max-minutes 0)."""
-    score_s = run.score_s  # the step-0 evaluation's: a first call scores as fast as later ones (eager)
-    if not score_s or run.tc.compile:  # none in this process (resumed), or its first call compiled the graphs
+    eval_s = run.eval_s  # the step-0 evaluation's, files included: a first call scores as fast as later ones (eager)
+    if not eval_s or run.tc.compile:  # none in this process (resumed), or its first call compiled the graphs
         t0 = time.time()
         evaluate(run.model, run.batches, run.tc, run.device, run.dtype, run.dist)  # timed only: the result is unused
-        score_s = time.time() - t0
-    measured = torch.tensor([run.budget.probe_s(), score_s + run.save_s, time.time() - run.t_train],
-                            dtype=torch.float64, device=run.device)
+        eval_s = time.time() - t0 + run.save_s
+    measured = torch.tensor([run.budget.probe_s(), eval_s, time.time() - run.t_train], dtype=torch.float64,
+                            device=run.device)
     step_s, eval_s, elapsed = run.dist.all_max(measured).tolist()  # every rank fixes the same count
     max_iters = run.budget.fix(run.step, elapsed, step_s, eval_s)
     if max_iters <= run.tc.warmup_iters:

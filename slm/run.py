@@ -58,8 +58,7 @@ class Run:
     schedule: dict | None = None  # how max_iters was fixed (and by which recipe); None while the budget's probe runs
     # this process only
     lr: float = math.nan  # learning rate the last step used
-    eval_s: float = 0.0  # how long the last evaluate_and_save took
-    score_s: float = 0.0  # how much of that was scoring the fixed batches (0: no evaluation yet in this process)
+    eval_s: float = 0.0  # how long the last evaluate_and_save took (0: none yet in this process)
     save_s: float = 0.0  # how much of that was saving files
     t_train: float = 0.0  # when the time budget started counting
     shown: tuple = ()  # (evaluations, steps) that log.csv, steps.csv and loss.png last showed
