@@ -18,7 +18,8 @@ import torch
 
 import config
 from benchmarks import (assemble, bench_attention, bench_batches, bench_cpu_step, bench_dtype, bench_head_loss,
-                        bench_model, bench_plot, bench_tokenization, bench_training, ema_decays, recipe_search)
+                        bench_model, bench_plot, bench_tokenization, bench_training, ema_decays, recipe_search,
+                        story_names)
 from slm.cli import CLIError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +67,25 @@ def test_bench_training_trains_a_preset_and_reports_it(benched_run, capsys):
     bench_training.main(["--no-train", "--out-dir", str(out), "--stories", "1", "--max-new-tokens", "6"])
     again = capsys.readouterr().out
     assert f"report of the finished run in {out}" in again and "--- story 1 ---" in again
+
+
+def test_story_names_counts_who_stays_who_comes_and_what_repeats():
+    words = "Lily went out with Tom and Tom said hi to Mia then Lily came home to Lily".split()
+    assert story_names.measure(words) == (True, 2, 0.0)  # Tom, Mia; no 4-word run twice
+    looping = "Tom ran and ran and ran and ran home".split()
+    keeps, names, repeated = story_names.measure(looping)
+    # 6 runs of 4 words, 4 of them different: "ran and ran and" and "and ran and ran" come twice
+    assert (keeps, names) == (False, 1) and repeated == pytest.approx(1 - 4 / 6)
+
+
+def test_story_names_samples_every_setting(benched_run, capsys):
+    out, _ = benched_run
+    story_names.main(["--checkpoint", str(out / "best_model_params.pt"), "--stories", "2", "--max-new-tokens", "8"])
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == len(story_names.SETTINGS)
+    for line, (temperature, _, _) in zip(printed, story_names.SETTINGS):
+        assert re.match(rf"temperature {temperature}, .*: Lily in the last third [012]/2, other capitalised names "
+                        rf"{NUMBER} a story, repeated 4-word runs {NUMBER}, {NUMBER} tokens a story", line)
 
 
 @pytest.mark.skipif(not (REPO / ".git").exists(), reason="compares with a git revision: needs the repository")
