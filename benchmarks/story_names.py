@@ -35,15 +35,10 @@ SETTINGS = [  # (temperature, top-k, top-p): model_usage.py's default first, the
 
 
 def story(model, prompt: torch.Tensor, seed: int, temperature: float, top_k, top_p, most: int) -> list[int]:
+    """The tokens the model writes after the prompt, up to `most` or the end-of-text token (left out)."""
     gen = torch.Generator().manual_seed(seed)
-    ids = []
-    with torch.no_grad():
-        for tok in model.generate_stream(prompt, most, temperature=temperature, top_k=top_k, top_p=top_p,
-                                         eos_id=EOT_ID, generator=gen):
-            if int(tok) == EOT_ID:
-                break
-            ids.append(int(tok))
-    return ids
+    new = model.generate(prompt, most, temperature, top_k, top_p, EOT_ID, gen)[0, prompt.shape[1]:].tolist()
+    return new[:new.index(EOT_ID)] if EOT_ID in new else new
 
 
 def measure(words: list[str]) -> tuple[bool, int, float]:
