@@ -314,8 +314,9 @@ def fix_schedule(run: Run) -> None:
     step_s, eval_s, elapsed = run.dist.all_max(measured).tolist()  # every rank fixes the same count
     max_iters = run.budget.fix(run.step, elapsed, step_s, eval_s)
     if max_iters <= run.tc.warmup_iters:
-        run.say(f"note: {run.tc.max_minutes} minutes fit only {max_iters} steps here, fewer than the {run.tc.warmup_iters}"
-                f" warmup steps; training {run.tc.warmup_iters + 1} steps (the budget cut may stop them)")
+        run.say(f"note: {run.tc.max_minutes} minutes fit only {max_iters} steps here, fewer than the "
+                f"{run.tc.warmup_iters} warmup steps; training {run.tc.warmup_iters + 1} steps (the budget cut may "
+                f"stop them)")
         max_iters = run.tc.warmup_iters + 1
     run.tc = replace(run.tc, max_iters=max_iters)
     run.scheduler = make_scheduler(run.optimizer, run.tc, at_step=run.step)
