@@ -48,14 +48,15 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         # steps (3.119 / 3.120, two seeds) it beat 8, 12, 24 and 32 sequences of 64, 6 layers, width 160, 7e-3, a
         # floor of 3e-3 and warmup 100 (3.130-3.201); halving its context for the first third or half of the steps
         # moved it by under 0.01, so both short rows keep the whole context throughout (recipe_rule.md, "The AVX2
-        # kind at equal time"). Its upper boundary is where the preset as it is now (the short half, the average at
+        # kind at equal time"). Its upper boundary is where the preset as it is now (the 3-phase, the average at
         # 0.99) catches up, at equal time on a CPU with AVX2 only (float32, 16 x 64 making 1.95x the preset's steps):
-        # at 800 reference steps 16 x 64 led it by 0.034 (2.986 against 3.020), at 1,000 it trailed by 0.016 and
-        # 0.006 (two seeds); interpolated in log steps, they cross at ~930-950 (recipe_rule.md, "Where the
-        # middle row ends").
-        (930, {"batch_size": 16, "block_size": 64, "warmup_iters": 200, "ema": 0.98, "quarter_context": 0.0,
+        # at 800 reference steps 16 x 64 led it by 0.014 and 0.034 (two seeds: 2.986 / 2.992 against 3.000 /
+        # 3.027), at 1,000 it trailed by 0.033 and 0.016; interpolated in log steps, they cross at ~855 and ~930,
+        # ~890 with the two seeds' means (recipe_rule.md, "Where the middle row ends" and "Where the quarter is
+        # the warmup").
+        (890, {"batch_size": 16, "block_size": 64, "warmup_iters": 200, "ema": 0.98, "quarter_context": 0.0,
                "short_context": 0.0}),
-        # 930 steps and up (AVX512_BF16 makes ~1,100-1,650, AMX ~2,400): the preset, the earlier search's winner
+        # 890 steps and up (AVX512_BF16 makes ~1,100-1,650, AMX ~2,400): the preset, the earlier search's winner
         # (recipe_search.md). At 1,600 steps it beats batch 8, warmup 200 and a higher floor (2.777 against
         # 2.792-2.804). Batch 32 at equal tokens trails it at 2,200 steps (2.702 / 2.711 against 2.700 / 2.703,
         # two seeds) and leads at 3,000 (2.644 / 2.644 against 2.648 / 2.653): they cross at ~2,600, within
