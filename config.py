@@ -118,8 +118,8 @@ PRESETS: dict[str, Preset] = {
         # tokens; --short-context 0.5): 2.749 / 2.755 against 2.786 / 2.774 at 1,450 steps (two seeds),
         # 2.622 against 2.635 at 2,400 (one seed); recipe_rule.md, "Half the context first". Its first
         # quarter trains on windows of 32 (64 x 32; --quarter-context 0.25): 2.743 / 2.743 against 2.758 /
-        # 2.762 at 1,450 steps (two seeds), 2.614 against 2.638 at 2,400 (float32 screens; recipe_rule.md,
-        # "A quarter of the context first").
+        # 2.762 at 1,450 steps (two seeds), 2.614 / 2.606 against 2.638 / 2.626 at 2,400 (two seeds; float32
+        # screens; recipe_rule.md, "A quarter of the context first").
         model=GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
         train=replace(
             TrainConfig(),
