@@ -65,8 +65,9 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         # At 1,450 steps 16 x 64 throughout, at equal time, trails it (2.804 against 2.786); the preset's first
         # half at context 64 (--short-context 0.5) leads it (recipe_rule.md, "Half the context first"), and a first
         # quarter at context 32 before that (--quarter-context 0.25) leads the short half by 0.016-0.024 at 1,450
-        # and 2,400 steps (two seeds each; recipe_rule.md, "A quarter of the context first"), and by 0.017 / 0.010 at 1,000, where
-        # the quarter is the warmup's 300 steps (a third of the run; "Where the quarter is the warmup").
+        # and 2,400 steps (two seeds each; recipe_rule.md, "A quarter of the context first"), and by 0.017 / 0.010
+        # at 1,000, where the quarter is the warmup's 300 steps (a third of the run; "Where the quarter is the
+        # warmup").
         (math.inf, {}),
     ],
 }
