@@ -21,8 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from config import EOT_ID  # noqa: E402
+from evaluate import repeated_ngram_rate  # noqa: E402
 from model_usage import encode_prompt, load_for_inference, sentence  # noqa: E402
 from slm.cli import run_cli  # noqa: E402
+from slm.sampling import MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P  # noqa: E402
 
 NAME = "Lily"
 # Capitalised words that are not names: sentence starts, family words, interjections.
@@ -31,7 +33,7 @@ Yes No Oh Wow Thank Let That This There What Why Can Do Don From Every All Look 
 OK If And Now Later Together Suddenly Finally Just My Your Our Their Its Is Are Will Where How Who Not Maybe A An
 Be""".split())
 SETTINGS = [  # (temperature, top-k, top-p): model_usage.py's default first, then nanoGPT's and llama2.c's kin
-    (0.8, 200, None), (0.7, 200, None), (0.6, 200, None), (1.0, None, 0.9)]
+    (TEMPERATURE, TOP_K, TOP_P), (0.7, 200, None), (0.6, 200, None), (1.0, None, 0.9)]
 
 
 def story(model, prompt: torch.Tensor, seed: int, temperature: float, top_k, top_p, most: int) -> list[int]:
@@ -42,18 +44,21 @@ def story(model, prompt: torch.Tensor, seed: int, temperature: float, top_k, top
 
 
 def measure(words: list[str]) -> tuple[bool, int, float]:
-    """(NAME in the last third of the words, other capitalised names, share of repeated 4-word runs)."""
+    """(NAME in the last third of the words, other capitalised names, share of repeated 4-word runs: 0 in a
+    story too short to have one)."""
     names = {w for w in words if w[0].isupper() and w not in NOT_NAMES and w != NAME}
-    runs = [tuple(words[i:i + 4]) for i in range(len(words) - 3)]
-    return NAME in words[len(words) * 2 // 3:], len(names), 1 - len(set(runs)) / max(1, len(runs))
+    return NAME in words[len(words) * 2 // 3:], len(names), repeated_ngram_rate([words], 4) or 0.0
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", required=True, help="a model file written by training.py")
     ap.add_argument("--stories", type=int, default=40, help="stories per setting (seeds 0..N-1)")
-    ap.add_argument("--max-new-tokens", type=int, default=300, help="most tokens a story (model_usage.py's default)")
+    ap.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                    help="most tokens a story (model_usage.py's default)")
     args = ap.parse_args(argv)
+    if args.stories < 1 or args.max_new_tokens < 1:
+        ap.error("--stories and --max-new-tokens must be at least 1")
     model, _, enc = load_for_inference(args.checkpoint, "cpu")
     prompt = torch.tensor([encode_prompt(enc, sentence)])
     for temperature, top_k, top_p in SETTINGS:

@@ -76,6 +76,17 @@ def test_story_names_counts_who_stays_who_comes_and_what_repeats():
     keeps, names, repeated = story_names.measure(looping)
     # 6 runs of 4 words, 4 of them different: "ran and ran and" and "and ran and ran" come twice
     assert (keeps, names) == (False, 1) and repeated == pytest.approx(1 - 4 / 6)
+    assert story_names.measure("Tom saw Lily".split()) == (True, 1, 0.0)  # too short for a 4-word run: none repeat
+    assert story_names.measure([]) == (False, 0, 0.0)  # a story that ends at once
+
+
+@pytest.mark.parametrize("flags", [["--stories", "0"], ["--max-new-tokens", "0"]])
+def test_story_names_refuses_nothing_to_sample_in_one_line(flags, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        story_names.main(["--checkpoint", "unused.pt", *flags])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith("error: --stories and --max-new-tokens must be at least 1")
 
 
 def test_story_names_samples_every_setting(benched_run, capsys):
