@@ -4,9 +4,12 @@ many still name Lily in their last third of words, how many other capitalised na
 the share of repeated 4-word runs (a setting that keeps names by looping on them is no better).
 
 A proxy for "the printed story keeps its named characters", not a score: a story may keep Lily as "she", or
-bring in her mom by name.
+bring in her mom by name. --text-file measures real stories the same way, those that name Lily in their
+first 15 words (as the prompt does): how often a written story keeps her, the mark the models are held to.
 
     .venv/bin/python benchmarks/story_names.py --checkpoint out/best_model_params.pt [--stories 40]
+        [--setting 0.8,20,none ...]
+    .venv/bin/python benchmarks/story_names.py --text-file ../shared/data/tinystories/validation.txt
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from config import EOT_ID  # noqa: E402
 from evaluate import repeated_ngram_rate  # noqa: E402
 from model_usage import encode_prompt, load_for_inference, sentence  # noqa: E402
-from slm.cli import run_cli  # noqa: E402
+from slm.cli import CLIError, run_cli  # noqa: E402
 from slm.sampling import MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P  # noqa: E402
+from slm.storyfiles import iter_raw_file  # noqa: E402
 
 NAME = "Lily"
 # Capitalised words that are not names: sentence starts, family words, interjections.
@@ -34,6 +38,21 @@ OK If And Now Later Together Suddenly Finally Just My Your Our Their Its Is Are 
 Be""".split())
 SETTINGS = [  # (temperature, top-k, top-p): model_usage.py's default first, then nanoGPT's and llama2.c's kin
     (TEMPERATURE, TOP_K, TOP_P), (0.7, 200, None), (0.6, 200, None), (1.0, None, 0.9)]
+OPENING_WORDS = 15  # a real story counts when it names Lily this early, as the prompt's first sentence does
+
+
+def setting(text: str) -> tuple[float, int | None, float | None]:
+    """--setting "0.8,20,none": (temperature, top-k, top-p), "none" for off; argparse's type."""
+    parts = [p.strip().lower() for p in text.split(",")]
+    try:
+        temperature, top_k, top_p = parts
+        return (float(temperature), None if top_k == "none" else int(top_k), None if top_p == "none" else float(top_p))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not TEMPERATURE,TOP_K,TOP_P (e.g. 0.8,20,none)") from None
+
+
+def words_of(text: str) -> list[str]:
+    return re.findall(r"[A-Za-z']+", text)
 
 
 def story(model, prompt: torch.Tensor, seed: int, temperature: float, top_k, top_p, most: int) -> list[int]:
@@ -50,28 +69,59 @@ def measure(words: list[str]) -> tuple[bool, int, float]:
     return NAME in words[len(words) * 2 // 3:], len(names), repeated_ngram_rate([words], 4) or 0.0
 
 
+def real_stories(path) -> tuple[list[list[str]], int]:
+    """(the words of each story in a raw .txt file that names NAME in its first OPENING_WORDS words, how many
+    stories the file holds)."""
+    if not Path(path).is_file():
+        raise CLIError(f"--text-file {path} does not exist or is not a file")
+    chosen, total = [], 0
+    for text in iter_raw_file(path):
+        words = words_of(text)
+        total += 1
+        if NAME in words[:OPENING_WORDS]:
+            chosen.append(words)
+    return chosen, total
+
+
+def report(label: str, stories: list[list[str]], sizes: list[int], unit: str) -> str:
+    """One line: how many of the stories (their words) keep NAME in their last third, the other names they bring
+    in, their repeats, and their mean size (sizes, in unit)."""
+    kept, others, repeated = 0, 0, 0.0
+    for words in stories:
+        keeps, names, rep = measure(words)
+        kept, others, repeated = kept + keeps, others + names, repeated + rep
+    n = max(len(stories), 1)
+    return (f"{label}: {NAME} in the last third {kept}/{len(stories)}, other capitalised names {others / n:.2f} a "
+            f"story, repeated 4-word runs {repeated / n:.3f}, {sum(sizes) / n:.0f} {unit} a story")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--checkpoint", required=True, help="a model file written by training.py")
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a model file written by training.py")
+    source.add_argument("--text-file", help="a raw .txt of stories split by <|endoftext|> lines, measured instead")
     ap.add_argument("--stories", type=int, default=40, help="stories per setting (seeds 0..N-1)")
     ap.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
                     help="most tokens a story (model_usage.py's default)")
+    ap.add_argument("--setting", type=setting, action="append",
+                    help='a sampling setting "TEMPERATURE,TOP_K,TOP_P" ("none" for off), instead of the four built in; '
+                         "repeat it for more")
     args = ap.parse_args(argv)
     if args.stories < 1 or args.max_new_tokens < 1:
         ap.error("--stories and --max-new-tokens must be at least 1")
+    if args.text_file:
+        stories, total = real_stories(args.text_file)
+        print(report(f"{len(stories)} of {total} stories name {NAME} in their first {OPENING_WORDS} words", stories,
+                     [len(words) for words in stories], "words"))
+        return
     model, _, enc = load_for_inference(args.checkpoint, "cpu")
     prompt = torch.tensor([encode_prompt(enc, sentence)])
-    for temperature, top_k, top_p in SETTINGS:
-        kept = others = 0
-        repeated = tokens = 0.0
-        for seed in range(args.stories):
-            ids = story(model, prompt, seed, temperature, top_k, top_p, args.max_new_tokens)
-            keeps, names, rep = measure(re.findall(r"[A-Za-z']+", enc.decode(ids)))
-            kept, others, repeated, tokens = kept + keeps, others + names, repeated + rep, tokens + len(ids)
-        n = args.stories
-        print(f"temperature {temperature}, top-k {top_k}, top-p {top_p}: {NAME} in the last third {kept}/{n}, "
-              f"other capitalised names {others / n:.2f} a story, repeated 4-word runs {repeated / n:.3f}, "
-              f"{tokens / n:.0f} tokens a story", flush=True)
+    for temperature, top_k, top_p in args.setting or SETTINGS:
+        written = [story(model, prompt, seed, temperature, top_k, top_p, args.max_new_tokens)
+                   for seed in range(args.stories)]
+        print(report(f"temperature {temperature}, top-k {top_k}, top-p {top_p}",
+                     [words_of(enc.decode(ids)) for ids in written], [len(ids) for ids in written], "tokens"),
+              flush=True)
 
 
 if __name__ == "__main__":

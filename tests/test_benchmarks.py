@@ -89,6 +89,39 @@ def test_story_names_refuses_nothing_to_sample_in_one_line(flags, capsys):
     assert last.endswith("error: --stories and --max-new-tokens must be at least 1")
 
 
+def test_story_names_measures_real_stories_that_open_with_lily(tmp_path, capsys):
+    stories = [
+        "Lily had a red ball. She played with it all day. At night, Lily went to bed.",  # kept to the end
+        "Lily saw a cat. The cat ran up a tree. Tom came and helped the cat down. Tom was happy and sang loud.",
+        "Once upon a time there was a big old tree in a quiet park near the sea, and one day Lily came.",  # too late
+        "Tom had a dog.",
+    ]
+    path = tmp_path / "stories.txt"
+    path.write_text("".join(f"{s}\n<|endoftext|>\n" for s in stories))
+    chosen, total = story_names.real_stories(path)
+    assert total == 4 and [words[0] for words in chosen] == ["Lily", "Lily"]
+    story_names.main(["--text-file", str(path)])
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("2 of 4 stories name Lily in their first 15 words: Lily in the last third 1/2, "
+                           "other capitalised names 0.50 a story")  # the second brings in Tom
+    assert line.endswith(f"{(17 + 22) / 2:.0f} words a story")
+
+
+def test_story_names_refuses_a_missing_text_file_in_one_line(tmp_path, capsys):
+    with pytest.raises(CLIError, match=r"^--text-file .*nothing\.txt does not exist or is not a file$"):
+        story_names.main(["--text-file", str(tmp_path / "nothing.txt")])
+
+
+def test_story_names_reads_a_setting_and_refuses_a_bad_one_in_one_line(capsys):
+    assert story_names.setting("0.8,20,none") == (0.8, 20, None)
+    assert story_names.setting("1, None, 0.9") == (1.0, None, 0.9)
+    with pytest.raises(SystemExit) as exit_:
+        story_names.main(["--checkpoint", "unused.pt", "--setting", "0.8,20"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "argument --setting: '0.8,20' is not TEMPERATURE,TOP_K,TOP_P (e.g. 0.8,20,none)")
+
+
 def test_story_names_samples_every_setting(benched_run, capsys):
     out, _ = benched_run
     story_names.main(["--checkpoint", str(out / "best_model_params.pt"), "--stories", "2", "--max-new-tokens", "8"])
@@ -97,6 +130,10 @@ def test_story_names_samples_every_setting(benched_run, capsys):
     for line, (temperature, _, _) in zip(printed, story_names.SETTINGS):
         assert re.match(rf"temperature {temperature}, .*: Lily in the last third [012]/2, other capitalised names "
                         rf"{NUMBER} a story, repeated 4-word runs {NUMBER}, {NUMBER} tokens a story", line)
+    story_names.main(["--checkpoint", str(out / "best_model_params.pt"), "--stories", "1", "--max-new-tokens", "8",
+                      "--setting", "0.5,20,none"])
+    assert re.fullmatch(r"temperature 0.5, top-k 20, top-p None: Lily in the last third [01]/1, .* tokens a story",
+                        capsys.readouterr().out.strip())  # the one setting given, instead of the four built in
 
 
 @pytest.mark.skipif(not (REPO / ".git").exists(), reason="compares with a git revision: needs the repository")
