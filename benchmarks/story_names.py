@@ -46,9 +46,14 @@ def setting(text: str) -> tuple[float, int | None, float | None]:
     parts = [p.strip().lower() for p in text.split(",")]
     try:
         temperature, top_k, top_p = parts
-        return (float(temperature), None if top_k == "none" else int(top_k), None if top_p == "none" else float(top_p))
+        chosen = (float(temperature), None if top_k == "none" else int(top_k), None if top_p == "none" else float(top_p))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not TEMPERATURE,TOP_K,TOP_P (e.g. 0.8,20,none)") from None
+    temperature, top_k, top_p = chosen
+    if temperature < 0 or (top_k is not None and top_k < 1) or (top_p is not None and not 0 < top_p <= 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: the temperature must be 0 or more, top-k 1 or more and top-p "
+                                         "over 0 and at most 1")
+    return chosen
 
 
 def words_of(text: str) -> list[str]:
@@ -109,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.stories < 1 or args.max_new_tokens < 1:
         ap.error("--stories and --max-new-tokens must be at least 1")
+    if args.text_file and args.setting:
+        ap.error("--setting samples a model: give it with --checkpoint, not --text-file")
     if args.text_file:
         stories, total = real_stories(args.text_file)
         print(report(f"{len(stories)} of {total} stories name {NAME} in their first {OPENING_WORDS} words", stories,
