@@ -173,18 +173,18 @@ def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
     The passes (trial_pass) change no weight and draw no random number the run uses: a run started with the
     printed flags is the same run."""
     tc, dtype = run.tc, resolve_dtype(machine, run.tc)
-    def pass_s(sequences: int, parts: int = 1) -> float:  # a trial pass's seconds on the slowest rank
-        seconds = recipe.calibrate(lambda: trial_pass(run, run.raw_model, sequences, dtype, parts))
-        return run.dist.all_max(torch.tensor(seconds, device=run.device)).item()
-    mc, run.tc, run.recipe, guess, line = recipe.apply(run.preset, run.mc, tc, pass_s(tc.batch_size * tc.grad_accum),
-                                                       given)
+    def pass_s(sequences: int, cuts: list[int]) -> list[float]:  # seconds of a trial pass per cut, on the slowest rank
+        passes = [lambda parts=parts: trial_pass(run, run.raw_model, sequences, dtype, parts) for parts in cuts]
+        return run.dist.all_max(torch.tensor(recipe.calibrate(*passes), device=run.device)).tolist()
+    mc, run.tc, run.recipe, guess, line = recipe.apply(run.preset, run.mc, tc,
+                                                       pass_s(tc.batch_size * tc.grad_accum, [1])[0], given)
     if mc != run.mc:  # another shape (a shorter context): built afresh from the seed, as the printed flags would
         if mc.block_size != run.mc.block_size:
             run.batches = Batches(tc.data_dir, mc.block_size, device=run.device)
         torch.manual_seed(tc.seed + run.dist.rank)
         run.mc, run.raw_model = mc, GPT(mc).to(run.device)
     # a probe of cut windows times its first phase's steps: the other phases' steps are priced against them
-    first, costs = phase_costs(run.tc, guess, lambda parts: pass_s(run.tc.batch_size * run.tc.grad_accum, parts))
+    first, costs = phase_costs(run.tc, guess, lambda cuts: pass_s(run.tc.batch_size * run.tc.grad_accum, cuts))
     run.budget = Budget(run.tc, first, guess * run.tc.eval_iters * 2 / 3, costs)
     run.say(line)
 

@@ -15,6 +15,7 @@ reproduce them, stored in ckpt.pt, and kept by --resume.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from dataclasses import asdict, fields, replace
 from typing import Callable
@@ -80,14 +81,22 @@ CALIBRATE_UNTIMED = 2  # first passes allocate memory and warm caches: not timed
 CALIBRATE_TIMED = 3
 
 
-def calibrate(one_pass: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> float:
-    """Seconds of one_pass() (a forward and backward of the preset's shape), the mean of the timed passes."""
-    for _ in range(CALIBRATE_UNTIMED):
-        one_pass()
-    t0 = clock()
+def calibrate(*passes: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    """Seconds of each pass (a forward and backward of one shape): the median of its timed passes, taken in rounds
+    that run every pass once. A slow spell of a shared machine then falls on all the shapes alike, and their
+    ratios (what the time budget prices a run's phases by) hold: timed one shape after another, the ratio of a
+    half-context pass to a quarter-context one ranged 0.78-1.24 over six processes on one host, in rounds
+    1.00-1.18 (benchmarks/machines.md, "The phases' prices, timed in rounds")."""
+    for one_pass in passes:
+        for _ in range(CALIBRATE_UNTIMED):
+            one_pass()
+    timed: list[list[float]] = [[] for _ in passes]
     for _ in range(CALIBRATE_TIMED):
-        one_pass()
-    return (clock() - t0) / CALIBRATE_TIMED
+        for one_pass, seconds in zip(passes, timed):
+            t0 = clock()
+            one_pass()
+            seconds.append(clock() - t0)
+    return [statistics.median(seconds) for seconds in timed]
 
 
 def reference_steps(minutes: float, step_s: float) -> float:

@@ -83,12 +83,16 @@ def context_switches(tc: TrainConfig, block_size: int) -> list[tuple[int, int, i
             for i, (end, context) in enumerate(phases)]
 
 
-def phase_costs(tc: TrainConfig, whole_s: float, time_pass: Callable[[int], float]
+def phase_costs(tc: TrainConfig, whole_s: float, time_passes: Callable[[list[int]], list[float]]
                 ) -> tuple[float, tuple[float, float, float]]:
     """(seconds of a step of the run's first phase, the cost of a step with windows cut in 4, in 2 and whole
-    against it): time_pass(parts) times a step of each cut phase the run has; a whole step takes whole_s."""
-    seconds = {1: whole_s} | {parts: time_pass(parts) for parts, share in ((4, tc.quarter_context),
-                                                                          (2, tc.short_context)) if share > 0}
+    against it). A run on whole windows has one phase, whose step takes whole_s. Otherwise time_passes(cuts)
+    times a step of the whole windows and of each cut the run has ([1, 4, 2], [1, 2] or [1, 4]) in the same
+    rounds (recipe.calibrate), so their ratios hold on a machine whose speed drifts."""
+    cuts = [1] + [parts for parts, share in ((4, tc.quarter_context), (2, tc.short_context)) if share > 0]
+    if len(cuts) == 1:
+        return whole_s, (1.0, 1.0, 1.0)
+    seconds = dict(zip(cuts, time_passes(cuts)))
     first = seconds[max(seconds)]
     return first, tuple(seconds.get(parts, first) / first for parts in (4, 2, 1))
 

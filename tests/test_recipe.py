@@ -33,15 +33,21 @@ def test_choose_takes_the_row_of_the_step_budget_and_leaves_what_was_given(monke
     assert recipe.choose("gpu", 60, set()) == {} and not recipe.has_rule("gpu")
 
 
-def test_calibrate_times_only_the_passes_after_the_untimed_ones():
-    now, passes = [0.0], []
+def test_calibrate_times_its_passes_in_rounds_and_keeps_each_ones_median():
+    # Two shapes, 1 s and 2 s a pass, their first passes slow (allocations); a slow spell of the machine doubles
+    # whatever runs in the first timed round. Timed one after another, the spell would fall on one shape only.
+    now, calls = [0.0], []
 
-    def one_pass():
-        passes.append(1)
-        now[0] += 5.0 if len(passes) <= recipe.CALIBRATE_UNTIMED else 0.5
+    def shape(name: str, seconds: float):
+        def one_pass():
+            calls.append(name)
+            untimed = calls.count(name) <= recipe.CALIBRATE_UNTIMED
+            spell = len(calls) <= 2 * recipe.CALIBRATE_UNTIMED + 2
+            now[0] += 9.0 if untimed else seconds * (2 if spell else 1)
+        return one_pass
 
-    assert recipe.calibrate(one_pass, clock=lambda: now[0]) == pytest.approx(0.5)
-    assert len(passes) == recipe.CALIBRATE_UNTIMED + recipe.CALIBRATE_TIMED
+    assert recipe.calibrate(shape("a", 1.0), shape("b", 2.0), clock=lambda: now[0]) == pytest.approx([1.0, 2.0])
+    assert calls == ["a"] * recipe.CALIBRATE_UNTIMED + ["b"] * recipe.CALIBRATE_UNTIMED + ["a", "b"] * recipe.CALIBRATE_TIMED
 
 
 def test_the_budget_estimates_a_step_count_before_it_fixes_one():
@@ -57,21 +63,21 @@ def test_the_budget_estimates_a_step_count_before_it_fixes_one():
     assert not blind.ready(3) and blind.ready(30)
 
 
-def fake_calibration(monkeypatch, preset_s: float, *cut_s: float) -> None:
+def fake_calibration(monkeypatch, preset_s: float, *chosen_s: float) -> None:
     """SMOKE_RULE in place of the real rules, and a calibration that runs its passes and says preset_s per pass
-    of the preset's shape, then cut_s per pass of the chosen row with its windows cut (in four, then in half)."""
+    of the preset's shape, then chosen_s per pass of the chosen row: its whole windows, then its windows cut
+    (in four, then in half)."""
     monkeypatch.setattr(recipe, "RULES", {"smoke": SMOKE_RULE})
-    real, timed = recipe.calibrate, iter([preset_s, *cut_s])
-    monkeypatch.setattr(recipe, "calibrate", lambda one_pass: (real(one_pass), next(timed))[1])
+    real, timed = recipe.calibrate, iter([[preset_s], list(chosen_s)])
+    monkeypatch.setattr(recipe, "calibrate", lambda *passes: (real(*passes), next(timed))[1])
 
 
 def run_main(monkeypatch, capsys, argv, step_s=1.0):
     """training.main on a fake clock (1 s per step, 3 s per evaluation), with a calibration that measures
-    step_s per pass of the preset's shape and a quarter of it per short pass of the rule's row (what the row's
-    whole windows take, 4 x 32 tokens to the preset's 8 x 64: every step priced alike); returns (summary,
-    printed lines)."""
+    step_s per pass of the preset's shape and a quarter of it per pass of the rule's row, whole or cut (4 x 32
+    tokens to the preset's 8 x 64: every step priced alike); returns (summary, printed lines)."""
     fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
-    fake_calibration(monkeypatch, step_s, step_s / 4)
+    fake_calibration(monkeypatch, step_s, step_s / 4, step_s / 4)
     summary = training.main(argv)
     return summary, capsys.readouterr().out.splitlines()
 
@@ -117,7 +123,7 @@ def test_a_budget_of_cut_windows_prices_the_steps_it_did_not_time(tiny_data_dir,
     clock = fake_clock(monkeypatch, step_s=0.0, eval_s=3.0)
     real_step = training.train_step
     monkeypatch.setattr(training, "train_step", charge)
-    fake_calibration(monkeypatch, 1.0, *((0.125, 0.1875) if quarter else (0.125,)))
+    fake_calibration(monkeypatch, 1.0, *((0.25, 0.125, 0.1875) if quarter else (0.25, 0.125)))
     start = clock.now
     s = training.main([*FLAGS, "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "out"),
                        *(["--quarter-context", "0.25"] if quarter else [])])
