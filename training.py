@@ -173,11 +173,10 @@ def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
     The passes (trial_pass) change no weight and draw no random number the run uses: a run started with the
     printed flags is the same run."""
     tc, dtype = run.tc, resolve_dtype(machine, run.tc)
-    def pass_s(sequences: int, cuts: list[int]) -> list[float]:  # seconds of a trial pass per cut, on the slowest rank
+    def pass_s(sequences: int, cuts=(1,)) -> list[float]:  # seconds of a trial pass per cut, on the slowest rank
         passes = [lambda parts=parts: trial_pass(run, run.raw_model, sequences, dtype, parts) for parts in cuts]
         return run.dist.all_max(torch.tensor(recipe.calibrate(*passes), device=run.device)).tolist()
-    mc, run.tc, run.recipe, guess, line = recipe.apply(run.preset, run.mc, tc,
-                                                       pass_s(tc.batch_size * tc.grad_accum, [1])[0], given)
+    mc, run.tc, run.recipe, guess, line = recipe.apply(run.preset, run.mc, tc, pass_s(tc.batch_size * tc.grad_accum)[0], given)
     if mc != run.mc:  # another shape (a shorter context): built afresh from the seed, as the printed flags would
         if mc.block_size != run.mc.block_size:
             run.batches = Batches(tc.data_dir, mc.block_size, device=run.device)
@@ -399,6 +398,7 @@ def out_of_time(run: Run) -> bool:
 def why_stop(run: Run, asked: str | None, stop_after: int, steps_done: int) -> str:
     """"done" to go on; else what stops the run: a signal, "time" (evaluated and saved at the top of the
     loop), or "stop_after" (--stop-after steps done)."""
+    asked = None if asked == "time" and run.finished else asked  # the last step ran past the budget: done, not cut
     if asked == "time":
         run.say(f"\n{run.tc.max_minutes}-minute budget overrun by {BUDGET_OVERRUN:.0%} at step {run.step} (the "
                 "machine is slower than the probe measured): evaluating and stopping")

@@ -646,6 +646,17 @@ def test_a_machine_that_slows_down_is_cut_just_past_the_budget_with_everything_s
     assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["step"] == 22
 
 
+def test_a_run_whose_last_step_ends_past_the_budget_is_done_not_cut(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    # The probe measures 1 s per step and fixes 48 steps; then each step takes 1.08 s. Step 47 ends at 59.4 s
+    # (62.4 s with an evaluation: inside 1.05 minutes), step 48, the last, at 60.4 s (63.4 s: past it).
+    fake_clock(monkeypatch, step_s=lambda step: 1.0 if step < 5 else 1.08, eval_s=3.0)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET)
+    s = training.train(mc, tc, progress=False)
+    assert s["stopped"] == "done" and s["step"] == s["max_iters"] == 48
+    assert "overrun" not in capsys.readouterr().out
+    assert [r["step"] for r in read_log(tmp_path / "out" / "log.csv")] == [0, 20, 40, 48]
+
+
 @pytest.mark.skipif(torch.__version__ < (2, 4), reason="fused AdamW on CPU needs torch 2.4")
 def test_cpu_training_uses_fused_adamw_with_the_same_steps_as_foreach():
     from model import GPT
