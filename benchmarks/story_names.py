@@ -105,17 +105,20 @@ def main(argv: list[str] | None = None) -> None:
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a model file written by training.py")
     source.add_argument("--text-file", help="a raw .txt of stories split by <|endoftext|> lines, measured instead")
-    ap.add_argument("--stories", type=int, default=40, help="stories per setting (seeds 0..N-1)")
-    ap.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
-                    help="most tokens a story (model_usage.py's default)")
+    ap.add_argument("--stories", type=int, help="stories per setting (seeds 0..N-1; default: 40)")
+    ap.add_argument("--max-new-tokens", type=int, help=f"most tokens a story (default: {MAX_NEW_TOKENS}, model_usage.py's)")
     ap.add_argument("--setting", type=setting, action="append",
                     help='a sampling setting "TEMPERATURE,TOP_K,TOP_P" ("none" for off), instead of the four built in; '
                          "repeat it for more")
     args = ap.parse_args(argv)
+    sampling = {"--setting": args.setting, "--stories": args.stories, "--max-new-tokens": args.max_new_tokens}
+    given = [flag for flag, value in sampling.items() if value is not None]
+    if args.text_file and given:
+        ap.error(f"{given[0]} samples a model: give it with --checkpoint, not --text-file")
+    args.stories = 40 if args.stories is None else args.stories
+    args.max_new_tokens = MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
     if args.stories < 1 or args.max_new_tokens < 1:
         ap.error("--stories and --max-new-tokens must be at least 1")
-    if args.text_file and args.setting:
-        ap.error("--setting samples a model: give it with --checkpoint, not --text-file")
     if args.text_file:
         stories, total = real_stories(args.text_file)
         print(report(f"{len(stories)} of {total} stories name {NAME} in their first {OPENING_WORDS} words", stories,

@@ -125,11 +125,12 @@ def test_story_names_reads_a_setting_and_refuses_a_bad_one_in_one_line(capsys):
             story_names.main(["--checkpoint", "unused.pt", f"--setting={bad}"])
         assert exit_.value.code == 2
         assert f"'{bad}': the temperature must be 0 or more" in capsys.readouterr().err.strip().splitlines()[-1]
-    with pytest.raises(SystemExit) as exit_:
-        story_names.main(["--text-file", "unused.txt", "--setting", "0.8,20,none"])
-    assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        "--setting samples a model: give it with --checkpoint, not --text-file")
+    for flag, value in (("--setting", "0.8,20,none"), ("--stories", "80"), ("--max-new-tokens", "100")):
+        with pytest.raises(SystemExit) as exit_:
+            story_names.main(["--text-file", "unused.txt", flag, value])
+        assert exit_.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+            f"{flag} samples a model: give it with --checkpoint, not --text-file")
 
 
 def test_story_names_samples_every_setting(benched_run, capsys):
