@@ -83,10 +83,11 @@ CALIBRATE_TIMED = 3
 
 def calibrate(*passes: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> list[float]:
     """Seconds of each pass (a forward and backward of one shape): the median of its timed passes, taken in rounds
-    that run every pass once. A slow spell of a shared machine then falls on all the shapes alike, and their
-    ratios (what the time budget prices a run's phases by) hold: timed one shape after another, the ratio of a
-    half-context pass to a quarter-context one ranged 0.78-1.24 over six processes on one host, in rounds
-    1.00-1.18 (benchmarks/machines.md, "The phases' prices, timed in rounds")."""
+    that run every pass once. A slow spell of a shared machine then falls on all the shapes alike, not on one, and
+    their ratios (what the time budget prices a run's phases by) are not skewed by it: timed one shape after
+    another, the ratio of a half-context pass to a quarter-context one ranged 0.960-1.132 over six processes on
+    one host, in rounds 0.976-1.048 over twelve (benchmarks/machines.md, "The phases' prices, timed in rounds").
+    A drift of the machine's speed after the calibration is another matter: the time budget's cut catches it."""
     for one_pass in passes:
         for _ in range(CALIBRATE_UNTIMED):
             one_pass()
