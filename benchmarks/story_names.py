@@ -38,6 +38,7 @@ OK If And Now Later Together Suddenly Finally Just My Your Our Their Its Is Are 
 Be""".split())
 SETTINGS = [  # (temperature, top-k, top-p): model_usage.py's default first, then nanoGPT's and llama2.c's kin
     (TEMPERATURE, TOP_K, TOP_P), (0.7, 200, None), (0.6, 200, None), (1.0, None, 0.9)]
+STORIES = 40  # stories per setting unless --stories says
 OPENING_WORDS = 15  # a real story counts when it names Lily this early, as the prompt's first sentence does
 
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="a model file written by training.py")
     source.add_argument("--text-file", help="a raw .txt of stories split by <|endoftext|> lines, measured instead")
-    ap.add_argument("--stories", type=int, help="stories per setting (seeds 0..N-1; default: 40)")
+    ap.add_argument("--stories", type=int, help=f"stories per setting (seeds 0..N-1; default: {STORIES})")
     ap.add_argument("--max-new-tokens", type=int, help=f"most tokens a story (default: {MAX_NEW_TOKENS}, model_usage.py's)")
     ap.add_argument("--setting", type=setting, action="append",
                     help='a sampling setting "TEMPERATURE,TOP_K,TOP_P" ("none" for off), instead of the four built in; '
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     given = [flag for flag, value in sampling.items() if value is not None]
     if args.text_file and given:
         ap.error(f"{given[0]} samples a model: give it with --checkpoint, not --text-file")
-    args.stories = 40 if args.stories is None else args.stories
+    args.stories = STORIES if args.stories is None else args.stories
     args.max_new_tokens = MAX_NEW_TOKENS if args.max_new_tokens is None else args.max_new_tokens
     if args.stories < 1 or args.max_new_tokens < 1:
         ap.error("--stories and --max-new-tokens must be at least 1")
