@@ -63,8 +63,8 @@ from slm.plot import redraw
 from slm.progress import LOG_FILE, PLOT_FILE, Speedometer, announce, print_end, progress_bar
 from slm.report import save_progress, summarize, write_report
 from slm.sampling import Glimpse
-from slm.schedule import (BUDGET_OVERRUN, Budget, cut_windows, make_scheduler, past_budget, phase_costs,
-                          short_context_note, window_cut)
+from slm.schedule import (BUDGET_OVERRUN, Budget, cut_windows, evaluation_due, make_scheduler, past_budget,
+                          phase_costs, short_context_note, window_cut)
 from slm.run import Run
 from slm.settings import build_parser, check_data, check_settings, explicit_settings, format_settings, resolve
 
@@ -353,7 +353,7 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume: bool = False, stop_after: i
     try:
         with StopRequest(run.say) as stop:
             while True:
-                due = run.step % run.tc.eval_interval == 0 or run.finished or stopped == "time"
+                due = evaluation_due(run.step, run.tc) or run.finished or stopped == "time"
                 if due and run.step != evaluated_at:
                     evaluate_and_save(run)
                     evaluated_at = run.step

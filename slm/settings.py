@@ -44,7 +44,8 @@ TRAIN_HELP = {
     "short_context": "share of the optimizer steps, from the first (and at least the warmup), whose windows are cut "
                      "in half: each batch of B x T tokens trains as 2B x T/2, the same tokens with half the context; "
                      "a short context learns faster early, the full one late (0 = never)",
-    "eval_interval": "optimizer steps between evaluations (each also saves ckpt.pt)",
+    "eval_interval": "optimizer steps between evaluations (each also saves ckpt.pt); the run's end evaluates too, "
+                     "and takes the place of one under a tenth of this before it",
     "eval_iters": "fixed batches per split in each evaluation",
     "seed": "seed for initialisation, batch sampling and dropout",
     "device": "auto | cpu | cuda | cuda:N | mps",

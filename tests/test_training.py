@@ -679,12 +679,30 @@ def test_cpu_training_uses_fused_adamw_with_the_same_steps_as_foreach():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # steps of ~3e-3: agree to 0.3%
 
 
+def test_an_evaluation_just_before_the_end_is_left_to_the_final_one(tiny_data_dir, tmp_path):
+    due = lambda step, n: schedule.evaluation_due(step, TrainConfig(max_iters=n, eval_interval=500))  # noqa: E731
+    assert [s for s in range(0, 1600, 250) if due(s, 1512)] == [0, 500, 1000]  # 1,500: 12 steps before the end
+    assert due(1500, 1550) and due(1500, 1500) and not due(1500, 1549)  # 50 steps (a tenth) apart: both run
+    assert due(0, 30)  # the first evaluation always runs
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", max_iters=21, eval_interval=20, eval_iters=1, batch_size=2)
+    training.train(mc, tc, progress=False)
+    assert [r["step"] for r in read_log(Path(tc.out_dir) / training.LOG_FILE)] == [0, 21]
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out2", max_iters=22, eval_interval=20, eval_iters=1, batch_size=2)
+    training.train(mc, tc, progress=False)
+    assert [r["step"] for r in read_log(Path(tc.out_dir) / training.LOG_FILE)] == [0, 20, 22]
+
+
 def test_steps_that_fit_counts_every_evaluation():
     # From step 0, 10 s: steps of 1 s, evaluations of 2 s every 4 steps and at the end.
     # N=6: 6 steps + evaluations at 4 and 6 = 10 s; N=7: 7 + 4 = 11 s.
     assert schedule.steps_that_fit(0, 10.0, 1.0, 2.0, 4) == 6
     assert schedule.steps_that_fit(4, 10.0, 1.0, 2.0, 4) == 10  # 6 steps + evaluations at 8 and 10
     assert schedule.steps_that_fit(3, 0.5, 1.0, 2.0, 4) == 3  # not even one step fits
+    # Evaluations of 5 s every 100 steps, from step 95: N=105 leaves the one at 100 to the final one, so its
+    # 10 steps and one evaluation take 15 s; N=106 16 s. Counting the one at 100 would give N=100 (10 s).
+    assert schedule.steps_that_fit(95, 15.0, 1.0, 5.0, 100) == 105
+    assert schedule.steps_that_fit(95, 24.9, 1.0, 5.0, 100) == 109  # 110 is a tenth past 100: 15 + 2 x 5 = 25 s
+    assert schedule.steps_that_fit(95, 25.0, 1.0, 5.0, 100) == 110
     # Short steps (1 s) before half the count, whole-context ones at 2 s after, evaluations free: N=13 takes
     # 6 x 1 + 7 x 2 = 20 s (round(6.5) is 6), N=14 takes 7 + 14 = 21 s.
     half = lambda n: (0, round(n / 2))  # noqa: E731
