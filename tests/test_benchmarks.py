@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import config
-from benchmarks import (assemble, bench_attention, bench_batches, bench_cpu_step, bench_dtype, bench_head_loss,
-                        bench_model, bench_plot, bench_tokenization, bench_training, ema_decays, recipe_search,
+from benchmarks import (assemble, bench_attention, bench_batches, bench_cpu_step, bench_dtype, bench_gpu,
+                        bench_head_loss, bench_model, bench_plot, bench_tokenization, bench_training, ema_decays, recipe_search,
                         story_names)
 from slm.cli import CLIError
 
@@ -254,3 +254,31 @@ def test_bench_tokenization_compares_the_contenders_on_a_small_corpus(tmp_path, 
     for contender in ("limit", "limit/procs", "common", "end to end"):
         assert re.search(rf"^{re.escape(contender)} +{NUMBER} +{NUMBER}", printed, re.M)
     assert re.search(r"largest worker +[\d.]+ MiB", printed)
+
+
+def test_bench_gpu_caps_what_the_plan_sees_as_a_t4_would_show_it():
+    from config import PRESETS
+    from slm.hardware import Machine
+    from slm.plan import make_plan
+
+    gib, gpu = 2**30, PRESETS["gpu"]
+    h200 = Machine("cuda", "NVIDIA H200", (9, 0), 139 * gib, 138 * gib)
+    t4 = Machine("cuda", "Tesla T4", (7, 5), 15 * gib, 15 * gib)
+    capped = bench_gpu.capped_machine(h200, 15 * gib)
+    assert (capped.total_memory, capped.free_memory, capped.capability) == (15 * gib, 15 * gib, (9, 0))
+    fp16 = replace(gpu.train, dtype="float16")
+    plans = [make_plan(m, gpu.model, fp16, given={"dtype"}) for m in (capped, t4, h200)]
+    assert plans[0].batch_size == plans[1].batch_size < plans[2].batch_size  # fitted to the cap, not the H200
+    assert plans[0].grad_scaler and plans[0].batch_size * plans[0].grad_accum == fp16.batch_size * fp16.grad_accum
+
+
+def test_bench_gpu_runs_a_case_in_its_own_process_and_reports_it(tiny_data_dir, capsys):
+    bench_gpu.main(["--device", "cpu", "--cases", "native", "--steps", "10", "--data-dir", str(tiny_data_dir), "--",
+                    "--preset", "smoke", "--dtype", "float32", "--warmup-iters", "2", "--eval-iters", "1"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| native |")]
+    assert len(rows) == 1 and "| none | float32, " in rows[0] and "(yes)" in rows[0], out
+    assert re.search(rf"\| 10 \| {NUMBER} -> {NUMBER} \(yes\) \| {NUMBER} \| - \| - \|$", rows[0])
+    assert "plan for CPU" in out  # the case's own output comes through
+    with pytest.raises(CLIError, match="unknown t5"):
+        bench_gpu.main(["--cases", "t4,t5"])
