@@ -57,7 +57,7 @@ from slm.cli import CLIError, StopRequest, run_cli
 from slm.distributed import Dist, global_batch
 from slm.files import atomic_torch_save, dir_lock
 from slm.hardware import (Machine, autocast, compile_problem, detect_machine, fused_adamw, keep_freed_memory,
-                          pick_device)
+                          pick_device, synchronize)
 from slm.plan import make_plan, resolve_dtype, shrink_until_it_fits
 from slm.plot import redraw
 from slm.progress import LOG_FILE, PLOT_FILE, Speedometer, announce, print_end, progress_bar
@@ -100,12 +100,12 @@ def evaluate(model, batches, tc: TrainConfig, device: str, dtype: str, dist: Dis
     losses = {}
     for split, offset in EVAL_SEED_OFFSET.items():
         gen = torch.Generator().manual_seed(tc.seed + offset)
-        total = torch.zeros((), dtype=torch.float64, device=device)
+        total = torch.zeros((), dtype=torch.float32, device=device)  # not float64: MPS has none
         for _ in range(tc.eval_iters):
             x, y = global_batch(batches, split, tc.batch_size, gen, dist)
             with autocast(device, dtype):
                 _, loss = model(x, y, return_logits=keep_logits(device))
-            total += loss.double()
+            total += loss.float()
         losses[split] = dist.all_sum(total).item() / (tc.eval_iters * dist.world)
     model.train()
     return losses
@@ -199,6 +199,7 @@ def trial_pass(run: Run, model, batch_size: int, dtype: str, parts: int = 1) -> 
             _, loss = model(x, y, return_logits=keep_logits(run.device))
         loss.backward()
     run.raw_model.zero_grad(set_to_none=True)
+    synchronize(run.device)  # the calibration times this pass: on a GPU or MPS, its work, not its queueing
 
 
 def compile_and_wrap(run: Run, wanted: bool) -> None:
@@ -308,8 +309,7 @@ def fix_schedule(run: Run) -> None:
         t0 = time.time()
         evaluate(run.model, run.batches, run.tc, run.device, run.dtype, run.dist)  # timed only: the result is unused
         eval_s = time.time() - t0 + run.save_s
-    measured = torch.tensor([run.budget.probe_s(), eval_s, time.time() - run.t_train], dtype=torch.float64,
-                            device=run.device)
+    measured = torch.tensor([run.budget.probe_s(), eval_s, time.time() - run.t_train], device=run.device)
     step_s, eval_s, elapsed = run.dist.all_max(measured).tolist()  # every rank fixes the same count
     max_iters = run.budget.fix(run.step, elapsed, step_s, eval_s)
     if max_iters <= run.tc.warmup_iters:

@@ -139,3 +139,46 @@ def test_a_micro_batch_that_runs_out_of_memory_in_the_trial_step_is_halved_keepi
         plan.shrink_until_it_fits(p, trial, said.append, given={"batch_size"})
     cpu_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
     assert plan.is_out_of_memory(cpu_oom) and not plan.is_out_of_memory(RuntimeError("shape mismatch"))
+
+
+def test_a_budget_run_makes_no_float64_tensor_on_its_device_as_apples_mps_has_none(tiny_data_dir, tmp_path,
+                                                                                    monkeypatch, capsys):
+    # On MPS, torch.zeros(..., dtype=torch.float64, device="mps") and an MPS tensor's .double() raise: a Mac's
+    # `make run` (the cpu preset on MPS, under its time budget) stopped at the step-0 evaluation. This CPU has no
+    # MPS, so the test catches what a run would make on its device: a float64 tensor made with a device named,
+    # or any .double(), while a run calibrates its recipe, evaluates, and fixes its step count.
+    from test_recipe import FLAGS, run_main
+
+    made = []
+    for name in ("zeros", "ones", "full", "empty", "tensor", "as_tensor"):
+        def traced(*args, _real=getattr(torch, name), _name=name, **kwargs):
+            if kwargs.get("dtype") is torch.float64 and kwargs.get("device") is not None:
+                made.append(_name)
+            return _real(*args, **kwargs)
+        monkeypatch.setattr(torch, name, traced)
+    double = torch.Tensor.double
+    monkeypatch.setattr(torch.Tensor, "double", lambda self, *a, **k: (made.append("double"), double(self, *a, **k))[1])
+    s, lines = run_main(monkeypatch, capsys, [*FLAGS, "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path)])
+    assert s["stopped"] == "done" and s["schedule"]["fixed_by"] == "--max-minutes" and len(s["losses"]) > 5
+    assert any(line.startswith("recipe: ") for line in lines) and any(line.startswith("step 0: ") for line in lines)
+    assert made == []
+
+
+def test_synchronize_waits_for_the_accelerator_the_calibration_times(tiny_data_dir, tmp_path, monkeypatch):
+    # CUDA and MPS queue kernels and return at once: a clock read after a pass must wait for them.
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(("cuda", device)))
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append(("mps",)))
+    for device in ("cuda:1", "mps", "cpu"):
+        hardware.synchronize(device)
+    assert waited == [("cuda", "cuda:1"), ("mps",)]
+    # every trial pass ends waiting on the run's device
+    passes = []
+    monkeypatch.setattr(training, "synchronize", lambda device: passes.append(device))
+    mc = PRESETS["smoke"].model
+    tc = replace(PRESETS["smoke"].train, data_dir=str(tiny_data_dir), out_dir=str(tmp_path / "out"), max_iters=1,
+                 eval_interval=1, eval_iters=1, batch_size=2, warmup_iters=1)
+    run = training.build_run(mc, tc, resume=False, preset="smoke", given=frozenset(), samples=False)
+    training.trial_pass(run, run.model, 2, "float32")
+    training.trial_pass(run, run.model, 2, "float32", parts=2)
+    assert passes == ["cpu", "cpu"]
