@@ -6,6 +6,7 @@ HEAD_LOSS_ROWS sizes evaluation's chunks only. BENCHMARKS.md's commands with --r
 
     .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data [--dtypes float32,bfloat16] [--rounds 3]
     .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data --dtypes float32 --shapes 16x128,16x64,32x64
+    .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data --head-pad --shapes 16x64 --rounds 12
 
 Each variant runs full optimizer steps (forward, backward, fused AdamW) of the cpu preset's model on real
 batches at the preset's shape; variants are interleaved round by round so a change in the machine's load
@@ -15,6 +16,11 @@ top operators by self time). Prints the CPU kind (AVX2 only, or AVX512_BF16) and
 --shapes times other batch x context shapes of the same model beside the preset's, for the recipe search's
 equal-time comparisons (benchmarks/recipe_rule.md): each shape's tokens/s as a share of the first one's, so
 a shape at 0.94 of it is given 0.94 x its tokens in the same minutes.
+
+--head-pad times the head loss's rows as they are (50,257) against padded to a multiple of 64
+(slm.head_loss.HEAD_PAD), in paired rounds at the preset's shape (or each of --shapes), and checks that both
+give the same losses. On an AVX512 host, MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 in the
+environment holds MKL's and ATen's kernels to those an AVX2-only CPU runs.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from batches import Batches  # noqa: E402
 from config import PRESETS  # noqa: E402
 from model import GPT  # noqa: E402
 from slm.cli import CLIError, run_cli  # noqa: E402
+from slm import head_loss  # noqa: E402
 from slm.hardware import autocast, detect_machine, keep_freed_memory  # noqa: E402
 
 
@@ -54,6 +61,7 @@ def make_step(mc, batch_size: int, dtype: str, compiled: bool, batches: Batches)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss.item()
 
     return step
 
@@ -158,6 +166,40 @@ def compare_shapes(mc, data_dir: str, dtype: str, shapes: list[tuple[int, int]],
         print(f"{'':<{len(dtype) + 2}}{f'{b}x{t}':<9} {s * 1000:>8.0f} {b * t / s:>9,.0f} {b * t / s / first:>6.3f}")
 
 
+def compare_head_pad(mc, data_dir: str, dtypes: list[str], shapes: list[tuple[int, int]], rounds: int,
+                     steps: int) -> None:
+    """For each dtype and shape: ms per step with the head as it is and padded (HEAD_PAD), two models from the same
+    seed on the same batches, in paired rounds; the median ratio, and whether their losses agreed."""
+    pad = head_loss.HEAD_PAD
+    print(f"\n{'dtype':<9} {'shape':<7} {'ms/step':>8} {'padded':>8} {'ratio':>6} {'losses':>8}")
+    for dtype in dtypes:
+        for b, t in shapes:
+            shaped = replace(mc, block_size=t)
+            losses: dict[int, list[float]] = {1: [], pad: []}
+
+            def timed(rows: int):
+                step = make_step(shaped, b, dtype, False, Batches(data_dir, t))
+
+                def run() -> float:
+                    head_loss.HEAD_PAD = rows
+                    try:
+                        for _ in range(2):
+                            losses[rows].append(step())
+                        t0 = time.perf_counter()
+                        for _ in range(steps):
+                            losses[rows].append(step())
+                        return (time.perf_counter() - t0) / steps
+                    finally:
+                        head_loss.HEAD_PAD = pad
+                return run
+
+            plain, padded = paired_rounds(timed(1), timed(pad), rounds)
+            same = "same" if losses[1] == losses[pad] else \
+                f"{max(abs(a - c) for a, c in zip(losses[1], losses[pad])):.0e}"
+            print(f"{dtype:<9} {f'{b}x{t}':<7} {sorted(plain)[len(plain) // 2] * 1000:>8.0f} "
+                  f"{sorted(padded)[len(padded) // 2] * 1000:>8.0f} {median_ratio(plain, padded):>5.3f}x {same:>8}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data")
@@ -166,10 +208,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
     p.add_argument("--shapes", help="batch x context shapes to compare instead, e.g. 16x128,16x64,32x64")
+    p.add_argument("--head-pad", action="store_true",
+                   help="time the head loss's rows as they are against padded to a multiple of 64 instead")
     add_preset_flag(p)
     args = p.parse_args(argv)
     shapes = parse_shapes(args.shapes) if args.shapes else None
     machine, mc, tc, batches = setup(args.data_dir, preset=args.preset)
+    if args.head_pad:
+        compare_head_pad(mc, args.data_dir, args.dtypes.split(","), shapes or [(tc.batch_size, mc.block_size)],
+                         args.rounds, args.steps)
+        print(f"load average {os.getloadavg()[0]:.2f} at the end")
+        return
     if shapes:
         for dtype in args.dtypes.split(","):
             compare_shapes(mc, args.data_dir, dtype, shapes, args.rounds, args.steps)

@@ -14,8 +14,16 @@ import torch
 # (103 MB) however large the batch, and fewer chunks re-read the (V, C) head fewer times. (Chosen when training
 # steps were chunked too: against 32 rows, float32 1.12x at 512, bfloat16 ~1.05x from 64 up; BENCHMARKS.md.)
 HEAD_LOSS_ROWS = 512
-# The (positions, vocab) tensor a training step computes its logits and their gradient in, kept for the next step
-# (gradient_buffer).
+# In float32 the head's rows are multiplied as a matrix of a multiple of HEAD_PAD rows, zeros after the 50,257
+# real ones, whose logits are set to -inf before the softmax: the loss and the gradients are those over the real
+# tokens, bit for bit (tested), and the products run faster with rows a multiple of 64. Paired rounds of the cpu
+# preset's steps (bench_cpu_step.py --head-pad, BENCHMARKS.md "The head padded to 50,304 rows"): float32 1.13x at
+# 16 x 64 and 1.12x at 16 x 128; with MKL and ATen held to AVX2 (the kind that trains in float32) 1.17x at 16 x 64
+# and 1.15x at 8 x 64. bfloat16 gained 1.01-1.02x and its losses moved by the rounding, so it stays unpadded.
+# The model, its checkpoints, generation and the export keep the 50,257 rows.
+HEAD_PAD = 64
+# The tensors a training step reuses, kept for the next step: the (positions, vocab) one it computes its logits
+# and their gradient in (gradient_buffer), and the padded head (padded_head).
 _KEPT: dict[str, torch.Tensor] = {}
 
 
@@ -36,14 +44,17 @@ class _HeadLoss(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, grad_enabled: bool) -> torch.Tensor:
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
-        hl, wl = h.to(dtype), w.to(dtype)  # (N, C), (V, C) the matmul inputs, as autocast would cast them
+        v, hl = w.size(0), h.to(dtype)  # (N, C) the matmul input, as autocast would cast it
+        # (Vp, C): in float32 the head, then zero rows to a multiple of HEAD_PAD; else the head cast (Vp = V)
+        wp = padded_head(w) if dtype == torch.float32 else w.to(dtype)
+        wl = wp[:v]  # (V, C) the head itself, cast as autocast would
         keep = targets != -1  # (N,)
         n = keep.sum().clamp(min=1).float()  # positions scored
         want_grad = grad_enabled and any(ctx.needs_input_grad[:2])  # not under no_grad (evaluation)
         if not want_grad and not torch.compiler.is_compiling():
             _KEPT.clear()  # evaluation's chunks take the training buffer's memory: the peak stays where it was
         # (N, V): each chunk's logits, then its gradient
-        grad_logits = gradient_buffer(h.size(0), w.size(0), dtype, h.device) if want_grad else None
+        grad_logits = gradient_buffer(h.size(0), wp.size(0), dtype, h.device) if want_grad else None
         # Without a gradient (evaluation) a bfloat16 / float16 chunk's softmax runs on a float32 copy, for an exact
         # loss; with one, in place in the gradient buffer, in bfloat16 (the kernel sums in float32).
         to_float = dtype != torch.float32 and not want_grad
@@ -54,7 +65,8 @@ class _HeadLoss(torch.autograd.Function):
         per_chunk = max(h.size(0), 1) if want_grad else HEAD_LOSS_ROWS
         for s in range(0, h.size(0), per_chunk):
             rows = slice(s, s + per_chunk)
-            e = torch.mm(hl[rows], wl.t(), out=grad_logits[rows] if want_grad else None)  # (R, V) logits
+            e = torch.mm(hl[rows], wp.t(), out=grad_logits[rows] if want_grad else None)  # (R, Vp) logits
+            e[:, v:] = -torch.inf  # the padding's logits: probability exactly 0, and so gradient 0
             if to_float:
                 e = e.float()
             k = keep[rows, None]  # (R, 1)
@@ -67,11 +79,11 @@ class _HeadLoss(torch.autograd.Function):
                 if not k.all():
                     e.masked_fill_(~k, 0)  # ignored positions give no gradient
         if want_grad:
-            grad_h = torch.mm(grad_logits, wl)  # (N, C)
+            grad_h = torch.mm(grad_logits, wp)  # (N, C)
             if dtype == torch.float32:
-                grad_w = torch.mm(grad_logits.t(), hl)  # (V, C)
+                grad_w = torch.mm(grad_logits.t(), hl)[:v]  # (V, C): the padding's rows (zeros) left out
             else:  # bfloat16 (oneDNN) is faster as (C, N) @ (N, V), float32 (MKL) as above
-                grad_w = torch.mm(hl.t(), grad_logits).t()
+                grad_w = torch.mm(hl.t(), grad_logits).t()[:v]
             # Divided by n here, in (N, C) and (V, C) and in float32 (h's and w's dtype under autocast), not over
             # (N, V): a pass saved. (One copy: the cast writes grad_w in w's row-major layout, whatever the
             # product left.)
@@ -84,6 +96,21 @@ class _HeadLoss(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors  # (N, C), (V, C)
         return grad_h * grad_loss, grad_w * grad_loss, None, None
+
+
+def padded_head(w: torch.Tensor) -> torch.Tensor:
+    """w (V, C) in the first V rows of a float32 (Vp, C) matrix, Vp the next multiple of HEAD_PAD, whose other rows
+    are zeros. On a CPU the same matrix every step, w copied into it."""
+    v, c = w.shape
+    vp = -(-v // HEAD_PAD) * HEAD_PAD
+    reuse = w.device.type == "cpu" and not torch.compiler.is_compiling()
+    kept = _KEPT.get("head") if reuse else None
+    if kept is None or kept.shape != (vp, c):
+        kept = torch.zeros(vp, c, dtype=torch.float32, device=w.device)
+        if reuse:
+            _KEPT["head"] = kept
+    kept[:v].copy_(w)
+    return kept
 
 
 def gradient_buffer(n: int, v: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -99,7 +126,7 @@ def gradient_buffer(n: int, v: int, dtype: torch.dtype, device: torch.device) ->
         return torch.empty(n, v, dtype=dtype, device=device)
     kept = _KEPT.get("grad_logits")
     if kept is None or kept.dtype != dtype or kept.numel() < n * v:
-        _KEPT.clear()  # the old buffer goes before the new one comes: never two
+        _KEPT.pop("grad_logits", None)  # the old buffer goes before the new one comes: never two
         kept = _KEPT["grad_logits"] = torch.empty(n * v, dtype=dtype, device=device)
     return kept[: n * v].view(n, v)
 

@@ -205,6 +205,14 @@ def test_bench_cpu_step_compares_shapes_as_shares_of_the_first(tiny_data_dir, ca
         bench_cpu_step.parse_shapes("16x")
 
 
+def test_bench_cpu_step_times_the_padded_head_against_the_plain_one_with_the_same_losses(tiny_data_dir, capsys):
+    bench_cpu_step.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--dtypes", "float32", "--rounds", "2",
+                         "--steps", "1", "--head-pad", "--shapes", "2x32"])
+    printed = capsys.readouterr().out
+    assert re.search(rf"^float32 +2x32 +{NUMBER} +{NUMBER} +{NUMBER}x +same$", printed, re.M), printed
+    assert bench_cpu_step.head_loss.HEAD_PAD == 64  # put back
+
+
 def test_bench_attention_compares_the_kernels_in_whole_steps(tiny_data_dir, capsys):
     bench_attention.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--rounds", "1", "--steps", "1"])
     printed = capsys.readouterr().out

@@ -491,6 +491,35 @@ def test_a_kept_target_whose_probability_underflows_still_scores_its_exact_loss(
         torch.testing.assert_close(g, x, rtol=1e-6 if dtype is None else 1e-2, atol=0 if dtype is None else 1e-2)
 
 
+def test_the_head_padded_to_a_multiple_of_64_rows_changes_no_number(monkeypatch):
+    """In float32 the head loss multiplies GPT-2's 50,257 rows as 50,304 (zeros after the real ones, their logits
+    -inf): the loss and the gradients are those of the unpadded head bit for bit, and the gradient of w keeps its
+    50,257 rows; the padding rows stay zeros. Under bfloat16 autocast the head is not padded."""
+    monkeypatch.setattr(head_loss_module, "_KEPT", {})
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(50257, 16, generator=g) * 0.3).requires_grad_()
+    h = torch.randn(24, 16, generator=g, requires_grad=True)
+    t = torch.randint(0, 50257, (24,), generator=g)
+    t[:3] = -1
+    results = []
+    for pad in (1, 64):
+        monkeypatch.setattr(head_loss_module, "HEAD_PAD", pad)
+        h.grad = w.grad = None
+        loss = head_loss_module.head_loss(h, w, t)
+        loss.backward()
+        results.append((loss.detach(), h.grad.clone(), w.grad.clone()))
+        assert head_loss_module._KEPT["grad_logits"].numel() == 24 * (50304 if pad == 64 else 50257)
+    assert head_loss_module._KEPT["head"].shape == (50304, 16) and not head_loss_module._KEPT["head"][50257:].any()
+    assert results[1][2].shape == w.shape
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    want = torch.nn.functional.cross_entropy(h.detach() @ w.detach().T, t, ignore_index=-1)
+    assert results[1][0].item() == pytest.approx(want.item(), rel=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        head_loss_module.head_loss(h, w, t).backward()
+    assert head_loss_module._KEPT["grad_logits"].numel() == 24 * 50257  # a new buffer: bfloat16, unpadded
+
+
 def test_training_steps_compute_the_head_in_one_kept_buffer_and_its_reuse_changes_no_number(monkeypatch):
     """The (N, V) logits-and-gradient tensor is the same memory from step to step (no fresh 200 MB to page in),
     grown for a larger step and replaced for another dtype, never two at once, and let go for an evaluation
@@ -505,12 +534,13 @@ def test_training_steps_compute_the_head_in_one_kept_buffer_and_its_reuse_change
         head_loss_module.head_loss(h, w, t)
         pointers.append(head_loss_module._KEPT["grad_logits"].data_ptr())
     assert pointers[0] == pointers[1] != pointers[2]  # kept; then grown for 40 rows
-    assert head_loss_module._KEPT["grad_logits"].numel() == 40 * 50
+    assert head_loss_module._KEPT["grad_logits"].numel() == 40 * 64  # the 50 tokens' head padded to 64 rows
     head_loss_module.head_loss(hs[0], w, ts[0])  # a smaller step takes the front of the larger buffer
     assert head_loss_module._KEPT["grad_logits"].data_ptr() == pointers[2]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         head_loss_module.head_loss(hs[0], w, ts[0])
-    assert [b.dtype for b in head_loss_module._KEPT.values()] == [torch.bfloat16]
+    assert {k: b.dtype for k, b in head_loss_module._KEPT.items()} == {"grad_logits": torch.bfloat16,
+                                                                      "head": torch.float32}  # bf16: unpadded
     with torch.no_grad():
         head_loss_module.head_loss(hs[2], w, ts[2])  # evaluation: no gradient; its chunks take the buffer's memory
     assert head_loss_module._KEPT == {}
