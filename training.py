@@ -353,7 +353,7 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume: bool = False, stop_after: i
     try:
         with StopRequest(run.say) as stop:
             while True:
-                due = evaluation_due(run.step, run.tc) or run.finished or stopped == "time"
+                due = evaluation_due(run.step, run.tc.max_iters, run.tc.eval_interval) or run.finished or stopped == "time"
                 if due and run.step != evaluated_at:
                     evaluate_and_save(run)
                     evaluated_at = run.step

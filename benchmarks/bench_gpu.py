@@ -88,7 +88,8 @@ def run_case(name: str, device: str, steps: int, cap_gib: float, data_dir: str, 
     summary = training.main(argv)
     losses = [loss for _, loss in summary["losses"]]
     tenth = max(1, len(losses) // 10)
-    tokens_per_s = seen["tokens"] / (sum(steady(times, steps)) / len(steady(times, steps)))
+    timed = steady(times, steps)
+    tokens_per_s = seen["tokens"] * len(timed) / sum(timed)
     peak, _ = mfu_peak(device, None)
     cuda = device.startswith("cuda")
     return {"case": name, "device": torch.cuda.get_device_name(device) if cuda else "cpu",

@@ -27,13 +27,13 @@ BUDGET_OVERRUN = 0.05  # a budget run this far past its minutes (the machine slo
 NEAR_END = 10  # a periodic evaluation under eval_interval // NEAR_END steps before the end is left to the final one
 
 
-def evaluation_due(step: int, tc: TrainConfig) -> bool:
+def evaluation_due(step: int, max_iters: int, eval_interval: int) -> bool:
     """Whether the periodic evaluation falls at this step: at step 0 and every eval_interval steps, except one
     so close before max_iters (under eval_interval // NEAR_END steps) that the final evaluation follows at
     once. A 2-core bf16 run fixed at 1,512 steps evaluated at 1,500 and again at 1,512: ~5 s, ~12 steps."""
-    if step % tc.eval_interval:
+    if step % eval_interval:
         return False
-    return step == 0 or not 0 < tc.max_iters - step < tc.eval_interval // NEAR_END
+    return step == 0 or not 0 < max_iters - step < eval_interval // NEAR_END
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, at_step: int = 0):
@@ -126,9 +126,9 @@ def steps_that_fit(step: int, seconds: float, step_s: float, eval_s: float, eval
     step_s = max(step_s, 1e-9)
 
     def cost(n: int) -> float:
-        last = n - n % eval_interval  # the last multiple of eval_interval; left out if just before the end
+        last = n - n % eval_interval  # the last multiple of eval_interval: the only one that can be left out
         evals = n // eval_interval - step // eval_interval + (n % eval_interval != 0)
-        evals -= last > step and 0 < n - last < eval_interval // NEAR_END
+        evals -= last > step and not evaluation_due(last, n, eval_interval)
         quarter, half = (min(n, end) for end in ends(n))
         spans = (max(0, quarter - step), max(0, half - max(step, quarter)), n - max(step, half))
         return sum(steps * c for steps, c in zip(spans, costs)) * step_s + evals * eval_s

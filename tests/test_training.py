@@ -680,7 +680,7 @@ def test_cpu_training_uses_fused_adamw_with_the_same_steps_as_foreach():
 
 
 def test_an_evaluation_just_before_the_end_is_left_to_the_final_one(tiny_data_dir, tmp_path):
-    due = lambda step, n: schedule.evaluation_due(step, TrainConfig(max_iters=n, eval_interval=500))  # noqa: E731
+    due = lambda step, n: schedule.evaluation_due(step, n, 500)  # noqa: E731
     assert [s for s in range(0, 1600, 250) if due(s, 1512)] == [0, 500, 1000]  # 1,500: 12 steps before the end
     assert due(1500, 1550) and due(1500, 1500) and not due(1500, 1549)  # 50 steps (a tenth) apart: both run
     assert due(0, 30)  # the first evaluation always runs
