@@ -56,8 +56,8 @@ from slm.checkpoint import (BEST_FILE, CKPT_FILE, check_checkpoint_space, config
 from slm.cli import CLIError, StopRequest, run_cli
 from slm.distributed import Dist, global_batch
 from slm.files import atomic_torch_save, dir_lock
-from slm.hardware import (Machine, autocast, compile_problem, detect_machine, fused_adamw, keep_freed_memory,
-                          pick_device, synchronize)
+from slm.hardware import (Machine, autocast, compile_problem, detect_machine, fork_rng, fused_adamw,
+                          keep_freed_memory, pick_device, synchronize)
 from slm.plan import make_plan, resolve_dtype, shrink_until_it_fits
 from slm.plot import redraw
 from slm.progress import LOG_FILE, PLOT_FILE, Speedometer, announce, print_end, progress_bar
@@ -191,10 +191,10 @@ def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
 def trial_pass(run: Run, model, batch_size: int, dtype: str, parts: int = 1) -> None:
     """One forward and backward of batch_size sequences (each cut in `parts`) that changes nothing the run
     keeps: no optimizer step, the gradients dropped, the batch from a generator of its own, and dropout's
-    draws inside fork_rng (the global CPU and CUDA generators come back as they were)."""
+    draws inside fork_rng (the global CPU, CUDA and MPS generators come back as they were)."""
     x, y = run.batches.get_batch("train", batch_size, generator=torch.Generator().manual_seed(0))
     x, y = cut_windows(x, y, parts)
-    with torch.random.fork_rng(devices=[run.device] if run.device.startswith("cuda") else []):
+    with fork_rng(run.device):
         with autocast(run.device, dtype):
             _, loss = model(x, y, return_logits=keep_logits(run.device))
         loss.backward()

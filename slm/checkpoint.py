@@ -244,6 +244,8 @@ def rng_state(batch_gen: torch.Generator) -> dict:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():  # dropout on an Apple GPU draws from its own generator
+        state["mps"] = torch.mps.get_rng_state()
     return state
 
 
@@ -263,6 +265,8 @@ def set_rng_state(state: dict, batch_gen: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "mps" in state and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps"])
     batch_gen.set_state(state["batches"])
 
 

@@ -182,3 +182,50 @@ def test_synchronize_waits_for_the_accelerator_the_calibration_times(tiny_data_d
     training.trial_pass(run, run.model, 2, "float32")
     training.trial_pass(run, run.model, 2, "float32", parts=2)
     assert passes == ["cpu", "cpu"]
+
+
+def fake_generator(monkeypatch, module, device_default):
+    """A stand-in for an accelerator's global generator (this CPU has none): its state is one tensor."""
+    state = {"now": torch.tensor([1], dtype=torch.uint8)}
+    monkeypatch.setattr(module, "get_rng_state", lambda device=device_default: state["now"].clone())
+    monkeypatch.setattr(module, "set_rng_state", lambda new, device=device_default: state.update(now=new.clone()))
+    return state
+
+
+@pytest.mark.parametrize("device, module", [("mps", "mps"), ("cuda:1", "cuda")])
+def test_the_calibrations_dropout_leaves_the_devices_generator_as_it_was(device, module, monkeypatch):
+    # A trial pass draws dropout masks from the device's generator; a run's own draws must not move. On a Mac
+    # the calibration forked only the CPU's generator, so the run after it was not the one its flags name.
+    state = fake_generator(monkeypatch, getattr(torch, module), device.split(":")[0])
+    cpu_before = torch.get_rng_state()
+    with hardware.fork_rng(device):
+        state["now"] = torch.tensor([9], dtype=torch.uint8)  # what dropout's draws would do
+        torch.rand(3)
+    assert state["now"].tolist() == [1] and torch.equal(torch.get_rng_state(), cpu_before)
+
+
+def test_each_trial_pass_runs_inside_its_devices_fork(tiny_data_dir, tmp_path, monkeypatch):
+    forked = []
+    real = training.fork_rng
+    monkeypatch.setattr(training, "fork_rng", lambda device: (forked.append(device), real(device))[1])
+    mc = PRESETS["smoke"].model
+    tc = replace(PRESETS["smoke"].train, data_dir=str(tiny_data_dir), out_dir=str(tmp_path / "out"), max_iters=1,
+                 eval_interval=1, eval_iters=1, batch_size=2, warmup_iters=1)
+    run = training.build_run(mc, tc, resume=False, preset="smoke", given=frozenset(), samples=False)
+    before = torch.get_rng_state()
+    training.trial_pass(run, run.model, 2, "float32")
+    assert forked == ["cpu"] and torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_checkpoint_keeps_an_apple_gpus_generator_so_a_resumed_run_draws_the_same_dropout(monkeypatch, tmp_path):
+    from slm.checkpoint import rng_state, set_rng_state
+
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    state = fake_generator(monkeypatch, torch.mps, "mps")
+    state["now"] = torch.tensor([7, 7], dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    torch.save(rng_state(gen), tmp_path / "rng.pt")
+    saved = torch.load(tmp_path / "rng.pt", weights_only=True)
+    state["now"] = torch.tensor([0], dtype=torch.uint8)  # the steps after the save drew from it
+    set_rng_state(saved, gen)
+    assert state["now"].tolist() == [7, 7]
