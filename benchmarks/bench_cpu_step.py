@@ -183,12 +183,7 @@ def compare_head_pad(mc, data_dir: str, dtypes: list[str], shapes: list[tuple[in
                 def run() -> float:
                     head_loss.HEAD_PAD = rows
                     try:
-                        for _ in range(2):
-                            losses[rows].append(step())
-                        t0 = time.perf_counter()
-                        for _ in range(steps):
-                            losses[rows].append(step())
-                        return (time.perf_counter() - t0) / steps
+                        return time_steps(lambda: losses[rows].append(step()), steps)
                     finally:
                         head_loss.HEAD_PAD = pad
                 return run
