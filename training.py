@@ -120,6 +120,8 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
     optimizer and schedule; the checkpoint's state when resuming; then compile and DDP. Nothing is written."""
     t_start = time.time()
     device = pick_device(tc.device)
+    if tc.dtype == "float16" and not device.startswith("cuda"):  # before the calibration: float16 on a CPU crawls
+        raise CLIError(f"--dtype float16 needs a CUDA GPU (GradScaler); on {device} use float32 or bfloat16")
     dist = Dist(device)
     if dist.device == "cpu":
         keep_freed_memory()
@@ -140,8 +142,6 @@ def build_run(mc: GPTConfig, tc: TrainConfig, *, resume: bool, preset: str | Non
     run.tc = plan.apply(run.tc)
     run.say(plan.line(machine))
     run.glimpse = Glimpse(run.device, run.tc.dtype, tc.seed) if samples and dist.master else None
-    if run.tc.dtype == "float16" and not run.device.startswith("cuda"):
-        raise CLIError(f"--dtype float16 needs a CUDA GPU (GradScaler); on {run.device} use float32 or bfloat16")
     run.optimizer = make_optimizer(run.raw_model, run.tc, run.device)
     run.average = WeightAverage(run.raw_model, run.tc.ema) if run.tc.ema > 0 else None
     if dist.master:  # a run that cannot save its checkpoints must not train first

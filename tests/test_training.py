@@ -820,14 +820,18 @@ def test_every_preset_passes_its_checks_and_builds_its_model(name):
         assert model.num_params() == 51_213_824 and p.train.compile and p.train.dtype == "auto"
 
 
-def test_float16_without_cuda_is_a_one_line_refusal(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("preset", ["smoke", "cpu"])
+def test_float16_without_cuda_is_a_one_line_refusal(tiny_data_dir, tmp_path, capsys, preset):
     if torch.cuda.is_available():
         pytest.skip("CUDA is available here: float16 is allowed")
     with pytest.raises(CLIError) as e:
-        training.main(["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "o"),
+        training.main(["--preset", preset, "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "o"),
                        "--dtype", "float16"])
     assert "--dtype float16 needs a CUDA GPU" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "o").exists()
+    # refused before the time budget's calibration (cpu), whose float16 passes on a CPU took ~30 s each here
+    out = capsys.readouterr().out
+    assert "recipe:" not in out and "plan for" not in out
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
