@@ -82,8 +82,9 @@ class _HeadLoss(torch.autograd.Function):
             grad_h = torch.mm(grad_logits, wp)  # (N, C)
             if dtype == torch.float32:
                 grad_w = torch.mm(grad_logits.t(), hl)[:v]  # (V, C): the padding's rows (zeros) left out
-            else:  # bfloat16 (oneDNN) is faster as (C, N) @ (N, V), float32 (MKL) as above
-                grad_w = torch.mm(hl.t(), grad_logits).t()[:v]
+            else:  # bfloat16 (oneDNN) is faster as (C, N) @ (N, V), float32 (MKL) as above, and with the (C, N)
+                # operand laid out in its own rows: hl.t() copied (0.5 MB at 16 x 128), not a transposed view
+                grad_w = torch.mm(hl.t().contiguous(), grad_logits).t()[:v]
             # Divided by n here, in (N, C) and (V, C) and in float32 (h's and w's dtype under autocast), not over
             # (N, V): a pass saved. (One copy: the cast writes grad_w in w's row-major layout, whatever the
             # product left.)
