@@ -81,12 +81,14 @@ def check_settings(mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flo
     if not (0 <= tc.min_lr <= tc.learning_rate):
         raise CLIError(f"--min-lr {tc.min_lr} must be between 0 and the peak --learning-rate {tc.learning_rate}, "
                        "so the schedule decays")
+    if tc.warmup_iters < 0:
+        raise CLIError(f"--warmup-iters {tc.warmup_iters} must not be negative (0 = no warmup)")
     if tc.max_minutes > 0 and tc.warmup_iters < PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS:
         raise CLIError(f"--warmup-iters {tc.warmup_iters} is too short for --max-minutes {tc.max_minutes}: the step "
                        f"count is fixed by timing the first {PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS} warmup "
                        "steps; use more warmup, or a set step count with --max-iters N --max-minutes 0")
-    if tc.max_minutes == 0 and not (0 <= tc.warmup_iters < tc.max_iters):
-        raise CLIError(f"--warmup-iters {tc.warmup_iters} must be at least 0 and below --max-iters {tc.max_iters}")
+    if tc.max_minutes == 0 and tc.warmup_iters >= tc.max_iters:
+        raise CLIError(f"--warmup-iters {tc.warmup_iters} must be below --max-iters {tc.max_iters}")
     if tc.weight_decay < 0:
         raise CLIError(f"--weight-decay {tc.weight_decay} must not be negative")
     for flag, beta in (("--beta1", tc.beta1), ("--beta2", tc.beta2)):
