@@ -107,12 +107,22 @@ def phase_costs(tc: TrainConfig, whole_s: float, time_passes: Callable[[list[int
     return first, tuple(seconds.get(parts, first) / first for parts in (4, 2, 1))
 
 
-def short_context_note(tc: TrainConfig, block_size: int, step: int) -> str:
-    """What an evaluation line adds while a run trains on cut windows ("" otherwise)."""
+def short_context_note(tc: TrainConfig, block_size: int, step: int, count_fixed: bool = True) -> str:
+    """What an evaluation line adds while a run trains on cut windows ("" otherwise). Before a time budget has
+    fixed the step count (count_fixed False: step 0's evaluation) the phases' ends are not known yet, so the
+    note gives their shares of the steps, not steps that would change once the count is fixed."""
+    why = ": the validation windows' later positions are not trained yet)"
+    if not count_fixed:
+        quarter, half = tc.quarter_context, tc.short_context
+        parts = [f"context {block_size // 4} for the first {quarter:.0%} of the steps"] if quarter > 0 else []
+        if half > quarter:
+            parts.append(f"{block_size // 2} until {half:.0%}" if parts else
+                         f"context {block_size // 2} for the first {half:.0%} of the steps")
+        return f" ({' and '.join(parts)}, of the count the time budget fixes after warmup{why}" if parts else ""
     ahead = [f"context {before} until step {end}" for end, before, _ in context_switches(tc, block_size) if step < end]
     if not ahead:
         return ""
-    return f" ({', '.join(ahead)}: the validation windows' later positions are not trained yet)"
+    return f" ({', '.join(ahead)}{why}"
 
 
 def steps_that_fit(step: int, seconds: float, step_s: float, eval_s: float, eval_interval: int,

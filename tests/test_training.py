@@ -565,6 +565,27 @@ def test_the_time_budget_fixes_the_step_count_and_the_cosine_ends_at_min_lr(tiny
     assert ckpt["schedule"]["max_iters"] == ckpt["train_config"]["max_iters"] == 48
 
 
+def test_before_the_budget_fixes_the_count_the_short_phases_are_told_as_shares_not_steps(tiny_data_dir, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """Step 0's evaluation comes before the count is fixed: it used to name the phases' ends from the preset's
+    unused max_iters (a cpu run read "context 32 until step 375", then had the switch at 400)."""
+    fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET, quarter_context=0.25, short_context=0.5)
+    s = training.train(mc, tc, progress=False)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    T, why = mc.block_size, ": the validation windows' later positions are not trained yet)"
+    assert lines[0].endswith(f"(context {T // 4} for the first 25% of the steps and {T // 2} until 50%, of the count "
+                             f"the time budget fixes after warmup{why}")
+    fixed = replace(tc, max_iters=s["max_iters"])
+    quarter, half = phase_ends(fixed)
+    assert lines[1].startswith("step 20:") and 20 < half, "the second evaluation still trains on cut windows"
+    assert lines[1].endswith(schedule.short_context_note(fixed, T, 20)) and f"until step {half}" in lines[1]
+    alone = replace(tc, quarter_context=0.0)
+    assert schedule.short_context_note(alone, T, 0, count_fixed=False).startswith(
+        f" (context {T // 2} for the first 50% of the steps, of the count")
+    assert schedule.short_context_note(replace(alone, short_context=0.0), T, 0, count_fixed=False) == ""
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_the_step_count_is_fixed_without_an_evaluation_of_its_own_where_step_0s_time_will_do(
         tiny_data_dir, tmp_path, monkeypatch, compiled):
