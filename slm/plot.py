@@ -94,7 +94,7 @@ def plot_run(path: Path, history: list[dict], steps: list[dict], title: str, ema
                 transform=ax.get_xaxis_transform(), ha="left", va="top", fontsize=8, color="0.35")
     ax.set_ylabel("cross-entropy loss (log scale)")
     title = "\n".join(textwrap.fill(line, 110) for line in title.splitlines())
-    ax.set_title(title, fontsize=9, y=1, pad=30)  # placed above the tokens axis, not measured to be
+    ax.set_title(title, fontsize=9, y=1, pad=38)  # above the tokens axis and its label (30 touched it), not measured
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     tokens_axis(ax, history)

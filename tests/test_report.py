@@ -202,6 +202,34 @@ def test_the_plots_legend_says_when_the_evaluations_scored_the_weights_average()
                                 "validation loss, the weights' average (--ema 0.99), fixed batches"]
 
 
+@pytest.mark.parametrize("source", ["", "trained on TinyStories from the Hugging Face hub",
+                                    "trained on the TinyStories sample bundled in sample_data/tinystories (real stories, "
+                                    "4,042 train stories; the hub could not be reached)"])
+def test_the_plots_title_stands_clear_above_the_tokens_axis_and_inside_the_figure(tmp_path, monkeypatch, source):
+    """A cpu run's title wraps to three lines; at the old pad (30 points) its last line sat 2 pixels above the
+    tokens axis's label, and read as touching it."""
+    import matplotlib.pyplot as plt
+
+    drawn = []
+    monkeypatch.setattr(plt, "close", drawn.append)  # keep the figure plot_run draws, to measure its texts
+    history = [{"step": s, "train_loss": 10.8 / (1 + s / 100), "val_loss": 10.9 / (1 + s / 100), "tokens": 2048 * s,
+                "lr": 1e-3} for s in (0, 500, 1000, 1601)]
+    steps = [{"step": s, "train_loss": 10.8 / (1 + s / 100), "lr": 1e-3} for s in range(1, 1602)]
+    title = "4 layers x 128 wide, context 128, 7.2M parameters, 2,048 tokens per step" + (f"\n{source}" if source else "")
+    plot.plot_run(tmp_path / "loss.png", history, steps, title, 0.99, switches=[(400, 32, 64), (800, 64, 128)])
+    (fig,) = drawn
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    (tokens,) = ax.child_axes
+    title_box = ax.title.get_window_extent(renderer)
+    label_box = tokens.xaxis.label.get_window_extent(renderer)
+    assert tokens.xaxis.label.get_text().startswith("tokens seen")
+    half_line = ax.title.get_fontsize() * fig.dpi / 72 / 2  # pixels
+    assert title_box.y0 - label_box.y1 >= half_line, "the title's last line stands clear of the tokens axis's label"
+    assert title_box.y1 < fig.bbox.y1 and 0 < title_box.x0 and title_box.x1 < fig.bbox.x1, "the title is whole"
+    plt.close(fig)
+
+
 def test_plot_only_without_a_log_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "training.py", "--plot-only", str(tmp_path)], cwd=REPO, capture_output=True,
                        text=True)
