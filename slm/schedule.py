@@ -114,11 +114,12 @@ def short_context_note(tc: TrainConfig, block_size: int, step: int, count_fixed:
     why = ": the validation windows' later positions are not trained yet)"
     if not count_fixed:
         quarter, half = tc.quarter_context, tc.short_context
-        parts = [f"context {block_size // 4} for the first {quarter:.0%} of the steps"] if quarter > 0 else []
+        warmup = f" and at least warmup's {tc.warmup_iters}" if tc.warmup_iters else ""  # share_steps' floor
+        parts = [f"context {block_size // 4} for the first {quarter:.0%} of the steps{warmup}"] if quarter > 0 else []
         if half > quarter:
             parts.append(f"{block_size // 2} until {half:.0%}" if parts else
-                         f"context {block_size // 2} for the first {half:.0%} of the steps")
-        return f" ({' and '.join(parts)}, of the count the time budget fixes after warmup{why}" if parts else ""
+                         f"context {block_size // 2} for the first {half:.0%} of the steps{warmup}")
+        return f" ({', '.join(parts)}, of the count the time budget fixes after warmup{why}" if parts else ""
     ahead = [f"context {before} until step {end}" for end, before, _ in context_switches(tc, block_size) if step < end]
     if not ahead:
         return ""

@@ -574,15 +574,15 @@ def test_before_the_budget_fixes_the_count_the_short_phases_are_told_as_shares_n
     s = training.train(mc, tc, progress=False)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     T, why = mc.block_size, ": the validation windows' later positions are not trained yet)"
-    assert lines[0].endswith(f"(context {T // 4} for the first 25% of the steps and {T // 2} until 50%, of the count "
-                             f"the time budget fixes after warmup{why}")
+    assert lines[0].endswith(f"(context {T // 4} for the first 25% of the steps and at least warmup's 5, "
+                             f"{T // 2} until 50%, of the count the time budget fixes after warmup{why}")
     fixed = replace(tc, max_iters=s["max_iters"])
-    quarter, half = phase_ends(fixed)
+    _, half = phase_ends(fixed)
     assert lines[1].startswith("step 20:") and 20 < half, "the second evaluation still trains on cut windows"
     assert lines[1].endswith(schedule.short_context_note(fixed, T, 20)) and f"until step {half}" in lines[1]
     alone = replace(tc, quarter_context=0.0)
     assert schedule.short_context_note(alone, T, 0, count_fixed=False).startswith(
-        f" (context {T // 2} for the first 50% of the steps, of the count")
+        f" (context {T // 2} for the first 50% of the steps and at least warmup's 5, of the count")
     assert schedule.short_context_note(replace(alone, short_context=0.0), T, 0, count_fixed=False) == ""
 
 
