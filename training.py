@@ -295,7 +295,7 @@ def evaluate_and_save(run: Run) -> None:
         save_resume_state(run)
         save_progress(run)
         run.save_s = time.time() - t_save
-        note = short_context_note(run.tc, run.mc.block_size, run.step, count_fixed=run.budget is None)
+        note = short_context_note(run.tc, run.mc.block_size, run.step, count_fixed=run.schedule is not None)
         run.say(f"step {run.step}: train loss {losses['train']:.4f}, validation loss {losses['validation']:.4f}"
                 f"{' (best)' if is_best else ''}{note}" + (f"\nsample: {sample}" if sample else ""))
     run.eval_s = time.time() - t0

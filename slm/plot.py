@@ -164,7 +164,8 @@ def redraw(out_dir: str | Path) -> Path:
     ckpt = load_checkpoint(out / CKPT_FILE, mmap=True) if (out / CKPT_FILE).is_file() else {}
     saved = ckpt.get("train_config") or {}  # the run's settings (absent ones at TrainConfig's defaults)
     tc = TrainConfig(**{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}})
-    switches = context_switches(tc, ckpt["config"]["block_size"]) if saved else None  # where its context changed
+    fixed = ckpt.get("schedule", {}) is not None  # None: stopped in a time budget's probe, the count not fixed yet
+    switches = context_switches(tc, ckpt["config"]["block_size"]) if saved and fixed else None  # where it changed
     plot_run(out / PLOT_FILE, history, steps, title, tc.ema, switches=switches)  # ema: evaluations scored the average
     return out / PLOT_FILE
 

@@ -34,8 +34,9 @@ def save_progress(run) -> None:
     write_steps(run.out_dir / STEPS_FILE, run.steps)
     if run.history:
         title = plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, run.facts)
+        fixed = run.schedule is not None  # a time budget's probe: the phases' ends are not known yet, none drawn
         plot_run(run.out_dir / PLOT_FILE, run.history, [dict(zip(STEP_FIELDS, r)) for r in run.steps], title,
-                 run.tc.ema, switches=context_switches(run.tc, run.mc.block_size))
+                 run.tc.ema, switches=context_switches(run.tc, run.mc.block_size) if fixed else None)
     run.shown = (len(run.history), len(run.steps))
 
 

@@ -569,6 +569,9 @@ def test_before_the_budget_fixes_the_count_the_short_phases_are_told_as_shares_n
                                                                                         monkeypatch, capsys):
     """Step 0's evaluation comes before the count is fixed: it used to name the phases' ends from the preset's
     unused max_iters (a cpu run read "context 32 until step 375", then had the switch at 400)."""
+    import slm.plot
+    import slm.report
+
     fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET, quarter_context=0.25, short_context=0.5)
     s = training.train(mc, tc, progress=False)
@@ -584,6 +587,19 @@ def test_before_the_budget_fixes_the_count_the_short_phases_are_told_as_shares_n
     assert schedule.short_context_note(alone, T, 0, count_fixed=False).startswith(
         f" (context {T // 2} for the first 50% of the steps and at least warmup's 5, of the count")
     assert schedule.short_context_note(replace(alone, short_context=0.0), T, 0, count_fixed=False) == ""
+
+    # Nor does loss.png mark the switches where the unused count would put them, as drawn then or redrawn from a
+    # run stopped inside the probe; once the count is fixed, it marks them where they are.
+    drawn = []
+    monkeypatch.setattr(slm.report, "plot_run", lambda *a, switches=None: drawn.append(switches))
+    mc, tc = smoke(tiny_data_dir, tmp_path / "probe", **BUDGET, quarter_context=0.25, short_context=0.5)
+    assert training.train(mc, tc, progress=False, stop_after=3)["schedule"] is None
+    assert drawn and all(d is None for d in drawn)
+    monkeypatch.setattr(slm.plot, "plot_run", lambda *a, switches=None: drawn.append(switches))
+    training.main(["--plot-only", tc.out_dir])
+    assert drawn[-1] is None
+    training.main(["--plot-only", str(tmp_path / "out")])
+    assert drawn[-1] == context_switches(fixed, T)
 
 
 @pytest.mark.parametrize("compiled", [False, True])
