@@ -4,11 +4,12 @@
     x, y = batches.get_batch("train", batch_size=32, generator=torch.Generator().manual_seed(0))
     # x: int64 (32, 128) token windows; y: the same windows one token further on (the targets)
 
-meta.json is checked once, when the object is made: GPT-2 uint16 tokens, each .bin exactly as long as
-meta.json counts (sha256 too with verify_sha256=True), each split longer than block_size tokens. Each
-.bin is opened once as a read-only np.memmap and kept: every batch is one fancy-index gather out of it,
-so memory does not grow with the number of calls (nanoGPT re-opens the memmap on every call to dodge
-a leak). On CUDA the batch goes through pinned memory with non_blocking=True.
+meta.json is checked once, when the object is made: GPT-2 uint16 tokens, each .bin exactly as
+long as meta.json counts (sha256 too with verify_sha256=True), each split longer than block_size
+tokens. Each .bin is opened once as a read-only np.memmap and kept: every batch is one
+fancy-index gather out of it, so memory does not grow with the number of calls (nanoGPT re-opens
+the memmap on every call to dodge a leak). On CUDA the batch goes through pinned memory with
+non_blocking=True.
 """
 
 from __future__ import annotations
@@ -24,9 +25,17 @@ from slm.datafiles import SPLITS, bin_path, file_sha256, read_meta
 
 
 class Batches:
-    """The .bin files of one data directory, memory-mapped once, and random windows of block_size + 1 tokens."""
+    """The .bin files of one data directory, memory-mapped once, and random windows of block_size +
+    1 tokens.
+    """
 
-    def __init__(self, data_dir: str | os.PathLike, block_size: int, device: str = "cpu", verify_sha256: bool = False):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        block_size: int,
+        device: str = "cpu",
+        verify_sha256: bool = False,
+    ):
         if block_size < 1:
             raise CLIError(f"block_size {block_size} must be at least 1")
         self.data_dir = Path(data_dir)
@@ -39,12 +48,16 @@ class Batches:
             path = bin_path(data_dir, split, self.meta)
             info = self.meta["splits"][split]
             if verify_sha256 and file_sha256(path) != info.get("sha256"):
-                raise CLIError(f"{path} does not match the sha256 in meta.json (changed since it was written); "
-                               f"rebuild it with: {fix}")
+                raise CLIError(
+                    f"{path} does not match the sha256 in meta.json (changed since it was "
+                    f"written); rebuild it with: {fix}"
+                )
             if info["tokens"] < block_size + 1:
-                raise CLIError(f"the {split} split has {info['tokens']:,} tokens, too few for one window of block_size + 1 "
-                               f"= {block_size + 1}; use a smaller block size, or more stories (python load_dataset.py "
-                               f"--data-dir {data_dir} ... then {fix})")
+                raise CLIError(
+                    f"the {split} split has {info['tokens']:,} tokens, too few for one window of "
+                    f"block_size + 1 = {block_size + 1}; use a smaller block size, or more "
+                    f"stories (python load_dataset.py --data-dir {data_dir} ... then {fix})"
+                )
             self._data[split] = np.memmap(path, dtype=np.uint16, mode="r")
         self._offsets = np.arange(block_size + 1, dtype=np.int64)  # (T+1,)
         self._pin = str(device).startswith("cuda")
@@ -59,15 +72,21 @@ class Batches:
             raise CLIError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}") from None
 
     def get_batch(self, split: str, batch_size: int, generator: torch.Generator | None = None):
-        """x, y: int64 tensors (batch_size, block_size) on the device; y[:, t] is the token after x[:, t].
-        Window starts are uniform over the split, drawn from generator (the global torch RNG when None)."""
+        """x, y: int64 tensors (batch_size, block_size) on the device; y[:, t] is the token after
+        x[:, t]. Window starts are uniform over the split, drawn from generator (the global torch
+        RNG when None)."""
         data = self._split(split)
-        starts = torch.randint(len(data) - self.block_size, (batch_size,), generator=generator).numpy()  # (B,)
+        # (B,)
+        starts = torch.randint(
+            len(data) - self.block_size, (batch_size,), generator=generator
+        ).numpy()
         windows = data[starts[:, None] + self._offsets]  # (B, T+1) uint16, one gather
         x = torch.from_numpy(windows[:, :-1].astype(np.int64))  # (B, T)
         y = torch.from_numpy(windows[:, 1:].astype(np.int64))  # (B, T)
         if self._pin:
-            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(
+                self.device, non_blocking=True
+            )
         if self.device != "cpu":
             return x.to(self.device), y.to(self.device)
         return x, y

@@ -6,8 +6,8 @@
     python load_dataset.py --source sample --num-stories 500 # the first 500 stories of the bundled sample
 
 writes DATA/raw: a `datasets` DatasetDict with splits train and validation and one column `text`
-(one story per row), and DATA/raw/source.json saying where the stories came from, how many there are
-per split, the sha256 of each split's text and the versions of the tools that wrote it.
+(one story per row), and DATA/raw/source.json saying where the stories came from, how many there
+are per split, the sha256 of each split's text and the versions of the tools that wrote it.
 
 Sources
   hub      datasets.load_dataset("roneneldan/TinyStories"), with its own download progress and cache.
@@ -22,13 +22,15 @@ Sources
   auto     local when --data-files is given; otherwise the hub, and when the hub cannot be reached, one
            line saying so and the bundled sample.
 
-The raw .txt format: stories separated by lines that hold only <|endoftext|>, UTF-8; each story is kept
-exactly but for the whitespace around it (the full rule, and the reader, in slm/storyfiles.py).
+The raw .txt format: stories separated by lines that hold only <|endoftext|>, UTF-8; each story
+is kept exactly but for the whitespace around it (the full rule, and the reader, in
+slm/storyfiles.py).
 
-A rerun with the same inputs does nothing and says so; --force rebuilds. The new raw directory is built
-beside the old one (DATA/raw.partial) and swapped in only when complete and verified: a failure or
-Ctrl-C part-way leaves the previous dataset as it was. A full or read-only disk is one error line that
-names DATA/raw and the space needed and free; local files are checked against the free space first.
+A rerun with the same inputs does nothing and says so; --force rebuilds. The new raw directory is
+built beside the old one (DATA/raw.partial) and swapped in only when complete and verified: a
+failure or Ctrl-C part-way leaves the previous dataset as it was. A full or read-only disk is one
+error line that names DATA/raw and the space needed and free; local files are checked against the
+free space first.
 """
 
 from __future__ import annotations
@@ -46,35 +48,42 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from config import Paths
 from slm.cli import CLIError, first_line, run_cli
 from slm.datafiles import SPLITS
 from slm.encoding import EOT_TEXT
 from slm.files import check_free_space, dir_lock, replace_together, write_errors
 from slm.progress import progress_bar, quiet_library_bars
 from slm.storyfiles import SUFFIXES, iter_raw_file, load_story_file, text_only
-from config import Paths
 
 HUB_DATASET = "roneneldan/TinyStories"
 SOURCES = ("auto", "hub", "local", "sample")
-LOCAL_VALIDATION_FRACTION = 0.01  # held out of train when no validation file is given (TinyStories' own ~1%)
+# held out of train when no validation file is given (TinyStories' own ~1%)
+LOCAL_VALIDATION_FRACTION = 0.01
 HUB_PROBE_TIMEOUT_S = 5.0  # auto mode: how long to wait for the hub before using the bundled sample
 FORMAT_VERSION = 1  # of DATA/raw + source.json; bump when the layout changes
 SHA256_OF = "each story's UTF-8 text followed by '\\n<|endoftext|>\\n', in split order (the raw .txt format)"
-# The real TinyStories sample shipped with the project (see sample_data/tinystories/README.md): each split's
-# xz file and the sha256 of the raw .txt text it decompresses to. The text must hash to this exactly.
+# The real TinyStories sample shipped with the project (see sample_data/tinystories/README.md): each
+# split's xz file and the sha256 of the raw .txt text it decompresses to. The text must hash to this
+# exactly.
 SAMPLE_REL = "sample_data/tinystories"  # in the repository
 SAMPLE_DIR = Path(__file__).resolve().parent / SAMPLE_REL
 SAMPLE_FILES = {
     "train": ("train.txt.xz", "6f004d1bc0b4fac56874349ea3699aed129596e4c4961ea64b7de9bbb58b3b27"),
-    "validation": ("validation.txt.xz", "290ca8c65919533f17e6cf82e89736eed6d11c603b5a7f231be84d902032fdce"),
+    "validation": (
+        "validation.txt.xz",
+        "290ca8c65919533f17e6cf82e89736eed6d11c603b5a7f231be84d902032fdce",
+    ),
 }
 SAMPLE_NOTE = (
-    "a small real sample of TinyStories (Eldan & Li 2023; licence CDLA-Sharing-1.0) bundled with the project in "
-    "sample_data/tinystories, not the whole dataset; provenance in sample_data/tinystories/README.md"
+    "a small real sample of TinyStories (Eldan & Li 2023; licence CDLA-Sharing-1.0) bundled with "
+    "the project in sample_data/tinystories, not the whole dataset; provenance in "
+    "sample_data/tinystories/README.md"
 )
 
 
-# ----------------------------------------------------------------------------- checking the user's input
+# ----------------------------------------------------------------------------- checking the user's
+# input
 
 
 def parse_data_files(items: list[str] | None) -> dict[str, str]:
@@ -83,10 +92,16 @@ def parse_data_files(items: list[str] | None) -> dict[str, str]:
     for item in items or []:
         split, sep, path = item.partition("=")
         if not sep or not split or not path:
-            raise CLIError(f"--data-files entry {item!r} is not SPLIT=PATH; write e.g. --data-files train=stories.txt")
+            raise CLIError(
+                f"--data-files entry {item!r} is not SPLIT=PATH; write e.g. --data-files "
+                "train=stories.txt"
+            )
         if split not in SPLITS:
             hint = " (write validation=PATH)" if split in ("val", "valid", "dev", "test") else ""
-            raise CLIError(f"unknown split {split!r} in --data-files; use train=PATH and optionally validation=PATH{hint}")
+            raise CLIError(
+                f"unknown split {split!r} in --data-files; use train=PATH and optionally "
+                f"validation=PATH{hint}"
+            )
         if split in files:
             raise CLIError(f"--data-files names {split}= twice; give one file per split")
         files[split] = path
@@ -96,13 +111,18 @@ def parse_data_files(items: list[str] | None) -> dict[str, str]:
 def _check_file(split: str, path: str) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
-        raise CLIError(f"{split} file {path} does not exist; check the path in --data-files {split}=PATH")
+        raise CLIError(
+            f"{split} file {path} does not exist; check the path in --data-files {split}=PATH"
+        )
     if p.is_dir():
         found = sorted(q.name for q in p.iterdir() if q.suffix in SUFFIXES)
         hint = f", e.g. {p / found[0]}" if found else ""
         raise CLIError(f"{split} file {path} is a directory; pass one file inside it{hint}")
     if p.suffix.lower() not in SUFFIXES:
-        raise CLIError(f"{split} file {path} has an unknown type {p.suffix!r}; use a raw .txt, .json, .jsonl or .parquet file")
+        raise CLIError(
+            f"{split} file {path} has an unknown type {p.suffix!r}; use a raw .txt, .json, .jsonl "
+            "or .parquet file"
+        )
     if p.stat().st_size == 0:
         raise CLIError(f"{split} file {path} is empty; re-download it or pass another file")
     return p.resolve()
@@ -112,7 +132,9 @@ def _resolve_source(source: str, data_files: dict[str, str]) -> str:
     if source not in SOURCES:
         raise CLIError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
     if data_files and source in ("hub", "sample"):
-        raise CLIError("--data-files only applies to --source local (or auto); drop it or use --source local")
+        raise CLIError(
+            "--data-files only applies to --source local (or auto); drop it or use --source local"
+        )
     if data_files and "train" not in data_files:
         raise CLIError("--data-files has no train=PATH; a validation file alone is not enough")
     if source == "local" and not data_files:
@@ -124,10 +146,13 @@ def _request(source: str, files: dict[str, Path], num_stories: int | None, seed:
     """What decides the contents of raw/: a rerun with an equal request has nothing to do."""
     req: dict = {"format_version": FORMAT_VERSION, "source": source}
     if source == "sample":
-        req.update(sha256={split: sha for split, (_, sha) in SAMPLE_FILES.items()}, num_stories=num_stories)
+        req.update(
+            sha256={split: sha for split, (_, sha) in SAMPLE_FILES.items()}, num_stories=num_stories
+        )
     elif source == "local":
         req["data_files"] = {
-            split: {"path": str(p), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for split, p in files.items()
+            split: {"path": str(p), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+            for split, p in files.items()
         }
         if "validation" not in files:
             req.update(validation_fraction=LOCAL_VALIDATION_FRACTION, seed=seed)
@@ -136,7 +161,8 @@ def _request(source: str, files: dict[str, Path], num_stories: int | None, seed:
     return req
 
 
-# ----------------------------------------------------------------------------- the three sources (and the sample)
+# ----------------------------------------------------------------------------- the three sources
+# (and the sample)
 
 
 def _hub_offline_reason() -> str | None:
@@ -147,7 +173,9 @@ def _hub_offline_reason() -> str | None:
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     url = f"{endpoint}/api/datasets/{HUB_DATASET}"
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(
+            urllib.request.Request(url, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S
+        ):
             return None
     except urllib.error.HTTPError as e:  # the hub answered; let datasets deal with what it said
         return None if e.code < 500 else f"{endpoint} answered HTTP {e.code}"
@@ -163,13 +191,16 @@ def _load_hub():
         dd = datasets.load_dataset(HUB_DATASET)
     except Exception as e:  # network errors come in many classes (requests, httpx, hub, datasets)
         raise CLIError(
-            f"could not load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}: {first_line(e)}); check the "
-            "connection, or use --source local --data-files train=PATH, or --source sample (the bundled real sample)"
+            f"could not load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}: "
+            f"{first_line(e)}); check the connection, or use --source local --data-files "
+            "train=PATH, or --source sample (the bundled real sample)"
         ) from None
     missing = [s for s in SPLITS if s not in dd]
     if missing:
-        raise CLIError(f"{HUB_DATASET} from the hub has no {'/'.join(missing)} split (it has {list(dd)}); "
-                       "download the files and use --source local")
+        raise CLIError(
+            f"{HUB_DATASET} from the hub has no {'/'.join(missing)} split (it has {list(dd)}); "
+            "download the files and use --source local"
+        )
     return {s: text_only(dd[s], f"{HUB_DATASET} [{s}]") for s in SPLITS}
 
 
@@ -178,17 +209,23 @@ def _load_local(files: dict[str, Path], seed: int, cache_dir: Path):
     if "validation" not in splits:
         train = splits["train"]
         if len(train) < 2:
-            raise CLIError(f"train file {files['train']} holds 1 story, too few to hold out a validation split; "
-                           "add validation=PATH to --data-files")
+            raise CLIError(
+                f"train file {files['train']} holds 1 story, too few to hold out a validation "
+                "split; add validation=PATH to --data-files"
+            )
         parts = train.train_test_split(test_size=LOCAL_VALIDATION_FRACTION, seed=seed, shuffle=True)
         splits = {"train": parts["train"], "validation": parts["test"]}
-        print(f"no validation file: held out {len(splits['validation']):,} of {len(train):,} train stories "
-              f"({LOCAL_VALIDATION_FRACTION:.0%}, seed {seed})")
+        print(
+            f"no validation file: held out {len(splits['validation']):,} of {len(train):,} train "
+            f"stories ({LOCAL_VALIDATION_FRACTION:.0%}, seed {seed})"
+        )
     return splits
 
 
 def _read_sample_split(split: str) -> list[str]:
-    """Every story of one split of the bundled sample, after checking the sha256 of its decompressed text."""
+    """Every story of one split of the bundled sample, after checking the sha256 of its decompressed
+    text.
+    """
     name, expected = SAMPLE_FILES[split]
     path = SAMPLE_DIR / name
     restore = f"restore it with: git checkout -- {SAMPLE_REL}/{name}"
@@ -200,16 +237,20 @@ def _read_sample_split(split: str) -> list[str]:
     except CLIError as e:  # not UTF-8
         raise CLIError(f"the bundled sample file {path} is damaged ({e}); {restore}") from None
     except (lzma.LZMAError, EOFError, OSError) as e:  # corrupt or truncated xz data
-        raise CLIError(f"the bundled sample file {path} is damaged ({first_line(e)}); {restore}") from None
+        raise CLIError(
+            f"the bundled sample file {path} is damaged ({first_line(e)}); {restore}"
+        ) from None
     if digest.hexdigest() != expected:
-        raise CLIError(f"the bundled sample file {path} decompresses to text with sha256 {digest.hexdigest()[:16]}..., "
-                       f"not the recorded {expected[:16]}...; {restore}")
+        raise CLIError(
+            f"the bundled sample file {path} decompresses to text with sha256 "
+            f"{digest.hexdigest()[:16]}..., not the recorded {expected[:16]}...; {restore}"
+        )
     return stories
 
 
 def sample_counts(num_stories: int | None, n_train: int, n_validation: int) -> tuple[int, int]:
-    """(train, validation) stories kept from the sample: all, or the first num_stories train stories and the
-    same share of validation (at least one)."""
+    """(train, validation) stories kept from the sample: all, or the first num_stories train stories
+    and the same share of validation (at least one)."""
     if num_stories is None or num_stories >= n_train:
         return n_train, n_validation
     return num_stories, min(n_validation, max(1, round(num_stories * n_validation / n_train)))
@@ -219,16 +260,25 @@ def _load_sample(num_stories: int | None):
     import datasets
 
     stories = {split: _read_sample_split(split) for split in SPLITS}
-    n_train, n_validation = sample_counts(num_stories, len(stories["train"]), len(stories["validation"]))
+    n_train, n_validation = sample_counts(
+        num_stories, len(stories["train"]), len(stories["validation"])
+    )
     if num_stories is not None:
-        print(f"bundled sample: keeping the first {n_train:,} of {len(stories['train']):,} train and "
-              f"{n_validation:,} of {len(stories['validation']):,} validation stories (--num-stories {num_stories})")
+        print(
+            f"bundled sample: keeping the first {n_train:,} of {len(stories['train']):,} train "
+            f"and {n_validation:,} of {len(stories['validation']):,} validation stories "
+            f"(--num-stories {num_stories})"
+        )
     features = datasets.Features({"text": datasets.Value("string")})
     kept = {"train": stories["train"][:n_train], "validation": stories["validation"][:n_validation]}
-    return {split: datasets.Dataset.from_dict({"text": kept[split]}, features=features) for split in SPLITS}
+    return {
+        split: datasets.Dataset.from_dict({"text": kept[split]}, features=features)
+        for split in SPLITS
+    }
 
 
-# ----------------------------------------------------------------------------- writing raw/, atomically
+# ----------------------------------------------------------------------------- writing raw/,
+# atomically
 
 
 def _split_facts(ds, split: str) -> dict:
@@ -237,12 +287,19 @@ def _split_facts(ds, split: str) -> dict:
     sep = f"\n{EOT_TEXT}\n".encode()
     chars = 0
     n = 0
-    with progress_bar(total=len(ds), desc=f"verifying {split}", unit=" stories", mininterval=0.5,
-              disable=len(ds) < 50_000) as bar:
+    with progress_bar(
+        total=len(ds),
+        desc=f"verifying {split}",
+        unit=" stories",
+        mininterval=0.5,
+        disable=len(ds) < 50_000,
+    ) as bar:
         for batch in ds.iter(batch_size=10_000):
             for story in batch["text"]:
                 if not isinstance(story, str) or not story.strip():
-                    raise CLIError(f"a {split} story is empty or missing (row {n}); clean the input file")
+                    raise CLIError(
+                        f"a {split} story is empty or missing (row {n}); clean the input file"
+                    )
                 h.update(story.encode("utf-8"))
                 h.update(sep)
                 chars += len(story)
@@ -255,12 +312,18 @@ def _tool_versions() -> dict:
     import datasets
     import pyarrow
 
-    return {"python": platform.python_version(), "datasets": datasets.__version__, "pyarrow": pyarrow.__version__,
-            "load_dataset.py": FORMAT_VERSION}
+    return {
+        "python": platform.python_version(),
+        "datasets": datasets.__version__,
+        "pyarrow": pyarrow.__version__,
+        "load_dataset.py": FORMAT_VERSION,
+    }
 
 
 def _write_raw(splits: dict, out: Path, facts: dict) -> dict:
-    """Save the DatasetDict into out, read it back, and write out/source.json; returns source.json's dict."""
+    """Save the DatasetDict into out, read it back, and write out/source.json; returns source.json's
+    dict.
+    """
     import datasets
 
     datasets.DatasetDict({s: splits[s] for s in SPLITS}).save_to_disk(str(out))
@@ -281,13 +344,15 @@ def _remove(path: Path) -> None:
 
 
 def _swap_in(new: Path, raw: Path) -> None:
-    """Put new at raw; the old raw is moved aside (raw.old) first, put back if the swap fails, and deleted
-    only after it."""
+    """Put new at raw; the old raw is moved aside (raw.old) first, put back if the swap fails, and
+    deleted only after it."""
     replace_together([(new, raw)])
 
 
 def _recover(raw: Path) -> None:
-    """Tidy what an interrupted earlier run left: a half-built raw.partial, or raw moved aside mid-swap."""
+    """Tidy what an interrupted earlier run left: a half-built raw.partial, or raw moved aside
+    mid-swap.
+    """
     old = raw.with_name(raw.name + ".old")
     if not raw.exists() and old.exists():
         os.replace(old, raw)
@@ -301,7 +366,9 @@ def _recover(raw: Path) -> None:
 
 
 def _up_to_date(raw: Path, request: dict) -> dict | None:
-    """source.json's dict when raw/ holds exactly what request asks for and reads back whole; else None."""
+    """source.json's dict when raw/ holds exactly what request asks for and reads back whole; else
+    None.
+    """
     try:
         info = json.loads((raw / "source.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -322,8 +389,11 @@ def _up_to_date(raw: Path, request: dict) -> dict | None:
 def _summary(info: dict) -> str:
     sp = info["splits"]
     mb = sum(sp[s]["chars"] for s in SPLITS) / 1e6
-    what = {"sample": f"the TinyStories sample bundled in {SAMPLE_REL}",
-            "hub": HUB_DATASET, "local": "local files"}[info["source"]]
+    what = {
+        "sample": f"the TinyStories sample bundled in {SAMPLE_REL}",
+        "hub": HUB_DATASET,
+        "local": "local files",
+    }[info["source"]]
     return f"{sp['train']['stories']:,} train / {sp['validation']['stories']:,} validation stories, {mb:.1f}M chars, from {what}"
 
 
@@ -338,9 +408,11 @@ def prepare(
     num_stories: int | None = None,
     seed: int = 0,
 ) -> Path:
-    """Write DATA/raw (DatasetDict train/validation, column text) and raw/source.json; return DATA/raw.
+    """Write DATA/raw (DatasetDict train/validation, column text) and raw/source.json; return
+    DATA/raw.
 
-    A CLIError (one line naming the problem and the fix) for every bad input; nothing is replaced then."""
+    A CLIError (one line naming the problem and the fix) for every bad input; nothing is replaced
+    then."""
     requested = source
     source, files, raw = _checked_inputs(source, data_dir, data_files, num_stories)
     _recover(raw)
@@ -362,69 +434,115 @@ def prepare(
     return raw
 
 
-def _checked_inputs(source: str, data_dir: str | os.PathLike, data_files: dict[str, str] | None,
-                    num_stories: int | None) -> tuple[str, dict[str, Path], Path]:
+def _checked_inputs(
+    source: str,
+    data_dir: str | os.PathLike,
+    data_files: dict[str, str] | None,
+    num_stories: int | None,
+) -> tuple[str, dict[str, Path], Path]:
     """(source, the local files resolved, DATA/raw), every input checked before any work is done."""
     data_files = dict(data_files or {})
     for split in data_files:
         if split not in SPLITS:
-            raise CLIError(f"unknown split {split!r} in data files; use train=PATH and optionally validation=PATH")
+            raise CLIError(
+                f"unknown split {split!r} in data files; use train=PATH and optionally "
+                "validation=PATH"
+            )
     source = _resolve_source(source, data_files)
     files = {split: _check_file(split, path) for split, path in data_files.items()}
     if num_stories is not None and num_stories < 1:
-        raise CLIError(f"--num-stories {num_stories} is too few; use at least 1 (or leave it out for the whole sample)")
+        raise CLIError(
+            f"--num-stories {num_stories} is too few; use at least 1 (or leave it out for the "
+            "whole sample)"
+        )
 
     data_dir = Path(data_dir)
     if data_dir.exists() and not data_dir.is_dir():
-        raise CLIError(f"--data-dir {data_dir} is a file, not a directory; pass a directory (it is created if missing)")
+        raise CLIError(
+            f"--data-dir {data_dir} is a file, not a directory; pass a directory (it is created "
+            "if missing)"
+        )
     return source, files, data_dir / "raw"
 
 
-def _auto_source(raw: Path, files: dict[str, Path], num_stories: int | None, seed: int,
-                 force: bool) -> tuple[str, str | None]:
+def _auto_source(
+    raw: Path, files: dict[str, Path], num_stories: int | None, seed: int, force: bool
+) -> tuple[str, str | None]:
     """--source auto without local files: (the hub or the bundled sample, why not the hub or None)."""
     hub_request = _request("hub", files, num_stories, seed)
     if not force and _up_to_date(raw, hub_request) is not None:
-        return "hub", None  # the full dataset is already here: no need to ask the hub, never replace it by the sample
+        # the full dataset is already here: no need to ask the hub, never replace it by the sample
+        return "hub", None
     fallback_reason = _hub_offline_reason()
     if fallback_reason is None:
         return "hub", None
-    print(f"the Hugging Face hub cannot be reached ({fallback_reason}): using the real TinyStories sample "
-          f"bundled in {SAMPLE_REL} instead, a few thousand stories rather "
-          f"than the whole dataset (--source hub forces the hub, --source local reads downloaded files)",
-          file=sys.stderr)
+    print(
+        f"the Hugging Face hub cannot be reached ({fallback_reason}): using the real TinyStories "
+        f"sample bundled in {SAMPLE_REL} instead, a few thousand stories rather than the whole "
+        "dataset (--source hub forces the hub, --source local reads downloaded files)",
+        file=sys.stderr,
+    )
     return "sample", fallback_reason
 
 
-def _facts(source: str, requested: str, fallback_reason: str | None, files: dict[str, Path],
-           num_stories: int | None, seed: int) -> dict:
-    """What source.json says about where the stories came from (_write_raw adds what the splits hold)."""
+def _facts(
+    source: str,
+    requested: str,
+    fallback_reason: str | None,
+    files: dict[str, Path],
+    num_stories: int | None,
+    seed: int,
+) -> dict:
+    """What source.json says about where the stories came from (_write_raw adds what the splits
+    hold).
+    """
     facts: dict = {"source": source, "requested": requested}
     if fallback_reason:
         facts["fallback_reason"] = fallback_reason
     if source == "sample":
-        facts.update(demo=False, dataset=HUB_DATASET, note=SAMPLE_NOTE, num_stories=num_stories,
-                     sample_files={split: {"file": f"{SAMPLE_REL}/{name}", "sha256": sha}
-                                   for split, (name, sha) in SAMPLE_FILES.items()})
+        facts.update(
+            demo=False,
+            dataset=HUB_DATASET,
+            note=SAMPLE_NOTE,
+            num_stories=num_stories,
+            sample_files={
+                split: {"file": f"{SAMPLE_REL}/{name}", "sha256": sha}
+                for split, (name, sha) in SAMPLE_FILES.items()
+            },
+        )
     elif source == "hub":
         facts.update(demo=False, dataset=HUB_DATASET)
     else:
-        facts.update(demo=False, data_files={s: str(p) for s, p in files.items()},
-                     validation=("file" if "validation" in files
-                                 else f"{LOCAL_VALIDATION_FRACTION:.0%} of train held out, seed {seed}"))
+        facts.update(
+            demo=False,
+            data_files={s: str(p) for s, p in files.items()},
+            validation=(
+                "file"
+                if "validation" in files
+                else f"{LOCAL_VALIDATION_FRACTION:.0%} of train held out, seed {seed}"
+            ),
+        )
     return facts
 
 
-def _build(source: str, files: dict[str, Path], num_stories: int | None, seed: int, raw: Path, facts: dict) -> dict:
-    """Load the stories into DATA/raw.partial, write and verify them there, then swap them in for DATA/raw;
-    returns source.json's dict. A full or read-only disk is one line naming DATA/raw."""
+def _build(
+    source: str, files: dict[str, Path], num_stories: int | None, seed: int, raw: Path, facts: dict
+) -> dict:
+    """Load the stories into DATA/raw.partial, write and verify them there, then swap them in for
+    DATA/raw; returns source.json's dict. A full or read-only disk is one line naming DATA/raw."""
     partial = raw.with_name(raw.name + ".partial")
     needed = None
-    if source == "local":  # a cache of the stories under partial/, then the dataset itself: about twice the text
+    # a cache of the stories under partial/, then the dataset itself: about twice the text
+    if source == "local":
         needed = 2 * sum(p.stat().st_size for p in files.values())
-        check_free_space(raw.parent, needed, f"the dataset from {' and '.join(p.name for p in files.values())}",
-                         "--data-dir")
-    with write_errors(raw, needed, "--data-dir") as target:  # disk full or read-only: one line naming raw/
+        check_free_space(
+            raw.parent,
+            needed,
+            f"the dataset from {' and '.join(p.name for p in files.values())}",
+            "--data-dir",
+        )
+    # disk full or read-only: one line naming raw/
+    with write_errors(raw, needed, "--data-dir") as target:
         try:
             partial.mkdir(parents=True)
             if source == "sample":
@@ -433,7 +551,9 @@ def _build(source: str, files: dict[str, Path], num_stories: int | None, seed: i
                 splits = _load_hub()
             else:
                 splits = _load_local(files, seed, partial / "cache")
-            target.needed = sum(splits[s].data.nbytes for s in SPLITS) * (2 if source == "local" else 1)
+            target.needed = sum(splits[s].data.nbytes for s in SPLITS) * (
+                2 if source == "local" else 1
+            )
             info = _write_raw(splits, partial / "raw", facts)
             del splits  # the datasets may memory-map files under partial/cache
             _swap_in(partial / "raw", raw)
@@ -444,40 +564,78 @@ def _build(source: str, files: dict[str, Path], num_stories: int | None, seed: i
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description="Step 1: write TinyStories (the hub, local files or the bundled real sample) to DATA/raw as a datasets "
-                    "DatasetDict {train, validation} with one column 'text', plus DATA/raw/source.json.",
+        description="Step 1: write TinyStories (the hub, local files or the bundled real sample) "
+        "to DATA/raw as a datasets DatasetDict {train, validation} with one column 'text', "
+        "plus DATA/raw/source.json.",
         epilog="Raw .txt files: stories are separated by lines holding only <|endoftext|>. "
-               "Examples: python load_dataset.py --source local --data-files train=TinyStoriesV2-GPT4-train.txt "
-               "validation=TinyStoriesV2-GPT4-valid.txt | python load_dataset.py --source sample --num-stories 500",
+        "Examples: python load_dataset.py --source local --data-files "
+        "train=TinyStoriesV2-GPT4-train.txt validation=TinyStoriesV2-GPT4-valid.txt | python "
+        "load_dataset.py --source sample --num-stories 500",
     )
-    parser.add_argument("--source", choices=SOURCES, default="auto",
-                        help="where the stories come from: auto (default) = local if --data-files is given, else "
-                             f"the hub ({HUB_DATASET}), else the bundled sample when the hub cannot be reached; "
-                             "hub; local (--data-files); sample (the real TinyStories sample shipped in "
-                             f"{SAMPLE_REL}: no network, a few thousand stories)")
-    parser.add_argument("--data-files", nargs="+", metavar="SPLIT=PATH",
-                        help="local files: train=PATH [validation=PATH]; raw .txt, .json/.jsonl (field 'text') or "
-                             f".parquet; without validation, {LOCAL_VALIDATION_FRACTION:.0%}% of train is held out")
-    parser.add_argument("--data-dir", default=Paths.data_dir, help="output directory; the dataset goes to DATA_DIR/raw "
-                                                                   "(default: %(default)s)")
-    parser.add_argument("--force", action="store_true", help="rebuild even when DATA_DIR/raw already holds these inputs")
-    parser.add_argument("--num-stories", type=int, default=None,
-                        help="bundled sample only: keep its first N train stories and the same share of its "
-                             "validation stories, for quick tries (default: all)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="local without a validation file: hold-out seed (default: 0)")
+    parser.add_argument(
+        "--source",
+        choices=SOURCES,
+        default="auto",
+        help="where the stories come from: auto (default) = local if --data-files is given, else "
+        f"the hub ({HUB_DATASET}), else the bundled sample when the hub cannot be reached; "
+        "hub; local (--data-files); sample (the real TinyStories sample shipped in "
+        f"{SAMPLE_REL}: no network, a few thousand stories)",
+    )
+    parser.add_argument(
+        "--data-files",
+        nargs="+",
+        metavar="SPLIT=PATH",
+        help="local files: train=PATH [validation=PATH]; raw .txt, .json/.jsonl (field 'text') "
+        f"or .parquet; without validation, {LOCAL_VALIDATION_FRACTION:.0%}% of train is held "
+        "out",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=Paths.data_dir,
+        help="output directory; the dataset goes to DATA_DIR/raw (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="rebuild even when DATA_DIR/raw already holds these inputs",
+    )
+    parser.add_argument(
+        "--num-stories",
+        type=int,
+        default=None,
+        help="bundled sample only: keep its first N train stories and the same share of its "
+        "validation stories, for quick tries (default: all)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="local without a validation file: hold-out seed (default: 0)",
+    )
     args = parser.parse_args(argv)
 
     data_files = parse_data_files(args.data_files)
     if args.num_stories is not None and (args.source in ("hub", "local") or data_files):
-        raise CLIError("--num-stories only applies to the bundled sample; drop it or use --source sample")
-    print(f"load_dataset: source={args.source} data_dir={args.data_dir} force={args.force} seed={args.seed}"
-          + (f" data_files={data_files}" if data_files else "")
-          + (f" num_stories={args.num_stories}" if args.num_stories is not None else ""))
+        raise CLIError(
+            "--num-stories only applies to the bundled sample; drop it or use --source sample"
+        )
+    print(
+        f"load_dataset: source={args.source} data_dir={args.data_dir} force={args.force} "
+        f"seed={args.seed}"
+        + (f" data_files={data_files}" if data_files else "")
+        + (f" num_stories={args.num_stories}" if args.num_stories is not None else "")
+    )
     quiet_library_bars()
-    with dir_lock(args.data_dir, "--data-dir"):  # one run writes into DATA at a time (tokenization.py too)
-        prepare(source=args.source, data_dir=args.data_dir, data_files=data_files, force=args.force,
-                num_stories=args.num_stories, seed=args.seed)
+    # one run writes into DATA at a time (tokenization.py too)
+    with dir_lock(args.data_dir, "--data-dir"):
+        prepare(
+            source=args.source,
+            data_dir=args.data_dir,
+            data_files=data_files,
+            force=args.force,
+            num_stories=args.num_stories,
+            seed=args.seed,
+        )
 
 
 if __name__ == "__main__":

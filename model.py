@@ -1,18 +1,19 @@
-"""Step 4: the GPT. Token + position embeddings, pre-LayerNorm blocks, tied LM head, KV-cached generation.
+"""Step 4: the GPT. Token + position embeddings, pre-LayerNorm blocks, tied LM head, KV-cached
+generation.
 
     python model.py                      # the default 51M model (what training's gpu preset trains), described
     python model.py --preset cpu         # another preset from config.py; model flags as in training.py
     python model.py --n-layer 12 --n-embd 768 --n-head 12
 
-Run as a script it creates the model and prints its architecture, a parameter table per part (the tied
-token embedding / LM head counted once), FLOPs per token, the memory that weights and AdamW state take,
-and one forward/backward pass on random tokens (loss near ln(vocab), a finite gradient for every
-parameter). It reads and writes no files.
+Run as a script it creates the model and prints its architecture, a parameter table per part (the
+tied token embedding / LM head counted once), FLOPs per token, the memory that weights and AdamW
+state take, and one forward/backward pass on random tokens (loss near ln(vocab), a finite
+gradient for every parameter). It reads and writes no files.
 
-As a module it is pure: no files, no arguments, no prints (those live in main() only). The attention
-path is SDPA (flash kernels; its math kernel where that measured faster: short training windows on a CPU
-in bfloat16); set `CausalSelfAttention.use_sdpa = False` (class attribute, or on one module) for the plain
-masked-softmax path the tests compare it against.
+As a module it is pure: no files, no arguments, no prints (those live in main() only). The
+attention path is SDPA (flash kernels; its math kernel where that measured faster: short training
+windows on a CPU in bfloat16); set `CausalSelfAttention.use_sdpa = False` (class attribute, or on
+one module) for the plain masked-softmax path the tests compare it against.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -32,18 +33,24 @@ from slm.head_loss import head_loss
 
 __all__ = ["GPT", "GPTConfig"]
 
-# On a CPU in bfloat16, SDPA's flash kernel has a slow backward for short windows: with gradients, windows up
-# to this many tokens go to its math kernel (q @ k.T, softmax, @ v), 1.5-2.1x faster forward and backward at
-# 128 tokens (1.8-2.1x at the cpu preset's 32-wide heads), a cpu-preset step ~1.06x faster; at 256 tokens and
-# more, and without gradients, flash is as fast or faster (BENCHMARKS.md, "The attention kernel on a CPU").
+# On a CPU in bfloat16, SDPA's flash kernel has a slow backward for short windows: with gradients,
+# windows up to this many tokens go to its math kernel (q @ k.T, softmax, @ v), 1.5-2.1x faster
+# forward and backward at 128 tokens (1.8-2.1x at the cpu preset's 32-wide heads), a cpu-preset step
+# ~1.06x faster; at 256 tokens and more, and without gradients, flash is as fast or faster
+# (BENCHMARKS.md, "The attention kernel on a CPU").
 CPU_BF16_MATH_ATTENTION_MAX_T = 128
 
 
 def attention_kernel(q: torch.Tensor):
-    """The SDPA kernel for a causal window of queries q (B, nh, T, hs): the math kernel where it measured
-    faster (a CPU, bfloat16, gradients on, T up to CPU_BF16_MATH_ATTENTION_MAX_T), else SDPA's own choice."""
-    if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and torch.is_grad_enabled()
-            and q.size(2) <= CPU_BF16_MATH_ATTENTION_MAX_T):
+    """The SDPA kernel for a causal window of queries q (B, nh, T, hs): the math kernel where it
+    measured faster (a CPU, bfloat16, gradients on, T up to CPU_BF16_MATH_ATTENTION_MAX_T), else
+    SDPA's own choice."""
+    if (
+        q.device.type == "cpu"
+        and q.dtype == torch.bfloat16
+        and torch.is_grad_enabled()
+        and q.size(2) <= CPU_BF16_MATH_ATTENTION_MAX_T
+    ):
         return sdpa_kernel(SDPBackend.MATH)
     return contextlib.nullcontext()
 
@@ -58,7 +65,8 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.block_size = config.block_size
         self.dropout = config.dropout
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        # q, k, v at once
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -86,12 +94,15 @@ class CausalSelfAttention(nn.Module):
         if self.use_sdpa:
             if S == T:  # no cache, or the prompt into an empty one
                 with attention_kernel(q):
-                    y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
+                    # (B, nh, T, hs)
+                    y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
             elif T == 1:  # one new token sees every cached key: no mask needed
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, nh, 1, hs)
-            else:  # a chunk after cached tokens: is_causal would align the mask to the top left, not here
+            # a chunk after cached tokens: is_causal would align the mask to the top left, not here
+            else:
                 mask = self._causal_mask(T, S, x.device)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, nh, T, hs)
+                # (B, nh, T, hs)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         else:
             att = (q @ k.transpose(-2, -1)) / math.sqrt(hs)  # (B, nh, T, S)
             att = att.masked_fill(~self._causal_mask(T, S, x.device), float("-inf"))
@@ -169,8 +180,10 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict, device: str = "cpu") -> "GPT":
-        """Rebuild the GPT from the config a checkpoint dict stores (never today's defaults), strict load."""
+    def from_checkpoint(cls, ckpt: dict, device: str = "cpu") -> GPT:
+        """Rebuild the GPT from the config a checkpoint dict stores (never today's defaults), strict
+        load.
+        """
         from slm.checkpoint import config_from_dict
         from slm.cli import CLIError, first_line
 
@@ -178,7 +191,9 @@ class GPT(nn.Module):
         try:
             model.load_state_dict(ckpt["model"], strict=True)
         except RuntimeError as e:
-            raise CLIError(f"checkpoint weights do not match its own config: {first_line(e)}") from None
+            raise CLIError(
+                f"checkpoint weights do not match its own config: {first_line(e)}"
+            ) from None
         return model.to(device)
 
     def _residual_projections(self) -> list[nn.Module]:
@@ -191,7 +206,9 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6N for the matmuls plus attention (PaLM appendix B; nanoGPT's MFU)."""
+        """Training FLOPs per token: 6N for the matmuls plus attention (PaLM appendix B; nanoGPT's
+        MFU).
+        """
         c = self.config
         n = self.num_params() - self.transformer.wpe.weight.numel()
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
@@ -213,34 +230,41 @@ class GPT(nn.Module):
         caches: list[dict] | None = None,
         return_logits: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy when targets are given
-        (targets (B, T); -1 marks positions to ignore). caches: see hidden_states.
+        """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy when targets are
+        given (targets (B, T); -1 marks positions to ignore). caches: see hidden_states.
 
-        return_logits=False (with targets): logits come back as None and the loss, the same number, is
-        computed by slm.head_loss with its gradient, the logits turned into that gradient in place (no
-        second (B*T, vocab) tensor): on a CPU a training step about twice as fast (see slm/head_loss.py)."""
+        return_logits=False (with targets): logits come back as None and the loss, the same
+        number, is computed by slm.head_loss with its gradient, the logits turned into that
+        gradient in place (no second (B*T, vocab) tensor): on a CPU a training step about twice
+        as fast (see slm/head_loss.py)."""
         h = self.hidden_states(idx, caches)  # (B, T, C)
         if targets is not None and not return_logits:
             return None, head_loss(h.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
         logits = self.lm_head(h)  # (B, T, vocab)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
+            )
         return logits, loss
 
     def hidden_states(self, idx: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
-        """idx (B, T) -> the final LayerNorm's output (B, T, C); forward's logits are lm_head of this.
+        """idx (B, T) -> the final LayerNorm's output (B, T, C); forward's logits are lm_head of
+        this.
 
-        caches: one dict per block for KV-cached generation, empty at first. Each block keeps its keys
-        and values in it ("k", "v": (B, nh, block_size, hs) buffers, "n": positions filled), writes
-        this chunk's after them, and this chunk's positions continue from there.
+        caches: one dict per block for KV-cached generation, empty at first. Each block keeps its
+        keys and values in it ("k", "v": (B, nh, block_size, hs) buffers, "n": positions filled),
+        writes this chunk's after them, and this chunk's positions continue from there.
         """
         B, T = idx.shape
         start = caches[0].get("n", 0) if caches else 0
         if start + T > self.config.block_size:
-            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+            raise ValueError(
+                f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}"
+            )
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))  # (B, T, C)
+        # (B, T, C)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for i, block in enumerate(self.transformer.h):
             x = block(x, caches[i] if caches is not None else None)  # (B, T, C)
         return self.transformer.ln_f(x)  # (B, T, C)
@@ -260,21 +284,21 @@ class GPT(nn.Module):
     ) -> Iterator[torch.Tensor]:
         """Yield each new token as it is sampled: a (B,) LongTensor (batch 1: `int(tok)` is the id).
 
-        idx (B, T) is the prompt. temperature 0 is greedy; otherwise logits / temperature, then top_k
-        (keep the k likeliest), then top_p (keep the smallest set of likeliest tokens whose probability
-        reaches top_p), then one draw from `generator`. Call model.eval() first: dropout stays on in
-        training mode.
+        idx (B, T) is the prompt. temperature 0 is greedy; otherwise logits / temperature, then
+        top_k (keep the k likeliest), then top_p (keep the smallest set of likeliest tokens whose
+        probability reaches top_p), then one draw from `generator`. Call model.eval() first:
+        dropout stays on in training mode.
 
-        Stops after max_new_tokens, or once every row has produced eos_id. The eos_id is yielded; a row
-        that finished before the others keeps receiving eos_id until the last one ends.
+        Stops after max_new_tokens, or once every row has produced eos_id. The eos_id is yielded;
+        a row that finished before the others keeps receiving eos_id until the last one ends.
 
-        Semantics are those of recomputing the whole context at each step (nanoGPT's generate): the
-        logits of each step are model(context[:, -block_size:])[:, -1], so a prompt longer than
-        block_size keeps its last block_size tokens. The prompt is processed once into a key/value
-        cache and each following step feeds one token. Positions are learned and absolute, so once
-        the context outgrows block_size every token's position shifts at each step and no cache can
-        be reused: from then on each step recomputes the last block_size tokens (exact, and as fast
-        as generation without a cache).
+        Semantics are those of recomputing the whole context at each step (nanoGPT's generate):
+        the logits of each step are model(context[:, -block_size:])[:, -1], so a prompt longer
+        than block_size keeps its last block_size tokens. The prompt is processed once into a
+        key/value cache and each following step feeds one token. Positions are learned and
+        absolute, so once the context outgrows block_size every token's position shifts at each
+        step and no cache can be reused: from then on each step recomputes the last block_size
+        tokens (exact, and as fast as generation without a cache).
         """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -296,10 +320,12 @@ class GPT(nn.Module):
                 h = self.hidden_states(ctx, caches)  # (B, T, C)
             else:  # a full window: the next step shifts every position, so keep no cache
                 h = self.hidden_states(ctx)  # (B, block, C)
-            logits = self.lm_head(h[:, -1, :]).float()  # (B, vocab) only the last position is needed
+            # (B, vocab) only the last position is needed
+            logits = self.lm_head(h[:, -1, :]).float()
             nxt = self._sample(logits, temperature, top_k, top_p, generator)  # (B,)
             if eos_id is not None:
-                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)  # finished rows keep eos_id
+                # finished rows keep eos_id
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done |= nxt == eos_id
             yield nxt
             if eos_id is not None and bool(done.all()):
@@ -321,9 +347,13 @@ class GPT(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """idx (B, T) -> (B, T + new): the whole prompt followed by the sampled tokens, new <=
-        max_new_tokens (fewer only when every row reached eos_id). Arguments as in generate_stream."""
-        new = list(self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator))
-        return torch.cat([idx] + [t[:, None] for t in new], dim=1) if new else idx.clone()  # (B, T+new)
+        max_new_tokens (fewer only when every row reached eos_id). Arguments as in
+        generate_stream."""
+        new = list(
+            self.generate_stream(idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator)
+        )
+        # (B, T+new)
+        return torch.cat([idx] + [t[:, None] for t in new], dim=1) if new else idx.clone()
 
     @staticmethod
     def _sample(
@@ -333,7 +363,9 @@ class GPT(nn.Module):
         top_p: float | None,
         generator: torch.Generator | None,
     ) -> torch.Tensor:
-        """logits (B, vocab) -> (B,) ids. temperature 0 is greedy; top_k and top_p restrict the choice."""
+        """logits (B, vocab) -> (B,) ids. temperature 0 is greedy; top_k and top_p restrict the
+        choice.
+        """
         if temperature == 0:
             return logits.argmax(dim=-1)  # (B,)
         logits = logits / temperature  # (B, vocab)
@@ -344,22 +376,25 @@ class GPT(nn.Module):
             sorted_logits, order = torch.sort(logits, descending=True)  # (B, vocab) each
             probs = F.softmax(sorted_logits, dim=-1)  # (B, vocab)
             before = probs.cumsum(dim=-1) - probs  # (B, vocab) mass of the likelier tokens
-            sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))  # the first always stays
-            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)  # (B, vocab)
+            # the first always stays
+            sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
+            # (B, vocab)
+            logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
         probs = F.softmax(logits, dim=-1)  # (B, vocab)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
 
 
 # ----------------------------------------------------------------------------- python model.py
 
-CHECK_BATCH, CHECK_TOKENS = 2, 32  # the forward/backward check: 2 sequences of up to 32 random tokens
+# the forward/backward check: 2 sequences of up to 32 random tokens
+CHECK_BATCH, CHECK_TOKENS = 2, 32
 BYTES_FP32 = 4
 MIB = 2**20
 
 
 def parameter_table(model: GPT) -> list[tuple[str, int]]:
-    """(part, parameters) rows: every parameter in exactly one top-level row (the tied matrix once), then
-    indented rows splitting one block; the top-level rows sum to model.num_params()."""
+    """(part, parameters) rows: every parameter in exactly one top-level row (the tied matrix once),
+    then indented rows splitting one block; the top-level rows sum to model.num_params()."""
     c, t = model.config, model.transformer
 
     def count(*modules: nn.Module) -> int:
@@ -380,8 +415,8 @@ def parameter_table(model: GPT) -> list[tuple[str, int]]:
 
 
 def forward_backward_check(model: GPT, seed: int) -> tuple[float, list[str]]:
-    """One training step's forward and backward on random tokens: (loss, names of parameters whose gradient
-    is missing or not finite)."""
+    """One training step's forward and backward on random tokens: (loss, names of parameters whose
+    gradient is missing or not finite)."""
     g = torch.Generator().manual_seed(seed)
     T = min(CHECK_TOKENS, model.config.block_size)
     idx = torch.randint(model.config.vocab_size, (CHECK_BATCH, T), generator=g)  # (B, T)
@@ -390,26 +425,40 @@ def forward_backward_check(model: GPT, seed: int) -> tuple[float, list[str]]:
     model.zero_grad(set_to_none=True)
     _, loss = model(idx, targets)
     loss.backward()
-    bad = [name for name, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    bad = [
+        name
+        for name, p in model.named_parameters()
+        if p.grad is None or not torch.isfinite(p.grad).all()
+    ]
     return loss.item(), bad
 
 
 def main(argv: list[str] | None = None) -> None:
     from dataclasses import asdict, replace
 
-    from slm.cli import ArgumentParser, add_model_flags, check_model_config, model_flags_given
     from config import PRESETS
+    from slm.cli import ArgumentParser, add_model_flags, check_model_config, model_flags_given
 
     p = ArgumentParser(
         prog="python model.py",
-        description="Step 4: create the GPT of a preset and describe it: architecture, parameters per part (the "
-                    "tied embedding / LM head once), FLOPs per token, memory for fp32 weights and AdamW state, "
-                    "and one forward/backward pass on random tokens. Reads and writes no files.",
+        description="Step 4: create the GPT of a preset and describe it: architecture, parameters "
+        "per part (the tied embedding / LM head once), FLOPs per token, memory for fp32 "
+        "weights and AdamW state, and one forward/backward pass on random tokens. Reads and "
+        "writes no files.",
     )
-    p.add_argument("--preset", choices=list(PRESETS), default="gpu",
-                   help="model shape from config.py (default: gpu, the 51M default GPTConfig). "
-                   + "; ".join(f"{name}: {pr.description}" for name, pr in PRESETS.items()))
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the random tokens (default: 0)")
+    p.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default="gpu",
+        help="model shape from config.py (default: gpu, the 51M default GPTConfig). "
+        + "; ".join(f"{name}: {pr.description}" for name, pr in PRESETS.items()),
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initialisation and the random tokens (default: 0)",
+    )
     add_model_flags(p)
     args = p.parse_args(argv)
     given = model_flags_given(args)
@@ -419,8 +468,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     model = GPT(config)
     n = model.num_params()
-    changed = f" with {', '.join(f'{k}={v}' for k, v in given.items())} from the flags" if given else ""
-    print(f"preset {args.preset}{changed}: " + ", ".join(f"{k}={v}" for k, v in asdict(config).items()))
+    changed = (
+        f" with {', '.join(f'{k}={v}' for k, v in given.items())} from the flags" if given else ""
+    )
+    print(
+        f"preset {args.preset}{changed}: "
+        + ", ".join(f"{k}={v}" for k, v in asdict(config).items())
+    )
     print(model)
 
     rows = parameter_table(model)
@@ -434,21 +488,33 @@ def main(argv: list[str] | None = None) -> None:
     print("(total = GPT.num_params(): the shared matrix is one tensor)")
 
     flops = model.flops_per_token()
-    print(f"\nFLOPs per token, training (forward + backward, 6N + attention at context {config.block_size}): "
-          f"{flops / 1e6:,.1f} M; forward only about {flops / 3e6:,.1f} M")
+    print(
+        "\nFLOPs per token, training (forward + backward, 6N + attention at context "
+        f"{config.block_size}): {flops / 1e6:,.1f} M; forward only about {flops / 3e6:,.1f} M"
+    )
     weights = n * BYTES_FP32
-    print(f"memory, fp32: weights {weights / MIB:,.1f} MiB, gradients {weights / MIB:,.1f} MiB, AdamW moments "
-          f"(2 per parameter) {2 * weights / MIB:,.1f} MiB: {4 * weights / MIB:,.1f} MiB in all for training, "
-          f"before activations (which grow with batch x context)")
+    print(
+        f"memory, fp32: weights {weights / MIB:,.1f} MiB, gradients {weights / MIB:,.1f} MiB, "
+        f"AdamW moments (2 per parameter) {2 * weights / MIB:,.1f} MiB: {4 * weights / MIB:,.1f} "
+        "MiB in all for training, before activations (which grow with batch x context)"
+    )
 
     loss, bad = forward_backward_check(model, args.seed)
     T = min(CHECK_TOKENS, config.block_size)
-    print(f"\nforward/backward on {CHECK_BATCH} x {T} random tokens: loss {loss:.4f} "
-          f"(ln {config.vocab_size} = {math.log(config.vocab_size):.4f} for an untrained model)")
+    print(
+        f"\nforward/backward on {CHECK_BATCH} x {T} random tokens: loss {loss:.4f} (ln "
+        f"{config.vocab_size} = {math.log(config.vocab_size):.4f} for an untrained model)"
+    )
     if bad or not math.isfinite(loss):
-        print(f"check FAILED: {len(bad)} parameters without a finite gradient (e.g. {bad[:3]}), loss {loss}")
+        print(
+            f"check FAILED: {len(bad)} parameters without a finite gradient (e.g. {bad[:3]}), "
+            f"loss {loss}"
+        )
         sys.exit(1)
-    print(f"every parameter ({sum(1 for _ in model.parameters())} tensors, {n:,} values) got a finite gradient")
+    print(
+        f"every parameter ({sum(1 for _ in model.parameters())} tensors, {n:,} values) got a "
+        "finite gradient"
+    )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ Edit `sentence` below, save, and run `python model_usage.py`. Flags override the
     python model_usage.py --prompt "Once upon a time" --temperature 0 --max-new-tokens 100
     python model_usage.py --interactive     # load once, then a story for each prompt you type (or pipe in)
 
-The story comes from out/best_model_params.pt (written by `python training.py`) unless --checkpoint
-says otherwise. The line before the story names the checkpoint and the data it was trained on.
+The story comes from out/best_model_params.pt (written by `python training.py`) unless
+--checkpoint says otherwise. The line before the story names the checkpoint and the data it was
+trained on.
 """
 
 from __future__ import annotations
@@ -16,14 +17,20 @@ import codecs
 import contextlib
 import functools
 import sys
-from typing import Callable, Iterable, TextIO
+from collections.abc import Callable, Iterable
+from typing import TextIO
 
+from config import EOT_ID, EOT_POSITION, Paths
 from slm.checkpoint import check_vocab, describe_source, load_checkpoint
 from slm.cli import run_cli
 from slm.encoding import EOT_TEXT, get_encoding
 from slm.hardware import autocast, pick_device, pick_dtype
-from slm.sampling import MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P  # the sampling defaults evaluate.py uses too
-from config import EOT_ID, EOT_POSITION, Paths
+from slm.sampling import (  # the sampling defaults evaluate.py uses too
+    MAX_NEW_TOKENS,
+    TEMPERATURE,
+    TOP_K,
+    TOP_P,
+)
 
 # The sentence the story starts from. Edit it and run `python model_usage.py`.
 sentence = "Once upon a time, there was a little girl named Lily. She loved to play in the park."
@@ -31,7 +38,8 @@ sentence = "Once upon a time, there was a little girl named Lily. She loved to p
 DEFAULT_CHECKPOINT = Paths.best_model
 
 
-# ----------------------------------------------------------------------------- the prompt and the model
+# ----------------------------------------------------------------------------- the prompt and the
+# model
 
 
 def encode_prompt(enc, prompt: str) -> list[int]:
@@ -44,7 +52,9 @@ def encode_prompt(enc, prompt: str) -> list[int]:
 
 
 def load_for_inference(path, device: str):
-    """(model in eval mode on device, checkpoint dict, tokenizer), each checked; CLIError on any problem."""
+    """(model in eval mode on device, checkpoint dict, tokenizer), each checked; CLIError on any
+    problem.
+    """
     from model import GPT
 
     ckpt = load_checkpoint(path, map_location="cpu")
@@ -56,13 +66,18 @@ def load_for_inference(path, device: str):
 
 
 def stream_text(tokens: Iterable[int], enc, out: TextIO) -> list[int]:
-    """Print tokens as text as they arrive. A character split over several tokens (emoji, accents) is held
-    back until its last byte comes, so the terminal never shows half a character. Returns the tokens."""
+    """Print tokens as text as they arrive. A character split over several tokens (emoji, accents)
+    is held back until its last byte comes, so the terminal never shows half a character. Returns
+    the tokens."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     seen = []
     for tok in tokens:
         seen.append(tok)
-        piece = f"\n{EOT_TEXT}\n" if tok == EOT_ID else decoder.decode(enc.decode_single_token_bytes(tok))
+        piece = (
+            f"\n{EOT_TEXT}\n"
+            if tok == EOT_ID
+            else decoder.decode(enc.decode_single_token_bytes(tok))
+        )
         if piece:
             out.write(piece)
             out.flush()
@@ -76,34 +91,77 @@ def stream_text(tokens: Iterable[int], enc, out: TextIO) -> list[int]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Continue a story from a sentence with the trained model, printing it as it is generated.",
+        description="Continue a story from a sentence with the trained model, printing it as it "
+        "is generated.",
     )
-    p.add_argument("--prompt", default=None,
-                   help="text the story starts from (default: `sentence` at the top of this file); "
-                   "'' starts a fresh story")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                   help="model file written by training.py (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
-                   help="most tokens to generate per story (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=TEMPERATURE,
-                   help="sampling temperature; 0 is greedy, always the most likely token (default: %(default)s)")
-    p.add_argument("--top-k", type=int, default=TOP_K,
-                   help="sample only among the k most likely tokens; 0: no limit (default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=TOP_P,
-                   help="sample only among the most likely tokens whose probabilities sum to p (nucleus; default: off)")
-    p.add_argument("--num-samples", type=int, default=1,
-                   help="how many stories to write from the prompt (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=None,
-                   help="random seed for sampling (default: a fresh one, printed so it can be reused)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)")
-    p.add_argument("--no-stop-at-eot", action="store_true",
-                   help="keep generating past the end-of-text token (prints it as <|endoftext|>)")
-    p.add_argument("--interactive", action="store_true",
-                   help="load the model once, then write a story for each prompt typed (or one per line of a pipe); "
-                        "an empty line, Ctrl-D or Ctrl-C ends")
+    p.add_argument(
+        "--prompt",
+        default=None,
+        help="text the story starts from (default: `sentence` at the top of this file); '' starts "
+        "a fresh story",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=DEFAULT_CHECKPOINT,
+        help="model file written by training.py (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=MAX_NEW_TOKENS,
+        help="most tokens to generate per story (default: %(default)s)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=TEMPERATURE,
+        help="sampling temperature; 0 is greedy, always the most likely token (default: "
+        "%(default)s)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=TOP_K,
+        help="sample only among the k most likely tokens; 0: no limit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=TOP_P,
+        help="sample only among the most likely tokens whose probabilities sum to p (nucleus; "
+        "default: off)",
+    )
+    p.add_argument(
+        "--num-samples",
+        type=int,
+        default=1,
+        help="how many stories to write from the prompt (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="random seed for sampling (default: a fresh one, printed so it can be reused)",
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)"
+    )
+    p.add_argument(
+        "--no-stop-at-eot",
+        action="store_true",
+        help="keep generating past the end-of-text token (prints it as <|endoftext|>)",
+    )
+    p.add_argument(
+        "--interactive",
+        action="store_true",
+        help="load the model once, then write a story for each prompt typed (or one per line of a "
+        "pipe); an empty line, Ctrl-D or Ctrl-C ends",
+    )
     args = p.parse_args(argv)
     if args.interactive and args.prompt is not None:
-        p.error("--prompt and --interactive do not go together: with --interactive, type the prompts")
+        p.error(
+            "--prompt and --interactive do not go together: with --interactive, type the prompts"
+        )
     if args.max_new_tokens < 1:
         p.error("--max-new-tokens must be at least 1")
     if args.temperature < 0:
@@ -133,17 +191,21 @@ def main(argv: list[str] | None = None) -> None:
     val_loss = ckpt.get("val_loss")
     trained = f"step {step}" + (f", val loss {val_loss:.3f}" if isinstance(val_loss, float) else "")
     print(
-        f"[{args.checkpoint} ({trained}) | {describe_source(ckpt)} | temperature {args.temperature}, "
-        f"top-k {top_k}, top-p {args.top_p}, seed {seed}, {device}]"
+        f"[{args.checkpoint} ({trained}) | {describe_source(ckpt)} | temperature "
+        f"{args.temperature}, top-k {top_k}, top-p {args.top_p}, seed {seed}, {device}]"
     )
-    write = functools.partial(tell, model, enc, args=args, generator=generator, device=device, dtype=dtype)
+    write = functools.partial(
+        tell, model, enc, args=args, generator=generator, device=device, dtype=dtype
+    )
     if args.interactive:
         converse(write)
     else:
         write(prompt)
 
 
-def tell(model, enc, prompt: str, args: argparse.Namespace, generator, device: str, dtype: str) -> None:
+def tell(
+    model, enc, prompt: str, args: argparse.Namespace, generator, device: str, dtype: str
+) -> None:
     """Write args.num_samples stories that continue prompt, each printed as it is generated."""
     import torch
 
@@ -151,8 +213,10 @@ def tell(model, enc, prompt: str, args: argparse.Namespace, generator, device: s
     ids = encode_prompt(enc, prompt)
     shown = prompt
     if len(ids) > block_size:
-        print(f"[the prompt is {len(ids)} tokens, longer than the model's context of {block_size}: "
-              f"keeping its last {block_size}]")
+        print(
+            f"[the prompt is {len(ids)} tokens, longer than the model's context of {block_size}: "
+            f"keeping its last {block_size}]"
+        )
         ids = ids[-block_size:]
         shown = "..." + enc.decode(ids)
     idx = torch.tensor([ids], dtype=torch.long, device=device)
@@ -164,8 +228,13 @@ def tell(model, enc, prompt: str, args: argparse.Namespace, generator, device: s
         sys.stdout.write(shown)
         with torch.no_grad(), autocast(device, dtype):
             stream = model.generate_stream(
-                idx, args.max_new_tokens, temperature=args.temperature, top_k=top_k, top_p=args.top_p,
-                eos_id=eos_id, generator=generator,
+                idx,
+                args.max_new_tokens,
+                temperature=args.temperature,
+                top_k=top_k,
+                top_p=args.top_p,
+                eos_id=eos_id,
+                generator=generator,
             )
             stream = (int(t) for t in stream)  # (1,) tensors -> ids
             # generate_stream yields the EOT it stops at: end the story there without printing it.
@@ -177,9 +246,9 @@ def tell(model, enc, prompt: str, args: argparse.Namespace, generator, device: s
 
 
 def converse(write: Callable[[str], None], ask: Callable[[], str] | None = None) -> None:
-    """--interactive: write(prompt) for each prompt until an empty line, Ctrl-D (end of input) or Ctrl-C, all
-    of which end the program cleanly (exit status 0). On a terminal it asks with "> "; from a pipe it reads
-    one prompt per line and prints only the stories."""
+    """--interactive: write(prompt) for each prompt until an empty line, Ctrl-D (end of input) or
+    Ctrl-C, all of which end the program cleanly (exit status 0). On a terminal it asks with ">
+    "; from a pipe it reads one prompt per line and prints only the stories."""
     tty = sys.stdin.isatty()
     if tty:
         with contextlib.suppress(ImportError):

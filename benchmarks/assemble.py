@@ -1,5 +1,6 @@
-"""Rebuild BENCHMARKS.md: its header (everything before the first step section) kept as it is, then each
-step's figures from benchmarks/<step>.md in pipeline order, their headings moved one level down.
+"""Rebuild BENCHMARKS.md: its header (everything before the first step section) kept as it is, then
+each step's figures from benchmarks/<step>.md in pipeline order, their headings moved one level
+down.
 
     python benchmarks/assemble.py
 """
@@ -23,7 +24,9 @@ def demote_headings(text: str) -> str:
 def assembled() -> str:
     """BENCHMARKS.md as its parts make it today."""
     header = (ROOT / "BENCHMARKS.md").read_text().split(FIRST_SECTION)[0].rstrip() + "\n"
-    parts = [header] + ["\n" + demote_headings((ROOT / "benchmarks" / f"{s}.md").read_text()) for s in STEPS]
+    parts = [header] + [
+        "\n" + demote_headings((ROOT / "benchmarks" / f"{s}.md").read_text()) for s in STEPS
+    ]
     return "".join(parts)
 
 

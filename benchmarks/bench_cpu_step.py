@@ -1,26 +1,29 @@
-"""Where a CPU training step of the cpu preset goes, and what makes it faster: torch.compile of the model and the
-thread count, in float32 (what CPUs without native bfloat16 train in) and bfloat16 (where the CPU has it).
-(Its --rows, the head loss's chunk size, went when a training step stopped chunking its head: since
-2026-12-01's sixth session both dtypes compute a step's logits in the gradient buffer as one chunk, and
-HEAD_LOSS_ROWS sizes evaluation's chunks only. BENCHMARKS.md's commands with --rows ran at the commits named.)
+"""Where a CPU training step of the cpu preset goes, and what makes it faster: torch.compile of the
+model and the thread count, in float32 (what CPUs without native bfloat16 train in) and bfloat16
+(where the CPU has it). (Its --rows, the head loss's chunk size, went when a training step
+stopped chunking its head: since 2026-12-01's sixth session both dtypes compute a step's logits
+in the gradient buffer as one chunk, and HEAD_LOSS_ROWS sizes evaluation's chunks only.
+BENCHMARKS.md's commands with --rows ran at the commits named.)
 
     .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data [--dtypes float32,bfloat16] [--rounds 3]
     .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data --dtypes float32 --shapes 16x128,16x64,32x64
     .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data --head-pad --shapes 16x64 --rounds 12
 
-Each variant runs full optimizer steps (forward, backward, fused AdamW) of the cpu preset's model on real
-batches at the preset's shape; variants are interleaved round by round so a change in the machine's load
-hits all alike, and the best round of each counts. Then one float32 step is profiled (torch.profiler, the
-top operators by self time). Prints the CPU kind (AVX2 only, or AVX512_BF16) and the load average.
+Each variant runs full optimizer steps (forward, backward, fused AdamW) of the cpu preset's model
+on real batches at the preset's shape; variants are interleaved round by round so a change in the
+machine's load hits all alike, and the best round of each counts. Then one float32 step is
+profiled (torch.profiler, the top operators by self time). Prints the CPU kind (AVX2 only, or
+AVX512_BF16) and the load average.
 
---shapes times other batch x context shapes of the same model beside the preset's, for the recipe search's
-equal-time comparisons (benchmarks/recipe_rule.md): each shape's tokens/s as a share of the first one's, so
-a shape at 0.94 of it is given 0.94 x its tokens in the same minutes.
+--shapes times other batch x context shapes of the same model beside the preset's, for the recipe
+search's equal-time comparisons (benchmarks/recipe_rule.md): each shape's tokens/s as a share of
+the first one's, so a shape at 0.94 of it is given 0.94 x its tokens in the same minutes.
 
 --head-pad times the head loss's rows as they are (50,257) against padded to a multiple of 64
-(slm.head_loss.HEAD_PAD), in paired rounds at the preset's shape (or each of --shapes), and checks that both
-give the same losses. On an AVX512 host, MKL_ENABLE_INSTRUCTIONS=AVX2 ATEN_CPU_CAPABILITY=avx2 in the
-environment holds MKL's and ATen's kernels to those an AVX2-only CPU runs.
+(slm.head_loss.HEAD_PAD), in paired rounds at the preset's shape (or each of --shapes), and
+checks that both give the same losses. On an AVX512 host, MKL_ENABLE_INSTRUCTIONS=AVX2
+ATEN_CPU_CAPABILITY=avx2 in the environment holds MKL's and ATen's kernels to those an AVX2-only
+CPU runs.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from batches import Batches  # noqa: E402
 from config import PRESETS  # noqa: E402
 from model import GPT  # noqa: E402
-from slm.cli import CLIError, run_cli  # noqa: E402
 from slm import head_loss  # noqa: E402
+from slm.cli import CLIError, run_cli  # noqa: E402
 from slm.hardware import autocast, detect_machine, keep_freed_memory  # noqa: E402
 
 
@@ -77,8 +80,8 @@ def time_steps(step, steps: int, untimed: int = 2) -> float:
 
 
 def best_of_rounds(variants: dict, rounds: int, steps: int) -> dict:
-    """Each variant's best seconds per step over `rounds` rounds, every round timing all variants in turn (so a
-    change in the machine's load hits all alike)."""
+    """Each variant's best seconds per step over `rounds` rounds, every round timing all variants in
+    turn (so a change in the machine's load hits all alike)."""
     best: dict = {}
     for _ in range(rounds):
         for key, step in variants.items():
@@ -89,8 +92,13 @@ def best_of_rounds(variants: dict, rounds: int, steps: int) -> dict:
 
 def module_at(rev: str, relpath: str, name: str):
     """The file relpath as it was at git revision rev, loaded as a module of its own (named name)."""
-    text = subprocess.run(["git", "show", f"{rev}:{relpath}"], cwd=Path(__file__).resolve().parent.parent,
-                          capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        ["git", "show", f"{rev}:{relpath}"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(text)
     spec = importlib.util.spec_from_file_location(name, path)
@@ -100,17 +108,22 @@ def module_at(rev: str, relpath: str, name: str):
 
 
 def paired_rounds(a, b, rounds: int) -> tuple[list[float], list[float]]:
-    """a() and b() (each returns the time it measured) once a round, in alternating order, so going first or
-    second is no advantage and a change in the machine's load hits both alike: their times, round by round."""
+    """a() and b() (each returns the time it measured) once a round, in alternating order, so going
+    first or second is no advantage and a change in the machine's load hits both alike: their
+    times, round by round."""
     times_a, times_b = [], []
     for r in range(rounds):
-        for timing, times in ((a, times_a), (b, times_b)) if r % 2 == 0 else ((b, times_b), (a, times_a)):
+        for timing, times in (
+            ((a, times_a), (b, times_b)) if r % 2 == 0 else ((b, times_b), (a, times_a))
+        ):
             times.append(timing())
     return times_a, times_b
 
 
 def median_ratio(slower: list[float], faster: list[float]) -> float:
-    """The median over rounds of slower[i] / faster[i]: two variants timed side by side in each round."""
+    """The median over rounds of slower[i] / faster[i]: two variants timed side by side in each
+    round.
+    """
     ratios = sorted(a / b for a, b in zip(slower, faster))
     return ratios[len(ratios) // 2]
 
@@ -126,26 +139,33 @@ def profile_step(step) -> str:
 
 
 def add_preset_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
-                   help="whose model and batch shape are timed (default: %(default)s; smoke takes seconds)")
+    p.add_argument(
+        "--preset",
+        default="cpu",
+        choices=sorted(PRESETS),
+        help="whose model and batch shape are timed (default: %(default)s; smoke takes seconds)",
+    )
 
 
 def setup(data_dir: str, keep_freed: bool = True, preset: str = "cpu"):
-    """A preset (the cpu one unless said) on this CPU, its real batches, and a line that says what machine and
-    load this is.
-    keep_freed=False leaves glibc's malloc as it comes (big freed blocks go back to the OS), as training
-    finds it where slm.hardware.keep_freed_memory cannot act: macOS, Windows, musl."""
+    """A preset (the cpu one unless said) on this CPU, its real batches, and a line that says what
+    machine and load this is. keep_freed=False leaves glibc's malloc as it comes (big freed
+    blocks go back to the OS), as training finds it where slm.hardware.keep_freed_memory cannot
+    act: macOS, Windows, musl."""
     if keep_freed:
         keep_freed_memory()
     machine = detect_machine("cpu")
     mc, tc = PRESETS[preset].model, PRESETS[preset].train
-    print(f"{preset} preset, {tc.batch_size} x {mc.block_size}; {machine.describe()}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.2f} at the start")
+    print(
+        f"{preset} preset, {tc.batch_size} x {mc.block_size}; {machine.describe()}; torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads; load average "
+        f"{os.getloadavg()[0]:.2f} at the start"
+    )
     return machine, mc, tc, Batches(data_dir, mc.block_size)
 
 
 def parse_shapes(text: str) -> list[tuple[int, int]]:
-    """"16x128,16x64" -> [(16, 128), (16, 64)]: sequences x context."""
+    """ "16x128,16x64" -> [(16, 128), (16, 64)]: sequences x context."""
     try:
         shapes = [tuple(int(n) for n in item.lower().split("x")) for item in text.split(",")]
     except ValueError:
@@ -155,21 +175,32 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
     return shapes
 
 
-def compare_shapes(mc, data_dir: str, dtype: str, shapes: list[tuple[int, int]], rounds: int, steps: int) -> None:
-    """Each shape's best-round tokens/s, and its share of the first shape's, timed interleaved round by round."""
-    variants = {(b, t): make_step(replace(mc, block_size=t), b, dtype, False, Batches(data_dir, t))
-                for b, t in shapes}
+def compare_shapes(
+    mc, data_dir: str, dtype: str, shapes: list[tuple[int, int]], rounds: int, steps: int
+) -> None:
+    """Each shape's best-round tokens/s, and its share of the first shape's, timed interleaved round
+    by round.
+    """
+    variants = {
+        (b, t): make_step(replace(mc, block_size=t), b, dtype, False, Batches(data_dir, t))
+        for b, t in shapes
+    }
     best = best_of_rounds(variants, rounds, steps)
     first = shapes[0][0] * shapes[0][1] / best[shapes[0]]
     print(f"\n{dtype}: {'shape':<9} {'ms/step':>8} {'tokens/s':>9} {'share':>6}")
     for (b, t), s in best.items():
-        print(f"{'':<{len(dtype) + 2}}{f'{b}x{t}':<9} {s * 1000:>8.0f} {b * t / s:>9,.0f} {b * t / s / first:>6.3f}")
+        print(
+            f"{'':<{len(dtype) + 2}}{f'{b}x{t}':<9} {s * 1000:>8.0f} {b * t / s:>9,.0f} "
+            f"{b * t / s / first:>6.3f}"
+        )
 
 
-def compare_head_pad(mc, data_dir: str, dtypes: list[str], shapes: list[tuple[int, int]], rounds: int,
-                     steps: int) -> None:
-    """For each dtype and shape: ms per step with the head as it is and padded (HEAD_PAD), two models from the same
-    seed on the same batches, in paired rounds; the median ratio, and whether their losses agreed."""
+def compare_head_pad(
+    mc, data_dir: str, dtypes: list[str], shapes: list[tuple[int, int]], rounds: int, steps: int
+) -> None:
+    """For each dtype and shape: ms per step with the head as it is and padded (HEAD_PAD), two
+    models from the same seed on the same batches, in paired rounds; the median ratio, and
+    whether their losses agreed."""
     pad = head_loss.HEAD_PAD
     print(f"\n{'dtype':<9} {'shape':<7} {'ms/step':>8} {'padded':>8} {'ratio':>6} {'losses':>8}")
     for dtype in dtypes:
@@ -186,32 +217,54 @@ def compare_head_pad(mc, data_dir: str, dtypes: list[str], shapes: list[tuple[in
                         return time_steps(lambda: losses[rows].append(step()), steps)
                     finally:
                         head_loss.HEAD_PAD = pad
+
                 return run
 
             plain, padded = paired_rounds(timed(1), timed(pad), rounds)
-            same = "same" if losses[1] == losses[pad] else \
-                f"{max(abs(a - c) for a, c in zip(losses[1], losses[pad])):.0e}"
-            print(f"{dtype:<9} {f'{b}x{t}':<7} {sorted(plain)[len(plain) // 2] * 1000:>8.0f} "
-                  f"{sorted(padded)[len(padded) // 2] * 1000:>8.0f} {median_ratio(plain, padded):>5.3f}x {same:>8}")
+            same = (
+                "same"
+                if losses[1] == losses[pad]
+                else f"{max(abs(a - c) for a, c in zip(losses[1], losses[pad])):.0e}"
+            )
+            print(
+                f"{dtype:<9} {f'{b}x{t}':<7} {sorted(plain)[len(plain) // 2] * 1000:>8.0f} "
+                f"{sorted(padded)[len(padded) // 2] * 1000:>8.0f} "
+                f"{median_ratio(plain, padded):>5.3f}x {same:>8}"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="data")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--compile", action="store_true", help="also time torch.compile (a minute or two to compile)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time torch.compile (a minute or two to compile)",
+    )
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4, help="timed steps per variant per round")
-    p.add_argument("--shapes", help="batch x context shapes to compare instead, e.g. 16x128,16x64,32x64")
-    p.add_argument("--head-pad", action="store_true",
-                   help="time the head loss's rows as they are against padded to a multiple of 64 instead")
+    p.add_argument(
+        "--shapes", help="batch x context shapes to compare instead, e.g. 16x128,16x64,32x64"
+    )
+    p.add_argument(
+        "--head-pad",
+        action="store_true",
+        help="time the head loss's rows as they are against padded to a multiple of 64 instead",
+    )
     add_preset_flag(p)
     args = p.parse_args(argv)
     shapes = parse_shapes(args.shapes) if args.shapes else None
     machine, mc, tc, batches = setup(args.data_dir, preset=args.preset)
     if args.head_pad:
-        compare_head_pad(mc, args.data_dir, args.dtypes.split(","), shapes or [(tc.batch_size, mc.block_size)],
-                         args.rounds, args.steps)
+        compare_head_pad(
+            mc,
+            args.data_dir,
+            args.dtypes.split(","),
+            shapes or [(tc.batch_size, mc.block_size)],
+            args.rounds,
+            args.steps,
+        )
         print(f"load average {os.getloadavg()[0]:.2f} at the end")
         return
     if shapes:
@@ -224,17 +277,21 @@ def main(argv: list[str] | None = None) -> None:
         if dtype == "bfloat16" and not machine.native_bf16:
             print("bfloat16 skipped: not native on this CPU")
             continue
-        for compiled in ([False, True] if args.compile else [False]):
+        for compiled in [False, True] if args.compile else [False]:
             variants[(dtype, compiled)] = make_step(mc, tc.batch_size, dtype, compiled, batches)
     best = best_of_rounds(variants, args.rounds, args.steps)
     tokens = tc.batch_size * mc.block_size
     print(f"\n{'dtype':<9} {'compile':<8} {'ms/step':>8} {'tokens/s':>9} {'vs eager':>9}")
     for (dtype, compiled), s in best.items():
-        print(f"{dtype:<9} {str(compiled):<8} {s * 1000:>8.0f} {tokens / s:>9,.0f} {best[(dtype, False)] / s:>8.2f}x")
+        print(
+            f"{dtype:<9} {str(compiled):<8} {s * 1000:>8.0f} {tokens / s:>9,.0f} "
+            f"{best[(dtype, False)] / s:>8.2f}x"
+        )
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     if ("float32", False) in variants:
         print("\nprofile of float32 steps:")
         print(profile_step(variants[("float32", False)]))
+
 
 if __name__ == "__main__":
     run_cli(main)

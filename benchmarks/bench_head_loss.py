@@ -1,13 +1,14 @@
-"""The chunked head loss today against an earlier one: full optimizer steps of the cpu preset (forward,
-backward, fused AdamW, 16 x 128 tokens, real batches), in float32 (CPUs without native bfloat16) and bfloat16
-(where native). By default the earlier head is the one before its softmax became one fused in-place kernel
-(2026-12-01: amax, sub, exp, sum, mul over each float32 chunk, five passes, and a bfloat16 chunk cast to a
-fresh float32 tensor); --against REV takes slm/head_loss.py as it was at git revision REV instead. Each round
-times both, in alternating order, so a change in the machine's load hits both alike; it prints the best round
-of each, the median of the rounds' ratios, and each head's minor page faults a step (memory mapped on first
-touch; --malloc-as-it-comes leaves glibc returning big freed blocks to the OS, as other platforms do).
-First, how far apart the two heads' loss and gradients are, and how far each is from float64 on the same
-(bfloat16-rounded) inputs.
+"""The chunked head loss today against an earlier one: full optimizer steps of the cpu preset
+(forward, backward, fused AdamW, 16 x 128 tokens, real batches), in float32 (CPUs without native
+bfloat16) and bfloat16 (where native). By default the earlier head is the one before its softmax
+became one fused in-place kernel (2026-12-01: amax, sub, exp, sum, mul over each float32 chunk,
+five passes, and a bfloat16 chunk cast to a fresh float32 tensor); --against REV takes
+slm/head_loss.py as it was at git revision REV instead. Each round times both, in alternating
+order, so a change in the machine's load hits both alike; it prints the best round of each, the
+median of the rounds' ratios, and each head's minor page faults a step (memory mapped on first
+touch; --malloc-as-it-comes leaves glibc returning big freed blocks to the OS, as other platforms
+do). First, how far apart the two heads' loss and gradients are, and how far each is from float64
+on the same (bfloat16-rounded) inputs.
 
     .venv/bin/python benchmarks/bench_head_loss.py --data-dir data [--rounds 3] [--steps 5] [--against REV]
         [--malloc-as-it-comes]"""
@@ -26,15 +27,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model as model_module  # noqa: E402
 import slm.head_loss as head_loss_module  # noqa: E402
-from benchmarks.bench_cpu_step import (add_preset_flag, make_step, median_ratio, module_at, setup,  # noqa: E402
-                                        time_steps)
+from benchmarks.bench_cpu_step import (  # noqa: E402
+    add_preset_flag,
+    make_step,
+    median_ratio,
+    module_at,
+    setup,
+    time_steps,
+)
 from slm.cli import run_cli  # noqa: E402
 
 TODAY = model_module.head_loss
 
 
-# The head loss's forward as it was at fcb0383 (model._HeadLoss.forward), returning the loss and the saved
-# gradients of h and w.
+# The head loss's forward as it was at fcb0383 (model._HeadLoss.forward), returning the loss and the
+# saved gradients of h and w.
 def before_forward(h, w, targets, grad_enabled=True):
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else h.dtype
     hl, wl = h.to(dtype), w.to(dtype)
@@ -60,7 +67,11 @@ def before_forward(h, w, targets, grad_enabled=True):
             e.scatter_add_(1, t, -k / n)
             if not in_place:
                 grad_logits[rows] = e
-    grads = (torch.mm(grad_logits, wl).to(h.dtype), torch.mm(grad_logits.t(), hl).to(w.dtype)) if grad_enabled else ()
+    grads = (
+        (torch.mm(grad_logits, wl).to(h.dtype), torch.mm(grad_logits.t(), hl).to(w.dtype))
+        if grad_enabled
+        else ()
+    )
     return total / n, grads
 
 
@@ -87,7 +98,9 @@ def head_loss_at(rev: str):
 
 
 def page_faults() -> int | None:
-    """Minor page faults of this process so far (pages mapped on first touch); None where not counted (Windows)."""
+    """Minor page faults of this process so far (pages mapped on first touch); None where not
+    counted (Windows).
+    """
     try:
         import resource
     except ImportError:
@@ -96,8 +109,9 @@ def page_faults() -> int | None:
 
 
 def check_same(dtype: torch.dtype, then) -> str:
-    """How far apart the two heads' loss, grad h and grad w are (the largest relative difference), and how far
-    each is from float64 on the same inputs rounded to dtype (random data, 300 positions: not a power of 2)."""
+    """How far apart the two heads' loss, grad h and grad w are (the largest relative difference),
+    and how far each is from float64 on the same inputs rounded to dtype (random data, 300
+    positions: not a power of 2)."""
     gen = torch.Generator().manual_seed(0)
     h = torch.randn(300, 128, generator=gen, requires_grad=True)
     w = (torch.randn(50257, 128, generator=gen) * 0.05).requires_grad_()
@@ -125,39 +139,58 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-dir", default="data")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant per round")
-    p.add_argument("--against", metavar="REV", help="the head loss of slm/head_loss.py at this git revision")
-    p.add_argument("--malloc-as-it-comes", action="store_true",
-                   help="leave glibc's malloc thresholds alone (big freed blocks go back to the OS, as on macOS, "
-                        "Windows and musl), where training raises them (slm.hardware.keep_freed_memory)")
+    p.add_argument(
+        "--against", metavar="REV", help="the head loss of slm/head_loss.py at this git revision"
+    )
+    p.add_argument(
+        "--malloc-as-it-comes",
+        action="store_true",
+        help="leave glibc's malloc thresholds alone (big freed blocks go back to the OS, as on "
+        "macOS, Windows and musl), where training raises them (slm.hardware.keep_freed_memory)",
+    )
     add_preset_flag(p)
     args = p.parse_args(argv)
     then = head_loss_at(args.against) if args.against else before
-    machine, mc, tc, batches = setup(args.data_dir, keep_freed=not args.malloc_as_it_comes, preset=args.preset)
-    print(f"malloc: {'as it comes' if args.malloc_as_it_comes else 'thresholds raised, as training does'}")
+    machine, mc, tc, batches = setup(
+        args.data_dir, keep_freed=not args.malloc_as_it_comes, preset=args.preset
+    )
+    print(
+        f"malloc: {'as it comes' if args.malloc_as_it_comes else 'thresholds raised, as training does'}"
+    )
     dtypes = ["float32"] + (["bfloat16"] if machine.native_bf16 else [])
     for d in dtypes:
-        print(f"{d}: the two heads' loss and gradients: {check_same(getattr(torch, d), then)} (relative)")
+        print(
+            f"{d}: the two heads' loss and gradients: {check_same(getattr(torch, d), then)} "
+            "(relative)"
+        )
     steps = {d: make_step(mc, tc.batch_size, d, False, batches) for d in dtypes}
     times: dict = {}
     faults: dict = {}  # (dtype, head) -> minor page faults a step, in the last round
     for r in range(args.rounds):
         for d, step in steps.items():
             heads = (("earlier", then), ("today", TODAY))
-            for name, head in (heads if r % 2 == 0 else heads[::-1]):  # alternating: first or second, alike
+            # alternating: first or second, alike
+            for name, head in heads if r % 2 == 0 else heads[::-1]:
                 model_module.head_loss = head
                 before_faults, untimed = page_faults(), 2
                 times.setdefault((d, name), []).append(time_steps(step, args.steps, untimed))
                 if before_faults is not None:
-                    faults[(d, name)] = f"{(page_faults() - before_faults) // (args.steps + untimed):,}"
+                    faults[(d, name)] = (
+                        f"{(page_faults() - before_faults) // (args.steps + untimed):,}"
+                    )
     model_module.head_loss = TODAY
     tokens = tc.batch_size * mc.block_size
-    print(f"\n{'dtype':<9} {'earlier ms':>10} {'today ms':>9} {'tokens/s today':>15} {'best rounds':>12} "
-          f"{'median of rounds':>17} {'page faults a step':>19}")
+    print(
+        f"\n{'dtype':<9} {'earlier ms':>10} {'today ms':>9} {'tokens/s today':>15} "
+        f"{'best rounds':>12} {'median of rounds':>17} {'page faults a step':>19}"
+    )
     for d in dtypes:
         b, t = times[(d, "earlier")], times[(d, "today")]
-        print(f"{d:<9} {min(b) * 1000:>10.0f} {min(t) * 1000:>9.0f} {tokens / min(t):>15,.0f} "
-              f"{min(b) / min(t):>11.3f}x {median_ratio(b, t):>16.3f}x "
-              f"{faults.get((d, 'earlier'), '-'):>9} -> {faults.get((d, 'today'), '-')}")
+        print(
+            f"{d:<9} {min(b) * 1000:>10.0f} {min(t) * 1000:>9.0f} {tokens / min(t):>15,.0f} "
+            f"{min(b) / min(t):>11.3f}x {median_ratio(b, t):>16.3f}x "
+            f"{faults.get((d, 'earlier'), '-'):>9} -> {faults.get((d, 'today'), '-')}"
+        )
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 

@@ -1,16 +1,18 @@
-"""Benchmark of Step 4: the default GPT's generation speed with the KV cache against recomputing the whole
-context at each step, and its training speed (forward + backward + AdamW step).
+"""Benchmark of Step 4: the default GPT's generation speed with the KV cache against recomputing the
+whole context at each step, and its training speed (forward + backward + AdamW step).
 
     .venv/bin/python benchmarks/bench_model.py                    # CPU, float32
     .venv/bin/python benchmarks/bench_model.py --device cuda      # bf16, eager and torch.compile, MFU, max batch
 
-Generation: batch 1, a random --prompt-len prompt, --new-tokens greedy tokens, (a) model.generate with its
-KV cache, (b) nanoGPT's loop: the whole cropped context through the model at every step, logits of the last
-position only. Both must give the same tokens; the script checks that. Training: --steps timed steps after
---warmup ones at a fixed --batch-size x --seq-len. On CUDA the training figures come in bf16 autocast, eager
-and compiled, with model FLOPs utilisation = flops_per_token x tokens/s / --peak-flops, followed by the
-largest batch (eager, at --seq-len) whose training step fits in memory. Timings on a shared machine are
-noisy: compare figures of one run with each other, and read them with the load average printed beside them.
+Generation: batch 1, a random --prompt-len prompt, --new-tokens greedy tokens, (a) model.generate
+with its KV cache, (b) nanoGPT's loop: the whole cropped context through the model at every step,
+logits of the last position only. Both must give the same tokens; the script checks that.
+Training: --steps timed steps after --warmup ones at a fixed --batch-size x --seq-len. On CUDA
+the training figures come in bf16 autocast, eager and compiled, with model FLOPs utilisation =
+flops_per_token x tokens/s / --peak-flops, followed by the largest batch (eager, at --seq-len)
+whose training step fits in memory. Timings on a shared machine are
+noisy: compare figures of one run with each other, and read them with the load average printed
+beside them.
 """
 
 from __future__ import annotations
@@ -26,34 +28,71 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from slm.cli import CLIError, run_cli  # noqa: E402
-from slm.hardware import autocast, gpu_peak_flops, pick_device  # noqa: E402
 from config import GPTConfig  # noqa: E402
 from model import GPT  # noqa: E402
+from slm.cli import CLIError, run_cli  # noqa: E402
+from slm.hardware import autocast, gpu_peak_flops, pick_device  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--prompt-len", type=int, default=16, help="generation prompt length (default: %(default)s)")
-    p.add_argument("--new-tokens", type=int, default=256, help="tokens to generate (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="generation runs of each kind, alternating; the best counts (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="training batch in sequences (default: 2 on CPU, 64 on CUDA)")
-    p.add_argument("--seq-len", type=int, default=None, help="training sequence length (default: block_size)")
-    p.add_argument("--steps", type=int, default=None, help="timed training steps (default: 3 on CPU, 20 on CUDA)")
-    p.add_argument("--warmup", type=int, default=None,
-                   help="untimed training steps first (default: 1 on CPU, 5 on CUDA; compile happens here)")
-    p.add_argument("--peak-flops", type=float, default=None,
-                   help="accelerator's dense bf16 peak FLOP/s for MFU (default: the GPU's, by name, from "
-                        "slm.hardware.GPU_PEAK_FLOPS; no MFU for a GPU not listed there)")
-    p.add_argument("--no-compile", action="store_true", help="CUDA: skip the torch.compile measurement")
-    p.add_argument("--no-max-batch", action="store_true", help="CUDA: skip the search for the largest batch")
+    p.add_argument(
+        "--prompt-len", type=int, default=16, help="generation prompt length (default: %(default)s)"
+    )
+    p.add_argument(
+        "--new-tokens", type=int, default=256, help="tokens to generate (default: %(default)s)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="generation runs of each kind, alternating; the best counts (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="training batch in sequences (default: 2 on CPU, 64 on CUDA)",
+    )
+    p.add_argument(
+        "--seq-len", type=int, default=None, help="training sequence length (default: block_size)"
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed training steps (default: 3 on CPU, 20 on CUDA)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed training steps first (default: 1 on CPU, 5 on CUDA; compile happens here)",
+    )
+    p.add_argument(
+        "--peak-flops",
+        type=float,
+        default=None,
+        help="accelerator's dense bf16 peak FLOP/s for MFU (default: the GPU's, by name, from "
+        "slm.hardware.GPU_PEAK_FLOPS; no MFU for a GPU not listed there)",
+    )
+    p.add_argument(
+        "--no-compile", action="store_true", help="CUDA: skip the torch.compile measurement"
+    )
+    p.add_argument(
+        "--no-max-batch", action="store_true", help="CUDA: skip the search for the largest batch"
+    )
     p.add_argument("--skip-generation", action="store_true", help="measure training only")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads; 0 = torch's choice (default: %(default)s: on the shared 2-core "
-                        "machine two threads ran 6x slower than one, waiting for each other)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 0 = torch's choice (default: %(default)s: on the shared 2-core "
+        "machine two threads ran 6x slower than one, waiting for each other)",
+    )
     args = p.parse_args(argv)
     for name in ("prompt_len", "new_tokens", "repeats", "batch_size", "seq_len", "steps"):
         value = getattr(args, name)
@@ -80,7 +119,9 @@ def sync(device: str) -> None:
 
 @torch.no_grad()
 def generate_recompute(model: GPT, idx: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """nanoGPT's generate, greedy: the whole context (last block_size tokens) through the model every step."""
+    """nanoGPT's generate, greedy: the whole context (last block_size tokens) through the model
+    every step.
+    """
     block = model.config.block_size
     for _ in range(new_tokens):
         h = model.hidden_states(idx[:, -block:])  # (B, T, C)
@@ -90,12 +131,21 @@ def generate_recompute(model: GPT, idx: torch.Tensor, new_tokens: int) -> torch.
 
 
 def bench_generation(model: GPT, args, device: str, dtype: str) -> dict:
-    """Each way --repeats times, alternating, so both see the same load; the best time of each counts."""
+    """Each way --repeats times, alternating, so both see the same load; the best time of each
+    counts.
+    """
     model.eval()
-    prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_len), device=device,
-                           generator=torch.Generator(device=device).manual_seed(0))  # (1, P)
-    runs = {"kv_cache": lambda: model.generate(prompt, args.new_tokens, temperature=0.0),
-            "recompute": lambda: generate_recompute(model, prompt, args.new_tokens)}
+    prompt = torch.randint(
+        0,
+        model.config.vocab_size,
+        (1, args.prompt_len),
+        device=device,
+        generator=torch.Generator(device=device).manual_seed(0),
+    )  # (1, P)
+    runs = {
+        "kv_cache": lambda: model.generate(prompt, args.new_tokens, temperature=0.0),
+        "recompute": lambda: generate_recompute(model, prompt, args.new_tokens),
+    }
     seconds = {name: [] for name in runs}
     tokens = {}
     with autocast(device, dtype):
@@ -107,13 +157,19 @@ def bench_generation(model: GPT, args, device: str, dtype: str) -> dict:
                 tokens[name] = run()
                 sync(device)
                 seconds[name].append(time.perf_counter() - t0)
-                say(f"  generation {name:9s}: {args.new_tokens} tokens in {seconds[name][-1]:7.2f} s = "
-                    f"{args.new_tokens / seconds[name][-1]:8.1f} tokens/s   ({load()})")
+                say(
+                    f"  generation {name:9s}: {args.new_tokens} tokens in "
+                    f"{seconds[name][-1]:7.2f} s = {args.new_tokens / seconds[name][-1]:8.1f} "
+                    f"tokens/s   ({load()})"
+                )
     best = {name: args.new_tokens / min(times) for name, times in seconds.items()}
     same = torch.equal(tokens["kv_cache"], tokens["recompute"])
     speedup = best["kv_cache"] / best["recompute"]
-    say(f"  best of {args.repeats}: KV cache {best['kv_cache']:.1f} tokens/s, recompute {best['recompute']:.1f} "
-        f"tokens/s: speed-up {speedup:.1f}x (target >= 5x); same tokens: {same}")
+    say(
+        f"  best of {args.repeats}: KV cache {best['kv_cache']:.1f} tokens/s, recompute "
+        f"{best['recompute']:.1f} tokens/s: speed-up {speedup:.1f}x (target >= 5x); same tokens: "
+        f"{same}"
+    )
     if not same and dtype == "float32":
         raise SystemExit("KV-cached and recomputed greedy generation disagree in float32: a bug")
     return {"speedup": speedup, "same_tokens": same, "tokens_per_s": best}
@@ -160,8 +216,10 @@ def bench_training(raw: GPT, args, device: str, dtype: str, compiled: bool) -> d
     c = raw.config
     flops_tok = raw.flops_per_token() - 12 * c.n_layer * c.n_embd * (c.block_size - T)
     label = f"{dtype}{' compiled' if compiled else ''}"
-    line = (f"  training {label:18s}: batch {B} x {T}, {seconds * 1e3:8.1f} ms/step = {tok_s:10.0f} tokens/s, "
-            f"{flops_tok * tok_s / 1e12:7.3f} TFLOP/s")
+    line = (
+        f"  training {label:18s}: batch {B} x {T}, {seconds * 1e3:8.1f} ms/step = {tok_s:10.0f} "
+        f"tokens/s, {flops_tok * tok_s / 1e12:7.3f} TFLOP/s"
+    )
     mfu = None
     if device.startswith("cuda") and args.peak_flops:
         mfu = flops_tok * tok_s / args.peak_flops
@@ -226,26 +284,40 @@ def main(argv=None) -> None:
     if args.seq_len > config.block_size:
         raise CLIError(f"--seq-len {args.seq_len} is longer than block_size {config.block_size}")
     if args.prompt_len + args.new_tokens > config.block_size:
-        say(f"note: {args.prompt_len} + {args.new_tokens} tokens pass block_size {config.block_size}: "
-            "the KV cache then recomputes the window at every step, like the reference")
+        say(
+            f"note: {args.prompt_len} + {args.new_tokens} tokens pass block_size "
+            f"{config.block_size}: the KV cache then recomputes the window at every step, like "
+            "the reference"
+        )
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
 
     torch.manual_seed(0)
     model = GPT(config).to(device)
-    name = torch.cuda.get_device_name(device) if cuda else f"{platform.machine()} CPU, {os.cpu_count()} cores"
-    say(f"device: {name}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads; {dtype}")
+    name = (
+        torch.cuda.get_device_name(device)
+        if cuda
+        else f"{platform.machine()} CPU, {os.cpu_count()} cores"
+    )
+    say(
+        f"device: {name}; torch {torch.__version__}, {torch.get_num_threads()} CPU threads; {dtype}"
+    )
     if cuda and args.peak_flops is None:
         args.peak_flops = gpu_peak_flops(name)
         if args.peak_flops is None:
             say(f"MFU not shown: the peak FLOP/s of {name!r} is unknown here; pass --peak-flops")
-    say(f"model: default GPTConfig, {model.num_params():,} parameters, "
-        f"{model.flops_per_token() / 1e6:.1f} MFLOPs per training token at T={config.block_size}")
+    say(
+        f"model: default GPTConfig, {model.num_params():,} parameters, "
+        f"{model.flops_per_token() / 1e6:.1f} MFLOPs per training token at T={config.block_size}"
+    )
     say(load())
 
     if not args.skip_generation:
-        say(f"generation: batch 1, {args.prompt_len}-token prompt, {args.new_tokens} new tokens, greedy")
+        say(
+            f"generation: batch 1, {args.prompt_len}-token prompt, {args.new_tokens} new tokens, "
+            "greedy"
+        )
         bench_generation(model, args, device, dtype)
 
     say(f"training step (forward + backward + AdamW), dropout {config.dropout}:")
@@ -253,8 +325,10 @@ def main(argv=None) -> None:
     if cuda and not args.no_compile:
         bench_training(model, args, device, dtype, compiled=True)
     if cuda and not args.no_max_batch:
-        say(f"largest batch at T={args.seq_len} that fits ({dtype}, eager, one step, multiple of 8): "
-            f"{largest_batch(model, args.seq_len, device, dtype)}")
+        say(
+            f"largest batch at T={args.seq_len} that fits ({dtype}, eager, one step, multiple of "
+            f"8): {largest_batch(model, args.seq_len, device, dtype)}"
+        )
     say(load())
 
 

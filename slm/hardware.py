@@ -1,6 +1,7 @@
-"""The machine: which device, what it is (Machine: name, memory, capability, CPU flags), which dtype, mixed
-precision, whether torch.compile can run, and the GPUs' peak FLOP/s for the MFU. slm/plan.py turns these
-facts into a run's plan; tests fake a Machine for the GPUs no one here has."""
+"""The machine: which device, what it is (Machine: name, memory, capability, CPU flags), which
+dtype, mixed precision, whether torch.compile can run, and the GPUs' peak FLOP/s for the MFU.
+slm/plan.py turns these facts into a run's plan; tests fake a Machine for the GPUs no one here
+has."""
 
 from __future__ import annotations
 
@@ -25,8 +26,12 @@ def pick_device(name: str = "auto") -> str:
             return "mps"
         return "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CLIError(f"--device {name} asked for, but CUDA is not available here; use --device cpu")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CLIError(
+            f"--device {name} asked for, but CUDA is not available here; use --device cpu"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
         raise CLIError("--device mps asked for, but MPS is not available here; use --device cpu")
     if name != "cpu" and not name.startswith("cuda") and name != "mps":
         raise CLIError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
@@ -34,28 +39,32 @@ def pick_device(name: str = "auto") -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 in hardware and oneDNN will use it: x86 AVX512_BF16 or AMX,
-    Arm BF16. oneDNN alone (torch.ops.mkldnn._is_mkldnn_bf16_supported) also says yes to plain AVX-512,
-    where it emulates bfloat16 at no gain, so both checks must agree."""
+    """Whether this CPU multiplies bfloat16 in hardware and oneDNN will use it: x86 AVX512_BF16 or
+    AMX, Arm BF16. oneDNN alone (torch.ops.mkldnn._is_mkldnn_bf16_supported) also says yes to
+    plain AVX-512, where it emulates bfloat16 at no gain, so both checks must agree."""
     import torch
 
     if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return False
     if hasattr(torch.cpu, "get_capabilities"):  # torch >= 2.10: cpuinfo's feature flags
         caps = torch.cpu.get_capabilities()
-        return any(caps.get(flag, False) for flag in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+        return any(
+            caps.get(flag, False) for flag in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
+        )
     check = getattr(torch.cpu, "_is_avx512_bf16_supported", None)  # older torch: x86 only
     return bool(check and check())
 
 
 @dataclass(frozen=True)
 class Machine:
-    """The facts about a device that choose a run's dtype, micro-batch and compile. detect_machine reads
-    them; tests build them by hand for a T4, an RTX 3060, an A100, an H100, an Apple GPU or a CPU."""
+    """The facts about a device that choose a run's dtype, micro-batch and compile. detect_machine
+    reads them; tests build them by hand for a T4, an RTX 3060, an A100, an H100, an Apple GPU or
+    a CPU."""
 
     device: str  # "cpu", "cuda", "cuda:N" or "mps"
     name: str  # the GPU's name, or the CPU's model name
-    capability: tuple[int, int] | None = None  # CUDA compute capability (8.0 and up: native bfloat16)
+    # CUDA compute capability (8.0 and up: native bfloat16)
+    capability: tuple[int, int] | None = None
     total_memory: int | None = None  # bytes (GPU; MPS: the recommended working set; CPU: None)
     free_memory: int | None = None  # bytes free now (CUDA), else None
     cpu_flags: frozenset[str] = field(default_factory=frozenset)  # from /proc/cpuinfo (CPU)
@@ -67,23 +76,34 @@ class Machine:
 
     @property
     def native_bf16(self) -> bool:
-        """bfloat16 in hardware: CUDA capability 8.0+ (Ampere on), or a CPU with AVX512_BF16, AMX or Arm BF16.
-        torch.cuda.is_bf16_supported() also says yes on a T4 (emulated bfloat16, slower than float16)."""
+        """bfloat16 in hardware: CUDA capability 8.0+ (Ampere on), or a CPU with AVX512_BF16, AMX or
+        Arm BF16. torch.cuda.is_bf16_supported() also says yes on a T4 (emulated bfloat16, slower
+        than float16)."""
         if self.kind == "cuda":
             return self.capability is not None and self.capability >= (8, 0)
         return self.kind == "cpu" and bool(self.cpu_flags & CPU_BF16_FLAGS)
 
     def describe(self) -> str:
         if self.kind == "cpu":
-            isa = "native bf16" if self.native_bf16 else ("AVX-512, no bf16" if "avx512f" in self.cpu_flags else
-                                                         "AVX2, no bf16" if "avx2" in self.cpu_flags else "no bf16")
+            isa = (
+                "native bf16"
+                if self.native_bf16
+                else (
+                    "AVX-512, no bf16"
+                    if "avx512f" in self.cpu_flags
+                    else "AVX2, no bf16"
+                    if "avx2" in self.cpu_flags
+                    else "no bf16"
+                )
+            )
             return f"CPU {self.name} ({isa})"
         memory = f", {self.total_memory / 2**30:.0f} GiB" if self.total_memory else ""
         sm = f", sm{self.capability[0]}{self.capability[1]}" if self.capability else ""
         return f"{self.name}{sm}{memory}"
 
 
-CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16", "sve_bf16"})  # /proc/cpuinfo (x86) / Features (Arm)
+# /proc/cpuinfo (x86) / Features (Arm)
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16", "sve_bf16"})
 
 
 def cpu_flags() -> frozenset[str]:
@@ -122,21 +142,45 @@ def detect_machine(device: str) -> Machine:
     kind = "cuda" if device.startswith("cuda") else device
     if kind == "cuda":
         free, total = torch.cuda.mem_get_info(device)
-        return Machine(device=device, name=torch.cuda.get_device_name(device),
-                       capability=tuple(torch.cuda.get_device_capability(device)), total_memory=total,
-                       free_memory=free, compile_problem=compile_problem(device))
+        return Machine(
+            device=device,
+            name=torch.cuda.get_device_name(device),
+            capability=tuple(torch.cuda.get_device_capability(device)),
+            total_memory=total,
+            free_memory=free,
+            compile_problem=compile_problem(device),
+        )
     if kind == "mps":
-        total = torch.mps.recommended_max_memory() if hasattr(torch.mps, "recommended_max_memory") else None
-        return Machine(device=device, name="Apple GPU (MPS)", total_memory=total, compile_problem=compile_problem(device))
-    flags, native = cpu_flags(), cpu_has_native_bf16()  # torch's oneDNN must be able to use the flag, too
-    flags = (flags | {"bf16"}) if native and not flags & CPU_BF16_FLAGS else flags if native else flags - CPU_BF16_FLAGS
-    return Machine(device=device, name=cpu_name(), cpu_flags=flags, compile_problem=compile_problem(device))
+        total = (
+            torch.mps.recommended_max_memory()
+            if hasattr(torch.mps, "recommended_max_memory")
+            else None
+        )
+        return Machine(
+            device=device,
+            name="Apple GPU (MPS)",
+            total_memory=total,
+            compile_problem=compile_problem(device),
+        )
+    # torch's oneDNN must be able to use the flag, too
+    flags, native = cpu_flags(), cpu_has_native_bf16()
+    flags = (
+        (flags | {"bf16"})
+        if native and not flags & CPU_BF16_FLAGS
+        else flags
+        if native
+        else flags - CPU_BF16_FLAGS
+    )
+    return Machine(
+        device=device, name=cpu_name(), cpu_flags=flags, compile_problem=compile_problem(device)
+    )
 
 
 def auto_dtype(machine: Machine) -> str:
-    """bfloat16 where it is native (1.5x float32's training speed for the cpu preset on an AVX512_BF16 CPU, the
-    same loss per step within noise: benchmarks/training.md); float16 (with GradScaler) on older CUDA GPUs;
-    float32 on CPUs without it and on Apple GPUs (MPS autocast and GradScaler are not proven there)."""
+    """bfloat16 where it is native (1.5x float32's training speed for the cpu preset on an
+    AVX512_BF16 CPU, the same loss per step within noise: benchmarks/training.md); float16 (with
+    GradScaler) on older CUDA GPUs; float32 on CPUs without it and on Apple GPUs (MPS autocast
+    and GradScaler are not proven there)."""
     if machine.native_bf16:
         return "bfloat16"
     return "float16" if machine.kind == "cuda" else "float32"
@@ -161,9 +205,10 @@ def autocast(device: str, dtype: str):
     return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
 
 
-# Dense (no sparsity) 16-bit tensor-core peak FLOP/s of one GPU at its boost clock, from NVIDIA's datasheets and
-# architecture whitepapers: bf16 with fp32 accumulation, as torch's matmuls run; fp16 on GPUs without bf16 (T4,
-# V100). The MFU denominator. Patterns are searched in torch.cuda.get_device_name(), first match wins.
+# Dense (no sparsity) 16-bit tensor-core peak FLOP/s of one GPU at its boost clock, from NVIDIA's
+# datasheets and architecture whitepapers: bf16 with fp32 accumulation, as torch's matmuls run; fp16
+# on GPUs without bf16 (T4, V100). The MFU denominator. Patterns are searched in
+# torch.cuda.get_device_name(), first match wins.
 GPU_PEAK_FLOPS = [
     (r"H100.*PCIe", 756e12),
     (r"H100.*NVL|H200.*NVL", 835e12),
@@ -171,8 +216,10 @@ GPU_PEAK_FLOPS = [
     (r"A100", 312e12),  # SXM and PCIe alike
     (r"L40S", 362e12),
     (r"\bL4\b", 121e12),
-    (r"\bA10\b", 125e12),  # not the A10G (AWS's variant, slower tensor cores, no NVIDIA datasheet): unknown
-    (r"RTX 4090(?! D)(?!.*Laptop)", 165e12),  # GeForce: half-rate fp32 accumulation (330 with fp16 accumulation)
+    # not the A10G (AWS's variant, slower tensor cores, no NVIDIA datasheet): unknown
+    (r"\bA10\b", 125e12),
+    # GeForce: half-rate fp32 accumulation (330 with fp16 accumulation)
+    (r"RTX 4090(?! D)(?!.*Laptop)", 165e12),
     (r"RTX 3090(?! Ti)(?!.*Laptop)", 71e12),  # likewise (142 with fp16 accumulation)
     (r"\bT4\b", 65e12),  # fp16: Turing has no bf16
     (r"V100.*PCIE", 112e12),  # fp16
@@ -181,7 +228,9 @@ GPU_PEAK_FLOPS = [
 
 
 def gpu_peak_flops(name: str) -> float | None:
-    """The dense bf16 peak FLOP/s of the GPU called `name` (torch.cuda.get_device_name()); None if not known."""
+    """The dense bf16 peak FLOP/s of the GPU called `name` (torch.cuda.get_device_name()); None if
+    not known.
+    """
     for pattern, peak in GPU_PEAK_FLOPS:
         if re.search(pattern, name, re.IGNORECASE):
             return peak
@@ -189,8 +238,9 @@ def gpu_peak_flops(name: str) -> float | None:
 
 
 def synchronize(device: str) -> None:
-    """Wait until the device has done the work queued on it. CUDA and MPS run kernels asynchronously: a clock
-    read right after a pass times how long it took to queue the kernels, not to run them. A CPU queues nothing."""
+    """Wait until the device has done the work queued on it. CUDA and MPS run kernels
+    asynchronously: a clock read right after a pass times how long it took to queue the kernels,
+    not to run them. A CPU queues nothing."""
     import torch
 
     if device.startswith("cuda"):
@@ -200,8 +250,9 @@ def synchronize(device: str) -> None:
 
 
 def fork_rng(device: str):
-    """A context whose exit puts back the global random generators the device draws from (the CPU's, and the
-    CUDA or MPS one of the device): dropout inside it leaves the run's draws as they were."""
+    """A context whose exit puts back the global random generators the device draws from (the CPU's,
+    and the CUDA or MPS one of the device): dropout inside it leaves the run's draws as they
+    were."""
     import torch
 
     kind = device.split(":")[0]
@@ -211,20 +262,23 @@ def fork_rng(device: str):
 
 
 def fused_adamw(device: str) -> bool:
-    """AdamW's fused kernel: one pass over each parameter instead of a dozen. CUDA has it; the CPU since
-    torch 2.4 (3.3x faster than foreach for the cpu preset's 7M parameters here: 5.1 vs 17.0 ms per step)."""
+    """AdamW's fused kernel: one pass over each parameter instead of a dozen. CUDA has it; the CPU
+    since torch 2.4 (3.3x faster than foreach for the cpu preset's 7M parameters here: 5.1 vs
+    17.0 ms per step)."""
     import torch
 
     return device.startswith("cuda") or (device == "cpu" and torch.__version__ >= (2, 4))
 
 
 def keep_freed_memory() -> None:
-    """Let glibc reuse freed heap memory for big tensors instead of mapping fresh zeroed pages each step.
+    """Let glibc reuse freed heap memory for big tensors instead of mapping fresh zeroed pages each
+    step.
 
-    The (batch * block_size, vocab) logits and their gradients are 100+ MB; by default glibc hands each
-    such block back to the OS when freed and page-faults a new one on the next step. Raising the mmap
-    and trim thresholds made CPU training steps about 2x faster on this project's 2-core machine. (Where this
-    cannot act, on macOS, Windows or musl, slm.head_loss keeps its (N, V) buffer from step to step itself.)
+    The (batch * block_size, vocab) logits and their gradients are 100+ MB; by default glibc
+    hands each such block back to the OS when freed and page-faults a new one on the next step.
+    Raising the mmap and trim thresholds made CPU training steps about 2x faster on this
+    project's 2-core machine. (Where this cannot act, on macOS, Windows or musl, slm.head_loss
+    keeps its (N, V) buffer from step to step itself.)
     """
     if not sys.platform.startswith("linux"):
         return
@@ -238,16 +292,23 @@ def keep_freed_memory() -> None:
 
 
 def compile_problem(device: str) -> str | None:
-    """Why torch.compile cannot work for this device here, or None when it can: it needs Triton on a CUDA
-    GPU (not shipped for Windows), a C++ compiler on a CPU, and has no stable backend for Apple's MPS."""
+    """Why torch.compile cannot work for this device here, or None when it can: it needs Triton on a
+    CUDA GPU (not shipped for Windows), a C++ compiler on a CPU, and has no stable backend for
+    Apple's MPS."""
     import torch
     import torch._dynamo
     from torch.utils._triton import has_triton
 
     if not torch._dynamo.is_dynamo_supported():
-        return (f"torch {torch.__version__} does not support torch.compile with Python {sys.version.split()[0]} "
-                f"on {sys.platform}")
-    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.get_device_capability(device) < (7, 0):
+        return (
+            f"torch {torch.__version__} does not support torch.compile with Python "
+            f"{sys.version.split()[0]} on {sys.platform}"
+        )
+    if (
+        device.startswith("cuda")
+        and torch.cuda.is_available()
+        and torch.cuda.get_device_capability(device) < (7, 0)
+    ):
         return "torch.compile's Triton kernels need a GPU of compute capability 7.0 or later"
     if device.startswith("cuda") and not has_triton():
         return "torch.compile needs Triton for CUDA GPUs and it is not installed (Windows: pip install triton-windows)"

@@ -1,95 +1,115 @@
-"""The LM head's loss on a CPU: the mean cross-entropy of softmax(h @ w.T) and its gradient, computed
-together, the logits turned into their own gradient in place (no second (positions, vocab) tensor).
-GPT.forward(..., return_logits=False) uses it; training does on a CPU (training.keep_logits), where it
-makes a step about twice as fast as the plain logits path (benchmarks/training.md), its fused in-place
-softmax another ~1.1x, and the same in bfloat16 again ~1.1x (BENCHMARKS.md).
+"""The LM head's loss on a CPU: the mean cross-entropy of softmax(h @ w.T) and its gradient,
+computed together, the logits turned into their own gradient in place (no second (positions,
+vocab) tensor). GPT.forward(..., return_logits=False) uses it; training does on a CPU
+(training.keep_logits), where it makes a step about twice as fast as the plain logits path
+(benchmarks/training.md), its fused in-place softmax another ~1.1x, and the same in bfloat16
+again ~1.1x (BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
 import torch
 
-# Positions per head-loss chunk where there is no gradient to compute the logits in (evaluation), so a chunk's
-# logits (and a bfloat16 chunk's float32 copy) are memory of their own: 512 bounds them at 512 x 50,257 float32
-# (103 MB) however large the batch, and fewer chunks re-read the (V, C) head fewer times. (Chosen when training
-# steps were chunked too: against 32 rows, float32 1.12x at 512, bfloat16 ~1.05x from 64 up; BENCHMARKS.md.)
+# Positions per head-loss chunk where there is no gradient to compute the logits in (evaluation), so
+# a chunk's logits (and a bfloat16 chunk's float32 copy) are memory of their own: 512 bounds them at
+# 512 x 50,257 float32 (103 MB) however large the batch, and fewer chunks re-read the (V, C) head
+# fewer times. (Chosen when training steps were chunked too: against 32 rows, float32 1.12x at 512,
+# bfloat16 ~1.05x from 64 up; BENCHMARKS.md.)
 HEAD_LOSS_ROWS = 512
-# In float32 the head's rows are multiplied as a matrix of a multiple of HEAD_PAD rows, zeros after the 50,257
-# real ones, whose logits are set to -inf before the softmax: the loss and the gradients are those over the real
-# tokens, bit for bit (tested), and the products run faster with rows a multiple of 64. Paired rounds of the cpu
-# preset's steps (bench_cpu_step.py --head-pad, BENCHMARKS.md "The head padded to 50,304 rows"): float32 1.13x at
-# 16 x 64 and 1.12x at 16 x 128; with MKL and ATen held to AVX2 (the kind that trains in float32) 1.17x at 16 x 64
-# and 1.15x at 8 x 64. bfloat16 gained 1.01-1.02x and its losses moved by the rounding, so it stays unpadded.
-# The model, its checkpoints, generation and the export keep the 50,257 rows.
+# In float32 the head's rows are multiplied as a matrix of a multiple of HEAD_PAD rows, zeros after
+# the 50,257 real ones, whose logits are set to -inf before the softmax: the loss and the gradients
+# are those over the real tokens, bit for bit (tested), and the products run faster with rows a
+# multiple of 64. Paired rounds of the cpu preset's steps (bench_cpu_step.py --head-pad,
+# BENCHMARKS.md "The head padded to 50,304 rows"): float32 1.13x at 16 x 64 and 1.12x at 16 x 128;
+# with MKL and ATen held to AVX2 (the kind that trains in float32) 1.17x at 16 x 64 and 1.15x at 8 x
+# 64. bfloat16 gained 1.01-1.02x and its losses moved by the rounding, so it stays unpadded. The
+# model, its checkpoints, generation and the export keep the 50,257 rows.
 HEAD_PAD = 64
-# The tensors a training step reuses, kept for the next step: the (positions, vocab) one it computes its logits
-# and their gradient in (gradient_buffer), and the padded head (padded_head).
+# The tensors a training step reuses, kept for the next step: the (positions, vocab) one it computes
+# its logits and their gradient in (gradient_buffer), and the padded head (padded_head).
 _KEPT: dict[str, torch.Tensor] = {}
 
 
 class _HeadLoss(torch.autograd.Function):
-    """Mean cross-entropy of softmax(h @ w.T) against targets, with its gradient computed on the way.
+    """Mean cross-entropy of softmax(h @ w.T) against targets, with its gradient computed on the
+    way.
 
-    The LM head's logits are (N, 50257): at width 128 the head is ~90% of the model's FLOPs, and on a
-    CPU the plain path spends more time than that moving its float32 logits (cast, log-softmax, its
-    backward, zero-filled gradients) than multiplying. Here the rows are multiplied straight into the
-    gradient buffer, turned into their softmax in place by one fused kernel (in the buffer's dtype: bfloat16
-    under autocast, whose kernel sums in float32), scored at their targets, and made softmax - one_hot; the
-    gradients of h and w then come from two large matmuls, divided by n. Without a gradient (evaluation) the
-    logits go in chunks, a bfloat16 chunk's softmax on a float32 copy. The numbers are those of
-    F.cross_entropy(h @ w.T, targets, ignore_index=-1) (the tests compare them).
+    The LM head's logits are (N, 50257): at width 128 the head is ~90% of the model's FLOPs, and
+    on a CPU the plain path spends more time than that moving its float32 logits (cast,
+    log-softmax, its backward, zero-filled gradients) than multiplying. Here the rows are
+    multiplied straight into the gradient buffer, turned into their softmax in place by one fused
+    kernel (in the buffer's dtype: bfloat16 under autocast, whose kernel sums in float32), scored
+    at their targets, and made softmax - one_hot; the gradients of h and w then come from two
+    large matmuls, divided by n. Without a gradient (evaluation) the logits go in chunks, a
+    bfloat16 chunk's softmax on a float32 copy. The numbers are those of F.cross_entropy(h @ w.T,
+    targets, ignore_index=-1) (the tests compare them).
     """
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, grad_enabled: bool) -> torch.Tensor:
+    def forward(
+        ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, grad_enabled: bool
+    ) -> torch.Tensor:
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         v, hl = w.size(0), h.to(dtype)  # (N, C) the matmul input, as autocast would cast it
-        # (Vp, C): in float32 the head, then zero rows to a multiple of HEAD_PAD; else the head cast (Vp = V)
+        # (Vp, C): in float32 the head, then zero rows to a multiple of HEAD_PAD; else the head cast
+        # (Vp = V)
         wp = padded_head(w) if dtype == torch.float32 else w.to(dtype)
         wl = wp[:v]  # (V, C) the head itself, cast as autocast would
         keep = targets != -1  # (N,)
         n = keep.sum().clamp(min=1).float()  # positions scored
         want_grad = grad_enabled and any(ctx.needs_input_grad[:2])  # not under no_grad (evaluation)
         if not want_grad and not torch.compiler.is_compiling():
-            _KEPT.clear()  # evaluation's chunks take the training buffer's memory: the peak stays where it was
+            # evaluation's chunks take the training buffer's memory: the peak stays where it was
+            _KEPT.clear()
         # (N, V): each chunk's logits, then its gradient
         grad_logits = gradient_buffer(h.size(0), wp.size(0), dtype, h.device) if want_grad else None
-        # Without a gradient (evaluation) a bfloat16 / float16 chunk's softmax runs on a float32 copy, for an exact
-        # loss; with one, in place in the gradient buffer, in bfloat16 (the kernel sums in float32).
+        # Without a gradient (evaluation) a bfloat16 / float16 chunk's softmax runs on a float32
+        # copy, for an exact loss; with one, in place in the gradient buffer, in bfloat16 (the
+        # kernel sums in float32).
         to_float = dtype != torch.float32 and not want_grad
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        # With a gradient, the chunk is all rows, computed in the (N, V) gradient, which exists anyway: one chunk
-        # reads the head once (a float32 step 1.08x faster than 512-row chunks at 16 x 128, AVX2). Otherwise
-        # (evaluation's logits, or their float32 copy) chunks bound the memory.
+        # With a gradient, the chunk is all rows, computed in the (N, V) gradient, which exists
+        # anyway: one chunk reads the head once (a float32 step 1.08x faster than 512-row chunks at
+        # 16 x 128, AVX2). Otherwise (evaluation's logits, or their float32 copy) chunks bound the
+        # memory.
         per_chunk = max(h.size(0), 1) if want_grad else HEAD_LOSS_ROWS
         for s in range(0, h.size(0), per_chunk):
             rows = slice(s, s + per_chunk)
-            e = torch.mm(hl[rows], wp.t(), out=grad_logits[rows] if want_grad else None)  # (R, Vp) logits
+            # (R, Vp) logits
+            e = torch.mm(hl[rows], wp.t(), out=grad_logits[rows] if want_grad else None)
             e[:, v:] = -torch.inf  # the padding's logits: probability exactly 0, and so gradient 0
             if to_float:
                 e = e.float()
             k = keep[rows, None]  # (R, 1)
             t = targets[rows, None].clamp(min=0)  # (R, 1)
-            log_p = _softmax_at_targets_(e, t, k, hl[rows], wl)  # e: (R, V) probabilities; log_p: (R, 1)
+            # e: (R, V) probabilities; log_p: (R, 1)
+            log_p = _softmax_at_targets_(e, t, k, hl[rows], wl)
             total -= torch.where(k, log_p, 0).sum()  # -log softmax at the target (0 if ignored)
             if want_grad:
-                # softmax - one_hot, by indexing: scatter_ and scatter_add_ copy a whole bfloat16 tensor twice
+                # softmax - one_hot, by indexing: scatter_ and scatter_add_ copy a whole bfloat16
+                # tensor twice
                 e[torch.arange(e.size(0), device=e.device), t[:, 0]] -= 1
                 if not k.all():
                     e.masked_fill_(~k, 0)  # ignored positions give no gradient
         if want_grad:
             grad_h = torch.mm(grad_logits, wp)  # (N, C)
             if dtype == torch.float32:
-                grad_w = torch.mm(grad_logits.t(), hl)[:v]  # (V, C): the padding's rows (zeros) left out
-            else:  # bfloat16 (oneDNN) is faster as (C, N) @ (N, V), float32 (MKL) as above, and with the (C, N)
-                # operand laid out in its own rows: hl.t() copied (0.5 MB at 16 x 128), not a transposed view
+                # (V, C): the padding's rows (zeros) left out
+                grad_w = torch.mm(grad_logits.t(), hl)[:v]
+            # bfloat16 (oneDNN) is faster as (C, N) @ (N, V), float32 (MKL) as above, and with the
+            # (C, N)
+            else:
+                # operand laid out in its own rows: hl.t() copied (0.5 MB at 16 x 128), not a
+                # transposed view
                 grad_w = torch.mm(hl.t().contiguous(), grad_logits).t()[:v]
-            # Divided by n here, in (N, C) and (V, C) and in float32 (h's and w's dtype under autocast), not over
-            # (N, V): a pass saved. (One copy: the cast writes grad_w in w's row-major layout, whatever the
-            # product left.)
+            # Divided by n here, in (N, C) and (V, C) and in float32 (h's and w's dtype under
+            # autocast), not over (N, V): a pass saved. (One copy: the cast writes grad_w in w's
+            # row-major layout, whatever the product left.)
             grad_h = grad_h.to(torch.float32).div_(n).to(h.dtype)
-            grad_w = grad_w.to(torch.float32, memory_format=torch.contiguous_format).div_(n).to(w.dtype)
+            grad_w = (
+                grad_w.to(torch.float32, memory_format=torch.contiguous_format).div_(n).to(w.dtype)
+            )
             ctx.save_for_backward(grad_h, grad_w)
         return total / n
 
@@ -100,8 +120,8 @@ class _HeadLoss(torch.autograd.Function):
 
 
 def padded_head(w: torch.Tensor) -> torch.Tensor:
-    """w (V, C) in the first V rows of a float32 (Vp, C) matrix, Vp the next multiple of HEAD_PAD, whose other rows
-    are zeros. On a CPU the same matrix every step, w copied into it."""
+    """w (V, C) in the first V rows of a float32 (Vp, C) matrix, Vp the next multiple of HEAD_PAD,
+    whose other rows are zeros. On a CPU the same matrix every step, w copied into it."""
     v, c = w.shape
     vp = -(-v // HEAD_PAD) * HEAD_PAD
     reuse = w.device.type == "cpu" and not torch.compiler.is_compiling()
@@ -115,15 +135,19 @@ def padded_head(w: torch.Tensor) -> torch.Tensor:
 
 
 def gradient_buffer(n: int, v: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An (n, v) tensor for a training step's logits and their gradient: on a CPU the same memory every step.
+    """An (n, v) tensor for a training step's logits and their gradient: on a CPU the same memory
+    every step.
 
-    It is 206 MB at 16 x 128 positions in bfloat16 (412 MB in float32). Where the allocator hands a freed block
-    that big back to the operating system (glibc does, unless slm.hardware.keep_freed_memory raised its
-    thresholds, which it cannot on macOS, Windows or musl), a fresh one is mapped page by page as it is first
-    written, each page zeroed: ~50,000 page faults; a step 1.14-1.16x (float32) and 1.18-1.26x (bfloat16)
-    slower here (BENCHMARKS.md). One buffer is kept, the largest a step has asked for, until an evaluation;
-    its contents never outlive the forward pass that fills them (the gradients are computed there)."""
-    if device.type != "cpu" or torch.compiler.is_compiling():  # (CUDA caches its own blocks; compile plans its own)
+    It is 206 MB at 16 x 128 positions in bfloat16 (412 MB in float32). Where the allocator hands
+    a freed block that big back to the operating system (glibc does, unless
+    slm.hardware.keep_freed_memory raised its thresholds, which it cannot on macOS, Windows or
+    musl), a fresh one is mapped page by page as it is first written, each page zeroed: ~50,000
+    page faults; a step 1.14-1.16x (float32) and 1.18-1.26x (bfloat16) slower here
+    (BENCHMARKS.md). One buffer is kept, the largest a step has asked for, until an evaluation;
+    its contents never outlive the forward pass that fills them (the gradients are computed
+    there)."""
+    # (CUDA caches its own blocks; compile plans its own)
+    if device.type != "cpu" or torch.compiler.is_compiling():
         return torch.empty(n, v, dtype=dtype, device=device)
     kept = _KEPT.get("grad_logits")
     if kept is None or kept.dtype != dtype or kept.numel() < n * v:
@@ -132,15 +156,18 @@ def gradient_buffer(n: int, v: int, dtype: torch.dtype, device: torch.device) ->
     return kept[: n * v].view(n, v)
 
 
-def _softmax_at_targets_(e: torch.Tensor, t: torch.Tensor, k: torch.Tensor, h: torch.Tensor, w: torch.Tensor
-                         ) -> torch.Tensor:
-    """The logits e (R, V) -> their softmax, in e; returns log softmax (R, 1) at the targets t (R, 1), float32.
+def _softmax_at_targets_(
+    e: torch.Tensor, t: torch.Tensor, k: torch.Tensor, h: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
+    """The logits e (R, V) -> their softmax, in e; returns log softmax (R, 1) at the targets t (R,
+    1), float32.
 
-    log p is read off the softmax (in float32: a bfloat16 probability is rounded to 3 significant digits, its
-    log to 0.002 of the 2-4 it is), where a kept (k) target's probability underflowed (log p below ~-87: 0
-    or subnormal), its row's logits h @ w.T are computed again and log_softmax'd, so the loss stays finite
-    and exact where F.cross_entropy's is (a rare row, cheap). torch.compile cannot build that data-dependent
-    repair; there log p comes from a float32 logsumexp of e before the softmax, a pass it fuses."""
+    log p is read off the softmax (in float32: a bfloat16 probability is rounded to 3 significant
+    digits, its log to 0.002 of the 2-4 it is), where a kept (k) target's probability underflowed
+    (log p below ~-87: 0 or subnormal), its row's logits h @ w.T are computed again and
+    log_softmax'd, so the loss stays finite and exact where F.cross_entropy's is (a rare row,
+    cheap). torch.compile cannot build that data-dependent repair; there log p comes from a
+    float32 logsumexp of e before the softmax, a pass it fuses."""
     if torch.compiler.is_compiling():
         log_p = e.gather(1, t).float() - torch.logsumexp(e.float(), -1, keepdim=True)
         _softmax_(e)
@@ -156,17 +183,22 @@ def _softmax_at_targets_(e: torch.Tensor, t: torch.Tensor, k: torch.Tensor, h: t
 
 
 def _softmax_(x: torch.Tensor) -> torch.Tensor:
-    """x (R, V) -> softmax over its rows, in x. On a CPU one fused kernel does it in place (max, exp, sum and
-    scale row by row, each element read and written in order): one pass over x where amax, sub, exp, sum
-    and div made five. torch.softmax has no in-place form, so this is the kernel torch.softmax calls,
-    given x as its output; elsewhere torch.softmax's result is copied back."""
-    if x.device.type == "cpu" and not torch.compiler.is_compiling():  # (torch.compile fuses its own)
+    """x (R, V) -> softmax over its rows, in x. On a CPU one fused kernel does it in place (max,
+    exp, sum and scale row by row, each element read and written in order): one pass over x where
+    amax, sub, exp, sum and div made five. torch.softmax has no in-place form, so this is the
+    kernel torch.softmax calls, given x as its output; elsewhere torch.softmax's result is copied
+    back."""
+    # (torch.compile fuses its own)
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
         return torch._softmax(x, -1, False, out=x)
     return x.copy_(torch.softmax(x, -1))
 
 
 def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """h (N, C) final hidden states, w (V, C) the LM head, targets (N,) with -1 ignored -> mean cross-entropy."""
+    """h (N, C) final hidden states, w (V, C) the LM head, targets (N,) with -1 ignored -> mean
+    cross-entropy.
+    """
     # Inside forward grad mode is always off, so whether the caller wants a gradient is passed in:
-    # under torch.no_grad the parameters still require grad, and the gradient would be computed for nothing.
+    # under torch.no_grad the parameters still require grad, and the gradient would be computed for
+    # nothing.
     return _HeadLoss.apply(h, w, targets, torch.is_grad_enabled())

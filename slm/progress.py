@@ -1,5 +1,6 @@
-"""What the user sees of a run: progress bars (whole lines when the output is not a terminal), tokens/s and MFU
-on the bar, log.csv and steps.csv, the last lines. The loss plot is slm/plot.py, the report slm/report.py."""
+"""What the user sees of a run: progress bars (whole lines when the output is not a terminal),
+tokens/s and MFU on the bar, log.csv and steps.csv, the last lines. The loss plot is slm/plot.py,
+the report slm/report.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,17 @@ LOG_FILE = "log.csv"  # one row per evaluation, with the sample written then
 STEPS_FILE = "steps.csv"  # one row per optimizer step: its train loss and learning rate
 PLOT_FILE = "loss.png"  # drawn by slm/plot.py
 REPORT_FILE = "report.md"  # written by slm/report.py
-LOG_FIELDS = ["step", "train_loss", "val_loss", "step_loss", "lr", "tokens", "elapsed_s", "best", "sample"]
+LOG_FIELDS = [
+    "step",
+    "train_loss",
+    "val_loss",
+    "step_loss",
+    "lr",
+    "tokens",
+    "elapsed_s",
+    "best",
+    "sample",
+]
 STEP_FIELDS = ["step", "train_loss", "lr"]
 _INTS = ("step", "tokens", "best")
 
@@ -31,8 +42,14 @@ def write_log(path: Path, history: list[dict]) -> None:
 def read_log(path: str | os.PathLike) -> list[dict]:
     """log.csv's rows; a log from before samples were kept has no sample column (read as "")."""
     with open(path, newline="", encoding="utf-8") as f:
-        return [{k: (v if k == "sample" else int(v) if k in _INTS else float(v)) for k, v in row.items()}
-                | {"sample": row.get("sample") or ""} for row in csv.DictReader(f)]
+        return [
+            {
+                k: (v if k == "sample" else int(v) if k in _INTS else float(v))
+                for k, v in row.items()
+            }
+            | {"sample": row.get("sample") or ""}
+            for row in csv.DictReader(f)
+        ]
 
 
 def write_steps(path: Path, steps: list[tuple[int, float, float]]) -> None:
@@ -42,7 +59,10 @@ def write_steps(path: Path, steps: list[tuple[int, float, float]]) -> None:
 
 def read_steps(path: str | os.PathLike) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as f:
-        return [{k: int(v) if k == "step" else float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [
+            {k: int(v) if k == "step" else float(v) for k, v in row.items()}
+            for row in csv.DictReader(f)
+        ]
 
 
 def write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
@@ -55,14 +75,16 @@ def write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
 
 # ----------------------------------------------------------------------------- progress bars
 
-LINE_FRACTION = 0.1  # a bar on a stream that is not a terminal prints a line each tenth of its total,
+# a bar on a stream that is not a terminal prints a line each tenth of its total,
+LINE_FRACTION = 0.1
 LINE_SECONDS = 30.0  # or, when it has no total, every 30 s
 LINE_MAX_SECONDS = 600.0  # and at least every 10 minutes, so a long run's log shows it is alive
 
 
 class LineBar(tqdm):
-    """tqdm for a stream that is not a terminal: a whole line (ASCII) at the start, at each tenth of the total
-    (every 30 s without a total; at least every 10 minutes) and at the end; never a carriage return."""
+    """tqdm for a stream that is not a terminal: a whole line (ASCII) at the start, at each tenth of
+    the total (every 30 s without a total; at least every 10 minutes) and at the end; never a
+    carriage return."""
 
     def __init__(self, *args, **kwargs):
         self._line_n, self._line_t, self._line_tenth = None, 0.0, -1
@@ -70,12 +92,15 @@ class LineBar(tqdm):
         kwargs.setdefault("mininterval", 1.0)
         super().__init__(*args, **kwargs)
 
-    def clear(self, nolock=False):  # a written line stays: nothing to wipe before tqdm.write's message
+    # a written line stays: nothing to wipe before tqdm.write's message
+    def clear(self, nolock=False):
         pass
 
     @classmethod
     def write(cls, s, file=None, end="\n", nolock=False):
-        """tqdm.write, flushed: a log file shows each message when it is written, in order with the bar's lines."""
+        """tqdm.write, flushed: a log file shows each message when it is written, in order with the
+        bar's lines.
+        """
         super().write(s, file=file, end=end, nolock=nolock)
         getattr(file or sys.stdout, "flush", lambda: None)()
 
@@ -93,7 +118,8 @@ class LineBar(tqdm):
         if self._line_n is None:
             return True
         waited = self._time() - self._line_t
-        if self.total:  # the tenth last written, not recomputed: a total that grows must not repeat it
+        # the tenth last written, not recomputed: a total that grows must not repeat it
+        if self.total:
             return self._tenth(self.n) > self._line_tenth or waited >= LINE_MAX_SECONDS
         return self.n != self._line_n and waited >= LINE_SECONDS
 
@@ -116,14 +142,15 @@ def is_terminal(stream) -> bool:
 
 
 def progress_bar(iterable=None, **kwargs) -> tqdm:
-    """A tqdm bar on a terminal, as ever; on a stream that is not one (a log file, a pipe, CI) a LineBar,
-    which writes whole lines now and then instead of a flood of carriage-return updates."""
+    """A tqdm bar on a terminal, as ever; on a stream that is not one (a log file, a pipe, CI) a
+    LineBar, which writes whole lines now and then instead of a flood of carriage-return updates."""
     return (tqdm if is_terminal(kwargs.get("file") or sys.stderr) else LineBar)(iterable, **kwargs)
 
 
 def quiet_library_bars() -> None:
-    """datasets and huggingface_hub draw their own tqdm bars (saving, loading, downloading): off when stderr is
-    not a terminal, where each would be a flood of carriage returns. On a terminal they stay."""
+    """datasets and huggingface_hub draw their own tqdm bars (saving, loading, downloading): off
+    when stderr is not a terminal, where each would be a flood of carriage returns. On a terminal
+    they stay."""
     if is_terminal(sys.stderr):
         return
     import datasets
@@ -134,7 +161,9 @@ def quiet_library_bars() -> None:
 
 
 def mfu_peak(device: str, peak_flops: float | None) -> tuple[float | None, str]:
-    """The peak FLOP/s the MFU divides by (None: no MFU shown) and a line saying where it comes from."""
+    """The peak FLOP/s the MFU divides by (None: no MFU shown) and a line saying where it comes
+    from.
+    """
     if peak_flops:
         return peak_flops, f"MFU against --peak-flops {peak_flops:.4g} FLOP/s per device"
     if not device.startswith("cuda"):
@@ -144,17 +173,32 @@ def mfu_peak(device: str, peak_flops: float | None) -> tuple[float | None, str]:
     name = torch.cuda.get_device_name(device)
     peak = gpu_peak_flops(name)
     if peak is None:
-        return None, (f"MFU not shown: the peak FLOP/s of {name!r} is unknown here; pass --peak-flops with its "
-                      "dense bf16 tensor FLOP/s")
+        return None, (
+            f"MFU not shown: the peak FLOP/s of {name!r} is unknown here; pass --peak-flops with "
+            "its dense bf16 tensor FLOP/s"
+        )
     return peak, f"MFU against the {name}'s dense bf16 peak of {peak / 1e12:,.0f} TFLOP/s"
 
 
 class Speedometer:
-    """Tokens per second (a moving average) and the MFU where the peak is known, shown on the progress bar."""
+    """Tokens per second (a moving average) and the MFU where the peak is known, shown on the
+    progress bar.
+    """
 
-    def __init__(self, device: str, flops_per_token: float, tokens_per_step: int, world: int,
-                 peak_flops: float | None, say):
-        self.tokens_per_step, self.world, self.flops_per_token = tokens_per_step, world, flops_per_token
+    def __init__(
+        self,
+        device: str,
+        flops_per_token: float,
+        tokens_per_step: int,
+        world: int,
+        peak_flops: float | None,
+        say,
+    ):
+        self.tokens_per_step, self.world, self.flops_per_token = (
+            tokens_per_step,
+            world,
+            flops_per_token,
+        )
         self.tok_per_s, self.steps = 0.0, 0
         self.peak_flops, line = mfu_peak(device, peak_flops)
         if line:
@@ -171,39 +215,68 @@ class Speedometer:
         bar.update(1)
 
     def mfu(self, tok_per_s: float) -> float | None:
-        """Model FLOPs utilisation at tok_per_s (all ranks together), or None where the peak is unknown."""
+        """Model FLOPs utilisation at tok_per_s (all ranks together), or None where the peak is
+        unknown.
+        """
         if not self.peak_flops:
             return None
         return self.flops_per_token * tok_per_s / (self.peak_flops * self.world)
 
 
 def print_end(summary: dict, out: Path, max_minutes: float) -> None:
-    """The run's last lines: where it stopped and how to go on, or what it reached and where the files are."""
+    """The run's last lines: where it stopped and how to go on, or what it reached and where the
+    files are.
+    """
     from slm.distributed import launch_command
     from slm.schedule import BUDGET_OVERRUN
 
     if summary["stopped"] in ("SIGINT", "SIGTERM", "stop_after"):
         of = summary["max_iters"] or "a count the time budget has not fixed yet"
-        print(f"stopped at step {summary['step']} of {of} ({summary['stopped']}): saved {out / CKPT_FILE}; continue "
-              f"with: {launch_command()} --out-dir {out} --resume")
+        print(
+            f"stopped at step {summary['step']} of {of} ({summary['stopped']}): saved "
+            f"{out / CKPT_FILE}; continue with: {launch_command()} --out-dir {out} --resume"
+        )
         return
-    how = f"cut {BUDGET_OVERRUN:.0%} past the {max_minutes}-minute budget" if summary["stopped"] == "time" else "finished"
-    # (no count: the budget ended inside warmup, before the count was fixed, and the rate never decayed)
-    of = (f"of {summary['max_iters']}" if summary["max_iters"] else
-          "before its warmup ended (the learning rate never decayed: give more minutes or fewer --warmup-iters)")
-    print(f"{how} at step {summary['step']} {of} in {summary['elapsed_s'] / 60:.1f} min "
-          f"({summary['tokens_per_s']:,.0f} tokens/s): best validation loss {summary['best_val_loss']:.4f} at step "
-          f"{summary['best_step']} -> {out / BEST_FILE}; report {out / REPORT_FILE}, plot {out / PLOT_FILE}; "
-          f"{summary['data']}")
+    how = (
+        f"cut {BUDGET_OVERRUN:.0%} past the {max_minutes}-minute budget"
+        if summary["stopped"] == "time"
+        else "finished"
+    )
+    # (no count: the budget ended inside warmup, before the count was fixed, and the rate never
+    # decayed)
+    of = (
+        f"of {summary['max_iters']}"
+        if summary["max_iters"]
+        else "before its warmup ended (the learning rate never decayed: give more minutes or "
+        "fewer --warmup-iters)"
+    )
+    print(
+        f"{how} at step {summary['step']} {of} in {summary['elapsed_s'] / 60:.1f} min "
+        f"({summary['tokens_per_s']:,.0f} tokens/s): best validation loss "
+        f"{summary['best_val_loss']:.4f} at step {summary['best_step']} -> {out / BEST_FILE}; "
+        f"report {out / REPORT_FILE}, plot {out / PLOT_FILE}; {summary['data']}"
+    )
     if summary["gpu_peak_gib"] is not None:
-        print(f"peak GPU memory {summary['gpu_peak_gib']:.1f} GiB (torch.cuda.max_memory_allocated, rank 0)")
+        print(
+            f"peak GPU memory {summary['gpu_peak_gib']:.1f} GiB (torch.cuda.max_memory_allocated, "
+            "rank 0)"
+        )
 
 
-def announce(say, model, device: str, world: int, compiled: bool, tokens_per_step: int, tc, facts: dict) -> None:
+def announce(
+    say, model, device: str, world: int, compiled: bool, tokens_per_step: int, tc, facts: dict
+) -> None:
     """Say what is about to train, on what."""
-    say(f"model: {model.num_params() / 1e6:.2f}M parameters, {model.flops_per_token() / 1e6:.1f} MFLOPs per token")
-    say(f"device {device}, dtype {tc.dtype}, {world} process(es), compile {compiled}, "
-        f"{tokens_per_step:,} tokens per optimizer step")
+    say(
+        f"model: {model.num_params() / 1e6:.2f}M parameters, {model.flops_per_token() / 1e6:.1f} "
+        "MFLOPs per token"
+    )
+    say(
+        f"device {device}, dtype {tc.dtype}, {world} process(es), compile {compiled}, "
+        f"{tokens_per_step:,} tokens per optimizer step"
+    )
     splits = facts["splits"]
-    say(f"data: {tc.data_dir}, {splits['train']['tokens']:,} train / {splits['validation']['tokens']:,} validation "
-        f"tokens, {describe_source({'data': facts})}")
+    say(
+        f"data: {tc.data_dir}, {splits['train']['tokens']:,} train / "
+        f"{splits['validation']['tokens']:,} validation tokens, {describe_source({'data': facts})}"
+    )

@@ -1,8 +1,10 @@
-"""What a run leaves for a reader: log.csv, steps.csv and loss.png at each evaluation, and at the end (or a
-clean stop) OUT/report.md, a short report card readable on GitHub: the machine, the settings with the
-command that repeats the run, the data, time and speed, the losses, the plot, the samples, the best model.
+"""What a run leaves for a reader: log.csv, steps.csv and loss.png at each evaluation, and at the
+end (or a clean stop) OUT/report.md, a short report card readable on GitHub: the machine, the
+settings with the command that repeats the run, the data, time and speed, the losses, the plot,
+the samples, the best model.
 
-Everything here is rank 0's and is written atomically (slm.files), so a report is whole or not there.
+Everything here is rank 0's and is written atomically (slm.files), so a report is whole or not
+there.
 """
 
 from __future__ import annotations
@@ -18,46 +20,89 @@ from slm import recipe
 from slm.checkpoint import BEST_FILE, CKPT_FILE, describe_source
 from slm.files import atomic_write_bytes
 from slm.plot import plot_run, plot_title
-from slm.progress import LOG_FILE, PLOT_FILE, REPORT_FILE, STEP_FIELDS, STEPS_FILE, write_log, write_steps
+from slm.progress import (
+    LOG_FILE,
+    PLOT_FILE,
+    REPORT_FILE,
+    STEP_FIELDS,
+    STEPS_FILE,
+    write_log,
+    write_steps,
+)
 from slm.schedule import context_switches
-CPU_FLAGS_SHOWN = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "bf16", "sve", "asimd")
-HOW_IT_ENDED = {"done": "finished", "time": "cut by the time budget", "stop_after": "stopped by --stop-after",
-                "SIGINT": "stopped by Ctrl-C (SIGINT)", "SIGTERM": "stopped by SIGTERM"}
+
+CPU_FLAGS_SHOWN = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_tile",
+    "bf16",
+    "sve",
+    "asimd",
+)
+HOW_IT_ENDED = {
+    "done": "finished",
+    "time": "cut by the time budget",
+    "stop_after": "stopped by --stop-after",
+    "SIGINT": "stopped by Ctrl-C (SIGINT)",
+    "SIGTERM": "stopped by SIGTERM",
+}
 
 
 def save_progress(run) -> None:
-    """log.csv, steps.csv and loss.png as the run stands (rank 0); nothing when they show it already (a run that
-    ends on an evaluation: its report would redraw the same plot)."""
+    """log.csv, steps.csv and loss.png as the run stands (rank 0); nothing when they show it already
+    (a run that ends on an evaluation: its report would redraw the same plot)."""
     if run.shown == (len(run.history), len(run.steps)):
         return
     write_log(run.out_dir / LOG_FILE, run.history)
     write_steps(run.out_dir / STEPS_FILE, run.steps)
     if run.history:
         title = plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, run.facts)
-        fixed = run.schedule is not None  # a time budget's probe: the phases' ends are not known yet, none drawn
-        plot_run(run.out_dir / PLOT_FILE, run.history, [dict(zip(STEP_FIELDS, r)) for r in run.steps], title,
-                 run.tc.ema, switches=context_switches(run.tc, run.mc.block_size) if fixed else None)
+        # a time budget's probe: the phases' ends are not known yet, none drawn
+        fixed = run.schedule is not None
+        plot_run(
+            run.out_dir / PLOT_FILE,
+            run.history,
+            [dict(zip(STEP_FIELDS, r)) for r in run.steps],
+            title,
+            run.tc.ema,
+            switches=context_switches(run.tc, run.mc.block_size) if fixed else None,
+        )
     run.shown = (len(run.history), len(run.steps))
 
 
 def summarize(run, stopped: str, start_step: int, now: float) -> dict:
-    """train()'s summary of a run (slm.run.Run) at time now: how it ended, its losses, speed and files.
-    summary["losses"] holds (step, train loss) of the steps this session trained."""
+    """train()'s summary of a run (slm.run.Run) at time now: how it ended, its losses, speed and
+    files. summary["losses"] holds (step, train loss) of the steps this session trained."""
     import torch
 
     trained_steps, seconds = run.step - start_step, max(now - run.t_train, 1e-9)
     last = run.history[-1] if run.history else {}
     return {
-        "stopped": stopped, "step": run.step, "start_step": start_step, "schedule": run.schedule,
-        "losses": [(step, loss) for step, loss, _ in run.steps[len(run.steps) - (run.step - start_step):]],
-        "max_iters": run.tc.max_iters if run.schedule else None,  # None: stopped before the budget fixed it
-        "best_val_loss": run.best_val, "best_step": run.best_step,
-        "final_train_loss": last.get("train_loss", math.nan), "final_val_loss": last.get("val_loss", math.nan),
+        "stopped": stopped,
+        "step": run.step,
+        "start_step": start_step,
+        "schedule": run.schedule,
+        "losses": [
+            (step, loss) for step, loss, _ in run.steps[len(run.steps) - (run.step - start_step) :]
+        ],
+        # None: stopped before the budget fixed it
+        "max_iters": run.tc.max_iters if run.schedule else None,
+        "best_val_loss": run.best_val,
+        "best_step": run.best_step,
+        "final_train_loss": last.get("train_loss", math.nan),
+        "final_val_loss": last.get("val_loss", math.nan),
         "tokens_trained": trained_steps * run.tokens_per_step,
         "tokens_per_s": trained_steps * run.tokens_per_step / seconds,
-        "elapsed_s": now - run.t_start, "out_dir": str(run.out_dir),
-        "data": describe_source({"data": run.facts}), "world_size": run.dist.world,
-        "gpu_peak_gib": torch.cuda.max_memory_allocated(run.device) / 2**30 if run.device.startswith("cuda") else None,
+        "elapsed_s": now - run.t_start,
+        "out_dir": str(run.out_dir),
+        "data": describe_source({"data": run.facts}),
+        "world_size": run.dist.world,
+        "gpu_peak_gib": torch.cuda.max_memory_allocated(run.device) / 2**30
+        if run.device.startswith("cuda")
+        else None,
     }
 
 
@@ -67,39 +112,58 @@ def reproduce(preset: str | None, mc: GPTConfig, tc: TrainConfig) -> str:
 
 
 def machine_line(machine, world: int) -> str:
-    """The hardware, as it identifies itself: the CPU and its flags that matter here, or the GPU and its memory."""
+    """The hardware, as it identifies itself: the CPU and its flags that matter here, or the GPU and
+    its memory.
+    """
     if machine is None:
         return "not recorded"
     if machine.kind == "cpu":
         flags = [f for f in CPU_FLAGS_SHOWN if f in machine.cpu_flags]
-        return f"{machine.describe()}; flags: {', '.join(flags) or 'none of ' + '/'.join(CPU_FLAGS_SHOWN[:4])}; " \
-               f"{os.cpu_count()} cores"
+        return (
+            f"{machine.describe()}; flags: "
+            f"{', '.join(flags) or 'none of ' + '/'.join(CPU_FLAGS_SHOWN[:4])}; {os.cpu_count()} "
+            "cores"
+        )
     return f"{world} x {machine.describe()}" if world > 1 else machine.describe()
 
 
 def data_line(facts: dict, data_dir: str) -> str:
     splits = facts.get("splits") or {}
-    stories = ((facts.get("source") or {}).get("splits") or {})
+    stories = (facts.get("source") or {}).get("splits") or {}
     counts = []
     for split in ("train", "validation"):
-        n, tokens = (stories.get(split) or {}).get("stories"), (splits.get(split) or {}).get("tokens")
+        n, tokens = (
+            (stories.get(split) or {}).get("stories"),
+            (splits.get(split) or {}).get("tokens"),
+        )
         story_part = f"{n:,} stories, " if isinstance(n, int) else ""
-        counts.append(f"{split} {story_part}{tokens:,} tokens" if isinstance(tokens, int) else f"{split} ?")
+        counts.append(
+            f"{split} {story_part}{tokens:,} tokens" if isinstance(tokens, int) else f"{split} ?"
+        )
     return f"{describe_source({'data': facts})}; `{data_dir}`: {'; '.join(counts)}"
 
 
 def loss_rows(history: list[dict], steps: list) -> list[str]:
-    """The losses table: first, best and final of the fixed-batch evaluations, and the per-step train loss."""
+    """The losses table: first, best and final of the fixed-batch evaluations, and the per-step
+    train loss.
+    """
     first, last = history[0], history[-1]
     best = min(history, key=lambda r: r["val_loss"])
     rows = ["| | first | best | final |", "|---|---|---|---|"]
-    for key, name in (("val_loss", "validation (fixed batches)"), ("train_loss", "train (fixed batches)")):
-        rows.append(f"| {name} | {first[key]:.4f} (step {first['step']:,}) | {best[key]:.4f} (step {best['step']:,}) "
-                    f"| {last[key]:.4f} (step {last['step']:,}) |")
+    for key, name in (
+        ("val_loss", "validation (fixed batches)"),
+        ("train_loss", "train (fixed batches)"),
+    ):
+        rows.append(
+            f"| {name} | {first[key]:.4f} (step {first['step']:,}) | {best[key]:.4f} (step "
+            f"{best['step']:,}) | {last[key]:.4f} (step {last['step']:,}) |"
+        )
     if steps:
         low = min(steps, key=lambda r: r[1])
-        rows.append(f"| train, one step's batch | {steps[0][1]:.4f} (step {steps[0][0]:,}) | {low[1]:.4f} (step "
-                    f"{low[0]:,}) | {steps[-1][1]:.4f} (step {steps[-1][0]:,}) |")
+        rows.append(
+            f"| train, one step's batch | {steps[0][1]:.4f} (step {steps[0][0]:,}) | {low[1]:.4f} "
+            f"(step {low[0]:,}) | {steps[-1][1]:.4f} (step {steps[-1][0]:,}) |"
+        )
     return rows
 
 
@@ -111,49 +175,106 @@ def report_text(run, summary: dict, mfu: float | None, glimpse: str | None) -> s
     ended = HOW_IT_ENDED.get(summary["stopped"], summary["stopped"])
     of = f" of {summary['max_iters']:,}" if summary.get("max_iters") else ""
     resumed = f", resumed at step {summary['start_step']:,}" if summary.get("start_step") else ""
-    lines = [f"# Training run: {plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, None)}", "",
-             f"{ended.capitalize()} at step {run.step:,}{of} on {datetime.date.today().isoformat()}{resumed}."]
+    lines = [
+        f"# Training run: {plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, None)}",
+        "",
+        f"{ended.capitalize()} at step {run.step:,}{of} on "
+        f"{datetime.date.today().isoformat()}{resumed}.",
+    ]
     if history:
-        lines.append(f"Best validation loss **{run.best_val:.4f}** at step {run.best_step:,}: "
-                     f"`{out / BEST_FILE}` (what `model_usage.py --checkpoint {out / BEST_FILE}` loads).")
+        lines.append(
+            f"Best validation loss **{run.best_val:.4f}** at step {run.best_step:,}: "
+            f"`{out / BEST_FILE}` (what `model_usage.py --checkpoint {out / BEST_FILE}` loads)."
+        )
         if run.tc.ema > 0:
-            lines.append(f"It holds the moving average of the weights (`--ema {run.tc.ema}`), which every evaluation "
-                         f"scored; `{out / CKPT_FILE}` holds the weights as trained, to resume.")
+            lines.append(
+                f"It holds the moving average of the weights (`--ema {run.tc.ema}`), which every "
+                f"evaluation scored; `{out / CKPT_FILE}` holds the weights as trained, to resume."
+            )
     if summary["stopped"] in ("SIGINT", "SIGTERM", "stop_after"):
-        lines.append(f"Continue with `python training.py --out-dir {out} --resume` (from `{out / CKPT_FILE}`).")
-    mfu_text = f"MFU {mfu:.1%}" if mfu else "MFU not known (no peak FLOP/s for this device; --peak-flops sets it)"
-    gpu_mem = f", peak GPU memory {summary['gpu_peak_gib']:.1f} GiB" if summary.get("gpu_peak_gib") is not None else ""
-    lines += ["", "| | |", "|---|---|",
-              f"| machine | {machine_line(run.machine, summary['world_size'])} |",
-              f"| software | torch {torch.__version__}, Python {platform.python_version()} |",
-              f"| data | {data_line(run.facts, run.tc.data_dir)} |",
-              f"| this session | {summary['elapsed_s'] / 60:.1f} min, {summary['tokens_trained']:,} tokens trained, "
-              f"{summary['tokens_per_s']:,.0f} tokens/s, {mfu_text}{gpu_mem} |",
-              f"| in all | {run.step:,} steps, {run.step * run.tokens_per_step:,} tokens "
-              f"({run.tokens_per_step:,} per step) |", ""]
+        lines.append(
+            f"Continue with `python training.py --out-dir {out} --resume` (from "
+            f"`{out / CKPT_FILE}`)."
+        )
+    mfu_text = (
+        f"MFU {mfu:.1%}"
+        if mfu
+        else "MFU not known (no peak FLOP/s for this device; --peak-flops sets it)"
+    )
+    gpu_mem = (
+        f", peak GPU memory {summary['gpu_peak_gib']:.1f} GiB"
+        if summary.get("gpu_peak_gib") is not None
+        else ""
+    )
+    lines += [
+        "",
+        "| | |",
+        "|---|---|",
+        f"| machine | {machine_line(run.machine, summary['world_size'])} |",
+        f"| software | torch {torch.__version__}, Python {platform.python_version()} |",
+        f"| data | {data_line(run.facts, run.tc.data_dir)} |",
+        f"| this session | {summary['elapsed_s'] / 60:.1f} min, {summary['tokens_trained']:,} "
+        f"tokens trained, {summary['tokens_per_s']:,.0f} tokens/s, {mfu_text}{gpu_mem} |",
+        f"| in all | {run.step:,} steps, {run.step * run.tokens_per_step:,} tokens "
+        f"({run.tokens_per_step:,} per step) |",
+        "",
+    ]
     if history:
-        lines += ["## Losses", "", *loss_rows(history, run.steps), "", f"![train and validation loss]({PLOT_FILE})",
-                  "", f"Every evaluation is in `{LOG_FILE}`, every step's loss and learning rate in `{STEPS_FILE}`.", ""]
+        lines += [
+            "## Losses",
+            "",
+            *loss_rows(history, run.steps),
+            "",
+            f"![train and validation loss]({PLOT_FILE})",
+            "",
+            f"Every evaluation is in `{LOG_FILE}`, every step's loss and learning rate in "
+            f"`{STEPS_FILE}`.",
+            "",
+        ]
     lines += settings_section(run)
     samples = [r for r in history if r.get("sample")]
     if samples:
-        lines += ["## Samples at each evaluation", "", f"{glimpse or 'One sample per evaluation'}:", ""]
-        lines += [f"- **step {r['step']:,}** (validation {r['val_loss']:.3f}): {escape(r['sample'])}" for r in samples]
+        lines += [
+            "## Samples at each evaluation",
+            "",
+            f"{glimpse or 'One sample per evaluation'}:",
+            "",
+        ]
+        lines += [
+            f"- **step {r['step']:,}** (validation {r['val_loss']:.3f}): {escape(r['sample'])}"
+            for r in samples
+        ]
         lines.append("")
     return "\n".join(lines)
 
 
 def settings_section(run) -> list[str]:
     schedule = run.schedule or {}
-    how = {"--max-minutes": f"fixed by the {schedule.get('max_minutes')}-minute budget at step "
-                            f"{schedule.get('fixed_at_step')}", "--max-iters": "set by --max-iters"}
-    steps = f"{run.tc.max_iters:,} steps, {how.get(schedule.get('fixed_by'), 'not fixed yet')}" if schedule else \
-        "not fixed yet (the time budget was still timing its first steps)"
-    return ["## Settings", "", f"The same steps again (add `--data-dir {run.tc.data_dir}` and an `--out-dir`; device, "
-            "dtype and compile are the machine's choice):", "", "```bash", reproduce(run.preset, run.mc, run.tc), "```", "",
-            f"- preset: {run.preset or 'not recorded'}; steps: {steps}",
-            f"- model: {', '.join(f'{k}={v}' for k, v in asdict(run.mc).items())}",
-            f"- training: {', '.join(f'{k}={v}' for k, v in asdict(run.tc).items())}", ""]
+    how = {
+        "--max-minutes": f"fixed by the {schedule.get('max_minutes')}-minute budget at step "
+        f"{schedule.get('fixed_at_step')}",
+        "--max-iters": "set by --max-iters",
+    }
+    steps = (
+        f"{run.tc.max_iters:,} steps, {how.get(schedule.get('fixed_by'), 'not fixed yet')}"
+        if schedule
+        else "not fixed yet (the time budget was still timing its first steps)"
+    )
+    return [
+        "## Settings",
+        "",
+        f"The same steps again (add `--data-dir {run.tc.data_dir}` and an `--out-dir`; device, "
+        "dtype and compile are the machine's choice):",
+        "",
+        "```bash",
+        reproduce(run.preset, run.mc, run.tc),
+        "```",
+        "",
+        f"- preset: {run.preset or 'not recorded'}; steps: {steps}",
+        f"- model: {', '.join(f'{k}={v}' for k, v in asdict(run.mc).items())}",
+        f"- training: {', '.join(f'{k}={v}' for k, v in asdict(run.tc).items())}",
+        "",
+    ]
 
 
 def escape(text: str) -> str:
@@ -164,6 +285,10 @@ def escape(text: str) -> str:
 
 
 def write_report(run, summary: dict, mfu: float | None = None, glimpse: str | None = None) -> None:
-    """OUT/report.md (rank 0), written atomically, with log.csv, steps.csv and loss.png brought up to date."""
+    """OUT/report.md (rank 0), written atomically, with log.csv, steps.csv and loss.png brought up
+    to date.
+    """
     save_progress(run)
-    atomic_write_bytes(run.out_dir / REPORT_FILE, report_text(run, summary, mfu, glimpse).encode("utf-8"))
+    atomic_write_bytes(
+        run.out_dir / REPORT_FILE, report_text(run, summary, mfu, glimpse).encode("utf-8")
+    )

@@ -1,15 +1,18 @@
-"""A training run's state, in one place: its settings, where it runs, what it trains, and how far it has got.
+"""A training run's state, in one place: its settings, where it runs, what it trains, and how far it
+has got.
 
-Plain state: training.py builds it (build_run), moves it on (train_step, evaluate_and_save) and saves it.
+Plain state: training.py builds it (build_run), moves it on (train_step, evaluate_and_save) and
+saves it.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -35,27 +38,34 @@ class Run:
     out_dir: Path
     facts: dict  # what the checkpoints record about the data (slm.checkpoint.data_facts)
     batches: Any
-    raw_model: torch.nn.Module  # uncompiled: its state_dict is what gets saved, so no _orig_mod. keys
+    # uncompiled: its state_dict is what gets saved, so no _orig_mod. keys
+    raw_model: torch.nn.Module
     optimizer: torch.optim.Optimizer = None
     scheduler: Any = None
     scaler: torch.amp.GradScaler = None
-    average: WeightAverage | None = None  # the weights' moving average (--ema): what evaluates and is kept
-    batch_gen: torch.Generator = None  # draws the training batches; evaluation has its own generators
+    # the weights' moving average (--ema): what evaluates and is kept
+    average: WeightAverage | None = None
+    # draws the training batches; evaluation has its own generators
+    batch_gen: torch.Generator = None
     model: torch.nn.Module = None  # raw_model, compiled if asked: what evaluates
     train_model: torch.nn.Module = None  # model, wrapped in DDP under torchrun: what trains
     budget: Budget | None = None  # the time budget while it has not fixed max_iters yet
-    recipe: dict | None = None  # what the step budget chose (slm/recipe.py), saved with the schedule
+    # what the step budget chose (slm/recipe.py), saved with the schedule
+    recipe: dict | None = None
     machine: Any = None  # slm.hardware.Machine: what the report names
-    glimpse: Callable[[torch.nn.Module], str] | None = None  # writes the sample shown at each evaluation (rank 0)
+    # writes the sample shown at each evaluation (rank 0)
+    glimpse: Callable[[torch.nn.Module], str] | None = None
     t_start: float = field(default_factory=time.time)
     # progress: what the checkpoints save and restore
     step: int = 0  # optimizer steps done
     best_val: float = math.inf
     best_step: int = -1
     history: list = field(default_factory=list)  # one row per evaluation, as in log.csv
-    steps: list = field(default_factory=list)  # (step, train loss, lr) of every optimizer step, as in steps.csv
+    # (step, train loss, lr) of every optimizer step, as in steps.csv
+    steps: list = field(default_factory=list)
     step_loss: float = math.nan  # training loss of the last step
-    schedule: dict | None = None  # how max_iters was fixed (and by which recipe); None while the budget's probe runs
+    # how max_iters was fixed (and by which recipe); None while the budget's probe runs
+    schedule: dict | None = None
     # this process only
     lr: float = math.nan  # learning rate the last step used
     eval_s: float = 0.0  # how long the last evaluate_and_save took (0: none yet in this process)
@@ -65,7 +75,8 @@ class Run:
 
     device = property(lambda self: self.dist.device)
     dtype = property(lambda self: self.tc.dtype)
-    tokens_per_step = property(lambda self: tokens_per_step(self.mc, self.tc) * self.dist.world)  # every process's
+    # every process's
+    tokens_per_step = property(lambda self: tokens_per_step(self.mc, self.tc) * self.dist.world)
 
     @property
     def finished(self) -> bool:

@@ -8,13 +8,14 @@ from config import EOT_ID
 from slm.encoding import get_encoding
 from slm.hardware import autocast
 
-MAX_NEW_TOKENS = 300  # TinyStories stories are about 200 tokens; generation usually stops at EOT first
+# TinyStories stories are about 200 tokens; generation usually stops at EOT first
+MAX_NEW_TOKENS = 300
 TEMPERATURE = 0.8  # below 1 sharpens the distribution; 0 is greedy
 TOP_K = 200  # sample only among the 200 most likely tokens (None: all)
 TOP_P = None  # nucleus sampling threshold (None: off)
 
-# A glimpse of the model at each evaluation of training.py (rank 0): the same prompt and seed every time, so
-# one sample differs from the last only by what the model learned in between.
+# A glimpse of the model at each evaluation of training.py (rank 0): the same prompt and seed every
+# time, so one sample differs from the last only by what the model learned in between.
 GLIMPSE_PROMPT = "Once upon a time"
 GLIMPSE_TOKENS = 40
 
@@ -22,33 +23,62 @@ GLIMPSE_TOKENS = 40
 class Glimpse:
     """A short story from GLIMPSE_PROMPT, written by the model as it is now: one line of text.
 
-    It samples from its own generator, seeded afresh each time, in eval mode (no dropout) and without
-    gradients: the run's random states, weights and mode are as they were, so a run with glimpses trains
-    exactly as one without, and --resume stays exact."""
+    It samples from its own generator, seeded afresh each time, in eval mode (no dropout) and
+    without
+    gradients: the run's random states, weights and mode are as they were, so a run with glimpses
+    trains exactly as one without, and --resume stays exact."""
 
-    def __init__(self, device: str, dtype: str, seed: int, prompt: str = GLIMPSE_PROMPT,
-                 max_new_tokens: int = GLIMPSE_TOKENS):
-        self.device, self.dtype, self.seed, self.max_new_tokens = device, dtype, seed, max_new_tokens
+    def __init__(
+        self,
+        device: str,
+        dtype: str,
+        seed: int,
+        prompt: str = GLIMPSE_PROMPT,
+        max_new_tokens: int = GLIMPSE_TOKENS,
+    ):
+        self.device, self.dtype, self.seed, self.max_new_tokens = (
+            device,
+            dtype,
+            seed,
+            max_new_tokens,
+        )
         self.enc, self.prompt, self.eot = get_encoding(), prompt, EOT_ID
-        self.ids = [EOT_ID] + self.enc.encode_ordinary(prompt)  # a story starts after an EOT, as in training
+        # a story starts after an EOT, as in training
+        self.ids = [EOT_ID] + self.enc.encode_ordinary(prompt)
 
     def __call__(self, model) -> str:
         import torch
 
         gen = torch.Generator(device=self.device).manual_seed(self.seed)
-        idx = torch.tensor([self.ids[-model.config.block_size:]], dtype=torch.long, device=self.device)
+        idx = torch.tensor(
+            [self.ids[-model.config.block_size :]], dtype=torch.long, device=self.device
+        )
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad(), autocast(self.device, self.dtype):
-                new = [int(t) for t in model.generate_stream(idx, self.max_new_tokens, temperature=TEMPERATURE,
-                                                             top_k=TOP_K, top_p=TOP_P, eos_id=self.eot, generator=gen)]
+                new = [
+                    int(t)
+                    for t in model.generate_stream(
+                        idx,
+                        self.max_new_tokens,
+                        temperature=TEMPERATURE,
+                        top_k=TOP_K,
+                        top_p=TOP_P,
+                        eos_id=self.eot,
+                        generator=gen,
+                    )
+                ]
         finally:
             model.train(was_training)
         ended = bool(new) and new[-1] == self.eot
         text = self.prompt + self.enc.decode(new[:-1] if ended else new)
-        return " ".join(text.split()) + (" <|endoftext|>" if ended else "")  # one line, whatever the model wrote
+        # one line, whatever the model wrote
+        return " ".join(text.split()) + (" <|endoftext|>" if ended else "")
 
     def describe(self) -> str:
-        return (f'{self.max_new_tokens} tokens from "{self.prompt}", seed {self.seed}, temperature {TEMPERATURE}, '
-                f"top-k {TOP_K}")
+        return (
+            f'{self.max_new_tokens} tokens from "{self.prompt}", seed {self.seed}, '
+            f"temperature {TEMPERATURE}, "
+            f"top-k {TOP_K}"
+        )

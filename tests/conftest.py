@@ -1,4 +1,6 @@
-"""Shared test fixtures. Tests are hermetic: no network, CPU only, everything written under tmp_path."""
+"""Shared test fixtures. Tests are hermetic: no network, CPU only, everything written under
+tmp_path.
+"""
 
 from __future__ import annotations
 
@@ -32,8 +34,9 @@ def shared_tinystories() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory) -> Path:
-    """A data directory with raw/, train.bin, validation.bin and meta.json from a slice of the bundled real
-    TinyStories sample (its first 300 train stories and the same share of validation: small, so quick)."""
+    """A data directory with raw/, train.bin, validation.bin and meta.json from a slice of the
+    bundled real TinyStories sample (its first 300 train stories and the same share of
+    validation: small, so quick)."""
     import load_dataset
     import tokenization
 
@@ -44,7 +47,9 @@ def tiny_data_dir(tmp_path_factory) -> Path:
 
 
 def fake_free_space(monkeypatch, free: int) -> None:
-    """Make every file system report `free` bytes free (shutil.disk_usage is what slm/files.py asks)."""
+    """Make every file system report `free` bytes free (shutil.disk_usage is what slm/files.py
+    asks).
+    """
     import shutil
 
     real = shutil.disk_usage
@@ -58,25 +63,30 @@ def no_space(*args, **kwargs):
 
 @pytest.fixture
 def lock_holder():
-    """start(directory) runs a separate process that takes slm.files.dir_lock(directory) and holds it until
-    killed (with fork_child=True it also forks a child that sleeps); every process is killed afterwards."""
+    """start(directory) runs a separate process that takes slm.files.dir_lock(directory) and holds
+    it until killed (with fork_child=True it also forks a child that sleeps); every process is
+    killed afterwards."""
     procs: list[subprocess.Popen] = []
     children: list[int] = []
 
     def start(directory, fork_child: bool = False) -> subprocess.Popen:
-        code = ("import os, sys, time, slm.files\n"
-                "lock = slm.files.dir_lock(sys.argv[1])\n"
-                "lock.__enter__()\n"
-                "ready_r, ready_w = os.pipe()\n"
-                "child = os.fork() if sys.argv[2] == '1' else -1\n"
-                # fork() returns in the child after its at-fork hooks ran (the inherited lock is closed): it
-                # says so before the parent reports, or the test could race that closing on a busy machine
-                "if child == 0:\n    os.write(ready_w, b'x')\n    time.sleep(120)\n    os._exit(0)\n"
-                "if child > 0:\n    os.read(ready_r, 1)\n"
-                "print('locked', child, flush=True)\n"
-                "time.sleep(120)\n")
-        proc = subprocess.Popen([sys.executable, "-c", code, str(directory), "1" if fork_child else "0"], cwd=REPO,
-                                stdout=subprocess.PIPE, text=True)
+        code = (
+            "import os, sys, time, slm.files\nlock = "
+            "slm.files.dir_lock(sys.argv[1])\nlock.__enter__()\nready_r, ready_w = "
+            "os.pipe()\nchild = os.fork() if sys.argv[2] == '1' else -1\n"
+            # fork() returns in the child after its at-fork hooks ran (the inherited lock is
+            # closed): it says so before the parent reports, or the test could race that closing
+            # on a busy machine
+            "if child == 0:\n    os.write(ready_w, b'x')\n    time.sleep(120)\n    "
+            "os._exit(0)\nif child > 0:\n    os.read(ready_r, 1)\nprint('locked', child, "
+            "flush=True)\ntime.sleep(120)\n"
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(directory), "1" if fork_child else "0"],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         procs.append(proc)
         word, child = proc.stdout.readline().split()
         assert word == "locked"

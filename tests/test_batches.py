@@ -1,5 +1,5 @@
-"""batches.py: windows and dtypes on a hand-made array, seeded determinism, checks of meta.json and the
-.bin files, and no memory growth over many calls."""
+"""batches.py: windows and dtypes on a hand-made array, seeded determinism, checks of meta.json and
+the .bin files, and no memory growth over many calls."""
 
 from __future__ import annotations
 
@@ -21,16 +21,31 @@ def write_split_files(data_dir: Path, arrays: dict[str, np.ndarray]) -> None:
     for split, tokens in arrays.items():
         data = tokens.astype(np.uint16).tobytes()
         (data_dir / f"{split}.bin").write_bytes(data)
-        splits[split] = {"file": f"{split}.bin", "stories": 1, "tokens": len(tokens),
-                         "sha256": hashlib.sha256(data).hexdigest()}
-    meta = {"format": 1, "tokenizer": "gpt2", "vocab_size": 50257, "dtype": "uint16", "eot_id": 50256,
-            "eot_position": "before", "eot_reason": "test", "splits": splits, "source": {"source": "test"}}
+        splits[split] = {
+            "file": f"{split}.bin",
+            "stories": 1,
+            "tokens": len(tokens),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+    meta = {
+        "format": 1,
+        "tokenizer": "gpt2",
+        "vocab_size": 50257,
+        "dtype": "uint16",
+        "eot_id": 50256,
+        "eot_position": "before",
+        "eot_reason": "test",
+        "splits": splits,
+        "source": {"source": "test"},
+    }
     (data_dir / "meta.json").write_text(json.dumps(meta))
 
 
 @pytest.fixture
 def counting(tmp_path) -> Path:
-    """train.bin = 0, 1, ..., 999 and validation.bin = 40000, ..., 40099: a window's values say where it starts."""
+    """train.bin = 0, 1, ..., 999 and validation.bin = 40000, ..., 40099: a window's values say
+    where it starts.
+    """
     write_split_files(tmp_path, {"train": np.arange(1000), "validation": np.arange(40000, 40100)})
     return tmp_path
 
@@ -38,7 +53,11 @@ def counting(tmp_path) -> Path:
 def test_windows_and_dtypes(counting):
     b = Batches(counting, block_size=8)
     x, y = b.get_batch("train", 64, generator=torch.Generator().manual_seed(0))
-    assert x.dtype == y.dtype == torch.int64 and x.shape == y.shape == (64, 8) and x.device.type == "cpu"
+    assert (
+        x.dtype == y.dtype == torch.int64
+        and x.shape == y.shape == (64, 8)
+        and x.device.type == "cpu"
+    )
     starts = x[:, :1]
     assert torch.equal(x, starts + torch.arange(8))  # each row is 8 consecutive tokens of train.bin
     assert torch.equal(y, x + 1)  # targets: the next token
@@ -64,7 +83,9 @@ def test_shortest_split_gives_its_one_window(tmp_path):
 def test_seeded_generator_repeats_batches(counting):
     b = Batches(counting, block_size=16)
     first = [b.get_batch("train", 4, generator=torch.Generator().manual_seed(7)) for _ in range(2)]
-    again = Batches(counting, block_size=16).get_batch("train", 4, generator=torch.Generator().manual_seed(7))
+    again = Batches(counting, block_size=16).get_batch(
+        "train", 4, generator=torch.Generator().manual_seed(7)
+    )
     assert torch.equal(first[0][0], first[1][0]) and torch.equal(first[0][0], again[0])
     other = b.get_batch("train", 4, generator=torch.Generator().manual_seed(8))
     assert not torch.equal(first[0][0], other[0])
@@ -76,14 +97,22 @@ def test_real_tokenized_data(tiny_data_dir):
     x, y = b.get_batch("train", 8, generator=torch.Generator().manual_seed(0))
     assert int(x.max()) < 50257
     for row_x, row_y in zip(x.numpy(), y.numpy()):
-        matches = np.flatnonzero(np.all(np.lib.stride_tricks.sliding_window_view(data, 33) ==
-                                        np.append(row_x, row_y[-1]), axis=1))
+        matches = np.flatnonzero(
+            np.all(
+                np.lib.stride_tricks.sliding_window_view(data, 33) == np.append(row_x, row_y[-1]),
+                axis=1,
+            )
+        )
         assert len(matches) >= 1
 
 
 def test_split_shorter_than_a_window_is_refused(counting):
-    with pytest.raises(CLIError, match=r"validation split has 100 tokens, too few .* block_size \+ 1 = 101.*"
-                                       r"python tokenization.py"):
+    with pytest.raises(
+        CLIError,
+        match=r"validation split has 100 tokens, too few .* "
+        r"block_size \+ 1 = 101.*"
+        r"python tokenization.py",
+    ):
         Batches(counting, block_size=100)
 
 
@@ -95,7 +124,10 @@ def test_missing_meta_is_refused(tmp_path):
 def test_missing_and_truncated_bins_are_refused(counting):
     data = (counting / "train.bin").read_bytes()
     (counting / "train.bin").write_bytes(data[:-1])
-    with pytest.raises(CLIError, match="train.bin has 1,999 bytes but meta.json counts 1,000 .*python tokenization.py"):
+    with pytest.raises(
+        CLIError,
+        match="train.bin has 1,999 bytes but meta.json counts 1,000 .*python tokenization.py",
+    ):
         Batches(counting, block_size=8)
     (counting / "train.bin").unlink()
     with pytest.raises(CLIError, match="no .*train.bin; .*python tokenization.py"):
@@ -133,7 +165,9 @@ def anon_rss_kib() -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_memory_does_not_grow_over_many_calls(tmp_path):
-    write_split_files(tmp_path, {"train": np.arange(200_000) % 50257, "validation": np.arange(1000)})
+    write_split_files(
+        tmp_path, {"train": np.arange(200_000) % 50257, "validation": np.arange(1000)}
+    )
     b = Batches(tmp_path, block_size=64)
     gen = torch.Generator().manual_seed(0)
     for _ in range(500):  # warm up allocator pools
@@ -146,7 +180,11 @@ def test_memory_does_not_grow_over_many_calls(tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_batches_match_cpu_batches(counting):
-    cpu = Batches(counting, block_size=8).get_batch("train", 4, generator=torch.Generator().manual_seed(3))
-    gpu = Batches(counting, block_size=8, device="cuda").get_batch("train", 4, generator=torch.Generator().manual_seed(3))
+    cpu = Batches(counting, block_size=8).get_batch(
+        "train", 4, generator=torch.Generator().manual_seed(3)
+    )
+    gpu = Batches(counting, block_size=8, device="cuda").get_batch(
+        "train", 4, generator=torch.Generator().manual_seed(3)
+    )
     assert gpu[0].is_cuda and gpu[0].dtype == torch.int64
     assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])

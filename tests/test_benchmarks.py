@@ -1,8 +1,8 @@
-"""Every benchmark script runs: each at its smallest size, on the tiny real-text data, and prints its figures.
-A benchmark that no test runs breaks silently when the code under it changes (bench_attention and
-bench_head_loss once called make_step with a signature it no longer had), and then the command recorded
-beside its figures in BENCHMARKS.md no longer reproduces them. The figures here mean nothing; that each
-script gets to its table does."""
+"""Every benchmark script runs: each at its smallest size, on the tiny real-text data, and prints
+its figures. A benchmark that no test runs breaks silently when the code under it changes
+(bench_attention and bench_head_loss once called make_step with a signature it no longer had),
+and then the command recorded beside its figures in BENCHMARKS.md no longer reproduces them. The
+figures here mean nothing; that each script gets to its table does."""
 
 from __future__ import annotations
 
@@ -17,9 +17,22 @@ import pytest
 import torch
 
 import config
-from benchmarks import (assemble, bench_attention, bench_batches, bench_cpu_step, bench_dtype, bench_gpu,
-                        bench_head_loss, bench_model, bench_plot, bench_tokenization, bench_training, ema_decays, recipe_search,
-                        story_names)
+from benchmarks import (
+    assemble,
+    bench_attention,
+    bench_batches,
+    bench_cpu_step,
+    bench_dtype,
+    bench_gpu,
+    bench_head_loss,
+    bench_model,
+    bench_plot,
+    bench_tokenization,
+    bench_training,
+    ema_decays,
+    recipe_search,
+    story_names,
+)
 from slm.cli import CLIError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +41,9 @@ NUMBER = r"[\d,]+(\.\d+)?"
 
 @pytest.fixture(autouse=True)
 def torch_threads_kept():
-    """Some scripts set torch's thread count for their own process (bench_batches, bench_model): put it back."""
+    """Some scripts set torch's thread count for their own process (bench_batches, bench_model): put
+    it back.
+    """
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
@@ -36,12 +51,15 @@ def torch_threads_kept():
 
 def test_benchmarks_md_is_the_assembly_of_its_parts():
     assert (REPO / "BENCHMARKS.md").read_text() == assemble.assembled(), (
-        "BENCHMARKS.md differs from benchmarks/*.md: edit those, then run benchmarks/assemble.py")
+        "BENCHMARKS.md differs from benchmarks/*.md: edit those, then run benchmarks/assemble.py"
+    )
 
 
 @pytest.fixture(scope="module")
 def few_stories(shared_tinystories, tmp_path_factory) -> Path:
-    """The first stories of the real sample's validation.txt, in its format: enough to score a model on."""
+    """The first stories of the real sample's validation.txt, in its format: enough to score a model
+    on.
+    """
     stories = (shared_tinystories / "validation.txt").read_text().split("<|endoftext|>")[:6]
     path = tmp_path_factory.mktemp("text") / "few.txt"
     path.write_text("<|endoftext|>".join(stories))
@@ -50,12 +68,33 @@ def few_stories(shared_tinystories, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def benched_run(tiny_data_dir, tmp_path_factory):
-    """bench_training.py's own training run (the smoke preset, 4 steps): its out dir and what it printed."""
+    """bench_training.py's own training run (the smoke preset, 4 steps): its out dir and what it
+    printed.
+    """
     out = tmp_path_factory.mktemp("bench") / "out"
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        bench_training.main(["--data-dir", str(tiny_data_dir), "--out-dir", str(out), "--stories", "1",
-                             "--max-new-tokens", "6", "--", "--preset", "smoke", "--max-iters", "4",
-                             "--warmup-iters", "1", "--eval-interval", "2", "--no-progress"])
+        bench_training.main(
+            [
+                "--data-dir",
+                str(tiny_data_dir),
+                "--out-dir",
+                str(out),
+                "--stories",
+                "1",
+                "--max-new-tokens",
+                "6",
+                "--",
+                "--preset",
+                "smoke",
+                "--max-iters",
+                "4",
+                "--warmup-iters",
+                "1",
+                "--eval-interval",
+                "2",
+                "--no-progress",
+            ]
+        )
     return out, printed.getvalue()
 
 
@@ -64,7 +103,9 @@ def test_bench_training_trains_a_preset_and_reports_it(benched_run, capsys):
     assert re.search(r"stopped: .* at step 4 of 4", report)
     assert re.search(rf"validation loss: {NUMBER} at step 0 -> best {NUMBER} at step [24]", report)
     assert "--- story 1 ---" in report
-    bench_training.main(["--no-train", "--out-dir", str(out), "--stories", "1", "--max-new-tokens", "6"])
+    bench_training.main(
+        ["--no-train", "--out-dir", str(out), "--stories", "1", "--max-new-tokens", "6"]
+    )
     again = capsys.readouterr().out
     assert f"report of the finished run in {out}" in again and "--- story 1 ---" in again
 
@@ -76,7 +117,8 @@ def test_story_names_counts_who_stays_who_comes_and_what_repeats():
     keeps, names, repeated = story_names.measure(looping)
     # 6 runs of 4 words, 4 of them different: "ran and ran and" and "and ran and ran" come twice
     assert (keeps, names) == (False, 1) and repeated == pytest.approx(1 - 4 / 6)
-    assert story_names.measure("Tom saw Lily".split()) == (True, 1, 0.0)  # too short for a 4-word run: none repeat
+    # too short for a 4-word run: none repeat
+    assert story_names.measure("Tom saw Lily".split()) == (True, 1, 0.0)
     assert story_names.measure([]) == (False, 0, 0.0)  # a story that ends at once
 
 
@@ -91,9 +133,13 @@ def test_story_names_refuses_nothing_to_sample_in_one_line(flags, capsys):
 
 def test_story_names_measures_real_stories_that_open_with_lily(tmp_path, capsys):
     stories = [
-        "Lily had a red ball. She played with it all day. At night, Lily went to bed.",  # kept to the end
-        "Lily saw a cat. The cat ran up a tree. Tom came and helped the cat down. Tom was happy and sang loud.",
-        "Once upon a time there was a big old tree in a quiet park near the sea, and one day Lily came.",  # too late
+        # kept to the end
+        "Lily had a red ball. She played with it all day. At night, Lily went to bed.",
+        "Lily saw a cat. The cat ran up a tree. Tom came and helped the cat down. Tom was happy "
+        "and sang loud.",
+        # too late
+        "Once upon a time there was a big old tree in a quiet park near the sea, and one day Lily "
+        "came.",
         "Tom had a dog.",
     ]
     path = tmp_path / "stories.txt"
@@ -102,13 +148,17 @@ def test_story_names_measures_real_stories_that_open_with_lily(tmp_path, capsys)
     assert total == 4 and [words[0] for words in chosen] == ["Lily", "Lily"]
     story_names.main(["--text-file", str(path)])
     line = capsys.readouterr().out.strip()
-    assert line.startswith("2 of 4 stories name Lily in their first 15 words: Lily in the last third 1/2, "
-                           "other capitalised names 0.50 a story")  # the second brings in Tom
+    assert line.startswith(
+        "2 of 4 stories name Lily in their first 15 words: Lily in the last third 1/2, other "
+        "capitalised names 0.50 a story"
+    )  # the second brings in Tom
     assert line.endswith(f"{(17 + 22) / 2:.0f} words a story")
 
 
 def test_story_names_refuses_a_missing_text_file_in_one_line(tmp_path, capsys):
-    with pytest.raises(CLIError, match=r"^--text-file .*nothing\.txt does not exist or is not a file$"):
+    with pytest.raises(
+        CLIError, match=r"^--text-file .*nothing\.txt does not exist or is " r"not a file$"
+    ):
         story_names.main(["--text-file", str(tmp_path / "nothing.txt")])
 
 
@@ -118,50 +168,122 @@ def test_story_names_reads_a_setting_and_refuses_a_bad_one_in_one_line(capsys):
     with pytest.raises(SystemExit) as exit_:
         story_names.main(["--checkpoint", "unused.pt", "--setting", "0.8,20"])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-        "argument --setting: '0.8,20' is not TEMPERATURE,TOP_K,TOP_P (e.g. 0.8,20,none)")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith("argument --setting: '0.8,20' is not TEMPERATURE,TOP_K,TOP_P (e.g. 0.8,20,none)")
+    )
     for bad in ("-1,20,none", "0.8,0,none", "1,none,1.5"):
         with pytest.raises(SystemExit) as exit_:
             story_names.main(["--checkpoint", "unused.pt", f"--setting={bad}"])
         assert exit_.value.code == 2
-        assert f"'{bad}': the temperature must be 0 or more" in capsys.readouterr().err.strip().splitlines()[-1]
-    for flag, value in (("--setting", "0.8,20,none"), ("--stories", "80"), ("--max-new-tokens", "100")):
+        assert (
+            f"'{bad}': the temperature must be 0 or more"
+            in capsys.readouterr().err.strip().splitlines()[-1]
+        )
+    for flag, value in (
+        ("--setting", "0.8,20,none"),
+        ("--stories", "80"),
+        ("--max-new-tokens", "100"),
+    ):
         with pytest.raises(SystemExit) as exit_:
             story_names.main(["--text-file", "unused.txt", flag, value])
         assert exit_.value.code == 2
-        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
-            f"{flag} samples a model: give it with --checkpoint, not --text-file")
+        assert (
+            capsys.readouterr()
+            .err.strip()
+            .splitlines()[-1]
+            .endswith(f"{flag} samples a model: give it with --checkpoint, not --text-file")
+        )
 
 
 def test_story_names_samples_every_setting(benched_run, capsys):
     out, _ = benched_run
-    story_names.main(["--checkpoint", str(out / "best_model_params.pt"), "--stories", "2", "--max-new-tokens", "8"])
+    story_names.main(
+        [
+            "--checkpoint",
+            str(out / "best_model_params.pt"),
+            "--stories",
+            "2",
+            "--max-new-tokens",
+            "8",
+        ]
+    )
     printed = capsys.readouterr().out.splitlines()
     assert len(printed) == len(story_names.SETTINGS)
     for line, (temperature, _, _) in zip(printed, story_names.SETTINGS):
-        assert re.match(rf"temperature {temperature}, .*: Lily in the last third [012]/2, other capitalised names "
-                        rf"{NUMBER} a story, repeated 4-word runs {NUMBER}, {NUMBER} tokens a story", line)
-    story_names.main(["--checkpoint", str(out / "best_model_params.pt"), "--stories", "1", "--max-new-tokens", "8",
-                      "--setting", "0.5,20,none"])
-    assert re.fullmatch(r"temperature 0.5, top-k 20, top-p None: Lily in the last third [01]/1, .* tokens a story",
-                        capsys.readouterr().out.strip())  # the one setting given, instead of the four built in
+        assert re.match(
+            rf"temperature {temperature}, .*: Lily in the last third [012]/2, "
+            r"other capitalised names "
+            rf"{NUMBER} a story, repeated 4-word runs {NUMBER}, {NUMBER} tokens "
+            r"a story",
+            line,
+        )
+    story_names.main(
+        [
+            "--checkpoint",
+            str(out / "best_model_params.pt"),
+            "--stories",
+            "1",
+            "--max-new-tokens",
+            "8",
+            "--setting",
+            "0.5,20,none",
+        ]
+    )
+    assert re.fullmatch(
+        r"temperature 0.5, top-k 20, top-p None: Lily in the last third "
+        r"[01]/1, .* tokens a story",
+        # the one setting given, instead of the four built in
+        capsys.readouterr().out.strip(),
+    )
 
 
-@pytest.mark.skipif(not (REPO / ".git").exists(), reason="compares with a git revision: needs the repository")
+@pytest.mark.skipif(
+    not (REPO / ".git").exists(), reason="compares with a git revision: needs the repository"
+)
 def test_bench_plot_times_today_against_a_revision(benched_run, capsys):
     out, _ = benched_run
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     bench_plot.main(["--out", str(out), "--rounds", "1", "--against", head])
     printed = capsys.readouterr().out
     for case in ("finished run", "smoke run, 2 evaluations"):
-        assert re.search(rf"{case}: now {NUMBER} s, {head} {NUMBER} s .*median ratio {NUMBER}x", printed)
+        assert re.search(
+            rf"{case}: now {NUMBER} s, {head} {NUMBER} s .*median ratio " rf"{NUMBER}x", printed
+        )
 
 
-def test_ema_decays_scores_the_trained_weights_and_each_average(tiny_data_dir, few_stories, tmp_path, capsys):
-    ema_decays.main(["--decays", "0.5,0.9", "--text-file", str(few_stories), "--",
-                     "--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path / "out"),
-                     "--max-iters", "3", "--warmup-iters", "1", "--eval-interval", "3"])
+def test_ema_decays_scores_the_trained_weights_and_each_average(
+    tiny_data_dir, few_stories, tmp_path, capsys
+):
+    ema_decays.main(
+        [
+            "--decays",
+            "0.5,0.9",
+            "--text-file",
+            str(few_stories),
+            "--",
+            "--preset",
+            "smoke",
+            "--data-dir",
+            str(tiny_data_dir),
+            "--out-dir",
+            str(tmp_path / "out"),
+            "--max-iters",
+            "3",
+            "--warmup-iters",
+            "1",
+            "--eval-interval",
+            "3",
+        ]
+    )
     printed = capsys.readouterr().out
     assert re.search(rf"trained weights \(best_model_params.pt\) +3 +{NUMBER}", printed)
     for decay in ("0.5", "0.9"):
@@ -169,12 +291,27 @@ def test_ema_decays_scores_the_trained_weights_and_each_average(tiny_data_dir, f
         assert re.search(rf"average, decay {decay} +3 +{NUMBER}", printed)
 
 
-def test_recipe_search_runs_a_trial_skips_it_when_done_and_tables_it(tiny_data_dir, few_stories, tmp_path, capsys):
+def test_recipe_search_runs_a_trial_skips_it_when_done_and_tables_it(
+    tiny_data_dir, few_stories, tmp_path, capsys
+):
     trials = tmp_path / "trials.tsv"
-    trials.write_text("# a comment line\nsmall\t--preset smoke --max-iters 2 --warmup-iters 1 --eval-interval 2\n")
+    trials.write_text(
+        "# a comment line\nsmall\t--preset smoke --max-iters 2 --warmup-iters 1 --eval-interval 2\n"
+    )
     table = tmp_path / "out.tsv"
-    args = [str(trials), "--data-dir", str(tiny_data_dir), "--text-file", str(few_stories), "--out", str(table),
-            "--runs", str(tmp_path / "runs"), "--threads", "1"]
+    args = [
+        str(trials),
+        "--data-dir",
+        str(tiny_data_dir),
+        "--text-file",
+        str(few_stories),
+        "--out",
+        str(table),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--threads",
+        "1",
+    ]
     recipe_search.main(args)
     rows = table.read_text().splitlines()
     assert rows[0].split("\t") == recipe_search.FIELDS and len(rows) == 2
@@ -184,20 +321,48 @@ def test_recipe_search_runs_a_trial_skips_it_when_done_and_tables_it(tiny_data_d
     recipe_search.main(args)
     assert "0 trials to run (1 already in" in capsys.readouterr().out
     recipe_search.main(["--markdown", str(table)])
-    assert re.search(rf"\| small \| `\(none\)` \| 2 \| .*\| {row['text_loss']} \|", capsys.readouterr().out)
+    assert re.search(
+        rf"\| small \| `\(none\)` \| 2 \| .*\| {row['text_loss']} " r"\|", capsys.readouterr().out
+    )
 
 
 def test_bench_cpu_step_times_and_profiles_a_float32_step(tiny_data_dir, capsys):
-    bench_cpu_step.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--dtypes", "float32", "--rounds", "1",
-                         "--steps", "1"])
+    bench_cpu_step.main(
+        [
+            "--data-dir",
+            str(tiny_data_dir),
+            "--preset",
+            "smoke",
+            "--dtypes",
+            "float32",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert re.search(rf"^float32 +False +{NUMBER} +{NUMBER} +1\.00x$", printed, re.M)
     assert "profile of float32 steps:" in printed and "aten::mm" in printed
 
 
 def test_bench_cpu_step_compares_shapes_as_shares_of_the_first(tiny_data_dir, capsys):
-    bench_cpu_step.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--dtypes", "float32", "--rounds", "1",
-                         "--steps", "1", "--shapes", "2x32,4x16"])
+    bench_cpu_step.main(
+        [
+            "--data-dir",
+            str(tiny_data_dir),
+            "--preset",
+            "smoke",
+            "--dtypes",
+            "float32",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--shapes",
+            "2x32,4x16",
+        ]
+    )
     printed = capsys.readouterr().out
     assert re.search(rf"2x32 +{NUMBER} +{NUMBER} +1\.000$", printed, re.M)
     assert re.search(rf"4x16 +{NUMBER} +{NUMBER} +{NUMBER}$", printed, re.M)
@@ -205,50 +370,131 @@ def test_bench_cpu_step_compares_shapes_as_shares_of_the_first(tiny_data_dir, ca
         bench_cpu_step.parse_shapes("16x")
 
 
-def test_bench_cpu_step_times_the_padded_head_against_the_plain_one_with_the_same_losses(tiny_data_dir, capsys):
-    bench_cpu_step.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--dtypes", "float32", "--rounds", "2",
-                         "--steps", "1", "--head-pad", "--shapes", "2x32"])
+def test_bench_cpu_step_times_the_padded_head_against_the_plain_one_with_the_same_losses(
+    tiny_data_dir, capsys
+):
+    bench_cpu_step.main(
+        [
+            "--data-dir",
+            str(tiny_data_dir),
+            "--preset",
+            "smoke",
+            "--dtypes",
+            "float32",
+            "--rounds",
+            "2",
+            "--steps",
+            "1",
+            "--head-pad",
+            "--shapes",
+            "2x32",
+        ]
+    )
     printed = capsys.readouterr().out
-    assert re.search(rf"^float32 +2x32 +{NUMBER} +{NUMBER} +{NUMBER}x +same$", printed, re.M), printed
+    assert re.search(rf"^float32 +2x32 +{NUMBER} +{NUMBER} +{NUMBER}x " r"+same$", printed, re.M), (
+        printed
+    )
     assert bench_cpu_step.head_loss.HEAD_PAD == 64  # put back
 
 
 def test_bench_attention_compares_the_kernels_in_whole_steps(tiny_data_dir, capsys):
-    bench_attention.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--rounds", "1", "--steps", "1"])
+    bench_attention.main(
+        ["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--rounds", "1", "--steps", "1"]
+    )
     printed = capsys.readouterr().out
-    assert re.search(rf"^float32 +flash +{NUMBER} ms/step, model's choice +{NUMBER} ms/step", printed, re.M)
+    assert re.search(
+        rf"^float32 +flash +{NUMBER} ms/step, model's choice +{NUMBER} " r"ms/step", printed, re.M
+    )
 
 
 def test_bench_head_loss_checks_and_times_both_heads(tiny_data_dir, capsys):
-    bench_head_loss.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--rounds", "1", "--steps", "1"])
+    bench_head_loss.main(
+        ["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--rounds", "1", "--steps", "1"]
+    )
     printed = capsys.readouterr().out
     assert re.search(r"float32: the two heads' loss and gradients: [\d.e+-]+ apart", printed)
-    assert re.search(rf"^float32 +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER}x +{NUMBER}x", printed, re.M)
+    assert re.search(
+        rf"^float32 +{NUMBER} +{NUMBER} +{NUMBER} +{NUMBER}x " rf"+{NUMBER}x", printed, re.M
+    )
 
 
-def test_bench_dtype_times_each_combination_and_trains_in_each_dtype(tiny_data_dir, monkeypatch, capsys):
-    # bfloat16 on a CPU without it is emulated, ~10x slower than float32: the smoke preset at 2 x 16 tokens a step
+def test_bench_dtype_times_each_combination_and_trains_in_each_dtype(
+    tiny_data_dir, monkeypatch, capsys
+):
+    # bfloat16 on a CPU without it is emulated, ~10x slower than float32: the smoke preset at 2 x 16
+    # tokens a step
     smoke = config.PRESETS["smoke"]
-    monkeypatch.setitem(config.PRESETS, "smoke", replace(smoke, model=replace(smoke.model, block_size=16),
-                                                         train=replace(smoke.train, batch_size=2, eval_iters=1)))
-    bench_dtype.main(["--data-dir", str(tiny_data_dir), "--preset", "smoke", "--rounds", "1", "--timed-steps", "1",
-                      "--steps", "2", "--window", "1"])
+    monkeypatch.setitem(
+        config.PRESETS,
+        "smoke",
+        replace(
+            smoke,
+            model=replace(smoke.model, block_size=16),
+            train=replace(smoke.train, batch_size=2, eval_iters=1),
+        ),
+    )
+    bench_dtype.main(
+        [
+            "--data-dir",
+            str(tiny_data_dir),
+            "--preset",
+            "smoke",
+            "--rounds",
+            "1",
+            "--timed-steps",
+            "1",
+            "--steps",
+            "2",
+            "--window",
+            "1",
+        ]
+    )
     printed = capsys.readouterr().out
     assert len(re.findall(r"best +(float32|bfloat16) +\w+ head: +[\d,]+ tokens/s", printed)) == 4
-    assert re.search(rf"last window: fp32 {NUMBER}, bf16 {NUMBER}, fp32 other seed {NUMBER}", printed)
+    assert re.search(
+        rf"last window: fp32 {NUMBER}, bf16 {NUMBER}, fp32 other seed " rf"{NUMBER}", printed
+    )
 
 
 def test_bench_batches_measures_memory_and_time_per_call(capsys):
-    bench_batches.main(["--calls", "40", "--tokens", "50000", "--block-size", "32", "--batch-size", "4",
-                        "--compare-calls", "10"])
+    bench_batches.main(
+        [
+            "--calls",
+            "40",
+            "--tokens",
+            "50000",
+            "--block-size",
+            "32",
+            "--batch-size",
+            "4",
+            "--compare-calls",
+            "10",
+        ]
+    )
     printed = capsys.readouterr().out
     assert re.search(r"growth over 40 calls: RssAnon [+-][\d,]+ KiB", printed)
     assert re.search(rf"nanoGPT / Batches: {NUMBER}x", printed)
 
 
 def test_bench_model_times_generation_and_a_training_step(capsys):
-    bench_model.main(["--prompt-len", "4", "--new-tokens", "4", "--repeats", "1", "--batch-size", "1",
-                      "--seq-len", "16", "--steps", "1", "--warmup", "0"])
+    bench_model.main(
+        [
+            "--prompt-len",
+            "4",
+            "--new-tokens",
+            "4",
+            "--repeats",
+            "1",
+            "--batch-size",
+            "1",
+            "--seq-len",
+            "16",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+        ]
+    )
     printed = capsys.readouterr().out
     assert re.search(r"model: default GPTConfig, [\d,]+ parameters", printed)
     assert "generation: batch 1, 4-token prompt, 4 new tokens" in printed
@@ -257,7 +503,9 @@ def test_bench_model_times_generation_and_a_training_step(capsys):
 
 @pytest.mark.slow
 def test_bench_tokenization_compares_the_contenders_on_a_small_corpus(tmp_path, capsys):
-    bench_tokenization.main(["--mb", "0.2", "--num-proc", "1", "--repeats", "1", "--work-dir", str(tmp_path)])
+    bench_tokenization.main(
+        ["--mb", "0.2", "--num-proc", "1", "--repeats", "1", "--work-dir", str(tmp_path)]
+    )
     printed = capsys.readouterr().out
     for contender in ("limit", "limit/procs", "common", "end to end"):
         assert re.search(rf"^{re.escape(contender)} +{NUMBER} +{NUMBER}", printed, re.M)
@@ -273,16 +521,43 @@ def test_bench_gpu_caps_what_the_plan_sees_as_a_t4_would_show_it():
     h200 = Machine("cuda", "NVIDIA H200", (9, 0), 139 * gib, 138 * gib)
     t4 = Machine("cuda", "Tesla T4", (7, 5), 15 * gib, 15 * gib)
     capped = bench_gpu.capped_machine(h200, 15 * gib)
-    assert (capped.total_memory, capped.free_memory, capped.capability) == (15 * gib, 15 * gib, (9, 0))
+    assert (capped.total_memory, capped.free_memory, capped.capability) == (
+        15 * gib,
+        15 * gib,
+        (9, 0),
+    )
     fp16 = replace(gpu.train, dtype="float16")
     plans = [make_plan(m, gpu.model, fp16, given={"dtype"}) for m in (capped, t4, h200)]
-    assert plans[0].batch_size == plans[1].batch_size < plans[2].batch_size  # fitted to the cap, not the H200
-    assert plans[0].grad_scaler and plans[0].batch_size * plans[0].grad_accum == fp16.batch_size * fp16.grad_accum
+    # fitted to the cap, not the H200
+    assert plans[0].batch_size == plans[1].batch_size < plans[2].batch_size
+    assert (
+        plans[0].grad_scaler
+        and plans[0].batch_size * plans[0].grad_accum == fp16.batch_size * fp16.grad_accum
+    )
 
 
 def test_bench_gpu_runs_a_case_in_its_own_process_and_reports_it(tiny_data_dir, capsys):
-    bench_gpu.main(["--device", "cpu", "--cases", "native", "--steps", "10", "--data-dir", str(tiny_data_dir), "--",
-                    "--preset", "smoke", "--dtype", "float32", "--warmup-iters", "2", "--eval-iters", "1"])
+    bench_gpu.main(
+        [
+            "--device",
+            "cpu",
+            "--cases",
+            "native",
+            "--steps",
+            "10",
+            "--data-dir",
+            str(tiny_data_dir),
+            "--",
+            "--preset",
+            "smoke",
+            "--dtype",
+            "float32",
+            "--warmup-iters",
+            "2",
+            "--eval-iters",
+            "1",
+        ]
+    )
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| native |")]
     assert len(rows) == 1 and "| none | float32, " in rows[0] and "(yes)" in rows[0], out

@@ -1,4 +1,6 @@
-"""evaluate.py: scores checked by hand (uniform logits give exactly ln 50257) and against direct computation."""
+"""evaluate.py: scores checked by hand (uniform logits give exactly ln 50257) and against direct
+computation.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +13,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_model_usage import (
+    LA,
+    REPO,
+    call_cli,
+    constant_logits,
+    env_with_repo,
+    save_checkpoint,
+    tiny_model,
+)
 
 import evaluate
 from config import EOT_ID
-from test_model_usage import LA, REPO, call_cli, constant_logits, env_with_repo, save_checkpoint, tiny_model
 
 STORIES = [
     "Tom had a red ball. He liked to throw it high.",
@@ -41,17 +51,21 @@ def run_eval(argv: list[str], capsys) -> tuple[int, dict | None, str]:
 
 
 def test_uniform_logits_give_ln_vocab_and_hand_counted_bits_per_byte(tmp_path, enc, capsys):
-    ckpt = save_checkpoint(constant_logits(tiny_model(), {}), tmp_path / "uniform.pt")  # all logits 0
+    # all logits 0
+    ckpt = save_checkpoint(constant_logits(tiny_model(), {}), tmp_path / "uniform.pt")
     text = tmp_path / "held_out.txt"
     text.write_text(raw_txt(STORIES), encoding="utf-8")
 
-    code, result, err = run_eval(["--checkpoint", str(ckpt), "--text-file", str(text), "--num-samples", "0",
-                                  "--quiet"], capsys)
+    code, result, err = run_eval(
+        ["--checkpoint", str(ckpt), "--text-file", str(text), "--num-samples", "0", "--quiet"],
+        capsys,
+    )
     assert code == 0, err
     story_tokens = [enc.encode_ordinary(s) for s in STORIES]
     n = sum(len(t) + 1 for t in story_tokens)  # [EOT] story [EOT] story [EOT] story
     assert result["scored"]["stories"] == 3
-    assert result["tokens"] == n and result["tokens_scored"] == n - 1  # every token but the first, once
+    # every token but the first, once
+    assert result["tokens"] == n and result["tokens_scored"] == n - 1
     assert result["loss"] == pytest.approx(math.log(50257), abs=1e-6)
     assert result["perplexity"] == pytest.approx(50257, rel=1e-5)
     # bits per byte: story tokens only (the 2 EOTs among the targets are separators, not text).
@@ -85,8 +99,8 @@ def test_windows_match_direct_computation(enc):
         assert got["tokens_scored"] == n - 1
         assert got["loss"] == pytest.approx(np.mean(expected), rel=1e-5)
 
-        # Non-overlapping: chunks of T targets, each from the start of its own chunk; the last window ends at
-        # the final token and scores only what the previous windows left.
+        # Non-overlapping: chunks of T targets, each from the start of its own chunk; the last
+        # window ends at the final token and scores only what the previous windows left.
         expected = []
         for start in range(0, n - 1, T):
             window_start = min(start, n - 1 - T)
@@ -99,14 +113,22 @@ def test_windows_match_direct_computation(enc):
         # Shorter than the context: one window, the model's own loss.
         short = tokens[:10]
         _, loss = model(torch.from_numpy(short[:-1])[None], torch.from_numpy(short[1:])[None])
-        assert evaluate.score_tokens(model, short, lengths)["loss"] == pytest.approx(loss.item(), rel=1e-6)
+        assert evaluate.score_tokens(model, short, lengths)["loss"] == pytest.approx(
+            loss.item(), rel=1e-6
+        )
 
 
-@pytest.mark.parametrize("n,length,stride", [(2, 1, 1), (11, 10, 10), (12, 10, 10), (100, 10, 3), (33, 32, 32)])
+@pytest.mark.parametrize(
+    "n,length,stride", [(2, 1, 1), (11, 10, 10), (12, 10, 10), (100, 10, 3), (33, 32, 32)]
+)
 def test_window_starts_cover_every_target(n, length, stride):
     starts = evaluate.window_starts(n, length, stride)
     covered = {s + 1 + j for s in starts for j in range(length)}
-    assert covered == set(range(1, n)) and starts[-1] + length == n - 1 and starts == sorted(set(starts))
+    assert (
+        covered == set(range(1, n))
+        and starts[-1] + length == n - 1
+        and starts == sorted(set(starts))
+    )
 
 
 def test_story_metrics_by_hand():
@@ -117,7 +139,9 @@ def test_story_metrics_by_hand():
     assert evaluate.distinct_n(stories, 3) == pytest.approx(3 / 5)
     # 4-grams of story 1: (1,2,3,1)(2,3,1,2)(3,1,2,3)(1,2,3,1): one repeat of 4; story 2 has none
     assert evaluate.repeated_ngram_rate(stories, 4) == pytest.approx(1 / 4)
-    assert evaluate.distinct_n([[1]], 2) is None and evaluate.repeated_ngram_rate([[1, 2]], 4) is None
+    assert (
+        evaluate.distinct_n([[1]], 2) is None and evaluate.repeated_ngram_rate([[1, 2]], 4) is None
+    )
     m = evaluate.story_metrics(stories, [True, False])
     assert m["mean_length_tokens"] == 4.5 and m["frac_ended_with_eot"] == 0.5
 
@@ -127,8 +151,22 @@ def test_generated_story_figures_of_programmed_models(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text(raw_txt(STORIES[:1]), encoding="utf-8")
     la = save_checkpoint(constant_logits(tiny_model(), {LA: 30.0}), tmp_path / "la.pt")
-    code, result, err = run_eval(["--checkpoint", str(la), "--text-file", str(text), "--num-samples", "2",
-                                  "--max-new-tokens", "10", "--seed", "0", "--quiet"], capsys)
+    code, result, err = run_eval(
+        [
+            "--checkpoint",
+            str(la),
+            "--text-file",
+            str(text),
+            "--num-samples",
+            "2",
+            "--max-new-tokens",
+            "10",
+            "--seed",
+            "0",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     s = result["samples"]
     assert s["num_samples"] == 2 and s["seed"] == 0
@@ -138,29 +176,53 @@ def test_generated_story_figures_of_programmed_models(tmp_path, capsys):
     assert s["example"] == " la" * 10
 
     eot = save_checkpoint(constant_logits(tiny_model(), {EOT_ID: 30.0}), tmp_path / "eot.pt")
-    code, result, err = run_eval(["--checkpoint", str(eot), "--text-file", str(text), "--num-samples", "3",
-                                  "--quiet"], capsys)
+    code, result, err = run_eval(
+        ["--checkpoint", str(eot), "--text-file", str(text), "--num-samples", "3", "--quiet"],
+        capsys,
+    )
     assert code == 0, err
     s = result["samples"]
-    assert s["mean_length_tokens"] == 0 and s["frac_ended_with_eot"] == 1.0 and s["distinct_2"] is None
+    assert (
+        s["mean_length_tokens"] == 0 and s["frac_ended_with_eot"] == 1.0 and s["distinct_2"] is None
+    )
 
 
-def test_split_scores_every_token_of_the_bin_and_matches_the_text_file(tiny_data_dir, tmp_path, capsys):
+def test_split_scores_every_token_of_the_bin_and_matches_the_text_file(
+    tiny_data_dir, tmp_path, capsys
+):
     """--split validation reads DATA/validation.bin; the same stories as a .txt file score the same."""
     from slm.datafiles import load_raw, read_meta
 
     ckpt = save_checkpoint(tiny_model(seed=1), tmp_path / "m.pt")
-    code, by_split, err = run_eval(["--checkpoint", str(ckpt), "--data-dir", str(tiny_data_dir), "--split",
-                                    "validation", "--num-samples", "0", "--quiet"], capsys)
+    code, by_split, err = run_eval(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--data-dir",
+            str(tiny_data_dir),
+            "--split",
+            "validation",
+            "--num-samples",
+            "0",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     meta = read_meta(tiny_data_dir)["splits"]["validation"]
     assert by_split["tokens"] == meta["tokens"] and by_split["tokens_scored"] == meta["tokens"] - 1
-    assert by_split["scored"] == {"split": "validation", "data_dir": str(tiny_data_dir), "stories": meta["stories"]}
+    assert by_split["scored"] == {
+        "split": "validation",
+        "data_dir": str(tiny_data_dir),
+        "stories": meta["stories"],
+    }
 
     text = tmp_path / "validation.txt"
     text.write_text(raw_txt(list(load_raw(tiny_data_dir)["validation"]["text"])), encoding="utf-8")
-    code, by_file, err = run_eval(["--checkpoint", str(ckpt), "--text-file", str(text), "--num-samples", "0",
-                                   "--quiet"], capsys)
+    code, by_file, err = run_eval(
+        ["--checkpoint", str(ckpt), "--text-file", str(text), "--num-samples", "0", "--quiet"],
+        capsys,
+    )
     assert code == 0, err
     assert by_file["tokens"] == by_split["tokens"]
     assert by_file["loss"] == pytest.approx(by_split["loss"], rel=1e-9)
@@ -185,11 +247,33 @@ def test_cli_prints_one_json_object(tmp_path):
     ckpt = save_checkpoint(tiny_model(), tmp_path / "m.pt")
     text = tmp_path / "t.txt"
     text.write_text(raw_txt(STORIES), encoding="utf-8")
-    r = subprocess.run([sys.executable, str(REPO / "evaluate.py"), "--checkpoint", str(ckpt), "--text-file",
-                        str(text), "--num-samples", "2", "--max-new-tokens", "5", "--stride", "16"],
-                       cwd=tmp_path, env=env_with_repo(), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "evaluate.py"),
+            "--checkpoint",
+            str(ckpt),
+            "--text-file",
+            str(text),
+            "--num-samples",
+            "2",
+            "--max-new-tokens",
+            "5",
+            "--stride",
+            "16",
+        ],
+        cwd=tmp_path,
+        env=env_with_repo(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert {"loss", "perplexity", "bits_per_byte", "windowing", "samples"} <= set(result)
     assert result["stride"] == 16 and "overlapping" in result["windowing"]
-    assert 0 < result["loss"] < 20 and set(result["samples"]) >= {"distinct_2", "distinct_3", "repeated_4gram_rate"}
+    assert 0 < result["loss"] < 20 and set(result["samples"]) >= {
+        "distinct_2",
+        "distinct_3",
+        "repeated_4gram_rate",
+    }

