@@ -437,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
     from dataclasses import asdict, replace
 
     from config import PRESETS
-    from slm.cli import ArgumentParser, add_model_flags, check_model_config, model_flags_given
+    from slm.cli import ArgumentParser
+    from slm.settings import add_model_flags, check_model_config, flags_given
 
     p = ArgumentParser(
         prog="python model.py",
@@ -461,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     add_model_flags(p)
     args = p.parse_args(argv)
-    given = model_flags_given(args)
+    given = flags_given(args, GPTConfig)
     config = replace(PRESETS[args.preset].model, **given)
     check_model_config(config)
 

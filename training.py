@@ -1,35 +1,17 @@
 """Step 5: train the GPT on DATA/train.bin, evaluate on fixed batches, keep the best model.
 
-    python training.py                          # preset gpu where CUDA is available, else cpu (says which)
-    python training.py --preset smoke           # seconds: a tiny model, for tests
-    python training.py --max-minutes 5          # train 5 minutes: warmup and cosine laid over exactly that
-    python training.py --max-iters 500 --max-minutes 0 --batch-size 8   # a set step count; any setting, any preset
-    python training.py --resume                 # continue OUT/ckpt.pt exactly where it stopped
-    torchrun --standalone --nproc_per_node=4 training.py --preset gpu          # data parallel on 4 GPUs
+    python training.py                    # the cpu preset (10 minutes) on a CPU, gpu on a GPU
+    python training.py --preset smoke     # seconds: a tiny model, for tests
+    python training.py --max-minutes 5    # warmup and cosine laid over exactly 5 minutes
+    python training.py --max-iters 500 --max-minutes 0    # a set step count
+    python training.py --resume           # continue OUT/ckpt.pt exactly where it stopped
+    torchrun --standalone --nproc_per_node=4 training.py --preset gpu    # 4 GPUs, data parallel
 
-Writes into OUT (--out-dir, default out/):
-    best_model_params.pt   the model at its best validation loss (what model_usage.py loads)
-    ckpt.pt                everything needed to resume: model, optimizer, schedule, scaler, RNG states, step
-    log.csv                one row per evaluation: step, fixed-batch train and validation loss, lr, tokens, time, sample
-    steps.csv              one row per optimizer step: its train loss and learning rate
-    loss.png               each step's train loss (raw, smoothed), the evaluations, the best model, the learning rate
-    report.md              at the end or a clean stop: machine, settings, the command that repeats the run, data,
-                           speed, losses, plot and samples (slm/report.py); --plot-only OUT redraws loss.png
-
-How a run is set up, in order: the preset and the flags give the settings; with a time budget
-(--max-minutes, the cpu preset: 10) a few passes of the preset's shape are timed and the step
-budget picks the recipe (slm/recipe.py); the machine picks dtype, micro-batch and compile
-(slm/plan.py). Each choice is printed in one line, and flags given by hand always win. The budget
-then times the first steps, shows an estimated step count and ETA at once, and fixes the count at
-the end of warmup (slm/schedule.py): the warmup -> cosine schedule runs over exactly those steps
-and the command that repeats the run step for step (--max-iters N --max-minutes 0) is printed,
-saved in ckpt.pt and kept by --resume.
-
-Both .pt files are written to a temporary file and renamed over the old one, so a crash at any
-moment leaves the previous file intact. Ctrl-C (or SIGTERM) stops after the current step, saves
-ckpt.pt and says how to resume. Under torchrun every rank draws the same global batch from one
-seeded generator and trains on its own slice of it, so N ranks x batch B follow exactly the same
-path as 1 process with batch N*B; only rank 0 prints and writes files.
+Read it top-down: train() settles the settings, builds the run (build) and runs the loop (loop);
+train_step() is one optimizer step; evaluate_and_save() scores the fixed batches and keeps the
+best model. Writes into OUT (--out-dir, default out/): best_model_params.pt (the model at its
+best validation loss), ckpt.pt (everything --resume needs), log.csv (one row per evaluation),
+steps.csv (one row per step), loss.png and report.md.
 """
 
 from __future__ import annotations
@@ -40,18 +22,18 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from batches import Batches
-from config import PRESETS, GPTConfig, TrainConfig
+from config import GPTConfig, TrainConfig
 from model import GPT
-from slm import recipe
+from slm import budget as time_budget
 from slm.averaging import WeightAverage, averaged_weights
+from slm.budget import past_budget
 from slm.checkpoint import (
     BEST_FILE,
     CKPT_FILE,
@@ -61,547 +43,385 @@ from slm.checkpoint import (
     read_resume_checkpoint,
     restore_progress,
     save_resume_state,
-    settings_for_resume,
 )
 from slm.cli import CLIError, StopRequest, run_cli
-from slm.distributed import Dist, global_batch
+from slm.distributed import Dist
 from slm.files import atomic_torch_save, dir_lock
-from slm.hardware import (
-    Machine,
-    autocast,
-    compile_problem,
-    detect_machine,
-    fork_rng,
-    fused_adamw,
-    keep_freed_memory,
-    pick_device,
-    synchronize,
-)
-from slm.plan import make_plan, resolve_dtype, shrink_until_it_fits
-from slm.plot import redraw
+from slm.hardware import autocast, detect_machine, fused_adamw, keep_freed_memory, pick_device
+from slm.plan import TrialPass
+from slm.plot import plot_title, redraw
 from slm.progress import Speedometer, announce, print_end, progress_bar
+from slm.recipe import tokens_per_step
 from slm.report import save_progress, summarize, write_report
-from slm.run import Run
+from slm.run import Progress
 from slm.sampling import Glimpse
-from slm.schedule import (
-    BUDGET_OVERRUN,
-    Budget,
-    cut_windows,
-    evaluation_due,
-    make_scheduler,
-    past_budget,
-    phase_costs,
-    short_context_note,
-    window_cut,
-)
+from slm.schedule import evaluation_due, make_scheduler, short_context_note, window_cut
 from slm.settings import (
     build_parser,
     check_data,
     check_settings,
-    explicit_settings,
     format_settings,
-    resolve,
+    from_command_line,
+    settle,
 )
 
-# Evaluation batches come from their own generators, seeded apart from the training one, and are
-# drawn afresh from the same seed at every evaluation: each evaluation scores the very same windows.
+# Evaluation batches come from their own generators, seeded apart from the training one and drawn
+# afresh from the same seed at every evaluation: each evaluation scores the very same windows.
 EVAL_SEED_OFFSET = {"train": 1, "validation": 2}
 
 
-# ----------------------------------------------------------------------------- the run's parts
+class Run(NamedTuple):
+    """What build() makes: the settled settings, the data and the objects that train. Read-only:
+    a time budget replaces tc and scheduler once, when it fixes the step count (run._replace)."""
+
+    preset: str | None
+    mc: GPTConfig
+    tc: TrainConfig
+    facts: dict  # what the checkpoints record about the data (slm.checkpoint.data_facts)
+    dist: Dist
+    batches: Batches
+    raw_model: GPT  # uncompiled: its state_dict is what gets saved (no _orig_mod. keys)
+    model: torch.nn.Module  # raw_model, compiled if asked: what evaluates
+    train_model: torch.nn.Module  # model, wrapped in DDP under torchrun: what trains
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    average: WeightAverage | None  # the weights' moving average (--ema): what is scored and kept
+    batch_gen: torch.Generator  # draws the training batches; evaluation has its own generators
+    glimpse: Glimpse | None  # writes the sample shown at each evaluation (rank 0)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.tc.out_dir)
+
+    @property
+    def tokens_per_step(self) -> int:  # every process's
+        return tokens_per_step(self.mc, self.tc) * self.dist.world
 
 
-def make_optimizer(model, tc: TrainConfig, device: str) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        model.optim_groups(tc.weight_decay),
+def keep_logits(device: str) -> bool:
+    """Whether the loss goes through the full (B, T, vocab) logits. On a CPU slm/head_loss.py
+    computes the same loss and gradients without them, faster; on a GPU torch.compile fuses the
+    plain path."""
+    return device != "cpu"
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_flops=None,
+          progress=True, preset=None, given=frozenset(), samples=True) -> dict:  # fmt: skip
+    """Train (or resume from OUT/ckpt.pt) and return a summary dict.
+
+    summary["stopped"] is "done", "time" (past the time budget), "stop_after" or the signal's name
+    (SIGINT, SIGTERM). A non-finite loss raises CLIError naming the step; the checkpoints on disk
+    are left as they were. Rank 0 writes OUT/report.md at the end and at a clean stop."""
+    check_settings(mc, tc, stop_after, peak_flops)
+    facts = data_facts(check_data(mc, tc))
+    t_start = time.time()
+    dist = Dist(pick_device(tc.device))
+    say = print if dist.master else (lambda *a, **k: None)
+    if dist.master:
+        print(format_settings(mc, tc, budget_fixes_steps=not resume and tc.max_minutes > 0))
+    lock = dir_lock(tc.out_dir) if dist.master else contextlib.nullcontext()  # one run per OUT
+    with dist, lock:
+        machine = detect_machine(dist.device)
+        ckpt = read_resume_checkpoint(Path(tc.out_dir), tc, facts) if resume else None
+
+        def trial(shape: GPTConfig, compiled: bool = False) -> TrialPass:  # a throwaway model
+            return trial_pass(shape, tc, dist.device, compiled)
+
+        # the time budget's recipe and this machine's plan: mc and tc are final from here
+        mc, tc, recipe, budget = settle(preset, mc, tc, machine, given, resume=resume, say=say,
+                                        trial=trial, all_max=dist.all_max_list)  # fmt: skip
+        run = build(preset, mc, tc, dist, facts, samples)
+        state, budget = start(run, ckpt, budget, say)
+        del ckpt
+        announce(say, run.raw_model, dist.device, dist.world, tc, facts)
+        if dist.master and not resume and (run.out_dir / CKPT_FILE).exists():
+            say(f"note: starting afresh; {run.out_dir / CKPT_FILE} will be overwritten")
+        speed = Speedometer(dist.device, run.raw_model.flops_per_token(), run.tokens_per_step,
+                            dist.world, peak_flops, say)  # fmt: skip
+        run, stopped, start_step, t_train = loop(
+            run, state, budget, recipe, speed, stop_after, progress, t_start, say
+        )
+        summary = summarize(state, stopped, start_step, run.tc, run.tokens_per_step, dist, facts,
+                            t_start, t_train)  # fmt: skip
+        if dist.master:
+            write_report(summary, state, run.mc, run.tc, preset=preset, machine=machine,
+                         facts=facts, num_params=run.raw_model.num_params(),
+                         mfu=speed.mfu(summary["tokens_per_s"]),
+                         glimpse=run.glimpse and run.glimpse.describe())  # fmt: skip
+    return summary
+
+
+def trial_pass(mc: GPTConfig, tc: TrainConfig, device: str, compiled: bool) -> TrialPass:
+    """Forward and backward passes of a throwaway model of shape mc, for settle() to time a step
+    or to prove that a micro-batch fits a GPU. They change nothing the run keeps."""
+    model = GPT(mc).to(device)
+    batches = Batches(tc.data_dir, mc.block_size, device=device)
+    model = torch.compile(model) if compiled else model
+    return TrialPass(model, batches, device, return_logits=keep_logits(device))
+
+
+def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, samples: bool) -> Run:
+    """The run, from the seed: data, model, optimizer, schedule. Nothing is written."""
+    device = dist.device
+    if device == "cpu":
+        keep_freed_memory()  # big tensors reuse freed heap memory instead of fresh zeroed pages
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(tc.seed + dist.rank)  # the init (rank 0's copy wins under DDP) and dropout
+    random.seed(tc.seed + dist.rank)
+    np.random.seed(tc.seed + dist.rank)
+    raw_model = GPT(mc).to(device)
+    optimizer = torch.optim.AdamW(
+        raw_model.optim_groups(tc.weight_decay),  # weight decay on matrices only
         lr=tc.learning_rate,
         betas=(tc.beta1, tc.beta2),
         fused=fused_adamw(device),
     )
+    average = WeightAverage(raw_model, tc.ema) if tc.ema > 0 else None
+    if dist.master:  # a run that cannot save its checkpoints must not train first
+        check_checkpoint_space(tc.out_dir, raw_model, BEST_FILE, CKPT_FILE, average is not None)
+    model = torch.compile(raw_model) if tc.compile else raw_model
+    train_model = model
+    if dist.ddp:  # one process per GPU; DDP averages the gradients across them
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(
+            model, device_ids=[dist.local_rank] if device.startswith("cuda") else None
+        )
+    return Run(
+        preset=preset,
+        mc=mc,
+        tc=tc,
+        facts=facts,
+        dist=dist,
+        batches=Batches(tc.data_dir, mc.block_size, device=device),
+        raw_model=raw_model,
+        model=model,
+        train_model=train_model,
+        optimizer=optimizer,
+        scheduler=make_scheduler(optimizer, tc),  # LinearLR warmup, then CosineAnnealingLR
+        scaler=torch.amp.GradScaler("cuda", enabled=tc.dtype == "float16"),  # float16 underflows
+        average=average,
+        batch_gen=torch.Generator().manual_seed(tc.seed),
+        glimpse=Glimpse(device, tc.dtype, tc.seed) if samples and dist.master else None,
+    )
 
 
-# ----------------------------------------------------------------------------- evaluation
+def start(run: Run, ckpt: dict | None, budget, say) -> tuple[Progress, object]:
+    """How far the run has got, and its time budget while the count is not fixed: from step 0, or
+    with --resume the checkpoint's weights, optimizer, schedule, RNGs and history."""
+    if ckpt is None:
+        fixed = {"max_iters": run.tc.max_iters, "fixed_by": "--max-iters"}
+        return Progress(schedule=None if budget else fixed), budget
+    state = restore_progress(
+        ckpt, run.raw_model, run.optimizer, run.scheduler, run.scaler, run.batch_gen, run.average
+    )
+    if state.schedule is None:  # stopped while the time budget timed its first steps
+        budget = time_budget.resumed(run.tc, run.out_dir / CKPT_FILE, state.step)
+    if not run.dist.master:  # only rank 0's dropout RNG was saved; the others restart theirs
+        torch.manual_seed(run.tc.seed + 1000 * run.dist.rank + state.step)
+    say(
+        f"resuming from {run.out_dir / CKPT_FILE} at step {state.step} (best validation loss "
+        f"{state.best_val:.4f} at step {state.best_step})"
+    )
+    return state, budget
 
 
-def keep_logits(device: str) -> bool:
-    """Whether the loss goes through the full (B, T, vocab) logits. On a CPU slm.head_loss computes
-    the same loss and gradients twice as fast; on a GPU the plain path is fast (torch.compile
-    fuses it), so it stays."""
-    return device != "cpu"
+# ----------------------------------------------------------------------------- the loop
+
+
+def loop(run: Run, state: Progress, budget, recipe, speed, stop_after, progress, t_start, say):
+    """Evaluate when due, take one optimizer step, stop when done: (the run, as a time budget may
+    have fixed its step count, how it stopped, its first step, when training began)."""
+    t_train, start_step, stopped = time.time(), state.step, "done"
+    evaluated_at = state.history[-1]["step"] if state.history else -1
+    bar = progress_bar(total=time_budget.bar_total(budget, run.tc, state.step, t_train),
+                       initial=state.step, desc="training", unit="step", dynamic_ncols=True,
+                       disable=not (progress and run.dist.master), file=sys.stderr)  # fmt: skip
+    say = bar.write if run.dist.master else say
+    eval_s = save_s = 0.0  # the last evaluation's seconds, and its files' (0: none yet)
+    run.train_model.train()
+    with bar, StopRequest(say) as stop:
+        while True:
+            done = state.finished(run.tc.max_iters)
+            due = evaluation_due(state.step, run.tc.max_iters, run.tc.eval_interval)
+            if (due or done or stopped == "time") and state.step != evaluated_at:
+                t0 = time.time()
+                save_s = evaluate_and_save(run, state, t_start, say)
+                eval_s, evaluated_at = time.time() - t0, state.step
+            if done or stopped != "done":
+                break
+
+            def wants_stop() -> bool:  # a signal, or the time budget overrun
+                late = past_budget(run.tc.max_minutes, time.time() - t_train, eval_s)  # noqa: B023
+                return stop.signal is not None or late
+
+            t0 = time.time()
+            lr = run.optimizer.param_groups[0]["lr"]  # this step's learning rate
+            try:
+                loss, stops = train_step(run.train_model, run.optimizer, run.scaler, run.batches,
+                                         run.batch_gen, run.tc, run.dist, state.step,
+                                         wants_stop)  # fmt: skip
+            except FloatingPointError as e:
+                raise diverged(e.args[0], lr, state, run.out_dir) from None
+            if run.average is not None:
+                run.average.update()  # mix the new weights into their moving average
+            run.scheduler.step()
+            step_s = time.time() - t0
+            state.step, state.step_loss = state.step + 1, loss
+            state.steps.append((state.step, loss, lr))
+            speed.show(bar, step_s, loss, lr)
+            if budget is not None:  # the time budget's probe: the count is fixed once
+                budget.record(step_s)
+                if budget.ready(state.step):
+                    run = fix_step_count(run, state, budget, recipe, eval_s, save_s, t_train, say)
+                    budget = None
+                bar.total = time_budget.bar_total(budget, run.tc, state.step, t_train)
+            asked = (stop.signal or "time") if stops else None
+            stopped = time_budget.stop_reason(asked, state, run.tc, stop_after, start_step, say)
+            if stopped in ("SIGINT", "SIGTERM", "stop_after"):  # saved, not evaluated
+                save_checkpoint(run, state)
+                break
+    return run, stopped, start_step, t_train
+
+
+def diverged(loss: float, lr: float, state: Progress, out_dir: Path) -> CLIError:
+    kept = "no checkpoint was written"
+    if state.history:
+        last = state.history[-1]["step"]
+        kept = f"the checkpoints in {out_dir} (last saved at step {last}) are kept"
+    return CLIError(
+        f"loss became {loss} at step {state.step + 1} (learning rate {lr:.3g}); training "
+        f"stopped, {kept}; try a lower --learning-rate, --grad-clip 1 or --dtype float32"
+    )
+
+
+def fix_step_count(run: Run, state: Progress, budget, recipe, eval_s, save_s, t_train, say) -> Run:
+    """The time budget's one change: max_iters fixed at the steps that fill the rest of the
+    budget, evaluations included, and the schedule rebuilt at this step (warmup's rates do not
+    depend on max_iters: they are those of --max-iters N --max-minutes 0)."""
+    if not eval_s or run.tc.compile:  # none yet (resumed), or its first call compiled the graphs
+        t0 = time.time()
+        evaluate(run.model, run.batches, run.tc, run.dist)  # timed only: the result is unused
+        eval_s = time.time() - t0 + save_s
+    tc, state.schedule, line = time_budget.fix(budget, run.tc, state.step, time.time() - t_train,
+                                               eval_s, recipe, run.preset, run.mc,
+                                               all_max=run.dist.all_max_list, say=say)  # fmt: skip
+    say(line)
+    return run._replace(tc=tc, scheduler=make_scheduler(run.optimizer, tc, at_step=state.step))
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def train_step(model, optimizer, scaler, batches, batch_gen, tc, dist, step, wants_stop):
+    """One optimizer step over grad_accum micro-batches: (its mean loss, whether any process
+    wants_stop()). A non-finite loss raises FloatingPointError before the weights are touched."""
+    parts = window_cut(tc, step)  # 4 or 2 in the short-context phases, else 1
+    rows = slice(dist.rank * tc.batch_size, (dist.rank + 1) * tc.batch_size)
+    device_type = dist.device.split(":")[0]
+    loss_sum = torch.zeros((), dtype=torch.float32, device=dist.device)
+    for micro in range(tc.grad_accum):
+        # every process draws the same global batch and trains on its own rows of it
+        x, y = batches.get_batch("train", tc.batch_size * dist.world, generator=batch_gen)
+        x, y = x[rows], y[rows]  # (B, T)
+        # a short-context phase cuts each window in parts: (parts x B, T / parts), the same tokens
+        x, y = x.reshape(-1, x.shape[1] // parts), y.reshape(-1, y.shape[1] // parts)
+        last = micro == tc.grad_accum - 1  # under DDP only the last micro-batch syncs gradients
+        with model.no_sync() if dist.ddp and not last else contextlib.nullcontext():
+            # bfloat16 or float16 matmuls, float32 weights (float32: autocast off)
+            half = tc.dtype != "float32"
+            with torch.autocast(device_type, dtype=getattr(torch, tc.dtype), enabled=half):
+                _, loss = model(x, y, return_logits=keep_logits(dist.device))
+                loss = loss / tc.grad_accum  # the gradients add up over the micro-batches
+            scaler.scale(loss).backward()  # float16: scaled up so small gradients survive
+        loss_sum += loss.detach().float()
+    # one all-reduce carries the loss (for the log) and whether any process wants to stop
+    stats = torch.stack([loss_sum, torch.tensor(float(wants_stop()), device=dist.device)])
+    if dist.ddp:
+        torch.distributed.all_reduce(stats)
+    loss = stats[0].item() / dist.world
+    if not math.isfinite(loss):
+        raise FloatingPointError(loss)
+    if tc.grad_clip > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)  # free the gradients until the next backward
+    return loss, stats[1].item() > 0
+
+
+# ----------------------------------------------------------------------------- evaluate and save
 
 
 @torch.no_grad()
-def evaluate(
-    model, batches, tc: TrainConfig, device: str, dtype: str, dist: Dist
-) -> dict[str, float]:
-    """Mean loss over the same eval_iters global batches of each split every time.
-
-    Like training, each rank scores its slice of every global batch, so the result does not
-    depend on how many processes share the work."""
-    model.eval()
+def evaluate(model, batches, tc: TrainConfig, dist: Dist) -> dict[str, float]:
+    """Mean loss over the same eval_iters global batches of each split every time. Like
+    training, each process scores its rows of every global batch, so the result does not depend
+    on how many processes share the work."""
+    rows = slice(dist.rank * tc.batch_size, (dist.rank + 1) * tc.batch_size)
+    model.eval()  # no dropout
     losses = {}
     for split, offset in EVAL_SEED_OFFSET.items():
         gen = torch.Generator().manual_seed(tc.seed + offset)
-        total = torch.zeros((), dtype=torch.float32, device=device)  # not float64: MPS has none
+        total = torch.zeros((), dtype=torch.float32, device=dist.device)  # MPS has no float64
         for _ in range(tc.eval_iters):
-            x, y = global_batch(batches, split, tc.batch_size, gen, dist)
-            with autocast(device, dtype):
-                _, loss = model(x, y, return_logits=keep_logits(device))
+            x, y = batches.get_batch(split, tc.batch_size * dist.world, generator=gen)
+            with autocast(dist.device, tc.dtype):
+                _, loss = model(x[rows], y[rows], return_logits=keep_logits(dist.device))
             total += loss.float()
         losses[split] = dist.all_sum(total).item() / (tc.eval_iters * dist.world)
     model.train()
     return losses
 
 
-# ----------------------------------------------------------------------------- one run: build and
-# restore
-
-
-def build_run(
-    mc: GPTConfig,
-    tc: TrainConfig,
-    *,
-    resume: bool,
-    preset: str | None,
-    given: frozenset = frozenset(),
-    samples: bool = True,
-) -> Run:
-    """Everything a run needs, in order: hardware, data, seeds, model; the recipe and the machine's
-    plan; optimizer and schedule; the checkpoint's state when resuming; then compile and DDP.
-    Nothing is written."""
-    t_start = time.time()
-    device = pick_device(tc.device)
-    # before the calibration: float16 on a CPU crawls
-    if tc.dtype == "float16" and not device.startswith("cuda"):
-        raise CLIError(
-            f"--dtype float16 needs a CUDA GPU (GradScaler); on {device} use float32 or bfloat16"
-        )
-    dist = Dist(device)
-    if dist.device == "cpu":
-        keep_freed_memory()
-    if dist.device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    machine = detect_machine(dist.device)
-    facts = data_facts(check_data(mc, tc))
-    ckpt = read_resume_checkpoint(Path(tc.out_dir), tc, facts) if resume else None
-    # init (rank 0's copy wins under DDP) and per-rank dropout
-    torch.manual_seed(tc.seed + dist.rank)
-    random.seed(tc.seed + dist.rank)
-    np.random.seed(tc.seed + dist.rank)
-    run = Run(
-        mc=mc,
-        tc=tc,
-        preset=preset,
-        dist=dist,
-        say=print if dist.master else (lambda *a, **k: None),
-        out_dir=Path(tc.out_dir),
-        facts=facts,
-        batches=Batches(tc.data_dir, mc.block_size, device=dist.device),
-        raw_model=GPT(mc).to(dist.device),
-        machine=machine,
-        t_start=t_start,
-        t_train=time.time(),
-    )
-    if tc.max_minutes > 0 and not resume and recipe.has_rule(preset):
-        choose_recipe(run, machine, given)
-    plan = make_plan(machine, run.mc, run.tc, given)
-    run.tc = plan.apply(run.tc)
-    run.say(plan.line(machine))
-    run.glimpse = Glimpse(run.device, run.tc.dtype, tc.seed) if samples and dist.master else None
-    run.optimizer = make_optimizer(run.raw_model, run.tc, run.device)
-    run.average = WeightAverage(run.raw_model, run.tc.ema) if run.tc.ema > 0 else None
-    if dist.master:  # a run that cannot save its checkpoints must not train first
-        check_checkpoint_space(
-            run.out_dir, run.raw_model, BEST_FILE, CKPT_FILE, averaged=run.average is not None
-        )
-    run.scheduler = make_scheduler(run.optimizer, run.tc)
-    run.scaler = torch.amp.GradScaler("cuda", enabled=plan.grad_scaler)
-    run.batch_gen = torch.Generator().manual_seed(tc.seed)
-    if run.tc.max_minutes > 0 and not resume:
-        run.budget = run.budget or Budget(run.tc)
-    else:
-        run.schedule = {"max_iters": run.tc.max_iters, "fixed_by": "--max-iters"}
-    if ckpt is not None:
-        restore(run, ckpt)
-    del ckpt
-    compile_and_wrap(run, wanted=tc.compile)
-    # a GPU: a trial step proves the planned micro-batch fits, or halves it until it does
-    if machine.total_memory:
-        plan = shrink_until_it_fits(
-            plan, lambda b: trial_pass(run, run.model, b, run.dtype), run.say, given
-        )
-        run.tc = plan.apply(run.tc)
-    announce(
-        run.say,
-        run.raw_model,
-        run.device,
-        run.dist.world,
-        run.model is not run.raw_model,
-        run.tokens_per_step,
-        run.tc,
-        run.facts,
-    )
-    if dist.master and not resume and (run.out_dir / CKPT_FILE).exists():
-        run.say(
-            f"note: starting afresh; {run.out_dir / CKPT_FILE} will be overwritten (--resume "
-            "continues it)"
-        )
-    return run
-
-
-def choose_recipe(run: Run, machine: Machine, given: frozenset) -> None:
-    """Time a few passes of the preset's shape, and let the step budget pick the recipe
-    (slm/recipe.py).
-
-    The passes (trial_pass) change no weight and draw no random number the run uses: a run
-    started with the printed flags is the same run."""
-    tc, dtype = run.tc, resolve_dtype(machine, run.tc)
-
-    # seconds of a trial pass per cut, on the slowest rank
-    def pass_s(sequences: int, cuts=(1,)) -> list[float]:
-        passes = [
-            lambda parts=parts: trial_pass(run, run.raw_model, sequences, dtype, parts)
-            for parts in cuts
-        ]
-        return run.dist.all_max(torch.tensor(recipe.calibrate(*passes), device=run.device)).tolist()
-
-    mc, run.tc, run.recipe, guess, line = recipe.apply(
-        run.preset, run.mc, tc, pass_s(tc.batch_size * tc.grad_accum)[0], given
-    )
-    # another shape (a shorter context): built afresh from the seed, as the printed flags would
-    if mc != run.mc:
-        if mc.block_size != run.mc.block_size:
-            run.batches = Batches(tc.data_dir, mc.block_size, device=run.device)
-        torch.manual_seed(tc.seed + run.dist.rank)
-        run.mc, run.raw_model = mc, GPT(mc).to(run.device)
-    # a probe of cut windows times its first phase's steps: the other phases' steps are priced
-    # against them
-    first, costs = phase_costs(
-        run.tc, guess, lambda cuts: pass_s(run.tc.batch_size * run.tc.grad_accum, cuts)
-    )
-    run.budget = Budget(run.tc, first, guess * run.tc.eval_iters * 2 / 3, costs)
-    run.say(line)
-
-
-def trial_pass(run: Run, model, batch_size: int, dtype: str, parts: int = 1) -> None:
-    """One forward and backward of batch_size sequences (each cut in `parts`) that changes nothing
-    the run
-    keeps: no optimizer step, the gradients dropped, the batch from a generator of its own, and
-    dropout's draws inside fork_rng (the global CPU, CUDA and MPS generators come back as they
-    were)."""
-    x, y = run.batches.get_batch("train", batch_size, generator=torch.Generator().manual_seed(0))
-    x, y = cut_windows(x, y, parts)
-    with fork_rng(run.device):
-        with autocast(run.device, dtype):
-            _, loss = model(x, y, return_logits=keep_logits(run.device))
-        loss.backward()
-    run.raw_model.zero_grad(set_to_none=True)
-    # the calibration times this pass: on a GPU or MPS, its work, not its queueing
-    synchronize(run.device)
-
-
-def compile_and_wrap(run: Run, wanted: bool) -> None:
-    """torch.compile where the plan wants it (one line and eager where it cannot run), DDP under
-    torchrun.
-    """
-    if wanted and not run.tc.compile:
-        run.say(f"note: {compile_problem(run.device)}; training without torch.compile (eager)")
-    run.model = torch.compile(run.raw_model) if run.tc.compile else run.raw_model
-    run.train_model = run.model
-    if run.dist.ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        run.train_model = DDP(
-            run.model, device_ids=[run.dist.local_rank] if run.device.startswith("cuda") else None
-        )
-
-
-def restore(run: Run, ckpt: dict) -> None:
-    """Bring a freshly built run to the checkpoint's step: weights, optimizer, schedule, scaler,
-    RNGs, history.
-    """
-    for name, value in restore_progress(
-        ckpt, run.raw_model, run.optimizer, run.scheduler, run.scaler, run.batch_gen, run.average
-    ).items():
-        setattr(run, name, value)
-    if run.schedule is None:
-        if run.tc.max_minutes == 0:
-            raise CLIError(
-                f"{run.out_dir / CKPT_FILE} stopped at step {run.step}, before its time budget "
-                "fixed the step count; resume it with a budget (--max-minutes M)"
-            )
-        run.budget = Budget(run.tc)
-    # only rank 0's dropout RNG was saved; the others restart theirs deterministically
-    if not run.dist.master:
-        torch.manual_seed(run.tc.seed + 1000 * run.dist.rank + run.step)
-    run.say(
-        f"resuming from {run.out_dir / CKPT_FILE} at step {run.step} (best validation loss "
-        f"{run.best_val:.4f} at step {run.best_step})"
-    )
-
-
-# ----------------------------------------------------------------------------- one run: step,
-# evaluate, save
-
-
-def train_step(run: Run, wants_stop: Callable[[], bool]) -> bool:
-    """One optimizer step over grad_accum micro-batches: run.step advances, run.step_loss is its
-    loss.
-
-    One all-reduce per step carries the loss (for the log) and whether any rank wants_stop() (a
-    signal, the time budget); returns that. A non-finite loss raises CLIError before the weights
-    are touched."""
-    tc, dist = run.tc, run.dist
-    loss_sum = torch.zeros((), dtype=torch.float32, device=run.device)
-    for micro in range(tc.grad_accum):
-        x, y = global_batch(run.batches, "train", tc.batch_size, run.batch_gen, dist)
-        # --quarter-context, --short-context: 4 or 2; else 1
-        x, y = cut_windows(x, y, window_cut(tc, run.step))
-        # under DDP, only the last micro-batch all-reduces the gradients
-        sync = micro == tc.grad_accum - 1
-        with run.train_model.no_sync() if dist.ddp and not sync else contextlib.nullcontext():
-            with autocast(run.device, run.dtype):
-                _, loss = run.train_model(x, y, return_logits=keep_logits(run.device))
-                loss = loss / tc.grad_accum
-            run.scaler.scale(loss).backward()
-        loss_sum += loss.detach().float()
-    stats = dist.all_sum(
-        torch.stack([loss_sum, torch.tensor(float(bool(wants_stop())), device=run.device)])
-    )
-    run.step_loss = stats[0].item() / dist.world
-    run.lr = run.optimizer.param_groups[0]["lr"]
-    if not math.isfinite(run.step_loss):
-        kept = (
-            f"the checkpoints in {run.out_dir} (last saved at step {run.history[-1]['step']}) are "
-            "kept"
-            if run.history
-            else "no checkpoint was written"
-        )
-        raise CLIError(
-            f"loss became {run.step_loss} at step {run.step + 1} (learning rate {run.lr:.3g}); "
-            f"training stopped, {kept}; try a lower --learning-rate, --grad-clip 1 or --dtype "
-            "float32"
-        )
-    if tc.grad_clip > 0:
-        run.scaler.unscale_(run.optimizer)
-        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), tc.grad_clip)
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
-    run.optimizer.zero_grad(set_to_none=True)
-    if run.average is not None:
-        run.average.update()
-    run.scheduler.step()
-    run.step += 1
-    return stats[1].item() > 0
-
-
-def evaluate_and_save(run: Run) -> None:
-    """Score the fixed batches, add a history row; rank 0 writes a short sample (the glimpse), saves
+def evaluate_and_save(run: Run, state: Progress, t_start: float, say) -> float:
+    """Score the fixed batches and add a history row; rank 0 writes a short sample, saves
     best_model_params.pt when the validation loss is the best so far, then ckpt.pt, log.csv,
-    steps.csv and loss.png. With --ema the weights scored, sampled and saved as the best are the
-    average; ckpt.pt keeps both."""
-    t0 = time.time()
+    steps.csv and loss.png. With --ema the weights scored and kept are the average. Returns the
+    seconds the sample and the files took (the time budget counts them)."""
     with averaged_weights(run.average):
-        losses = evaluate(run.model, run.batches, run.tc, run.device, run.dtype, run.dist)
-        elapsed = round(time.time() - run.t_start, 2)
-        is_best = losses["validation"] < run.best_val
+        losses = evaluate(run.model, run.batches, run.tc, run.dist)
+        elapsed = round(time.time() - t_start, 2)
+        is_best = losses["validation"] < state.best_val
         if is_best:
-            run.best_val, run.best_step = losses["validation"], run.step
-        # the sample, then the files: save_s counts both, as the time budget must
+            state.best_val, state.best_step = losses["validation"], state.step
         t_save = time.time()
         sample = run.glimpse(run.raw_model) if run.glimpse else ""  # (rank 0 only has a glimpse)
         if is_best and run.dist.master:
-            atomic_torch_save(model_file(run, losses["validation"]), run.out_dir / BEST_FILE)
-    run.history.append(
-        {
-            "step": run.step,
-            "train_loss": losses["train"],
-            "val_loss": losses["validation"],
-            "step_loss": run.step_loss,
-            "lr": run.optimizer.param_groups[0]["lr"],
-            "tokens": run.step * run.tokens_per_step,
-            "elapsed_s": elapsed,
-            "best": int(is_best),
-            "sample": sample,
-        }
-    )
+            best = model_file(run.raw_model, run.mc, run.facts, state.step, state.best_val)
+            atomic_torch_save(best, run.out_dir / BEST_FILE)
+    state.history.append({
+        "step": state.step, "train_loss": losses["train"], "val_loss": losses["validation"],
+        "step_loss": state.step_loss, "lr": run.optimizer.param_groups[0]["lr"],
+        "tokens": state.step * run.tokens_per_step, "elapsed_s": elapsed, "best": int(is_best),
+        "sample": sample,
+    })  # fmt: skip
     if run.dist.master:
-        save_resume_state(run)
-        save_progress(run)
-        run.save_s = time.time() - t_save
-        note = short_context_note(
-            run.tc, run.mc.block_size, run.step, count_fixed=run.schedule is not None
+        save_checkpoint(run, state)
+        title = plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, run.facts)
+        save_progress(run.out_dir, state, run.mc, run.tc, title)
+        note = short_context_note(run.tc, run.mc.block_size, state.step, state.schedule is not None)
+        best = " (best)" if is_best else ""
+        say(
+            f"step {state.step}: train loss {losses['train']:.4f}, validation loss "
+            f"{losses['validation']:.4f}{best}{note}" + (f"\nsample: {sample}" if sample else "")
         )
-        run.say(
-            f"step {run.step}: train loss {losses['train']:.4f}, validation loss "
-            f"{losses['validation']:.4f}{' (best)' if is_best else ''}{note}"
-            + (f"\nsample: {sample}" if sample else "")
-        )
-    run.eval_s = time.time() - t0
+    return time.time() - t_save
 
 
-def fix_schedule(run: Run) -> None:
-    """Fix max_iters at the steps that fill the rest of the budget, evaluations included, and
-    rebuild the schedule at this step (warmup's rates do not depend on max_iters: they are those
-    of --max-iters N --max-minutes 0)."""
-    # the step-0 evaluation's, files included: a first call scores as fast as later ones (eager)
-    eval_s = run.eval_s
-    # none in this process (resumed), or its first call compiled the graphs
-    if not eval_s or run.tc.compile:
-        t0 = time.time()
-        # timed only: the result is unused
-        evaluate(run.model, run.batches, run.tc, run.device, run.dtype, run.dist)
-        eval_s = time.time() - t0 + run.save_s
-    measured = torch.tensor(
-        [run.budget.probe_s(), eval_s, time.time() - run.t_train], device=run.device
-    )
-    step_s, eval_s, elapsed = run.dist.all_max(measured).tolist()  # every rank fixes the same count
-    max_iters = run.budget.fix(run.step, elapsed, step_s, eval_s)
-    if max_iters <= run.tc.warmup_iters:
-        run.say(
-            f"note: {run.tc.max_minutes} minutes fit only {max_iters} steps here, fewer than the "
-            f"{run.tc.warmup_iters} warmup steps; training {run.tc.warmup_iters + 1} steps (the "
-            "budget cut may stop them)"
-        )
-        max_iters = run.tc.warmup_iters + 1
-    run.tc = replace(run.tc, max_iters=max_iters)
-    run.scheduler = make_scheduler(run.optimizer, run.tc, at_step=run.step)
-    run.schedule = {
-        "max_iters": max_iters,
-        "fixed_by": "--max-minutes",
-        "max_minutes": run.tc.max_minutes,
-        "fixed_at_step": run.step,
-        "probe_ms_per_step": round(step_s * 1000, 3),
-        "eval_s": round(eval_s, 3),
-        "recipe": run.recipe,
-        "step_costs": [round(c, 4) for c in run.budget.costs],
-    }
-    run.say(
-        f"schedule: {max_iters} steps fixed from a probe of {step_s * 1000:,.0f} "
-        f"ms/step{run.budget.priced(max_iters, run.mc.block_size)} and {eval_s:.1f} s per "
-        f"evaluation to fill {run.tc.max_minutes} minutes; reproduce with: "
-        f"{recipe.reproduce_command(run.preset, run.mc, run.tc)}"
-    )
-    run.budget = None
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
-def train(
-    mc: GPTConfig,
-    tc: TrainConfig,
-    *,
-    resume: bool = False,
-    stop_after: int = 0,
-    peak_flops: float | None = None,
-    progress: bool = True,
-    preset: str | None = None,
-    given: frozenset = frozenset(),
-    samples: bool = True,
-) -> dict:
-    """Train (or resume from OUT/ckpt.pt); returns a summary dict. Settings are checked first.
-
-    summary["stopped"] is "done", "time" (past max_minutes), "stop_after" or the signal name
-    (SIGINT, SIGTERM). A non-finite loss raises CLIError naming the step; the checkpoints on disk
-    are left as they were. Rank 0 writes OUT/report.md at the end and at a clean stop (a signal,
-    --stop-after, the time budget).
-    """
-    check_settings(mc, tc, stop_after, peak_flops)
-    run = build_run(mc, tc, resume=resume, preset=preset, given=given, samples=samples)
-    start_step, evaluated_at, stopped = (
-        run.step,
-        (run.history[-1]["step"] if run.history else -1),
-        "done",
-    )
-    speed = Speedometer(
-        run.device,
-        run.raw_model.flops_per_token(),
-        run.tokens_per_step,
-        run.dist.world,
-        peak_flops,
-        run.say,
-    )
-    bar = progress_bar(
-        total=bar_total(run),
-        initial=run.step,
-        desc="training",
-        unit="step",
-        dynamic_ncols=True,
-        disable=not (progress and run.dist.master),
-        file=sys.stderr,
-    )
-    run.say = bar.write if run.dist.master else run.say
-    run.train_model.train()
-    ended = False  # the loop ran to its end (done, time, a signal, --stop-after), no exception
-    try:
-        with StopRequest(run.say) as stop:
-            while True:
-                due = (
-                    evaluation_due(run.step, run.tc.max_iters, run.tc.eval_interval)
-                    or run.finished
-                    or stopped == "time"
-                )
-                if due and run.step != evaluated_at:
-                    evaluate_and_save(run)
-                    evaluated_at = run.step
-                if run.finished or stopped != "done":
-                    break
-                t0 = time.time()
-                someone_stops = train_step(
-                    run, wants_stop=lambda: stop.signal is not None or out_of_time(run)
-                )
-                step_s = time.time() - t0
-                run.steps.append((run.step, run.step_loss, run.lr))
-                speed.show(bar, step_s, run.step_loss, run.lr)
-                # a time budget's probe: max_iters is fixed once its steps are timed
-                if run.budget is not None:
-                    run.budget.record(step_s)
-                    if run.budget.ready(run.step):
-                        fix_schedule(run)
-                    bar.total = bar_total(run)
-                asked = (stop.signal or "time") if someone_stops else None
-                stopped = why_stop(run, asked, stop_after, run.step - start_step)
-                # save where it is, without an evaluation
-                if stopped in ("SIGINT", "SIGTERM", "stop_after"):
-                    save_resume_state(run)
-                    break
-        ended = True
-    finally:
-        bar.close()
-        run.dist.close(clean=ended)
-    summary = summarize(run, stopped, start_step, time.time())
+def save_checkpoint(run: Run, state: Progress) -> None:
+    """ckpt.pt: everything --resume needs to continue exactly (rank 0)."""
     if run.dist.master:
-        write_report(
-            run, summary, speed.mfu(summary["tokens_per_s"]), run.glimpse and run.glimpse.describe()
-        )
-    return summary
-
-
-def bar_total(run: Run) -> int | None:
-    """The progress bar's total: the fixed step count, or while the budget probes, its estimate."""
-    if run.budget is None:
-        return run.tc.max_iters
-    return run.budget.estimate(run.step, time.time() - run.t_train)
-
-
-def out_of_time(run: Run) -> bool:
-    return past_budget(run.tc.max_minutes, time.time() - run.t_train, run.eval_s)
-
-
-def why_stop(run: Run, asked: str | None, stop_after: int, steps_done: int) -> str:
-    """ "done" to go on; else what stops the run: a signal, "time" (evaluated and saved at the top of
-    the loop), or "stop_after" (--stop-after steps done)."""
-    # the last step ran past the budget: done, not cut
-    asked = None if asked == "time" and run.finished else asked
-    if asked == "time":
-        run.say(
-            f"\n{run.tc.max_minutes}-minute budget overrun by {BUDGET_OVERRUN:.0%} at step "
-            f"{run.step} (the machine is slower than the probe measured): evaluating and stopping"
-        )
-    if asked:
-        return asked
-    return "stop_after" if stop_after and steps_done >= stop_after else "done"
+        save_resume_state(run.out_dir / CKPT_FILE, model=run.raw_model, optimizer=run.optimizer,
+                          scheduler=run.scheduler, scaler=run.scaler, average=run.average,
+                          batch_gen=run.batch_gen, mc=run.mc, tc=run.tc, progress=state,
+                          facts=run.facts, preset=run.preset)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the script
@@ -612,45 +432,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.plot_only:
         print(f"drew {redraw(args.plot_only)} from its log.csv and steps.csv")
         return {}
-    model_over, train_over = explicit_settings(args)
-    preset = None
-    if args.resume:
-        if args.preset:
-            print(
-                f"note: --preset {args.preset} is ignored with --resume; the checkpoint's "
-                "settings are used"
-            )
-        out_dir = train_over.get("out_dir", TrainConfig.out_dir)
-        mc, tc = settings_for_resume(out_dir, model_over, train_over)
-        chosen = f"settings from {Path(out_dir) / CKPT_FILE}"
-    else:
-        preset, why, mc, tc = resolve(args.preset, model_over, train_over)
-        chosen = f"preset {preset} ({why}): {PRESETS[preset].description}"
-        if "max_iters" in train_over and tc.max_minutes > 0:
-            raise CLIError(
-                f"--max-iters {tc.max_iters} and the {tc.max_minutes}-minute budget "
-                "(--max-minutes) both set the step count; add --max-minutes 0 to train exactly "
-                f"{tc.max_iters} steps"
-            )
-    check_settings(mc, tc, args.stop_after, args.peak_flops)
-    check_data(mc, tc)
+    preset, mc, tc, given, chosen = from_command_line(args)
     master = int(os.environ.get("RANK", "0")) == 0
     if master:
         print(chosen)
-        print(format_settings(mc, tc, budget_fixes_steps=not args.resume and tc.max_minutes > 0))
-    # one run writes into OUT at a time
-    with dir_lock(tc.out_dir) if master else contextlib.nullcontext():
-        summary = train(
-            mc,
-            tc,
-            resume=args.resume,
-            stop_after=args.stop_after,
-            peak_flops=args.peak_flops,
-            progress=args.progress,
-            preset=preset,
-            given=frozenset(train_over) | frozenset(model_over),
-            samples=args.samples,
-        )
+    summary = train(mc, tc, resume=args.resume, stop_after=args.stop_after, preset=preset,
+                    peak_flops=args.peak_flops, progress=args.progress, given=given,
+                    samples=args.samples)  # fmt: skip
     if master:
         print_end(summary, Path(tc.out_dir), tc.max_minutes)
         if summary["stopped"] in ("SIGINT", "SIGTERM"):

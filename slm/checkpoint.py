@@ -32,6 +32,7 @@ from slm.files import (
     saved_bytes,
     space_to_replace,
 )
+from slm.run import Progress
 
 if TYPE_CHECKING:
     import torch
@@ -203,43 +204,56 @@ def data_facts(meta: dict) -> dict:
     return facts
 
 
-def model_file(run, val_loss: float) -> dict:
-    """best_model_params.pt of a run (slm.run.Run): the weights and what they are (model config,
-    data, step, validation loss)."""
+def model_file(model, mc: GPTConfig, facts: dict, step: int, val_loss: float) -> dict:
+    """best_model_params.pt: the weights and what they are (model config, data, step, validation
+    loss)."""
     return {
-        "model": run.raw_model.state_dict(),
-        "config": config_to_dict(run.mc),
-        "data": run.facts,
-        "step": run.step,
+        "model": model.state_dict(),
+        "config": config_to_dict(mc),
+        "data": facts,
+        "step": step,
         "val_loss": val_loss,
     }
 
 
-def save_resume_state(run) -> None:
-    """ckpt.pt (rank 0): the model file plus everything --resume needs to continue exactly, the
-    per-step losses and learning rates (steps.csv) included, as one float64 tensor of (step,
-    loss, lr) rows."""
+def save_resume_state(
+    path: Path,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    scaler,
+    average,
+    batch_gen,
+    mc: GPTConfig,
+    tc: TrainConfig,
+    progress: Progress,
+    facts: dict,
+    preset: str | None,
+) -> None:
+    """ckpt.pt: the model file plus everything --resume needs to continue exactly, the per-step
+    losses and learning rates (steps.csv) included, as one float64 tensor of (step, loss, lr)
+    rows."""
     import torch
 
-    if not run.dist.master:
-        return
-    state = model_file(run, run.history[-1]["val_loss"] if run.history else math.nan)
+    last_val = progress.history[-1]["val_loss"] if progress.history else math.nan
+    state = model_file(model, mc, facts, progress.step, last_val)
     state.update(
-        optimizer=run.optimizer.state_dict(),
-        scheduler=run.scheduler.state_dict(),
-        scaler=run.scaler.state_dict(),
-        rng=rng_state(run.batch_gen),
-        train_config=asdict(run.tc),
-        best_val_loss=run.best_val,
-        best_step=run.best_step,
-        history=run.history,
-        steps=torch.tensor(run.steps, dtype=torch.float64).reshape(-1, 3),
-        step_loss=run.step_loss,
-        schedule=run.schedule,
-        preset=run.preset,
-        average=run.average.state_dict() if run.average is not None else None,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        scaler=scaler.state_dict(),
+        rng=rng_state(batch_gen),
+        train_config=asdict(tc),
+        best_val_loss=progress.best_val,
+        best_step=progress.best_step,
+        history=progress.history,
+        steps=torch.tensor(progress.steps, dtype=torch.float64).reshape(-1, 3),
+        step_loss=progress.step_loss,
+        schedule=progress.schedule,
+        preset=preset,
+        average=average.state_dict() if average is not None else None,
     )
-    atomic_torch_save(state, run.out_dir / CKPT_FILE)
+    atomic_torch_save(state, path)
 
 
 def read_resume_checkpoint(out_dir: Path, tc: TrainConfig, facts: dict) -> dict:
@@ -361,10 +375,9 @@ def _list_to_tuple(x):
 
 def restore_progress(
     ckpt: dict, model, optimizer, scheduler, scaler, batch_gen, average=None
-) -> dict:
+) -> Progress:
     """Load a resume checkpoint's state into a freshly built run's parts (weights, optimizer,
-    schedule, scaler, RNGs, the weights' average) and return its progress: step, best_val,
-    best_step, history, steps, step_loss, schedule, preset."""
+    schedule, scaler, RNGs, the weights' average) and return how far it had got."""
     model.load_state_dict(ckpt["model"], strict=True)
     if average is not None:
         if ckpt.get("average") is None:
@@ -379,17 +392,14 @@ def restore_progress(
         scaler.load_state_dict(ckpt["scaler"])
     set_rng_state(ckpt["rng"], batch_gen)
     train_config = ckpt.get("train_config") or {}
-    # absent in checkpoints from before steps.csv: the per-step record starts here
-    steps = ckpt.get("steps")
-    return {
-        "step": ckpt["step"],
-        "best_val": ckpt["best_val_loss"],
-        "best_step": ckpt["best_step"],
-        "history": list(ckpt["history"]),
-        "step_loss": ckpt["step_loss"],
-        "preset": ckpt.get("preset"),
-        "steps": [] if steps is None else [(int(s), loss, lr) for s, loss, lr in steps.tolist()],
-        "schedule": ckpt.get(
-            "schedule", {"max_iters": train_config.get("max_iters"), "fixed_by": "--max-iters"}
-        ),
-    }
+    steps = ckpt.get("steps")  # absent in checkpoints from before steps.csv: the record starts here
+    set_by_flag = {"max_iters": train_config.get("max_iters"), "fixed_by": "--max-iters"}
+    return Progress(
+        step=ckpt["step"],
+        best_val=ckpt["best_val_loss"],
+        best_step=ckpt["best_step"],
+        history=list(ckpt["history"]),
+        steps=[] if steps is None else [(int(s), loss, lr) for s, loss, lr in steps.tolist()],
+        step_loss=ckpt["step_loss"],
+        schedule=ckpt.get("schedule", set_by_flag),
+    )

@@ -1,22 +1,18 @@
-"""Command-line plumbing every script shares: the one-line error, running a main(), and flags
-generated from the settings dataclasses (--n-layer for GPTConfig.n_layer), with the model
-settings' own checks."""
+"""Command-line plumbing every script shares: the one-line error, running a main() (out of memory
+becomes one line naming the flag to lower), and stopping a long run between steps. The settings'
+flags are generated in slm/settings.py."""
 
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
-
-from config import PRESETS, GPTConfig
 
 
 class CLIError(Exception):
@@ -156,89 +152,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         raise CLIError(f"{message} (see {self.prog} --help)")
-
-
-# ----------------------------------------------------------------------------- settings flags
-#
-# One flag per field of a settings dataclass (--n-layer for GPTConfig.n_layer), defaulting to None,
-# which means "the preset's value". model.py and training.py take the model's flags from here.
-
-MODEL_HELP = {
-    "vocab_size": "vocabulary size; must match the tokenizer's (DATA/meta.json)",
-    "block_size": "context length in tokens",
-    "n_layer": "transformer blocks",
-    "n_head": "attention heads per block (must divide --n-embd)",
-    "n_embd": "width of the residual stream",
-    "dropout": "dropout probability on attention, residual branches and embeddings",
-    "bias": "biases in Linear and LayerNorm layers",
-}
-
-
-def preset_values(group: str, name: str) -> str:
-    """A setting's value in every preset, for --help; group is "model" or "train" (a Preset
-    attribute).
-    """
-    values = [getattr(getattr(PRESETS[p], group), name) for p in PRESETS]
-    if len(set(map(str, values))) == 1:
-        return f"all presets: {values[0]}"
-    return "presets " + ", ".join(f"{p} {v}" for p, v in zip(PRESETS, values))
-
-
-def add_settings_flags(
-    parser: argparse.ArgumentParser,
-    group: str,
-    cls,
-    helps: dict[str, str],
-    aliases: dict[str, list[str]] | None = None,
-) -> None:
-    """Add a "{group} settings" group with one flag per field of the dataclass cls, each help text
-    from helps followed by the presets' values; booleans get --x / --no-x."""
-    arg_group = parser.add_argument_group(f"{group} settings")
-    for f in fields(cls):
-        flags = ["--" + f.name.replace("_", "-")] + (aliases or {}).get(f.name, [])
-        help_text = f"{helps[f.name]} [{preset_values(group, f.name)}]"
-        if isinstance(f.default, bool):
-            arg_group.add_argument(
-                *flags, action=argparse.BooleanOptionalAction, default=None, help=help_text
-            )
-        else:
-            arg_group.add_argument(
-                *flags, type=type(f.default), default=None, metavar=f.name.upper(), help=help_text
-            )
-
-
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """--vocab-size, --block-size, --n-layer, --n-head, --n-embd, --dropout, --bias/--no-bias."""
-    add_settings_flags(parser, "model", GPTConfig, MODEL_HELP)
-
-
-def model_flags_given(args: argparse.Namespace) -> dict:
-    """The GPTConfig fields set on the command line (the others keep the preset's values)."""
-    return {
-        f.name: getattr(args, f.name)
-        for f in fields(GPTConfig)
-        if getattr(args, f.name) is not None
-    }
-
-
-def check_model_config(mc: GPTConfig) -> None:
-    """One clear CLIError for the first model setting a GPT cannot be built with."""
-    for flag, value in (
-        ("--block-size", mc.block_size),
-        ("--n-layer", mc.n_layer),
-        ("--n-head", mc.n_head),
-        ("--n-embd", mc.n_embd),
-        ("--vocab-size", mc.vocab_size),
-    ):
-        if value < 1:
-            raise CLIError(f"{flag} {value} must be at least 1")
-    if not 0 <= mc.dropout < 1:
-        raise CLIError(f"--dropout {mc.dropout} must be in [0, 1)")
-    if mc.n_embd % mc.n_head:
-        raise CLIError(
-            f"--n-embd {mc.n_embd} is not divisible by --n-head {mc.n_head}; pick a head count "
-            f"that divides it (e.g. {math.gcd(mc.n_embd, mc.n_head)})"
-        )
 
 
 # ----------------------------------------------------------------------------- stopping a long run

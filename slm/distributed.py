@@ -1,6 +1,6 @@
-"""Several processes, one run: who this process is under torchrun, the collective sums, and each
-rank's slice of one global batch (so N ranks x batch B follow exactly the path of 1 process with
-batch N*B)."""
+"""Several processes, one run: who this process is under torchrun, and the collective sums.
+Every rank draws the same global batch and trains on its own rows of it (training.train_step),
+so N ranks x batch B follow exactly the path of 1 process with batch N*B."""
 
 from __future__ import annotations
 
@@ -47,6 +47,18 @@ class Dist:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t
 
+    def all_max_list(self, values: list[float]) -> list[float]:
+        """The largest of each value over the processes (the slowest one's seconds)."""
+        import torch
+
+        return self.all_max(torch.tensor(values, device=self.device)).tolist()
+
+    def __enter__(self) -> Dist:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(clean=exc_type is None)
+
     def close(self, clean: bool = True) -> None:
         """Tear the process group down; after a clean end, only once every rank has reached it (a
         rank that destroyed its gloo group while another was still in the last collective was
@@ -77,16 +89,3 @@ def launch_command(script: str = "training.py") -> str:
     return (
         f"torchrun --nnodes={nodes} --nproc_per_node={per_node} --rdzv-endpoint=HOST:PORT {script}"
     )
-
-
-def global_batch(batches, split: str, batch_size: int, gen: torch.Generator, dist: Dist):
-    """This rank's slice of one global batch of world * batch_size windows drawn from gen.
-
-    Every rank holds the same generator, so all draw the same global batch and each trains on its
-    own
-    rows: N ranks x B is exactly 1 process x N*B."""
-    x, y = batches.get_batch(split, batch_size * dist.world, generator=gen)
-    if dist.world == 1:
-        return x, y
-    rows = slice(dist.rank * batch_size, (dist.rank + 1) * batch_size)
-    return x[rows], y[rows]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from config import GPTConfig, TrainConfig
 from slm.cli import out_of_memory
-from slm.hardware import Machine, auto_dtype
+from slm.hardware import Machine, auto_dtype, autocast, fork_rng, synchronize
 
 # Bytes of activations per token, fitted to the peaks measured on an H100 for the 51M default model
 # at 64 x 512 tokens in bf16 (benchmarks/training.md: 27.1 GiB eager, 17.9 GiB compiled). The
@@ -193,3 +193,34 @@ def shrink_until_it_fits(plan: Plan, trial_pass: Callable[[int], None], say, giv
             "optimizer step)"
         )
         plan = replace(plan, batch_size=smaller, grad_accum=sequences // smaller)
+
+
+class TrialPass:
+    """Forward and backward passes of a model that change nothing a run keeps: no optimizer step,
+    the gradients dropped, the batch from a generator of its own, and dropout's draws inside
+    fork_rng (the global CPU, CUDA and MPS generators come back as they were). The time budget
+    times them to price a step, and on a GPU they prove that a micro-batch fits."""
+
+    def __init__(self, model, batches, device: str, **loss_kwargs):
+        self.model, self.batches, self.device, self.loss_kwargs = (
+            model,
+            batches,
+            device,
+            loss_kwargs,
+        )
+
+    def __call__(self, batch_size: int, dtype: str, parts: int = 1) -> None:
+        import torch
+
+        from slm.schedule import cut_windows
+
+        x, y = self.batches.get_batch(
+            "train", batch_size, generator=torch.Generator().manual_seed(0)
+        )
+        x, y = cut_windows(x, y, parts)
+        with fork_rng(self.device):
+            with autocast(self.device, dtype):
+                _, loss = self.model(x, y, **self.loss_kwargs)
+            loss.backward()
+        self.model.zero_grad(set_to_none=True)
+        synchronize(self.device)  # the budget times this pass: on a GPU its work, not its queueing

@@ -227,8 +227,8 @@ def print_end(summary: dict, out: Path, max_minutes: float) -> None:
     """The run's last lines: where it stopped and how to go on, or what it reached and where the
     files are.
     """
+    from slm.budget import BUDGET_OVERRUN
     from slm.distributed import launch_command
-    from slm.schedule import BUDGET_OVERRUN
 
     if summary["stopped"] in ("SIGINT", "SIGTERM", "stop_after"):
         of = summary["max_iters"] or "a count the time budget has not fixed yet"
@@ -263,17 +263,16 @@ def print_end(summary: dict, out: Path, max_minutes: float) -> None:
         )
 
 
-def announce(
-    say, model, device: str, world: int, compiled: bool, tokens_per_step: int, tc, facts: dict
-) -> None:
+def announce(say, model, device: str, world: int, tc, facts: dict) -> None:
     """Say what is about to train, on what."""
+    tokens = tc.batch_size * tc.grad_accum * model.config.block_size * world
     say(
         f"model: {model.num_params() / 1e6:.2f}M parameters, {model.flops_per_token() / 1e6:.1f} "
         "MFLOPs per token"
     )
     say(
-        f"device {device}, dtype {tc.dtype}, {world} process(es), compile {compiled}, "
-        f"{tokens_per_step:,} tokens per optimizer step"
+        f"device {device}, dtype {tc.dtype}, {world} process(es), compile {tc.compile}, "
+        f"{tokens:,} tokens per optimizer step"
     )
     splits = facts["splits"]
     say(

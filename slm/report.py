@@ -13,7 +13,9 @@ import datetime
 import math
 import os
 import platform
+import time
 from dataclasses import asdict
+from pathlib import Path
 
 from config import GPTConfig, TrainConfig
 from slm import recipe
@@ -29,6 +31,7 @@ from slm.progress import (
     write_log,
     write_steps,
 )
+from slm.run import Progress
 from slm.schedule import context_switches
 
 CPU_FLAGS_SHOWN = (
@@ -51,57 +54,70 @@ HOW_IT_ENDED = {
 }
 
 
-def save_progress(run) -> None:
+def save_progress(
+    out_dir: Path, progress: Progress, mc: GPTConfig, tc: TrainConfig, title: str
+) -> None:
     """log.csv, steps.csv and loss.png as the run stands (rank 0); nothing when they show it already
-    (a run that ends on an evaluation: its report would redraw the same plot)."""
-    if run.shown == (len(run.history), len(run.steps)):
+    (a run that ends on an evaluation: its report would redraw the same plot). title is the plot's
+    (slm.plot.plot_title)."""
+    if progress.shown == (len(progress.history), len(progress.steps)):
         return
-    write_log(run.out_dir / LOG_FILE, run.history)
-    write_steps(run.out_dir / STEPS_FILE, run.steps)
-    if run.history:
-        title = plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, run.facts)
-        # a time budget's probe: the phases' ends are not known yet, none drawn
-        fixed = run.schedule is not None
+    write_log(out_dir / LOG_FILE, progress.history)
+    write_steps(out_dir / STEPS_FILE, progress.steps)
+    if progress.history:
+        # while a time budget's probe runs, the phases' ends are not known yet: none drawn
+        fixed = progress.schedule is not None
         plot_run(
-            run.out_dir / PLOT_FILE,
-            run.history,
-            [dict(zip(STEP_FIELDS, r)) for r in run.steps],
+            out_dir / PLOT_FILE,
+            progress.history,
+            [dict(zip(STEP_FIELDS, r, strict=True)) for r in progress.steps],
             title,
-            run.tc.ema,
-            switches=context_switches(run.tc, run.mc.block_size) if fixed else None,
+            tc.ema,
+            switches=context_switches(tc, mc.block_size) if fixed else None,
         )
-    run.shown = (len(run.history), len(run.steps))
+    progress.shown = (len(progress.history), len(progress.steps))
 
 
-def summarize(run, stopped: str, start_step: int, now: float) -> dict:
-    """train()'s summary of a run (slm.run.Run) at time now: how it ended, its losses, speed and
-    files. summary["losses"] holds (step, train loss) of the steps this session trained."""
+def summarize(
+    progress: Progress,
+    stopped: str,
+    start_step: int,
+    tc: TrainConfig,
+    tokens_per_step: int,
+    dist,
+    facts: dict,
+    t_start: float,
+    t_train: float,
+) -> dict:
+    """train()'s summary of a run, now: how it ended, its losses, speed and files.
+    summary["losses"] holds (step, train loss) of the steps this session trained."""
     import torch
 
-    trained_steps, seconds = run.step - start_step, max(now - run.t_train, 1e-9)
-    last = run.history[-1] if run.history else {}
+    now = time.time()
+    trained_steps, seconds = progress.step - start_step, max(now - t_train, 1e-9)
+    last = progress.history[-1] if progress.history else {}
+    session = progress.steps[len(progress.steps) - trained_steps :]
     return {
         "stopped": stopped,
-        "step": run.step,
+        "step": progress.step,
         "start_step": start_step,
-        "schedule": run.schedule,
-        "losses": [
-            (step, loss) for step, loss, _ in run.steps[len(run.steps) - (run.step - start_step) :]
-        ],
+        "schedule": progress.schedule,
+        "losses": [(step, loss) for step, loss, _ in session],
         # None: stopped before the budget fixed it
-        "max_iters": run.tc.max_iters if run.schedule else None,
-        "best_val_loss": run.best_val,
-        "best_step": run.best_step,
+        "max_iters": tc.max_iters if progress.schedule else None,
+        "best_val_loss": progress.best_val,
+        "best_step": progress.best_step,
         "final_train_loss": last.get("train_loss", math.nan),
         "final_val_loss": last.get("val_loss", math.nan),
-        "tokens_trained": trained_steps * run.tokens_per_step,
-        "tokens_per_s": trained_steps * run.tokens_per_step / seconds,
-        "elapsed_s": now - run.t_start,
-        "out_dir": str(run.out_dir),
-        "data": describe_source({"data": run.facts}),
-        "world_size": run.dist.world,
-        "gpu_peak_gib": torch.cuda.max_memory_allocated(run.device) / 2**30
-        if run.device.startswith("cuda")
+        "tokens_per_step": tokens_per_step,
+        "tokens_trained": trained_steps * tokens_per_step,
+        "tokens_per_s": trained_steps * tokens_per_step / seconds,
+        "elapsed_s": now - t_start,
+        "out_dir": str(tc.out_dir),
+        "data": describe_source({"data": facts}),
+        "world_size": dist.world,
+        "gpu_peak_gib": torch.cuda.max_memory_allocated(dist.device) / 2**30
+        if dist.device.startswith("cuda")
         else None,
     }
 
@@ -167,28 +183,41 @@ def loss_rows(history: list[dict], steps: list) -> list[str]:
     return rows
 
 
-def report_text(run, summary: dict, mfu: float | None, glimpse: str | None) -> str:
+def report_text(
+    summary: dict,
+    progress: Progress,
+    mc: GPTConfig,
+    tc: TrainConfig,
+    *,
+    preset: str | None,
+    machine,
+    facts: dict,
+    num_params: int,
+    mfu: float | None,
+    glimpse: str | None,
+) -> str:
     """report.md's text (see the module's docstring)."""
     import torch
 
-    out, history = run.out_dir, run.history
+    out, history = Path(tc.out_dir), progress.history
+    tokens_per_step = summary["tokens_per_step"]
     ended = HOW_IT_ENDED.get(summary["stopped"], summary["stopped"])
     of = f" of {summary['max_iters']:,}" if summary.get("max_iters") else ""
     resumed = f", resumed at step {summary['start_step']:,}" if summary.get("start_step") else ""
     lines = [
-        f"# Training run: {plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, None)}",
+        f"# Training run: {plot_title(mc, num_params, tokens_per_step, None)}",
         "",
-        f"{ended.capitalize()} at step {run.step:,}{of} on "
+        f"{ended.capitalize()} at step {progress.step:,}{of} on "
         f"{datetime.date.today().isoformat()}{resumed}.",
     ]
     if history:
         lines.append(
-            f"Best validation loss **{run.best_val:.4f}** at step {run.best_step:,}: "
+            f"Best validation loss **{progress.best_val:.4f}** at step {progress.best_step:,}: "
             f"`{out / BEST_FILE}` (what `model_usage.py --checkpoint {out / BEST_FILE}` loads)."
         )
-        if run.tc.ema > 0:
+        if tc.ema > 0:
             lines.append(
-                f"It holds the moving average of the weights (`--ema {run.tc.ema}`), which every "
+                f"It holds the moving average of the weights (`--ema {tc.ema}`), which every "
                 f"evaluation scored; `{out / CKPT_FILE}` holds the weights as trained, to resume."
             )
     if summary["stopped"] in ("SIGINT", "SIGTERM", "stop_after"):
@@ -210,20 +239,20 @@ def report_text(run, summary: dict, mfu: float | None, glimpse: str | None) -> s
         "",
         "| | |",
         "|---|---|",
-        f"| machine | {machine_line(run.machine, summary['world_size'])} |",
+        f"| machine | {machine_line(machine, summary['world_size'])} |",
         f"| software | torch {torch.__version__}, Python {platform.python_version()} |",
-        f"| data | {data_line(run.facts, run.tc.data_dir)} |",
+        f"| data | {data_line(facts, tc.data_dir)} |",
         f"| this session | {summary['elapsed_s'] / 60:.1f} min, {summary['tokens_trained']:,} "
         f"tokens trained, {summary['tokens_per_s']:,.0f} tokens/s, {mfu_text}{gpu_mem} |",
-        f"| in all | {run.step:,} steps, {run.step * run.tokens_per_step:,} tokens "
-        f"({run.tokens_per_step:,} per step) |",
+        f"| in all | {progress.step:,} steps, {progress.step * tokens_per_step:,} tokens "
+        f"({tokens_per_step:,} per step) |",
         "",
     ]
     if history:
         lines += [
             "## Losses",
             "",
-            *loss_rows(history, run.steps),
+            *loss_rows(history, progress.steps),
             "",
             f"![train and validation loss]({PLOT_FILE})",
             "",
@@ -231,7 +260,7 @@ def report_text(run, summary: dict, mfu: float | None, glimpse: str | None) -> s
             f"`{STEPS_FILE}`.",
             "",
         ]
-    lines += settings_section(run)
+    lines += settings_section(progress.schedule, preset, mc, tc)
     samples = [r for r in history if r.get("sample")]
     if samples:
         lines += [
@@ -248,31 +277,34 @@ def report_text(run, summary: dict, mfu: float | None, glimpse: str | None) -> s
     return "\n".join(lines)
 
 
-def settings_section(run) -> list[str]:
-    schedule = run.schedule or {}
+def settings_section(
+    schedule: dict | None, preset: str | None, mc: GPTConfig, tc: TrainConfig
+) -> list[str]:
+    fixed = schedule
+    schedule = schedule or {}
     how = {
         "--max-minutes": f"fixed by the {schedule.get('max_minutes')}-minute budget at step "
         f"{schedule.get('fixed_at_step')}",
         "--max-iters": "set by --max-iters",
     }
     steps = (
-        f"{run.tc.max_iters:,} steps, {how.get(schedule.get('fixed_by'), 'not fixed yet')}"
-        if schedule
+        f"{tc.max_iters:,} steps, {how.get(schedule.get('fixed_by'), 'not fixed yet')}"
+        if fixed
         else "not fixed yet (the time budget was still timing its first steps)"
     )
     return [
         "## Settings",
         "",
-        f"The same steps again (add `--data-dir {run.tc.data_dir}` and an `--out-dir`; device, "
+        f"The same steps again (add `--data-dir {tc.data_dir}` and an `--out-dir`; device, "
         "dtype and compile are the machine's choice):",
         "",
         "```bash",
-        reproduce(run.preset, run.mc, run.tc),
+        reproduce(preset, mc, tc),
         "```",
         "",
-        f"- preset: {run.preset or 'not recorded'}; steps: {steps}",
-        f"- model: {', '.join(f'{k}={v}' for k, v in asdict(run.mc).items())}",
-        f"- training: {', '.join(f'{k}={v}' for k, v in asdict(run.tc).items())}",
+        f"- preset: {preset or 'not recorded'}; steps: {steps}",
+        f"- model: {', '.join(f'{k}={v}' for k, v in asdict(mc).items())}",
+        f"- training: {', '.join(f'{k}={v}' for k, v in asdict(tc).items())}",
         "",
     ]
 
@@ -284,11 +316,12 @@ def escape(text: str) -> str:
     return text
 
 
-def write_report(run, summary: dict, mfu: float | None = None, glimpse: str | None = None) -> None:
+def write_report(
+    summary: dict, progress: Progress, mc: GPTConfig, tc: TrainConfig, **about
+) -> None:
     """OUT/report.md (rank 0), written atomically, with log.csv, steps.csv and loss.png brought up
-    to date.
-    """
-    save_progress(run)
-    atomic_write_bytes(
-        run.out_dir / REPORT_FILE, report_text(run, summary, mfu, glimpse).encode("utf-8")
-    )
+    to date. about: report_text's keyword arguments."""
+    title = plot_title(mc, about["num_params"], summary["tokens_per_step"], about["facts"])
+    save_progress(Path(tc.out_dir), progress, mc, tc, title)
+    text = report_text(summary, progress, mc, tc, **about)
+    atomic_write_bytes(Path(tc.out_dir) / REPORT_FILE, text.encode("utf-8"))

@@ -7,28 +7,12 @@ M minutes is fixed, then the cosine is laid over exactly that many steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import replace
-
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
 from config import TrainConfig
 
 WARMUP_START_FACTOR = 0.01  # the first warmup step runs at 1% of the peak learning rate
-# The time budget's probe: untimed steps first (memory allocation, torch.compile, autotuning), then
-# timed ones; all inside the LinearLR warmup, whose learning rates do not depend on the step count
-# still unknown.
-PROBE_UNTIMED_STEPS = 2
-# at least; the probe goes on timing steps until PROBE_MAX_STEPS or the end of warmup:
-PROBE_TIMED_STEPS = 3
-# on a shared machine speed drifts, and probes of 3 or 30 steps misjudged 10-minute
-PROBE_MAX_STEPS = 300
-# runs by 6-9% (they ended after 9.1-9.4 minutes, or were cut at 10.5); the cpu preset's 300 warmup
-# steps take about 2 minutes, and the learning rates during warmup do not depend on the count fixed
-# after it.
-# a budget run this far past its minutes (the machine slowed down) evaluates, saves, stops
-BUDGET_OVERRUN = 0.05
 # a periodic evaluation under eval_interval // NEAR_END steps before the end is left to the final
 # one
 NEAR_END = 10
@@ -114,24 +98,6 @@ def context_switches(tc: TrainConfig, block_size: int) -> list[tuple[int, int, i
     ]
 
 
-def phase_costs(
-    tc: TrainConfig, whole_s: float, time_passes: Callable[[list[int]], list[float]]
-) -> tuple[float, tuple[float, float, float]]:
-    """(seconds of a step of the run's first phase, the cost of a step with windows cut in 4, in 2
-    and whole against it). A run on whole windows has one phase, whose step takes whole_s.
-    Otherwise time_passes(cuts) times a step of the whole windows and of each cut the run has
-    ([1, 4, 2], [1, 2] or [1, 4]) in the same rounds (recipe.calibrate), so their ratios hold on
-    a machine whose speed drifts."""
-    cuts = [1] + [
-        parts for parts, share in ((4, tc.quarter_context), (2, tc.short_context)) if share > 0
-    ]
-    if len(cuts) == 1:
-        return whole_s, (1.0, 1.0, 1.0)
-    seconds = dict(zip(cuts, time_passes(cuts)))
-    first = seconds[max(seconds)]
-    return first, tuple(seconds.get(parts, first) / first for parts in (4, 2, 1))
-
-
 def short_context_note(
     tc: TrainConfig, block_size: int, step: int, count_fixed: bool = True
 ) -> str:
@@ -168,121 +134,3 @@ def short_context_note(
     if not ahead:
         return ""
     return f" ({', '.join(ahead)}{why}"
-
-
-def steps_that_fit(
-    step: int,
-    seconds: float,
-    step_s: float,
-    eval_s: float,
-    eval_interval: int,
-    ends: Callable[[int], tuple[int, int]] = lambda n: (0, 0),
-    costs: tuple[float, float, float] = (1.0, 1.0, 1.0),
-) -> int:
-    """The largest step count N >= step whose remaining steps and evaluations (one at each multiple
-    of eval_interval after step that evaluation_due keeps, and the final one at N) take at most
-    `seconds`.
-
-    A run with cut windows (--quarter-context, --short-context) has phases whose ends ends(N)
-    gives (see phase_ends); a step of each phase (windows cut in 4, in 2, whole) takes costs[i] x
-    step_s."""
-    step_s = max(step_s, 1e-9)
-
-    def cost(n: int) -> float:
-        # the last multiple of eval_interval: the only one that can be left out
-        last = n - n % eval_interval
-        evals = n // eval_interval - step // eval_interval + (n % eval_interval != 0)
-        evals -= last > step and not evaluation_due(last, n, eval_interval)
-        quarter, half = (min(n, end) for end in ends(n))
-        spans = (max(0, quarter - step), max(0, half - max(step, quarter)), n - max(step, half))
-        return sum(steps * c for steps, c in zip(spans, costs)) * step_s + evals * eval_s
-
-    # cost(hi) > seconds: its steps alone exceed it (each takes at least step_s x min(costs))
-    lo, hi = step, step + int(max(seconds, 0.0) / (step_s * min(costs))) + 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if cost(mid) <= seconds else (lo, mid)
-    return lo
-
-
-class Budget:
-    """The bookkeeping of a time budget (tc.max_minutes): an estimated step count from the first
-    steps, the count fixed once the probe's steps are timed, and whether the run has fallen past
-    its minutes.
-
-    The probe times every step from PROBE_UNTIMED_STEPS on, until the end of warmup or
-    PROBE_MAX_STEPS; the estimate (shown as the progress bar's total and ETA) is refined as the
-    steps come in, the fixed count is final. A run with cut windows times those of its first
-    phase only (it covers the warmup): costs, timed before training, price a step of each phase
-    (windows cut in 4, in 2, whole) against the probe's. Times are passed in, so it runs the same
-    on a fake clock."""
-
-    def __init__(
-        self,
-        tc: TrainConfig,
-        step_s_guess: float | None = None,
-        eval_s_guess: float = 0.0,
-        costs: tuple[float, float, float] = (1.0, 1.0, 1.0),
-    ):
-        self.tc, self.seconds = tc, tc.max_minutes * 60
-        self.step_times: list[float] = []
-        self.step_s_guess, self.eval_s_guess, self.costs = step_s_guess, eval_s_guess, costs
-
-    def record(self, step_s: float) -> None:
-        self.step_times.append(step_s)
-
-    def ready(self, step: int) -> bool:
-        """Whether the probe has its steps: fix the count now."""
-        return len(self.step_times) >= PROBE_MAX_STEPS or step >= self.tc.warmup_iters
-
-    def step_s(self) -> float | None:
-        """Mean seconds per step so far (the untimed first steps left out), else the guess given."""
-        timed = self.step_times[PROBE_UNTIMED_STEPS:]
-        return sum(timed) / len(timed) if timed else self.step_s_guess
-
-    def probe_s(self) -> float:
-        """Seconds per step that fix the count (once ready): step_s(), or for a run resumed just
-        before its warmup ends, which has no guess and only steps the probe would leave out, the
-        mean of those."""
-        return self.step_s() or sum(self.step_times) / len(self.step_times)
-
-    def estimate(self, step: int, elapsed: float) -> int | None:
-        """The step count the budget will probably fix, for the progress bar; None with nothing to
-        go on.
-        """
-        step_s = self.step_s()
-        if step_s is None:
-            return None
-        return max(step + 1, self.fix(step, elapsed, step_s, self.eval_s_guess))
-
-    def priced(self, max_iters: int, block_size: int) -> str:
-        """What the schedule line adds for a run with cut windows fixed at max_iters steps (""
-        otherwise).
-        """
-        switches = context_switches(replace(self.tc, max_iters=max_iters), block_size)
-        if not switches or set(self.costs) == {1.0}:
-            return ""
-        cost = dict(zip((block_size // 4, block_size // 2, block_size), self.costs))
-        later = ", ".join(
-            f"from step {step} those at {after} {cost[after]:.2f}x" for step, _, after in switches
-        )
-        return f" (steps at context {switches[0][1]}; {later} as long, timed before training)"
-
-    def fix(self, step: int, elapsed: float, step_s: float, eval_s: float) -> int:
-        """The step count whose remaining steps and evaluations fill the rest of the budget."""
-        return steps_that_fit(
-            step,
-            self.seconds - elapsed,
-            step_s,
-            eval_s,
-            self.tc.eval_interval,
-            lambda n: phase_ends(replace(self.tc, max_iters=n)),
-            self.costs,
-        )
-
-
-def past_budget(minutes: float, elapsed: float, eval_s: float) -> bool:
-    """Whether a run is BUDGET_OVERRUN past its minutes, counting one more evaluation as long as the
-    last one: the machine slowed down after the probe, or a resumed run had less time than it
-    needs."""
-    return minutes > 0 and elapsed + eval_s >= minutes * 60 * (1 + BUDGET_OVERRUN)

@@ -1,146 +1,62 @@
-"""Training's settings: one --help line per TrainConfig field, and the checks that turn a bad value
-into one line before anything is built or written."""
+"""Training's settings, settled once before the run is built.
+
+The preset and the flags give the settings (from_command_line); with a time budget its recipe,
+then this machine's plan (dtype, micro-batch, accumulation, compile) resolve them into the final,
+frozen GPTConfig and TrainConfig (settle). After that only the step count a time budget fixes may
+change. The flags and their --help are generated from config.py's fields, and every bad value is
+one line before anything is built or written.
+"""
 
 from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from config import PRESETS, GPTConfig, TrainConfig
-from slm.cli import (
-    ArgumentParser,
-    CLIError,
-    add_model_flags,
-    add_settings_flags,
-    check_model_config,
-    model_flags_given,
-)
-from slm.schedule import PROBE_TIMED_STEPS, PROBE_UNTIMED_STEPS
-
-# One line of --help per training setting (the model's are slm.cli.MODEL_HELP); the flags are
-# generated from the dataclass fields with these.
-TRAIN_HELP = {
-    "data_dir": "directory with train.bin, validation.bin and meta.json (from tokenization.py)",
-    "out_dir": "where checkpoints, log.csv and loss.png go",
-    "batch_size": "sequences per micro-batch, per process",
-    "grad_accum": "micro-batches accumulated per optimizer step, per process",
-    "max_iters": "optimizer steps in all; the cosine schedule ends here (with --max-minutes above "
-    "0 the budget fixes it instead)",
-    "learning_rate": "peak learning rate, reached at the end of warmup",
-    "min_lr": "learning rate at the end of the cosine decay (at most the peak)",
-    "warmup_iters": "optimizer steps of linear warmup",
-    "weight_decay": "AdamW weight decay, on 2+-dimensional tensors only",
-    "beta1": "AdamW beta1",
-    "beta2": "AdamW beta2",
-    "grad_clip": "clip the global gradient norm to this (0 disables)",
-    "ema": "keep an exponential moving average of the weights with this decay (0.99 averages the "
-    "last ~100 steps): evaluations score it and best_model_params.pt saves it (0 = the "
-    "weights as trained)",
-    "quarter_context": "share of the optimizer steps, from the first (and at least the warmup), "
-    "whose windows are cut in four: each batch of B x T tokens trains as 4B x T/4 (0 = "
-    "never); --short-context's steps follow them",
-    "short_context": "share of the optimizer steps, from the first (and at least the warmup), "
-    "whose windows are cut in half: each batch of B x T tokens trains as 2B x T/2, the same "
-    "tokens with half the context; a short context learns faster early, the full one late (0 "
-    "= never)",
-    "eval_interval": "optimizer steps between evaluations (each also saves ckpt.pt); the run's "
-    "end evaluates too, and takes the place of one under a tenth of this before it",
-    "eval_iters": "fixed batches per split in each evaluation",
-    "seed": "seed for initialisation, batch sampling and dropout",
-    "device": "auto | cpu | cuda | cuda:N | mps",
-    "dtype": "auto (bfloat16 on GPUs and on CPUs with native bfloat16, else float16 on GPUs, "
-    "float32 on CPUs) | float32 | bfloat16 | float16",
-    "compile": "torch.compile the model",
-    "max_minutes": "train for this many minutes: the first warmup steps and one evaluation are "
-    "timed and the step count that fills the budget, evaluations included, is fixed (printed, "
-    "saved in ckpt.pt, kept by --resume); a run 5%% past the budget evaluates, saves and "
-    "stops (0 = no budget: --max-iters steps)",
-}
-
+from slm.cli import ArgumentParser, CLIError
 
 FLAG_ALIASES = {"learning_rate": ["--lr"]}
 
 
-def explicit_settings(args: argparse.Namespace) -> tuple[dict, dict]:
-    """The model and training settings given on the command line (the rest come from the preset)."""
-    train = {
-        f.name: getattr(args, f.name)
-        for f in fields(TrainConfig)
-        if getattr(args, f.name) is not None
-    }
-    return model_flags_given(args), train
+# ----------------------------------------------------------------------------- flags
 
 
-def check_settings(
-    mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flops: float | None = None
-) -> None:
-    """One clear CLIError for the first bad setting; nothing has been built or written yet."""
-    positive = {
-        "--batch-size": tc.batch_size,
-        "--grad-accum": tc.grad_accum,
-        "--max-iters": tc.max_iters,
-        "--eval-interval": tc.eval_interval,
-        "--eval-iters": tc.eval_iters,
-    }
-    for flag, value in positive.items():
-        if value < 1:
-            raise CLIError(f"{flag} {value} must be at least 1")
-    if not (tc.learning_rate > 0 and math.isfinite(tc.learning_rate)):
-        raise CLIError(f"--learning-rate {tc.learning_rate} must be a positive number")
-    if not (0 <= tc.min_lr <= tc.learning_rate):
-        raise CLIError(
-            f"--min-lr {tc.min_lr} must be between 0 and the peak --learning-rate "
-            f"{tc.learning_rate}, so the schedule decays"
-        )
-    if tc.warmup_iters < 0:
-        raise CLIError(f"--warmup-iters {tc.warmup_iters} must not be negative (0 = no warmup)")
-    if tc.max_minutes > 0 and tc.warmup_iters < PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS:
-        raise CLIError(
-            f"--warmup-iters {tc.warmup_iters} is too short for --max-minutes {tc.max_minutes}: "
-            "the step count is fixed by timing the first "
-            f"{PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS} warmup steps; use more warmup, or a set "
-            "step count with --max-iters N --max-minutes 0"
-        )
-    if tc.max_minutes == 0 and tc.warmup_iters >= tc.max_iters:
-        raise CLIError(f"--warmup-iters {tc.warmup_iters} must be below --max-iters {tc.max_iters}")
-    if tc.weight_decay < 0:
-        raise CLIError(f"--weight-decay {tc.weight_decay} must not be negative")
-    for flag, beta in (("--beta1", tc.beta1), ("--beta2", tc.beta2)):
-        if not 0 <= beta < 1:
-            raise CLIError(f"{flag} {beta} must be in [0, 1)")
-    if not 0 <= tc.ema < 1:
-        raise CLIError(f"--ema {tc.ema} must be in [0, 1) (0 = no average: the weights as trained)")
-    for flag, share, parts in (
-        ("--quarter-context", tc.quarter_context, 4),
-        ("--short-context", tc.short_context, 2),
-    ):
-        if not 0 <= share <= 1:
-            raise CLIError(f"{flag} {share} must be in [0, 1] (a share of the steps; 0 = never)")
-        if share > 0 and mc.block_size % parts:
-            raise CLIError(
-                f"{flag} needs a --block-size divisible by {parts} to cut each window in {parts}, "
-                f"not {mc.block_size}"
+def preset_values(group: str, name: str) -> str:
+    """A setting's value in every preset, for --help; group is "model" or "train"."""
+    values = [getattr(getattr(PRESETS[p], group), name) for p in PRESETS]
+    if len(set(map(str, values))) == 1:
+        return f"all presets: {values[0]}"
+    return "presets " + ", ".join(f"{p} {v}" for p, v in zip(PRESETS, values, strict=True))
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, group: str, cls) -> None:
+    """One flag per field of the dataclass cls (--n-layer for n_layer), its help from the field's
+    metadata followed by the presets' values; booleans get --x / --no-x. Every flag defaults to
+    None, which means "the preset's value"."""
+    arg_group = parser.add_argument_group(f"{group} settings")
+    for f in fields(cls):
+        flags = ["--" + f.name.replace("_", "-")] + FLAG_ALIASES.get(f.name, [])
+        help_text = f"{f.metadata['help']} [{preset_values(group, f.name)}]".replace("%", "%%")
+        if isinstance(f.default, bool):
+            action = argparse.BooleanOptionalAction
+            arg_group.add_argument(*flags, action=action, default=None, help=help_text)
+        else:
+            arg_group.add_argument(
+                *flags, type=type(f.default), default=None, metavar=f.name.upper(), help=help_text
             )
-    if tc.grad_clip < 0:
-        raise CLIError(f"--grad-clip {tc.grad_clip} must not be negative (0 disables clipping)")
-    if tc.max_minutes < 0:
-        raise CLIError(f"--max-minutes {tc.max_minutes} must not be negative (0 = no limit)")
-    if stop_after < 0:
-        raise CLIError(f"--stop-after {stop_after} must not be negative (0 = no limit)")
-    if peak_flops is not None and not peak_flops > 0:
-        raise CLIError(f"--peak-flops {peak_flops} must be positive")
-    check_model_config(mc)
 
 
-def format_settings(mc: GPTConfig, tc: TrainConfig, budget_fixes_steps: bool = False) -> str:
-    model = ", ".join(f"{k}={v}" for k, v in asdict(mc).items())
-    values = asdict(tc) | (
-        {"max_iters": "(fixed by the time budget)"} if budget_fixes_steps else {}
-    )
-    train = ", ".join(f"{k}={v}" for k, v in values.items())
-    return f"model: {model}\ntraining: {train}"
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """--vocab-size, --block-size, --n-layer, --n-head, --n-embd, --dropout, --bias/--no-bias."""
+    add_settings_flags(parser, "model", GPTConfig)
+
+
+def flags_given(args: argparse.Namespace, cls) -> dict:
+    """The fields of cls set on the command line (the others keep the preset's values)."""
+    return {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,26 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--peak-flops",
         type=float,
         default=None,
-        help="peak FLOP/s of one accelerator, for the MFU on the progress bar (default: the dense "
-        "bf16 peak of the GPU present, looked up by name in slm.hardware.GPU_PEAK_FLOPS: "
-        "H100, H200, A100, L40S, L4, A10, RTX 4090, RTX 3090, T4, V100; another GPU shows no "
-        "MFU and says so)",
+        help="peak FLOP/s of one accelerator, for the MFU on the progress bar (default: the "
+        "dense bf16 peak of the GPU present, looked up by name in slm.hardware.GPU_PEAK_FLOPS)",
     )
     p.add_argument(
         "--no-progress",
         dest="progress",
         action="store_false",
-        help="no progress bar (on a terminal a tqdm bar; when the output is not one, a line each "
-        "tenth)",
+        help="no progress bar (on a terminal a tqdm bar; when the output is not one, a line now "
+        "and then)",
     )
     p.add_argument(
         "--no-samples",
         dest="samples",
         action="store_false",
-        help="no short sample at each evaluation (by default 40 tokens from "
-        '"Once upon a time", printed '
-        "under the evaluation line as `sample: ...` and kept in log.csv and "
-        "report.md)",
+        help='no short sample at each evaluation (by default 40 tokens from "Once upon a time", '
+        "printed under the evaluation line and kept in log.csv and report.md)",
     )
     p.add_argument(
         "--plot-only",
@@ -203,14 +115,86 @@ def build_parser() -> argparse.ArgumentParser:
         help="train nothing: draw OUT/loss.png again from OUT/log.csv and OUT/steps.csv, and stop",
     )
     add_model_flags(p)
-    add_settings_flags(p, "train", TrainConfig, TRAIN_HELP, FLAG_ALIASES)
+    add_settings_flags(p, "train", TrainConfig)
     return p
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_model_config(mc: GPTConfig) -> None:
+    """One clear CLIError for the first model setting a GPT cannot be built with."""
+    for name in ("block_size", "n_layer", "n_head", "n_embd", "vocab_size"):
+        if getattr(mc, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} {getattr(mc, name)} must be at least 1")
+    if not 0 <= mc.dropout < 1:
+        raise CLIError(f"--dropout {mc.dropout} must be in [0, 1)")
+    if mc.n_embd % mc.n_head:
+        raise CLIError(
+            f"--n-embd {mc.n_embd} is not divisible by --n-head {mc.n_head}; pick a head count "
+            f"that divides it (e.g. {math.gcd(mc.n_embd, mc.n_head)})"
+        )
+
+
+def check_settings(
+    mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flops: float | None = None
+) -> None:
+    """One clear CLIError for the first bad setting; nothing has been built or written yet."""
+    from slm.budget import PROBE_TIMED_STEPS, PROBE_UNTIMED_STEPS
+
+    for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"):
+        if getattr(tc, name) < 1:
+            raise CLIError(f"--{name.replace('_', '-')} {getattr(tc, name)} must be at least 1")
+    if not (tc.learning_rate > 0 and math.isfinite(tc.learning_rate)):
+        raise CLIError(f"--learning-rate {tc.learning_rate} must be a positive number")
+    if not (0 <= tc.min_lr <= tc.learning_rate):
+        raise CLIError(
+            f"--min-lr {tc.min_lr} must be between 0 and the peak --learning-rate "
+            f"{tc.learning_rate}, so the schedule decays"
+        )
+    if tc.warmup_iters < 0:
+        raise CLIError(f"--warmup-iters {tc.warmup_iters} must not be negative (0 = no warmup)")
+    if tc.max_minutes > 0 and tc.warmup_iters < PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS:
+        raise CLIError(
+            f"--warmup-iters {tc.warmup_iters} is too short for --max-minutes {tc.max_minutes}: "
+            f"the step count is fixed by timing the first "
+            f"{PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS} warmup steps; use more warmup, or a set "
+            "step count with --max-iters N --max-minutes 0"
+        )
+    if tc.max_minutes == 0 and tc.warmup_iters >= tc.max_iters:
+        raise CLIError(f"--warmup-iters {tc.warmup_iters} must be below --max-iters {tc.max_iters}")
+    if tc.weight_decay < 0:
+        raise CLIError(f"--weight-decay {tc.weight_decay} must not be negative")
+    for flag, beta in (("--beta1", tc.beta1), ("--beta2", tc.beta2)):
+        if not 0 <= beta < 1:
+            raise CLIError(f"{flag} {beta} must be in [0, 1)")
+    if not 0 <= tc.ema < 1:
+        raise CLIError(f"--ema {tc.ema} must be in [0, 1) (0 = no average: the weights as trained)")
+    for flag, share, parts in (
+        ("--quarter-context", tc.quarter_context, 4),
+        ("--short-context", tc.short_context, 2),
+    ):
+        if not 0 <= share <= 1:
+            raise CLIError(f"{flag} {share} must be in [0, 1] (a share of the steps; 0 = never)")
+        if share > 0 and mc.block_size % parts:
+            raise CLIError(
+                f"{flag} needs a --block-size divisible by {parts} to cut each window in {parts}, "
+                f"not {mc.block_size}"
+            )
+    if tc.grad_clip < 0:
+        raise CLIError(f"--grad-clip {tc.grad_clip} must not be negative (0 disables clipping)")
+    if tc.max_minutes < 0:
+        raise CLIError(f"--max-minutes {tc.max_minutes} must not be negative (0 = no limit)")
+    if stop_after < 0:
+        raise CLIError(f"--stop-after {stop_after} must not be negative (0 = no limit)")
+    if peak_flops is not None and not peak_flops > 0:
+        raise CLIError(f"--peak-flops {peak_flops} must be positive")
+    check_model_config(mc)
 
 
 def check_data(mc: GPTConfig, tc: TrainConfig) -> dict:
     """DATA/meta.json, checked against the settings: the vocabulary fits and each split is longer
-    than a window.
-    """
+    than a window."""
     from slm.datafiles import read_meta
 
     if not Path(tc.data_dir).is_dir():
@@ -228,10 +212,22 @@ def check_data(mc: GPTConfig, tc: TrainConfig) -> dict:
         tokens = meta["splits"][split]["tokens"]
         if tokens < mc.block_size + 1:
             raise CLIError(
-                f"--block-size {mc.block_size} is longer than the {split} data ({tokens} tokens "
-                f"in {tc.data_dir}); use a smaller --block-size or more data"
+                f"--block-size {mc.block_size} is longer than the {split} data ({tokens} tokens in "
+                f"{tc.data_dir}); use a smaller --block-size or more data"
             )
     return meta
+
+
+def format_settings(mc: GPTConfig, tc: TrainConfig, budget_fixes_steps: bool = False) -> str:
+    model = ", ".join(f"{k}={v}" for k, v in asdict(mc).items())
+    values = asdict(tc) | (
+        {"max_iters": "(fixed by the time budget)"} if budget_fixes_steps else {}
+    )
+    train = ", ".join(f"{k}={v}" for k, v in values.items())
+    return f"model: {model}\ntraining: {train}"
+
+
+# ----------------------------------------------------------------------------- resolving
 
 
 def default_preset() -> tuple[str, str]:
@@ -246,10 +242,75 @@ def resolve(
     preset: str | None, model_over: dict, train_over: dict
 ) -> tuple[str, str, GPTConfig, TrainConfig]:
     """(preset name, why it was chosen, model config, training config): the preset, then the flags
-    given.
-    """
+    given."""
     why = "--preset given"
     if preset is None:
         preset, why = default_preset()
     p = PRESETS[preset]
     return preset, why, replace(p.model, **model_over), replace(p.train, **train_over)
+
+
+def from_command_line(
+    args: argparse.Namespace,
+) -> tuple[str | None, GPTConfig, TrainConfig, frozenset, str]:
+    """(preset, model settings, training settings, the names set by hand, a line saying where the
+    settings come from): the preset and the flags, or with --resume the checkpoint's settings."""
+    from slm.checkpoint import CKPT_FILE, settings_for_resume
+
+    model_over, train_over = flags_given(args, GPTConfig), flags_given(args, TrainConfig)
+    given = frozenset(model_over) | frozenset(train_over)
+    if args.resume:
+        out_dir = train_over.get("out_dir", TrainConfig.out_dir)
+        mc, tc = settings_for_resume(out_dir, model_over, train_over)
+        ignored = f" (--preset {args.preset} is ignored with --resume)" if args.preset else ""
+        return None, mc, tc, given, f"settings from {Path(out_dir) / CKPT_FILE}{ignored}"
+    preset, why, mc, tc = resolve(args.preset, model_over, train_over)
+    if "max_iters" in train_over and tc.max_minutes > 0:
+        raise CLIError(
+            f"--max-iters {tc.max_iters} and the {tc.max_minutes}-minute budget (--max-minutes) "
+            f"both set the step count; add --max-minutes 0 to train exactly {tc.max_iters} steps"
+        )
+    return preset, mc, tc, given, f"preset {preset} ({why}): {PRESETS[preset].description}"
+
+
+def settle(
+    preset: str | None,
+    mc: GPTConfig,
+    tc: TrainConfig,
+    machine,
+    given: frozenset,
+    *,
+    resume: bool,
+    trial: Callable,
+    all_max: Callable[[list[float]], list[float]],
+    say,
+):
+    """The final settings, frozen from here on: the time budget's recipe (timed on throwaway
+    models, slm/budget.py), then the machine's plan (slm/plan.py). Returns (mc, tc, what the recipe
+    chose or None, the time budget's Budget or None). trial(mc, compiled) gives the TrialPass of a
+    throwaway model of that shape."""
+    from slm import recipe
+    from slm.budget import Budget, choose_recipe
+    from slm.plan import make_plan, shrink_until_it_fits
+
+    if tc.dtype == "float16" and machine.kind != "cuda":  # before the calibration: it would crawl
+        raise CLIError(
+            f"--dtype float16 needs a CUDA GPU (GradScaler); on {machine.device} use float32 or "
+            "bfloat16"
+        )
+    chosen = budget = None
+    if tc.max_minutes > 0 and not resume:
+        budget = Budget(tc)
+        if recipe.has_rule(preset):
+            mc, tc, chosen, budget = choose_recipe(
+                preset, mc, tc, machine, given, trial, all_max, say
+            )
+    plan = make_plan(machine, mc, tc, given)
+    say(plan.line(machine))
+    if tc.compile and not plan.compile:
+        say(f"note: {machine.compile_problem}; training without torch.compile (eager)")
+    if machine.total_memory:  # a GPU: trial steps prove the micro-batch fits, or halve it
+        passes = trial(mc, compiled=plan.compile)
+        plan = shrink_until_it_fits(plan, lambda b: passes(b, plan.dtype), say, given)
+        del passes
+    return mc, plan.apply(tc), chosen, budget
