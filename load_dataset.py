@@ -82,8 +82,7 @@ SAMPLE_NOTE = (
 )
 
 
-# ----------------------------------------------------------------------------- checking the user's
-# input
+# ----------------------------------------------------------------------- checking the user's input
 
 
 def parse_data_files(items: list[str] | None) -> dict[str, str]:
@@ -161,8 +160,7 @@ def _request(source: str, files: dict[str, Path], num_stories: int | None, seed:
     return req
 
 
-# ----------------------------------------------------------------------------- the three sources
-# (and the sample)
+# -------------------------------------------------------------- the three sources (and the sample)
 
 
 def _hub_offline_reason() -> str | None:
@@ -277,8 +275,7 @@ def _load_sample(num_stories: int | None):
     }
 
 
-# ----------------------------------------------------------------------------- writing raw/,
-# atomically
+# ------------------------------------------------------------------------ writing raw/, atomically
 
 
 def _split_facts(ds, split: str) -> dict:

@@ -1,5 +1,5 @@
-"""Benchmark of the GPU plan (issue 16, item 6): the gpu preset as a 16 GB T4 would run it, on a
-bigger GPU.
+"""Benchmark of the GPU plan: the gpu preset as a 16 GB T4 would run it, on a bigger GPU
+(benchmarks/training.md, "On a GPU").
 
     python benchmarks/bench_gpu.py --data-dir data                       # on a CUDA GPU: the three cases below
     python benchmarks/bench_gpu.py --device cpu --cases native -- --preset smoke    # the same path on a CPU

@@ -1,8 +1,8 @@
 """The chunked head loss today against an earlier one: full optimizer steps of the cpu preset
 (forward, backward, fused AdamW, 16 x 128 tokens, real batches), in float32 (CPUs without native
 bfloat16) and bfloat16 (where native). By default the earlier head is the one before its softmax
-became one fused in-place kernel (2026-12-01: amax, sub, exp, sum, mul over each float32 chunk,
-five passes, and a bfloat16 chunk cast to a fresh float32 tensor); --against REV takes
+became one fused in-place kernel (amax, sub, exp, sum, mul over each float32 chunk, five passes,
+and a bfloat16 chunk cast to a fresh float32 tensor); --against REV takes
 slm/head_loss.py as it was at git revision REV instead. Each round times both, in alternating
 order, so a change in the machine's load hits both alike; it prints the best round of each, the
 median of the rounds' ratios, and each head's minor page faults a step (memory mapped on first

@@ -65,8 +65,7 @@ def read_source(data_dir: str | os.PathLike = Paths.data_dir) -> dict:
         ) from None
 
 
-# ----------------------------------------------------------------------------- DATA/*.bin +
-# meta.json (Step 2)
+# ----------------------------------------------------------------- DATA/*.bin + meta.json (Step 2)
 
 
 def _fix(data_dir, force: bool = True) -> str:
