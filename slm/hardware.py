@@ -107,7 +107,7 @@ CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16", "sve_bf16"})
 
 
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags: /proc/cpuinfo on Linux; torch's cpuinfo elsewhere (torch >= 2.10)."""
+    """The CPU's feature flags: /proc/cpuinfo on Linux; torch's cpuinfo elsewhere (torch 2.10+)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -310,9 +310,15 @@ def compile_problem(device: str) -> str | None:
     ):
         return "torch.compile's Triton kernels need a GPU of compute capability 7.0 or later"
     if device.startswith("cuda") and not has_triton():
-        return "torch.compile needs Triton for CUDA GPUs and it is not installed (Windows: pip install triton-windows)"
+        return (
+            "torch.compile needs Triton for CUDA GPUs and it is not installed "
+            "(Windows: pip install triton-windows)"
+        )
     if device == "mps":
         return f"torch.compile has no stable backend for MPS in torch {torch.__version__}"
     if device == "cpu" and not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++", "cl")):
-        return "torch.compile on a CPU needs a C++ compiler (g++, clang++ or MSVC's cl) and none is on PATH"
+        return (
+            "torch.compile on a CPU needs a C++ compiler (g++, clang++ or MSVC's cl) "
+            "and none is on PATH"
+        )
     return None

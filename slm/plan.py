@@ -109,7 +109,8 @@ def fitting_micro_batch(
     compiled: bool,
     averaged: bool = False,
 ) -> int:
-    """The largest divisor of `sequences` whose training step fits the device's memory (1 at least)."""
+    """The largest divisor of `sequences` whose training step fits the device's memory (1 at
+    least)."""
     memory = machine.free_memory or machine.total_memory
     usable = memory * USABLE_MEMORY - RESERVED_BYTES
     fits = [
@@ -130,7 +131,8 @@ def resolve_dtype(machine: Machine, tc: TrainConfig) -> str:
 def make_plan(
     machine: Machine, mc: GPTConfig, tc: TrainConfig, given: set[str] | frozenset[str] = frozenset()
 ) -> Plan:
-    """The plan for running (mc, tc) on machine; `given` names the TrainConfig fields set by hand."""
+    """The plan for running (mc, tc) on machine; `given` names the TrainConfig fields set by
+    hand."""
     notes = []
     dtype = resolve_dtype(machine, tc)
     compile_ = tc.compile and not machine.compile_problem  # training says why in its own line

@@ -186,7 +186,8 @@ def plot_run(
 
 
 def draw_evaluations(ax, history: list[dict], ema: float = 0.0) -> None:
-    """The fixed-batch evaluations as points, the best validation loss (the saved model) as a star."""
+    """The fixed-batch evaluations as points, the best validation loss (the saved model) as a
+    star."""
     if not history:
         return
     xs = [r["step"] for r in history]

@@ -176,7 +176,8 @@ def report_text(run, summary: dict, mfu: float | None, glimpse: str | None) -> s
     of = f" of {summary['max_iters']:,}" if summary.get("max_iters") else ""
     resumed = f", resumed at step {summary['start_step']:,}" if summary.get("start_step") else ""
     lines = [
-        f"# Training run: {plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, None)}",
+        "# Training run: "
+        + plot_title(run.mc, run.raw_model.num_params(), run.tokens_per_step, None),
         "",
         f"{ended.capitalize()} at step {run.step:,}{of} on "
         f"{datetime.date.today().isoformat()}{resumed}.",
