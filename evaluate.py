@@ -2,8 +2,9 @@
 a text file, plus simple quality figures of stories it generates at a fixed seed. Prints one JSON
 object.
 
-    python evaluate.py --checkpoint out/best_model_params.pt                      # DATA/validation.bin
-    python evaluate.py --checkpoint out/best_model_params.pt --text-file TinyStoriesV2-GPT4-valid.txt
+    python evaluate.py --checkpoint out/best_model_params.pt        # DATA/validation.bin
+    python evaluate.py --checkpoint out/best_model_params.pt \\
+        --text-file TinyStoriesV2-GPT4-valid.txt
 
 Scoring is deterministic: the token stream ([EOT] story [EOT] story ...) is cut into windows of
 the model's context length (block_size) that start every --stride tokens (default block_size:
@@ -14,8 +15,8 @@ cost of more compute.
 
   loss           mean cross-entropy in nats over every scored token, end-of-text tokens included
   perplexity     exp(loss)
-  bits_per_byte  nats over the story tokens (end-of-text excluded) / ln 2 / UTF-8 bytes of the story text
-                 (tokenizer-independent, comparable across vocabularies)
+  bits_per_byte  nats over the story tokens (end-of-text excluded) / ln 2 / UTF-8 bytes of the
+                 story text (tokenizer-independent, comparable across vocabularies)
 
 Generated stories start from the end-of-text token (an empty prompt) and use model_usage.py's
 sampling defaults (slm/sampling.py). Their figures are over GPT-2 tokens: mean length; fraction
@@ -112,7 +113,8 @@ def score_tokens(
     dtype: str = "float32",
     progress: bool = False,
 ) -> dict:
-    """Sum the cross-entropy of every token after the first, each predicted once, deterministically."""
+    """Sum the cross-entropy of every token after the first, each predicted once,
+    deterministically."""
     import torch
     import torch.nn.functional as F
 

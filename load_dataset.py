@@ -1,26 +1,27 @@
 """Step 1: get TinyStories onto disk, verified.
 
-    python load_dataset.py                                   # auto: the hub, else the bundled real sample
+    python load_dataset.py                      # auto: the hub, else the bundled real sample
     python load_dataset.py --source local --data-files train=TinyStoriesV2-GPT4-train.txt \\
-                                                       validation=TinyStoriesV2-GPT4-valid.txt
-    python load_dataset.py --source sample --num-stories 500 # the first 500 stories of the bundled sample
+                                          validation=TinyStoriesV2-GPT4-valid.txt
+    python load_dataset.py --source sample --num-stories 500   # the sample's first 500 stories
 
 writes DATA/raw: a `datasets` DatasetDict with splits train and validation and one column `text`
 (one story per row), and DATA/raw/source.json saying where the stories came from, how many there
 are per split, the sha256 of each split's text and the versions of the tools that wrote it.
 
 Sources
-  hub      datasets.load_dataset("roneneldan/TinyStories"), with its own download progress and cache.
-  local    files from the dataset page: the raw .txt format (TinyStories-train.txt,
-           TinyStoriesV2-GPT4-train.txt, ...), .json / .jsonl with a `text` field, or .parquet (the hub's
-           shards). Files are read as a stream, so a 2 GB file never sits in memory as Python strings.
-           Without a validation file, a fixed fraction of train is held out (seeded, deterministic).
-  sample   the real TinyStories sample shipped with the project, xz-compressed in sample_data/tinystories
-           (a few thousand stories; provenance and licence in its README.md). No network. Decompressed
-           with the standard library and checked against the sha256 recorded here; --num-stories N keeps
-           the first N train stories and proportionally fewer validation stories.
-  auto     local when --data-files is given; otherwise the hub, and when the hub cannot be reached, one
-           line saying so and the bundled sample.
+  hub     datasets.load_dataset("roneneldan/TinyStories"), with its own download progress and cache.
+  local   files from the dataset page: the raw .txt format (TinyStories-train.txt,
+          TinyStoriesV2-GPT4-train.txt, ...), .json / .jsonl with a `text` field, or .parquet (the
+          hub's shards). Files are read as a stream, so a 2 GB file never sits in memory as Python
+          strings. Without a validation file, a fixed fraction of train is held out (seeded).
+  sample  the real TinyStories sample shipped with the project, xz-compressed in
+          sample_data/tinystories (a few thousand stories; provenance and licence in its README.md).
+          No network. Decompressed with the standard library and checked against the sha256
+          recorded here; --num-stories N keeps the first N train stories and proportionally fewer
+          validation stories.
+  auto    local when --data-files is given; otherwise the hub, and when the hub cannot be reached,
+          one line saying so and the bundled sample.
 
 The raw .txt format: stories separated by lines that hold only <|endoftext|>, UTF-8; each story
 is kept exactly but for the whitespace around it (the full rule, and the reader, in
@@ -62,7 +63,10 @@ SOURCES = ("auto", "hub", "local", "sample")
 LOCAL_VALIDATION_FRACTION = 0.01
 HUB_PROBE_TIMEOUT_S = 5.0  # auto mode: how long to wait for the hub before using the bundled sample
 FORMAT_VERSION = 1  # of DATA/raw + source.json; bump when the layout changes
-SHA256_OF = "each story's UTF-8 text followed by '\\n<|endoftext|>\\n', in split order (the raw .txt format)"
+SHA256_OF = (
+    "each story's UTF-8 text followed by '\\n<|endoftext|>\\n', in split order "
+    "(the raw .txt format)"
+)
 # The real TinyStories sample shipped with the project (see sample_data/tinystories/README.md): each
 # split's xz file and the sha256 of the raw .txt text it decompresses to. The text must hash to this
 # exactly.
@@ -82,8 +86,7 @@ SAMPLE_NOTE = (
 )
 
 
-# ----------------------------------------------------------------------------- checking the user's
-# input
+# ----------------------------------------------------------------------- checking the user's input
 
 
 def parse_data_files(items: list[str] | None) -> dict[str, str]:
@@ -161,8 +164,7 @@ def _request(source: str, files: dict[str, Path], num_stories: int | None, seed:
     return req
 
 
-# ----------------------------------------------------------------------------- the three sources
-# (and the sample)
+# -------------------------------------------------------------- the three sources (and the sample)
 
 
 def _hub_offline_reason() -> str | None:
@@ -277,8 +279,7 @@ def _load_sample(num_stories: int | None):
     }
 
 
-# ----------------------------------------------------------------------------- writing raw/,
-# atomically
+# ------------------------------------------------------------------------ writing raw/, atomically
 
 
 def _split_facts(ds, split: str) -> dict:
@@ -394,7 +395,10 @@ def _summary(info: dict) -> str:
         "hub": HUB_DATASET,
         "local": "local files",
     }[info["source"]]
-    return f"{sp['train']['stories']:,} train / {sp['validation']['stories']:,} validation stories, {mb:.1f}M chars, from {what}"
+    return (
+        f"{sp['train']['stories']:,} train / {sp['validation']['stories']:,} validation stories, "
+        f"{mb:.1f}M chars, from {what}"
+    )
 
 
 # ----------------------------------------------------------------------------- the step
@@ -468,7 +472,8 @@ def _checked_inputs(
 def _auto_source(
     raw: Path, files: dict[str, Path], num_stories: int | None, seed: int, force: bool
 ) -> tuple[str, str | None]:
-    """--source auto without local files: (the hub or the bundled sample, why not the hub or None)."""
+    """--source auto without local files: (the hub or the bundled sample, why not the hub or
+    None)."""
     hub_request = _request("hub", files, num_stories, seed)
     if not force and _up_to_date(raw, hub_request) is not None:
         # the full dataset is already here: no need to ask the hub, never replace it by the sample

@@ -1,13 +1,13 @@
 """Where a CPU training step of the cpu preset goes, and what makes it faster: torch.compile of the
 model and the thread count, in float32 (what CPUs without native bfloat16 train in) and bfloat16
-(where the CPU has it). (Its --rows, the head loss's chunk size, went when a training step
-stopped chunking its head: since 2026-12-01's sixth session both dtypes compute a step's logits
-in the gradient buffer as one chunk, and HEAD_LOSS_ROWS sizes evaluation's chunks only.
-BENCHMARKS.md's commands with --rows ran at the commits named.)
+(where the CPU has it). A training step computes its logits in the gradient buffer as one
+chunk, so there is no chunk size to time (the --rows of benchmarks/machines.md's older commands
+is gone; HEAD_LOSS_ROWS sizes evaluation's chunks only).
 
-    .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data [--dtypes float32,bfloat16] [--rounds 3]
-    .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data --dtypes float32 --shapes 16x128,16x64,32x64
-    .venv/bin/python benchmarks/bench_cpu_step.py --data-dir data --head-pad --shapes 16x64 --rounds 12
+    P=".venv/bin/python benchmarks/bench_cpu_step.py --data-dir data"
+    $P [--dtypes float32,bfloat16] [--rounds 3]
+    $P --dtypes float32 --shapes 16x128,16x64,32x64
+    $P --head-pad --shapes 16x64 --rounds 12
 
 Each variant runs full optimizer steps (forward, backward, fused AdamW) of the cpu preset's model
 on real batches at the preset's shape; variants are interleaved round by round so a change in the
@@ -91,7 +91,8 @@ def best_of_rounds(variants: dict, rounds: int, steps: int) -> dict:
 
 
 def module_at(rev: str, relpath: str, name: str):
-    """The file relpath as it was at git revision rev, loaded as a module of its own (named name)."""
+    """The file relpath as it was at git revision rev, loaded as a module of its own (named
+    name)."""
     text = subprocess.run(
         ["git", "show", f"{rev}:{relpath}"],
         cwd=Path(__file__).resolve().parent.parent,

@@ -1,17 +1,19 @@
-"""Benchmark of the GPU plan (issue 16, item 6): the gpu preset as a 16 GB T4 would run it, on a
-bigger GPU.
+"""Benchmark of the GPU plan: the gpu preset as a 16 GB T4 would run it, on a bigger GPU
+(benchmarks/training.md, "On a GPU").
 
-    python benchmarks/bench_gpu.py --data-dir data                       # on a CUDA GPU: the three cases below
-    python benchmarks/bench_gpu.py --device cpu --cases native -- --preset smoke    # the same path on a CPU
+    python benchmarks/bench_gpu.py --data-dir data     # on a CUDA GPU: the three cases below
+    python benchmarks/bench_gpu.py --device cpu --cases native -- --preset smoke   # on a CPU
 
 Each case is `training.py --preset gpu --max-iters STEPS --max-minutes 0` (plus anything after
 `--`), in a process of its own, so that its memory cap, peak-memory counters and compile cache
 are its own:
 
-    t4      float16 under a memory cap of --cap-gib (torch.cuda.set_per_process_memory_fraction), and the plan
-            is told the same total: a T4's 15 GiB, as slm/plan.py fits the micro-batch to it
-    oom     float16 under the same cap, the plan told nothing: it fits the micro-batch to the whole GPU, the
-            first trial step runs out of memory, and shrink_until_it_fits halves it until it fits
+    t4      float16 under a memory cap of --cap-gib (torch.cuda.set_per_process_memory_fraction),
+            and the plan is told the same total: a T4's 15 GiB, as slm/plan.py fits the
+            micro-batch to it
+    oom     float16 under the same cap, the plan told nothing: it fits the micro-batch to the whole
+            GPU, the first trial step runs out of memory, and shrink_until_it_fits halves it until
+            it fits
     native  the GPU's own plan, uncapped (bfloat16 on sm80+)
 
 One Markdown row each: the plan, the loss of the first and last tenth of the steps (it must fall

@@ -1,8 +1,8 @@
 """The chunked head loss today against an earlier one: full optimizer steps of the cpu preset
 (forward, backward, fused AdamW, 16 x 128 tokens, real batches), in float32 (CPUs without native
 bfloat16) and bfloat16 (where native). By default the earlier head is the one before its softmax
-became one fused in-place kernel (2026-12-01: amax, sub, exp, sum, mul over each float32 chunk,
-five passes, and a bfloat16 chunk cast to a fresh float32 tensor); --against REV takes
+became one fused in-place kernel (amax, sub, exp, sum, mul over each float32 chunk, five passes,
+and a bfloat16 chunk cast to a fresh float32 tensor); --against REV takes
 slm/head_loss.py as it was at git revision REV instead. Each round times both, in alternating
 order, so a change in the machine's load hits both alike; it prints the best round of each, the
 median of the rounds' ratios, and each head's minor page faults a step (memory mapped on first
@@ -10,8 +10,8 @@ touch; --malloc-as-it-comes leaves glibc returning big freed blocks to the OS, a
 do). First, how far apart the two heads' loss and gradients are, and how far each is from float64
 on the same (bfloat16-rounded) inputs.
 
-    .venv/bin/python benchmarks/bench_head_loss.py --data-dir data [--rounds 3] [--steps 5] [--against REV]
-        [--malloc-as-it-comes]"""
+    .venv/bin/python benchmarks/bench_head_loss.py --data-dir data [--rounds 3] [--steps 5]
+        [--against REV] [--malloc-as-it-comes]"""
 
 from __future__ import annotations
 
@@ -131,7 +131,10 @@ def check_same(dtype: torch.dtype, then) -> str:
         return max(float((x - y).norm() / y.norm()) for x, y in zip(a, b))
 
     exact = (exact.detach(), hr.grad, wr.grad)
-    return f"{apart(*out):.1e} apart; from float64: earlier {apart(out[0], exact):.1e}, today {apart(out[1], exact):.1e}"
+    return (
+        f"{apart(*out):.1e} apart; from float64: earlier {apart(out[0], exact):.1e}, "
+        f"today {apart(out[1], exact):.1e}"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -154,9 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     machine, mc, tc, batches = setup(
         args.data_dir, keep_freed=not args.malloc_as_it_comes, preset=args.preset
     )
-    print(
-        f"malloc: {'as it comes' if args.malloc_as_it_comes else 'thresholds raised, as training does'}"
-    )
+    malloc = "as it comes" if args.malloc_as_it_comes else "thresholds raised, as training does"
+    print(f"malloc: {malloc}")
     dtypes = ["float32"] + (["bfloat16"] if machine.native_bf16 else [])
     for d in dtypes:
         print(

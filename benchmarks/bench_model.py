@@ -1,8 +1,8 @@
 """Benchmark of Step 4: the default GPT's generation speed with the KV cache against recomputing the
 whole context at each step, and its training speed (forward + backward + AdamW step).
 
-    .venv/bin/python benchmarks/bench_model.py                    # CPU, float32
-    .venv/bin/python benchmarks/bench_model.py --device cuda      # bf16, eager and torch.compile, MFU, max batch
+    .venv/bin/python benchmarks/bench_model.py                  # CPU, float32
+    .venv/bin/python benchmarks/bench_model.py --device cuda    # bf16, eager and compiled, MFU
 
 Generation: batch 1, a random --prompt-len prompt, --new-tokens greedy tokens, (a) model.generate
 with its KV cache, (b) nanoGPT's loop: the whole cropped context through the model at every step,

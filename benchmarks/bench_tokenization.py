@@ -1,7 +1,7 @@
 """Benchmark of Step 2: tokenization.py end to end against the limit and the common approach, and
 its peak memory at two corpus sizes 4x apart.
 
-    .venv/bin/python benchmarks/bench_tokenization.py            # >= 50 MB of real stories, 2 workers
+    .venv/bin/python benchmarks/bench_tokenization.py          # >= 50 MB of real stories, 2 workers
     .venv/bin/python benchmarks/bench_tokenization.py --mb 50 --num-proc 2 --repeats 2
 
 On the same stories and the same number of workers N. The corpus is the bundled real TinyStories
@@ -9,10 +9,12 @@ sample (sample_data/tinystories, 3.7 MB) with its train stories repeated whole u
 reaches --mb, written as a raw .txt file and loaded with load_dataset.py --source local;
 validation is the sample's validation split once. (Figures recorded before the sample was bundled
 used a generated corpus instead.)
-  limit        enc.encode_ordinary_batch(texts, num_threads=N) on texts already held in memory, no I/O
-  limit/procs  the same texts split over N forked processes, each encoding its part in memory, no I/O
-  common       Dataset.map(tokenize, num_proc=N) then np.concatenate into one array (nanoGPT's prepare.py,
-               the original notebook)
+  limit        enc.encode_ordinary_batch(texts, num_threads=N) on texts already held in memory,
+               no I/O
+  limit/procs  the same texts split over N forked processes, each encoding its part in memory,
+               no I/O
+  common       Dataset.map(tokenize, num_proc=N) then np.concatenate into one array (nanoGPT's
+               prepare.py, the original notebook)
   end to end   tokenization.tokenize(DATA, num_proc=N, force=True) in a fresh process: reading raw/,
                encoding, writing and hashing both .bin files, meta.json
 Rates are story tokens per second (end-of-text tokens not counted, so all rows count the same
@@ -61,14 +63,17 @@ import json, resource, sys, time
 sys.path.insert(0, {repo!r})
 import tokenization
 def cpu():
-    return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    return sum(getattr(resource.getrusage(who), f)
+               for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
                for f in ("ru_utime", "ru_stime"))
 c, t = cpu(), time.perf_counter()
 meta = tokenization.tokenize({data_dir!r}, num_proc={num_proc}, force=True)
 seconds, cpu_seconds = time.perf_counter() - t, cpu() - c
-print(json.dumps({{"seconds": seconds, "cpu": cpu_seconds, "tokens": sum(s["tokens"] for s in meta["splits"].values()),
-                   "rss_main_kib": int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]),
-                   "rss_worker_kib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}}))
+tokens = sum(s["tokens"] for s in meta["splits"].values())
+rss_main = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0])
+rss_worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({{"seconds": seconds, "cpu": cpu_seconds, "tokens": tokens,
+                   "rss_main_kib": rss_main, "rss_worker_kib": rss_worker}}))
 """
 
 

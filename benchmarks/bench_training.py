@@ -1,7 +1,7 @@
 """Benchmark for Step 5: train a preset, then write three sample stories from the best model.
 
     python benchmarks/bench_training.py --data-dir data --out-dir out/bench-cpu -- --preset cpu
-    python benchmarks/bench_training.py --no-train --out-dir out     # report the run `make run` just made
+    python benchmarks/bench_training.py --no-train --out-dir out    # the run `make run` just made
 
 Everything after `--` goes to training.py unchanged. Prints the machine's load average beside the
 figures (the machine may be shared, so timings are noisy), the validation loss reached, where the

@@ -3,7 +3,8 @@ flags), with the weights' moving average (slm/averaging.py) kept at several deca
 each scored on a text file the way evaluate.py scores a model. One run answers for every decay,
 because the average never changes the training.
 
-    .venv/bin/python benchmarks/ema_decays.py --decays 0.98,0.99,0.995 --text-file ../shared/data/tinystories/validation.txt \\
+    .venv/bin/python benchmarks/ema_decays.py --decays 0.98,0.99,0.995 \\
+        --text-file ../shared/data/tinystories/validation.txt \\
         -- --data-dir data --out-dir /tmp/ema-r1550 --max-iters 1550 --max-minutes 0
 
 Prints one row per model: the trained weights' best_model_params.pt (no average: --ema 0) and

@@ -2,7 +2,8 @@
 trial.
 
     python benchmarks/recipe_search.py benchmarks/trials/cpu-round1.tsv --data-dir data \\
-        --text-file ../shared/data/tinystories/validation.txt --parallel 1 --out benchmarks/trials/cpu-round1.out.tsv
+        --text-file ../shared/data/tinystories/validation.txt --parallel 1 \\
+        --out benchmarks/trials/cpu-round1.out.tsv
 
 A trials file has one trial per line: a name, a tab, then training.py flags (blank lines and #
 comments are skipped). Each trial runs `training.py --no-progress --out-dir RUNS/<name> <flags>`,

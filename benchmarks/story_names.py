@@ -35,10 +35,10 @@ from slm.storyfiles import iter_raw_file  # noqa: E402
 NAME = "Lily"
 # Capitalised words that are not names: sentence starts, family words, interjections.
 NOT_NAMES = set(
-    """Once One The She He They It I But So Then When Her His We You Mom Dad Mommy Daddy In At After As
-Yes No Oh Wow Thank Let That This There What Why Can Do Don From Every All Look Come Please Hello Hi Sorry Okay
-OK If And Now Later Together Suddenly Finally Just My Your Our Their Its Is Are Will Where How Who Not Maybe A An
-Be""".split()
+    """Once One The She He They It I But So Then When Her His We You Mom Dad Mommy Daddy In At After
+As Yes No Oh Wow Thank Let That This There What Why Can Do Don From Every All Look Come Please Hello
+Hi Sorry Okay OK If And Now Later Together Suddenly Finally Just My Your Our Their Its Is Are Will
+Where How Who Not Maybe A An Be""".split()
 )
 # (temperature, top-k, top-p): model_usage.py's default first, then nanoGPT's and llama2.c's kin
 SETTINGS = [(TEMPERATURE, TOP_K, TOP_P), (0.7, 200, None), (0.6, 200, None), (1.0, None, 0.9)]

@@ -3,12 +3,9 @@ evaluation scores and best_model_params.pt saves, while the optimizer goes on tr
 weights themselves.
 
 At the cpu preset's step counts the model still learns fast, so its learning rate must not decay
-near zero (that lost every time in the recipe search), and the last steps' weights are noisy.
-Averaging the last ~100 of them (decay 0.99) removes much of that noise without slowing the
-learning, and lets the rate end even
-higher: at 1,550 fixed steps, 2.746 on validation.txt with a floor of 2e-3 and the average,
-against 2.781 for the floor of 5e-4 without one (benchmarks/recipe_rule.md, "The weights'
-average").
+near zero, and the last steps' weights are noisy. Averaging the last ~100 of them (decay 0.99)
+removes much of that noise without slowing the learning, and lets the rate end higher still (the
+runs: benchmarks/recipe_rule.md, "The weights' average, and the floor it allows").
 """
 
 from __future__ import annotations

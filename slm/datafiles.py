@@ -50,7 +50,8 @@ def load_raw(data_dir: str | os.PathLike = Paths.data_dir):
 
 
 def read_source(data_dir: str | os.PathLike = Paths.data_dir) -> dict:
-    """DATA/raw/source.json as a dict; a CLIError saying how to make it when missing or unreadable."""
+    """DATA/raw/source.json as a dict; a CLIError saying how to make it when missing or
+    unreadable."""
     path = Path(data_dir) / "raw" / "source.json"
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -65,8 +66,7 @@ def read_source(data_dir: str | os.PathLike = Paths.data_dir) -> dict:
         ) from None
 
 
-# ----------------------------------------------------------------------------- DATA/*.bin +
-# meta.json (Step 2)
+# ----------------------------------------------------------------- DATA/*.bin + meta.json (Step 2)
 
 
 def _fix(data_dir, force: bool = True) -> str:

@@ -107,7 +107,7 @@ CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16", "sve_bf16"})
 
 
 def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags: /proc/cpuinfo on Linux; torch's cpuinfo elsewhere (torch >= 2.10)."""
+    """The CPU's feature flags: /proc/cpuinfo on Linux; torch's cpuinfo elsewhere (torch 2.10+)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -177,10 +177,10 @@ def detect_machine(device: str) -> Machine:
 
 
 def auto_dtype(machine: Machine) -> str:
-    """bfloat16 where it is native (1.5x float32's training speed for the cpu preset on an
-    AVX512_BF16 CPU, the same loss per step within noise: benchmarks/training.md); float16 (with
-    GradScaler) on older CUDA GPUs; float32 on CPUs without it and on Apple GPUs (MPS autocast
-    and GradScaler are not proven there)."""
+    """bfloat16 where it is native (faster than float32 at the same loss per step: benchmarks/
+    training.md, "bfloat16 and the chunked head loss"); float16 (with GradScaler) on older CUDA
+    GPUs; float32 on CPUs without it and on Apple GPUs (MPS autocast and GradScaler are not proven
+    there)."""
     if machine.native_bf16:
         return "bfloat16"
     return "float16" if machine.kind == "cuda" else "float32"
@@ -263,8 +263,7 @@ def fork_rng(device: str):
 
 def fused_adamw(device: str) -> bool:
     """AdamW's fused kernel: one pass over each parameter instead of a dozen. CUDA has it; the CPU
-    since torch 2.4 (3.3x faster than foreach for the cpu preset's 7M parameters here: 5.1 vs
-    17.0 ms per step)."""
+    since torch 2.4 (timed: benchmarks/machines.md, "Fused AdamW on a CPU")."""
     import torch
 
     return device.startswith("cuda") or (device == "cpu" and torch.__version__ >= (2, 4))
@@ -276,9 +275,9 @@ def keep_freed_memory() -> None:
 
     The (batch * block_size, vocab) logits and their gradients are 100+ MB; by default glibc
     hands each such block back to the OS when freed and page-faults a new one on the next step.
-    Raising the mmap and trim thresholds made CPU training steps about 2x faster on this
-    project's 2-core machine. (Where this cannot act, on macOS, Windows or musl, slm.head_loss
-    keeps its (N, V) buffer from step to step itself.)
+    Raising the mmap and trim thresholds keeps those pages mapped from step to step (the gain:
+    benchmarks/machines.md, "The head's (N, V) buffer kept"). Where this cannot act (macOS,
+    Windows, musl), slm.head_loss keeps its (N, V) buffer from step to step itself.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -311,9 +310,15 @@ def compile_problem(device: str) -> str | None:
     ):
         return "torch.compile's Triton kernels need a GPU of compute capability 7.0 or later"
     if device.startswith("cuda") and not has_triton():
-        return "torch.compile needs Triton for CUDA GPUs and it is not installed (Windows: pip install triton-windows)"
+        return (
+            "torch.compile needs Triton for CUDA GPUs and it is not installed "
+            "(Windows: pip install triton-windows)"
+        )
     if device == "mps":
         return f"torch.compile has no stable backend for MPS in torch {torch.__version__}"
     if device == "cpu" and not any(shutil.which(cxx) for cxx in ("c++", "g++", "clang++", "cl")):
-        return "torch.compile on a CPU needs a C++ compiler (g++, clang++ or MSVC's cl) and none is on PATH"
+        return (
+            "torch.compile on a CPU needs a C++ compiler (g++, clang++ or MSVC's cl) "
+            "and none is on PATH"
+        )
     return None

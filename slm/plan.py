@@ -4,12 +4,12 @@ The preset (and the recipe rule, slm/recipe.py) say WHAT to compute: the model, 
 the sequences per optimizer step. The plan says HOW this machine computes it:
 
 - dtype (where the preset or --dtype says auto): bfloat16 where it is native (CUDA capability
-  8.0+, CPUs with AVX512_BF16/AMX/Arm BF16); float16
-  with torch.amp.GradScaler on older CUDA GPUs (a T4); float32 on other CPUs and on Apple GPUs (MPS).
+  8.0+, CPUs with AVX512_BF16/AMX/Arm BF16); float16 with torch.amp.GradScaler on older CUDA GPUs
+  (a T4); float32 on other CPUs and on Apple GPUs (MPS).
 - micro-batch and gradient accumulation: on a GPU the largest micro-batch whose estimated memory
-  fits
-  (activation_bytes below, checked against measured peaks), with accumulation keeping the preset's
-  sequences per optimizer step, so the schedule and the results stay the same on every GPU.
+  fits (activation_bytes below, checked against measured peaks), with accumulation keeping the
+  preset's sequences per optimizer step, so the schedule and the results stay the same on every
+  GPU.
 - compile: where the preset asks for it and it can run here (Triton on CUDA, a C++ compiler on a
   CPU).
 
@@ -26,8 +26,8 @@ from config import GPTConfig, TrainConfig
 from slm.cli import out_of_memory
 from slm.hardware import Machine, auto_dtype, autocast, fork_rng, synchronize
 
-# Bytes of activations per token, fitted to the peaks measured on an H100 for the 51M default model
-# at 64 x 512 tokens in bf16 (benchmarks/training.md: 27.1 GiB eager, 17.9 GiB compiled). The
+# Bytes of activations per token, fitted to the 51M default model's peak memory on an H100 at
+# 64 x 512 tokens in bf16, eager and compiled (benchmarks/model.md, "On a GPU"). The
 # (tokens, vocab) logits dominate: eager torch keeps the 16-bit logits, their float32 copy,
 # log-softmax and gradients (~15 bytes per logit); compiled, inductor fuses the loss (~8.5). Each
 # block keeps ~17 values per token and channel (Korthikanti et al. 2022, with flash attention), in
@@ -109,7 +109,8 @@ def fitting_micro_batch(
     compiled: bool,
     averaged: bool = False,
 ) -> int:
-    """The largest divisor of `sequences` whose training step fits the device's memory (1 at least)."""
+    """The largest divisor of `sequences` whose training step fits the device's memory (1 at
+    least)."""
     memory = machine.free_memory or machine.total_memory
     usable = memory * USABLE_MEMORY - RESERVED_BYTES
     fits = [
@@ -130,7 +131,8 @@ def resolve_dtype(machine: Machine, tc: TrainConfig) -> str:
 def make_plan(
     machine: Machine, mc: GPTConfig, tc: TrainConfig, given: set[str] | frozenset[str] = frozenset()
 ) -> Plan:
-    """The plan for running (mc, tc) on machine; `given` names the TrainConfig fields set by hand."""
+    """The plan for running (mc, tc) on machine; `given` names the TrainConfig fields set by
+    hand."""
     notes = []
     dtype = resolve_dtype(machine, tc)
     compile_ = tc.compile and not machine.compile_problem  # training says why in its own line

@@ -157,7 +157,7 @@ def plot_run(
         )
     ax.set_ylabel("cross-entropy loss (log scale)")
     title = "\n".join(textwrap.fill(line, 110) for line in title.splitlines())
-    # above the tokens axis and its label (30 touched it), not measured
+    # pad: clears the tokens axis and its label above the plot (a pad of 30 touched them)
     ax.set_title(title, fontsize=9, y=1, pad=38)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
@@ -169,8 +169,8 @@ def plot_run(
     ax_lr.grid(True, alpha=0.3)
     ax_lr.set_xlabel("optimizer step")
     # fixed margins, in inches, for the tick labels, the axis labels and the title's lines above the
-    # tokens axis (fig.tight_layout() measures every text: it took 40% of the plot's time, redrawn
-    # at every evaluation)
+    # tokens axis: fig.tight_layout() measures every text, and the plot is redrawn at every
+    # evaluation (the cost: benchmarks/training.md, "Drawing loss.png")
     width, height = fig.get_size_inches()
     fig.subplots_adjust(
         left=0.75 / width,
@@ -186,7 +186,8 @@ def plot_run(
 
 
 def draw_evaluations(ax, history: list[dict], ema: float = 0.0) -> None:
-    """The fixed-batch evaluations as points, the best validation loss (the saved model) as a star."""
+    """The fixed-batch evaluations as points, the best validation loss (the saved model) as a
+    star."""
     if not history:
         return
     xs = [r["step"] for r in history]

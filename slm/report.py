@@ -205,7 +205,7 @@ def report_text(
     of = f" of {summary['max_iters']:,}" if summary.get("max_iters") else ""
     resumed = f", resumed at step {summary['start_step']:,}" if summary.get("start_step") else ""
     lines = [
-        f"# Training run: {plot_title(mc, num_params, tokens_per_step, None)}",
+        "# Training run: " + plot_title(mc, num_params, tokens_per_step, None),
         "",
         f"{ended.capitalize()} at step {progress.step:,}{of} on "
         f"{datetime.date.today().isoformat()}{resumed}.",

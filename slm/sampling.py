@@ -24,9 +24,8 @@ class Glimpse:
     """A short story from GLIMPSE_PROMPT, written by the model as it is now: one line of text.
 
     It samples from its own generator, seeded afresh each time, in eval mode (no dropout) and
-    without
-    gradients: the run's random states, weights and mode are as they were, so a run with glimpses
-    trains exactly as one without, and --resume stays exact."""
+    without gradients: the run's random states, weights and mode are as they were, so a run with
+    glimpses trains exactly as one without, and --resume stays exact."""
 
     def __init__(
         self,

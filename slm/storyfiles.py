@@ -97,8 +97,7 @@ def _raw_file_rows(path: str, size: int, mtime_ns: int) -> Iterator[dict]:
             yield {"text": story}
 
 
-# ----------------------------------------------------------------------------- a file of stories as
-# a Dataset
+# ------------------------------------------------------------------ a file of stories as a Dataset
 
 
 def text_only(ds, what: str):
