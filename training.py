@@ -164,6 +164,14 @@ def trial_pass(mc: GPTConfig, tc: TrainConfig, device: str, compiled: bool) -> T
     return TrialPass(model, batches, device, return_logits=keep_logits(device))
 
 
+def make_optimizer(model: GPT, tc: TrainConfig, device: str) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices only (model.optim_groups), its fused kernel where
+    there is one."""
+    betas = (tc.beta1, tc.beta2)
+    groups = model.optim_groups(tc.weight_decay)
+    return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=betas, fused=fused_adamw(device))
+
+
 def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, samples: bool) -> Run:
     """The run, from the seed: data, model, optimizer, schedule. Nothing is written."""
     device = dist.device
@@ -175,12 +183,7 @@ def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, sampl
     random.seed(tc.seed + dist.rank)
     np.random.seed(tc.seed + dist.rank)
     raw_model = GPT(mc).to(device)
-    optimizer = torch.optim.AdamW(
-        raw_model.optim_groups(tc.weight_decay),  # weight decay on matrices only
-        lr=tc.learning_rate,
-        betas=(tc.beta1, tc.beta2),
-        fused=fused_adamw(device),
-    )
+    optimizer = make_optimizer(raw_model, tc, device)
     average = WeightAverage(raw_model, tc.ema) if tc.ema > 0 else None
     if dist.master:  # a run that cannot save its checkpoints must not train first
         check_checkpoint_space(tc.out_dir, raw_model, BEST_FILE, CKPT_FILE, average is not None)
@@ -239,7 +242,7 @@ def loop(run: Run, state: Progress, budget, recipe, speed, stop_after, progress,
     have fixed its step count, how it stopped, its first step, when training began)."""
     t_train, start_step, stopped = time.time(), state.step, "done"
     evaluated_at = state.history[-1]["step"] if state.history else -1
-    bar = progress_bar(total=time_budget.bar_total(budget, run.tc, state.step, t_train),
+    bar = progress_bar(total=time_budget.bar_total(budget, run.tc, state.step, time.time() - t_train),
                        initial=state.step, desc="training", unit="step", dynamic_ncols=True,
                        disable=not (progress and run.dist.master), file=sys.stderr)  # fmt: skip
     say = bar.write if run.dist.master else say
@@ -280,7 +283,7 @@ def loop(run: Run, state: Progress, budget, recipe, speed, stop_after, progress,
                 if budget.ready(state.step):
                     run = fix_step_count(run, state, budget, recipe, eval_s, save_s, t_train, say)
                     budget = None
-                bar.total = time_budget.bar_total(budget, run.tc, state.step, t_train)
+                bar.total = time_budget.bar_total(budget, run.tc, state.step, time.time() - t_train)
             asked = (stop.signal or "time") if stops else None
             stopped = time_budget.stop_reason(asked, state, run.tc, stop_after, start_step, say)
             if stopped in ("SIGINT", "SIGTERM", "stop_after"):  # saved, not evaluated

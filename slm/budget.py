@@ -12,7 +12,6 @@ How it goes, in order:
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -264,11 +263,11 @@ def resumed(tc: TrainConfig, path, step: int) -> Budget:
     return Budget(tc)
 
 
-def bar_total(budget: Budget | None, tc: TrainConfig, step: int, t_train: float) -> int | None:
+def bar_total(budget: Budget | None, tc: TrainConfig, step: int, elapsed: float) -> int | None:
     """The progress bar's total: the fixed step count, or while the probe runs its estimate."""
     if budget is None:
         return tc.max_iters
-    return budget.estimate(step, time.time() - t_train)
+    return budget.estimate(step, elapsed)
 
 
 def stop_reason(asked: str | None, state, tc: TrainConfig, stop_after: int, start_step, say) -> str:

@@ -292,7 +292,7 @@ def test_synchronize_waits_for_the_accelerator_the_calibration_times(
     assert waited == [("cuda", "cuda:1"), ("mps",)]
     # every trial pass ends waiting on the run's device
     passes = []
-    monkeypatch.setattr(training, "synchronize", lambda device: passes.append(device))
+    monkeypatch.setattr(plan, "synchronize", lambda device: passes.append(device))
     mc = PRESETS["smoke"].model
     tc = replace(
         PRESETS["smoke"].train,
@@ -304,9 +304,9 @@ def test_synchronize_waits_for_the_accelerator_the_calibration_times(
         batch_size=2,
         warmup_iters=1,
     )
-    run = training.build_run(mc, tc, resume=False, preset="smoke", given=frozenset(), samples=False)
-    training.trial_pass(run, run.model, 2, "float32")
-    training.trial_pass(run, run.model, 2, "float32", parts=2)
+    trial = training.trial_pass(mc, tc, "cpu", compiled=False)
+    trial(2, "float32")
+    trial(2, "float32", parts=2)
     assert passes == ["cpu", "cpu"]
 
 
@@ -339,10 +339,8 @@ def test_the_calibrations_dropout_leaves_the_devices_generator_as_it_was(
 
 def test_each_trial_pass_runs_inside_its_devices_fork(tiny_data_dir, tmp_path, monkeypatch):
     forked = []
-    real = training.fork_rng
-    monkeypatch.setattr(
-        training, "fork_rng", lambda device: (forked.append(device), real(device))[1]
-    )
+    real = plan.fork_rng
+    monkeypatch.setattr(plan, "fork_rng", lambda device: (forked.append(device), real(device))[1])
     mc = PRESETS["smoke"].model
     tc = replace(
         PRESETS["smoke"].train,
@@ -354,9 +352,9 @@ def test_each_trial_pass_runs_inside_its_devices_fork(tiny_data_dir, tmp_path, m
         batch_size=2,
         warmup_iters=1,
     )
-    run = training.build_run(mc, tc, resume=False, preset="smoke", given=frozenset(), samples=False)
+    trial = training.trial_pass(mc, tc, "cpu", compiled=False)
     before = torch.get_rng_state()
-    training.trial_pass(run, run.model, 2, "float32")
+    trial(2, "float32")
     assert forked == ["cpu"] and torch.equal(torch.get_rng_state(), before)
 
 

@@ -1,5 +1,5 @@
 """The step budget chooses the recipe (slm/recipe.py) and the time budget shows its estimate at once
-(slm/schedule.Budget): on a fake clock, so each count is known exactly and takes no real time."""
+(slm/budget.Budget): on a fake clock, so each count is known exactly and takes no real time."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import training
 from config import TrainConfig
 from slm import recipe
 from slm.checkpoint import load_checkpoint
-from slm.schedule import PROBE_UNTIMED_STEPS, Budget, window_cut
+from slm.budget import PROBE_UNTIMED_STEPS, Budget
+from slm.schedule import window_cut
 
 # A rule for the smoke preset, in the shape of the cpu preset's: a short step budget gets a small
 # batch, a shorter context (cut in half again for its first half) and its own schedule; a long one
@@ -176,9 +177,9 @@ def test_a_budget_of_cut_windows_prices_the_steps_it_did_not_time(
     # the second 1.5 s, the rest 2 s.
     cost = {4: 1.0, 2: 1.5, 1: 2.0} if quarter else {2: 1.0, 1: 2.0}
 
-    def charge(run, wants_stop):
-        clock.now += cost[window_cut(run.tc, run.step)]
-        return real_step(run, wants_stop)
+    def charge(*args):  # train_step(model, ..., tc, dist, step, wants_stop)
+        clock.now += cost[window_cut(args[5], args[7])]
+        return real_step(*args)
 
     clock = fake_clock(monkeypatch, step_s=0.0, eval_s=3.0)
     real_step = training.train_step

@@ -26,8 +26,9 @@ from test_model_usage import call_cli
 import training
 from config import PRESETS, GPTConfig, TrainConfig
 from model import GPT
-from slm import schedule
-from slm.checkpoint import load_checkpoint
+from slm import budget, hardware, schedule
+from slm.checkpoint import config_to_dict, load_checkpoint
+from slm.settings import flags_given, resolve
 from slm.cli import CLIError
 from slm.progress import LOG_FILE, PLOT_FILE, mfu_peak, read_log
 from slm.schedule import context_switches, phase_ends, window_cut
@@ -137,7 +138,7 @@ def test_schedule_without_warmup_starts_at_the_peak():
 
 
 def test_flags_override_the_preset_and_the_default_preset_is_cpu_without_cuda():
-    preset, why, mc, tc = training.resolve(None, {"n_layer": 3}, {"batch_size": 2})
+    preset, why, mc, tc = resolve(None, {"n_layer": 3}, {"batch_size": 2})
     assert (preset, "CUDA is not available" in why) == (
         ("gpu", False) if torch.cuda.is_available() else ("cpu", True)
     )
@@ -147,7 +148,7 @@ def test_flags_override_the_preset_and_the_default_preset_is_cpu_without_cuda():
         and tc.max_iters == PRESETS[preset].train.max_iters
     )
     args = training.build_parser().parse_args(["--lr", "0.01", "--no-bias", "--dropout", "0"])
-    model_over, train_over = training.explicit_settings(args)
+    model_over, train_over = flags_given(args, GPTConfig), flags_given(args, TrainConfig)
     assert model_over == {"bias": False, "dropout": 0.0} and train_over == {"learning_rate": 0.01}
 
 
@@ -240,7 +241,7 @@ def test_loss_falls_and_the_outputs_are_complete(tiny_data_dir, tmp_path):
     assert (out / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     best = torch.load(out / training.BEST_FILE, weights_only=True)  # plain data only
-    assert best["config"] == training.config_to_dict(mc) and best["step"] == s["best_step"]
+    assert best["config"] == config_to_dict(mc) and best["step"] == s["best_step"]
     assert best["data"]["source"]["source"] == "sample" and best["data"]["eot_id"] == 50256
     assert best["val_loss"] == pytest.approx(s["best_val_loss"])
     model = GPT.from_checkpoint(best).eval()
@@ -254,12 +255,9 @@ def test_loss_falls_and_the_outputs_are_complete(tiny_data_dir, tmp_path):
         "train_config",
     } <= set(ckpt)
     # The best model scores its recorded validation loss on the same fixed batches.
-    dist = training.Dist("cpu")
     from batches import Batches
 
-    again = training.evaluate(
-        model, Batches(tc.data_dir, mc.block_size), tc, "cpu", "float32", dist
-    )
+    again = training.evaluate(model, Batches(tc.data_dir, mc.block_size), tc, training.Dist("cpu"))
     assert again["validation"] == pytest.approx(best["val_loss"], rel=1e-5)
 
 
@@ -782,9 +780,10 @@ def fake_clock(monkeypatch, step_s, eval_s: float) -> FakeClock:
     clock = FakeClock(step_s, eval_s)
     real_step, real_evaluate = training.train_step, training.evaluate
 
-    def timed_step(run, wants_stop):
-        clock.now += clock.step_s(run.step) if callable(clock.step_s) else clock.step_s
-        return real_step(run, wants_stop)
+    def timed_step(*args):  # train_step(model, ..., tc, dist, step, wants_stop)
+        step = args[-2]
+        clock.now += clock.step_s(step) if callable(clock.step_s) else clock.step_s
+        return real_step(*args)
 
     def timed_evaluate(*a, **k):
         clock.now += clock.eval_s
@@ -896,7 +895,7 @@ def test_the_step_count_is_fixed_without_an_evaluation_of_its_own_where_step_0s_
     evaluation of its own to go by: it times one too. (torch.compile stands in as the identity:
     what is checked is the timing, not the compiler.)"""
     monkeypatch.setattr(torch, "compile", lambda model, **k: model)
-    monkeypatch.setattr(training, "compile_problem", lambda device: None)
+    monkeypatch.setattr(hardware, "compile_problem", lambda device: None)
     clock = fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
     real_evaluate, scored = training.evaluate, []
     monkeypatch.setattr(
@@ -1055,29 +1054,29 @@ def test_an_evaluation_just_before_the_end_is_left_to_the_final_one(tiny_data_di
 def test_steps_that_fit_counts_every_evaluation():
     # From step 0, 10 s: steps of 1 s, evaluations of 2 s every 4 steps and at the end.
     # N=6: 6 steps + evaluations at 4 and 6 = 10 s; N=7: 7 + 4 = 11 s.
-    assert schedule.steps_that_fit(0, 10.0, 1.0, 2.0, 4) == 6
-    assert schedule.steps_that_fit(4, 10.0, 1.0, 2.0, 4) == 10  # 6 steps + evaluations at 8 and 10
-    assert schedule.steps_that_fit(3, 0.5, 1.0, 2.0, 4) == 3  # not even one step fits
+    assert budget.steps_that_fit(0, 10.0, 1.0, 2.0, 4) == 6
+    assert budget.steps_that_fit(4, 10.0, 1.0, 2.0, 4) == 10  # 6 steps + evaluations at 8 and 10
+    assert budget.steps_that_fit(3, 0.5, 1.0, 2.0, 4) == 3  # not even one step fits
     # Evaluations of 5 s every 100 steps, from step 95: N=105 leaves the one at 100 to the final
     # one, so its 10 steps and one evaluation take 15 s; N=106 16 s. Counting the one at 100 would
     # give N=100 (10 s).
-    assert schedule.steps_that_fit(95, 15.0, 1.0, 5.0, 100) == 105
+    assert budget.steps_that_fit(95, 15.0, 1.0, 5.0, 100) == 105
     # 110 is a tenth past 100: 15 + 2 x 5 = 25 s
-    assert schedule.steps_that_fit(95, 24.9, 1.0, 5.0, 100) == 109
-    assert schedule.steps_that_fit(95, 25.0, 1.0, 5.0, 100) == 110
+    assert budget.steps_that_fit(95, 24.9, 1.0, 5.0, 100) == 109
+    assert budget.steps_that_fit(95, 25.0, 1.0, 5.0, 100) == 110
     # Short steps (1 s) before half the count, whole-context ones at 2 s after, evaluations free:
     # N=13 takes 6 x 1 + 7 x 2 = 20 s (round(6.5) is 6), N=14 takes 7 + 14 = 21 s.
     half = lambda n: (0, round(n / 2))  # noqa: E731
-    assert schedule.steps_that_fit(0, 20.0, 1.0, 0.0, 100, ends=half, costs=(1.0, 1.0, 2.0)) == 13
+    assert budget.steps_that_fit(0, 20.0, 1.0, 0.0, 100, ends=half, costs=(1.0, 1.0, 2.0)) == 13
     # 13 + 6.5 s; 27: 14 + 6.5
-    assert schedule.steps_that_fit(0, 20.0, 1.0, 0.0, 100, ends=half, costs=(1.0, 1.0, 0.5)) == 26
+    assert budget.steps_that_fit(0, 20.0, 1.0, 0.0, 100, ends=half, costs=(1.0, 1.0, 0.5)) == 26
     # Three phases, the first quarter at 1 s, to the half at 2 s, then 3 s; from step 2 (the first
     # two are done): N=12 takes (3-2) x 1 + 3 x 2 + 6 x 3 = 25 s, N=13 (ends 3 and 6) 1 + 6 + 21 =
     # 28 s.
     thirds = lambda n: (round(n / 4), round(n / 2))  # noqa: E731
-    assert schedule.steps_that_fit(2, 25.0, 1.0, 0.0, 100, ends=thirds, costs=(1.0, 2.0, 3.0)) == 12
-    assert schedule.steps_that_fit(2, 27.9, 1.0, 0.0, 100, ends=thirds, costs=(1.0, 2.0, 3.0)) == 12
-    assert schedule.steps_that_fit(2, 28.0, 1.0, 0.0, 100, ends=thirds, costs=(1.0, 2.0, 3.0)) == 13
+    assert budget.steps_that_fit(2, 25.0, 1.0, 0.0, 100, ends=thirds, costs=(1.0, 2.0, 3.0)) == 12
+    assert budget.steps_that_fit(2, 27.9, 1.0, 0.0, 100, ends=thirds, costs=(1.0, 2.0, 3.0)) == 12
+    assert budget.steps_that_fit(2, 28.0, 1.0, 0.0, 100, ends=thirds, costs=(1.0, 2.0, 3.0)) == 13
 
 
 def test_max_iters_with_a_time_budget_is_refused_in_one_line(tiny_data_dir, tmp_path):
@@ -1411,12 +1410,12 @@ def test_compile_problem_names_what_is_missing(monkeypatch):
     import torch.utils._triton
 
     monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: False)
-    assert "needs Triton" in training.compile_problem("cuda")
-    assert "MPS" in training.compile_problem("mps")
+    assert "needs Triton" in hardware.compile_problem("cuda")
+    assert "MPS" in hardware.compile_problem("mps")
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    assert "needs a C++ compiler" in training.compile_problem("cpu")
+    assert "needs a C++ compiler" in hardware.compile_problem("cpu")
     monkeypatch.setattr(torch._dynamo, "is_dynamo_supported", lambda: False)
-    assert "does not support torch.compile" in training.compile_problem("cpu")
+    assert "does not support torch.compile" in hardware.compile_problem("cpu")
 
 
 def test_without_a_compiler_compile_says_so_in_one_line_and_trains_eager(
