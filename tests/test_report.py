@@ -314,7 +314,7 @@ def test_the_plots_title_stands_clear_above_the_tokens_axis_and_inside_the_figur
     plt.close(fig)
 
 
-def test_plot_only_without_a_log_is_one_line_and_exit_2(tmp_path):
+def test_plot_only_without_a_log_is_one_line_and_exit_1(tmp_path):
     r = subprocess.run(
         [sys.executable, "training.py", "--plot-only", str(tmp_path)],
         cwd=REPO,
@@ -322,7 +322,7 @@ def test_plot_only_without_a_log_is_one_line_and_exit_2(tmp_path):
         text=True,
     )
     assert (
-        r.returncode == 2
+        r.returncode == 1
         and r.stderr
         == f"error: no {tmp_path}/log.csv to plot; train first (python training.py --out-dir "
         f"{tmp_path})\n"
