@@ -83,10 +83,8 @@ class Batches:
         x[:, t]. Window starts are uniform over the split, drawn from generator (the global torch
         RNG when None)."""
         data = self._split(split)
-        # (B,)
-        starts = torch.randint(
-            len(data) - self.block_size, (batch_size,), generator=generator
-        ).numpy()
+        end = len(data) - self.block_size  # a window starting below it has its last target too
+        starts = torch.randint(end, (batch_size,), generator=generator).numpy()  # (B,)
         windows = data[starts[:, None] + self._offsets]  # (B, T+1) uint16, one gather
         x = torch.from_numpy(windows[:, :-1].astype(np.int64))  # (B, T)
         y = torch.from_numpy(windows[:, 1:].astype(np.int64))  # (B, T)

@@ -148,8 +148,7 @@ def write_error(
     kept = f"the previous {shown} is intact" if path.exists() else f"no partial {shown} was left"
     trouble = _WRITE_TROUBLE.get(code)
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        # an estimate below what is free now was too low: what the failed write took was all there
-        # was
+        # an estimate below what is free now was too low: the failed write took all there was
         need = (
             f"about {human_bytes(needed)}"
             if needed and needed > free

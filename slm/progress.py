@@ -217,8 +217,7 @@ def print_end(summary: dict, out: Path, max_minutes: float) -> None:
         if summary["stopped"] == "time"
         else "finished"
     )
-    # (no count: the budget ended inside warmup, before the count was fixed, and the rate never
-    # decayed)
+    # no count: the budget ended inside warmup, before it fixed the count; the rate never decayed
     of = (
         f"of {summary['max_iters']}"
         if summary["max_iters"]
