@@ -10,6 +10,10 @@ tokens. Each .bin is opened once as a read-only np.memmap and kept: every batch 
 fancy-index gather out of it, so memory does not grow with the number of calls (nanoGPT re-opens
 the memmap on every call to dodge a leak). On CUDA the batch goes through pinned memory with
 non_blocking=True.
+
+Run as a script, it prints one batch decoded, to show what the model is trained on:
+
+    python batches.py --data-dir data --batch-size 2 --block-size 16 --seed 0
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from slm.cli import CLIError
+from config import Paths
+from slm.cli import ArgumentParser, CLIError, run_cli
 from slm.datafiles import SPLITS, bin_path, file_sha256, read_meta
+
+SHOWN_TARGETS = 8  # how many (context -> target) pairs of the first window main() spells out
 
 
 class Batches:
@@ -76,10 +83,8 @@ class Batches:
         x[:, t]. Window starts are uniform over the split, drawn from generator (the global torch
         RNG when None)."""
         data = self._split(split)
-        # (B,)
-        starts = torch.randint(
-            len(data) - self.block_size, (batch_size,), generator=generator
-        ).numpy()
+        end = len(data) - self.block_size  # a window starting below it has its last target too
+        starts = torch.randint(end, (batch_size,), generator=generator).numpy()  # (B,)
         windows = data[starts[:, None] + self._offsets]  # (B, T+1) uint16, one gather
         x = torch.from_numpy(windows[:, :-1].astype(np.int64))  # (B, T)
         y = torch.from_numpy(windows[:, 1:].astype(np.int64))  # (B, T)
@@ -90,3 +95,50 @@ class Batches:
         if self.device != "cpu":
             return x.to(self.device), y.to(self.device)
         return x, y
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = ArgumentParser(
+        description="Print one random batch of (x, y) windows from DATA/train.bin or "
+        "DATA/validation.bin, as token ids and decoded: y is x one token further on, the token "
+        "the model must predict at each position."
+    )
+    p.add_argument(
+        "--data-dir", default=Paths.data_dir, help="directory holding the .bin files and meta.json"
+    )
+    p.add_argument("--split", choices=SPLITS, default="train", help="which file (default: train)")
+    p.add_argument("--batch-size", type=int, default=2, help="windows in the batch (default: 2)")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per window (default: 16)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the window starts (default: 0)")
+    args = p.parse_args(argv)
+    for flag, value in (("--batch-size", args.batch_size), ("--block-size", args.block_size)):
+        if value < 1:
+            p.error(f"{flag} {value} must be at least 1")
+    print(
+        f"batches: data_dir={args.data_dir} split={args.split} batch_size={args.batch_size} "
+        f"block_size={args.block_size} seed={args.seed}"
+    )
+    from slm.encoding import get_encoding
+
+    enc = get_encoding()
+    batches = Batches(args.data_dir, args.block_size)
+    x, y = batches.get_batch(
+        args.split, args.batch_size, generator=torch.Generator().manual_seed(args.seed)
+    )
+    print(
+        f"{args.split}: {batches.num_tokens(args.split):,} tokens; x and y: int64 "
+        f"{tuple(x.shape)}, y[b, t] is the token after x[b, t]"
+    )
+    for b in range(len(x)):
+        print(f"window {b}")
+        print(f"  x ids  {x[b].tolist()}")
+        print(f"  y ids  {y[b].tolist()}")
+        print(f"  x text {enc.decode(x[b].tolist())!r}")
+        print(f"  y text {enc.decode(y[b].tolist())!r}")
+    print("what window 0 teaches, position by position (context -> target):")
+    for t in range(min(args.block_size, SHOWN_TARGETS)):
+        print(f"  {enc.decode(x[0, : t + 1].tolist())!r} -> {enc.decode([int(y[0, t])])!r}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -50,7 +50,7 @@ import urllib.request
 from pathlib import Path
 
 from config import Paths
-from slm.cli import CLIError, first_line, run_cli
+from slm.cli import CLIError, UsageError, first_line, run_cli
 from slm.datafiles import SPLITS
 from slm.encoding import EOT_TEXT
 from slm.files import check_free_space, dir_lock, replace_together, write_errors
@@ -95,18 +95,18 @@ def parse_data_files(items: list[str] | None) -> dict[str, str]:
     for item in items or []:
         split, sep, path = item.partition("=")
         if not sep or not split or not path:
-            raise CLIError(
+            raise UsageError(
                 f"--data-files entry {item!r} is not SPLIT=PATH; write e.g. --data-files "
                 "train=stories.txt"
             )
         if split not in SPLITS:
             hint = " (write validation=PATH)" if split in ("val", "valid", "dev", "test") else ""
-            raise CLIError(
+            raise UsageError(
                 f"unknown split {split!r} in --data-files; use train=PATH and optionally "
                 f"validation=PATH{hint}"
             )
         if split in files:
-            raise CLIError(f"--data-files names {split}= twice; give one file per split")
+            raise UsageError(f"--data-files names {split}= twice; give one file per split")
         files[split] = path
     return files
 
@@ -133,15 +133,15 @@ def _check_file(split: str, path: str) -> Path:
 
 def _resolve_source(source: str, data_files: dict[str, str]) -> str:
     if source not in SOURCES:
-        raise CLIError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
+        raise UsageError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
     if data_files and source in ("hub", "sample"):
-        raise CLIError(
+        raise UsageError(
             "--data-files only applies to --source local (or auto); drop it or use --source local"
         )
     if data_files and "train" not in data_files:
-        raise CLIError("--data-files has no train=PATH; a validation file alone is not enough")
+        raise UsageError("--data-files has no train=PATH; a validation file alone is not enough")
     if source == "local" and not data_files:
-        raise CLIError("--source local needs files: --data-files train=PATH [validation=PATH]")
+        raise UsageError("--source local needs files: --data-files train=PATH [validation=PATH]")
     return "local" if data_files else source
 
 
@@ -448,14 +448,14 @@ def _checked_inputs(
     data_files = dict(data_files or {})
     for split in data_files:
         if split not in SPLITS:
-            raise CLIError(
+            raise UsageError(
                 f"unknown split {split!r} in data files; use train=PATH and optionally "
                 "validation=PATH"
             )
     source = _resolve_source(source, data_files)
     files = {split: _check_file(split, path) for split, path in data_files.items()}
     if num_stories is not None and num_stories < 1:
-        raise CLIError(
+        raise UsageError(
             f"--num-stories {num_stories} is too few; use at least 1 (or leave it out for the "
             "whole sample)"
         )
@@ -621,7 +621,7 @@ def main(argv: list[str] | None = None) -> None:
 
     data_files = parse_data_files(args.data_files)
     if args.num_stories is not None and (args.source in ("hub", "local") or data_files):
-        raise CLIError(
+        raise UsageError(
             "--num-stories only applies to the bundled sample; drop it or use --source sample"
         )
     print(

@@ -16,7 +16,17 @@ from typing import Any
 
 
 class CLIError(Exception):
-    """A problem with the user's input or files. Scripts print it as one line and exit with 2."""
+    """A failure the user can fix: a missing or damaged file, a full disk, bad data. Scripts print
+    it as one line and exit with its code: 1."""
+
+    code = 1
+
+
+class UsageError(CLIError):
+    """A command line that is wrong on any machine: a flag's value out of range, flags that do not
+    go together. Exit 2, as argparse's own usage errors."""
+
+    code = 2
 
 
 def first_line(e: BaseException) -> str:
@@ -28,14 +38,14 @@ def first_line(e: BaseException) -> str:
 
 
 def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Run a script's main(): a CLIError becomes one line on stderr and exit status 2, Ctrl-C exits
-    130, and so does running out of memory (out_of_memory_error: one line naming the flag to
-    lower)."""
+    """Run a script's main(): a CLIError becomes one line on stderr and exit status 1 (2 for a
+    UsageError), running out of memory too (out_of_memory_error: one line naming the flag to
+    lower); Ctrl-C exits 130."""
     try:
         main(argv)
     except CLIError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(e.code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -44,7 +54,7 @@ def run_cli(main: Callable[[list[str] | None], Any], argv: list[str] | None = No
         if error is None:
             raise
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.code)
 
 
 # ----------------------------------------------------------------------------- out of memory
@@ -146,12 +156,11 @@ def out_of_memory_error(e: BaseException, script: str) -> CLIError | None:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose usage errors (unknown flag, bad value) are CLIErrors: one line under run_cli,
-    exit 2.
-    """
+    """argparse whose usage errors (unknown flag, bad value) are UsageErrors: one line under
+    run_cli, exit 2; parser.error is the way for a script's own checks of its flags too."""
 
     def error(self, message: str):
-        raise CLIError(f"{message} (see {self.prog} --help)")
+        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 # ----------------------------------------------------------------------------- stopping a long run

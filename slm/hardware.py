@@ -12,7 +12,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 
-from slm.cli import CLIError
+from slm.cli import CLIError, UsageError
 
 
 def pick_device(name: str = "auto") -> str:
@@ -34,7 +34,7 @@ def pick_device(name: str = "auto") -> str:
     ):
         raise CLIError("--device mps asked for, but MPS is not available here; use --device cpu")
     if name != "cpu" and not name.startswith("cuda") and name != "mps":
-        raise CLIError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     return name
 
 
@@ -191,7 +191,7 @@ def pick_dtype(name: str, device: str) -> str:
     if name == "auto":
         return auto_dtype(detect_machine(device))
     if name not in ("float32", "bfloat16", "float16"):
-        raise CLIError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+        raise UsageError(f"unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
     return name
 
 

@@ -54,7 +54,7 @@ def read_log(path: str | os.PathLike) -> list[dict]:
 
 def write_steps(path: Path, steps: list[tuple[int, float, float]]) -> None:
     """steps.csv: (step, train loss, learning rate) of every optimizer step so far."""
-    write_csv(path, STEP_FIELDS, [dict(zip(STEP_FIELDS, row)) for row in steps])
+    write_csv(path, STEP_FIELDS, [dict(zip(STEP_FIELDS, row, strict=True)) for row in steps])
 
 
 def read_steps(path: str | os.PathLike) -> list[dict]:
@@ -75,63 +75,28 @@ def write_csv(path: Path, fieldnames: list[str], rows: list[dict]) -> None:
 
 # ----------------------------------------------------------------------------- progress bars
 
-# a bar on a stream that is not a terminal prints a line each tenth of its total,
-LINE_FRACTION = 0.1
-LINE_SECONDS = 30.0  # or, when it has no total, every 30 s
-LINE_MAX_SECONDS = 600.0  # and at least every 10 minutes, so a long run's log shows it is alive
+# on a stream that is not a terminal a bar writes a line at its start, at most once a minute, and
+# at its end (tqdm's mininterval; maxinterval makes its monitor thread write a stalled count)
+LOG_LINE_SECONDS = 60.0
+LOG_NCOLS = 100
 
 
-class LineBar(tqdm):
-    """tqdm for a stream that is not a terminal: a whole line (ASCII) at the start, at each tenth of
-    the total (every 30 s without a total; at least every 10 minutes) and at the end; never a
-    carriage return."""
+class _Lines:
+    """The stream under a bar in a log: each of tqdm's redraws becomes one whole line. By hand:
+    tqdm has no option for that, it redraws in place with carriage returns."""
 
-    def __init__(self, *args, **kwargs):
-        self._line_n, self._line_t, self._line_tenth = None, 0.0, -1
-        kwargs.setdefault("ascii", True)
-        kwargs.setdefault("mininterval", 1.0)
-        super().__init__(*args, **kwargs)
+    def __init__(self, stream):
+        self.stream = stream
 
-    # a written line stays: nothing to wipe before tqdm.write's message
-    def clear(self, nolock=False):
-        pass
-
-    @classmethod
-    def write(cls, s, file=None, end="\n", nolock=False):
-        """tqdm.write, flushed: a log file shows each message when it is written, in order with the
-        bar's lines.
-        """
-        super().write(s, file=file, end=end, nolock=nolock)
-        getattr(file or sys.stdout, "flush", lambda: None)()
-
-    def display(self, msg=None, pos=None):
-        if msg is not None:  # tqdm wiping the bar (close with leave=False): nothing to wipe
-            return False
-        if self._line_due():
-            self._line_n, self._line_t, self._line_tenth = self.n, self._time(), self._tenth(self.n)
+    def write(self, s: str) -> None:
+        line = s.replace("\r", "").rstrip()
+        if line:  # tqdm's wipes (spaces) and its closing newline are dropped
             sys.stdout.flush()  # what was printed before this line comes before it in a shared log
-            self.fp.write(self.__str__() + "\n")
-            getattr(self.fp, "flush", lambda: None)()
-        return True
+            self.stream.write(line + "\n")
+            self.flush()
 
-    def _line_due(self) -> bool:
-        if self._line_n is None:
-            return True
-        waited = self._time() - self._line_t
-        # the tenth last written, not recomputed: a total that grows must not repeat it
-        if self.total:
-            return self._tenth(self.n) > self._line_tenth or waited >= LINE_MAX_SECONDS
-        return self.n != self._line_n and waited >= LINE_SECONDS
-
-    def _tenth(self, n) -> int:
-        return int(min(n, self.total) / (self.total * LINE_FRACTION)) if self.total else -1
-
-    def close(self):
-        if not self.disable and self.n != self._line_n:
-            self._line_n = None  # the last line, always
-            self.display()
-        self.leave = False  # tqdm's close has nothing left to draw or wipe
-        super().close()
+    def flush(self) -> None:
+        getattr(self.stream, "flush", lambda: None)()
 
 
 def is_terminal(stream) -> bool:
@@ -142,9 +107,19 @@ def is_terminal(stream) -> bool:
 
 
 def progress_bar(iterable=None, **kwargs) -> tqdm:
-    """A tqdm bar on a terminal, as ever; on a stream that is not one (a log file, a pipe, CI) a
-    LineBar, which writes whole lines now and then instead of a flood of carriage-return updates."""
-    return (tqdm if is_terminal(kwargs.get("file") or sys.stderr) else LineBar)(iterable, **kwargs)
+    """A tqdm bar. On a terminal, as ever; on a stream that is not one (a log file, a pipe, CI), an
+    ASCII line now and then (LOG_LINE_SECONDS) instead of a flood of carriage-return updates."""
+    stream = kwargs.get("file") or sys.stderr
+    if not is_terminal(stream):
+        kwargs.update(
+            file=_Lines(stream),
+            mininterval=LOG_LINE_SECONDS,
+            maxinterval=LOG_LINE_SECONDS,
+            ascii=True,
+            ncols=LOG_NCOLS,
+            dynamic_ncols=False,
+        )
+    return tqdm(iterable, **kwargs)
 
 
 def quiet_library_bars() -> None:
@@ -242,8 +217,7 @@ def print_end(summary: dict, out: Path, max_minutes: float) -> None:
         if summary["stopped"] == "time"
         else "finished"
     )
-    # (no count: the budget ended inside warmup, before the count was fixed, and the rate never
-    # decayed)
+    # no count: the budget ended inside warmup, before it fixed the count; the rate never decayed
     of = (
         f"of {summary['max_iters']}"
         if summary["max_iters"]

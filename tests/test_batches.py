@@ -1,18 +1,24 @@
 """batches.py: windows and dtypes on a hand-made array, seeded determinism, checks of meta.json and
-the .bin files, and no memory growth over many calls."""
+the .bin files, no memory growth over many calls, and the script that prints a batch decoded."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import batches
 from batches import Batches
-from slm.cli import CLIError
+from slm.cli import CLIError, run_cli
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_split_files(data_dir: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -96,7 +102,7 @@ def test_real_tokenized_data(tiny_data_dir):
     data = np.fromfile(tiny_data_dir / "train.bin", dtype=np.uint16)
     x, y = b.get_batch("train", 8, generator=torch.Generator().manual_seed(0))
     assert int(x.max()) < 50257
-    for row_x, row_y in zip(x.numpy(), y.numpy()):
+    for row_x, row_y in zip(x.numpy(), y.numpy(), strict=True):
         matches = np.flatnonzero(
             np.all(
                 np.lib.stride_tricks.sliding_window_view(data, 33) == np.append(row_x, row_y[-1]),
@@ -188,3 +194,46 @@ def test_cuda_batches_match_cpu_batches(counting):
     )
     assert gpu[0].is_cuda and gpu[0].dtype == torch.int64
     assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
+
+
+# ----------------------------------------------------------------------------- python batches.py
+
+
+def test_python_batches_py_help_prints_its_usage():
+    r = subprocess.run(
+        [sys.executable, "batches.py", "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert r.returncode == 0 and r.stdout.startswith("usage: batches.py"), r.stderr
+    for flag in ("--data-dir", "--split", "--batch-size", "--block-size", "--seed"):
+        assert flag in r.stdout
+
+
+def test_python_batches_py_prints_the_seeded_batch_decoded(tiny_data_dir, capsys):
+    from slm.encoding import get_encoding
+
+    argv = ["--data-dir", str(tiny_data_dir), "--split", "validation", "--batch-size", "3"]
+    batches.main([*argv, "--block-size", "12", "--seed", "5"])
+    out = capsys.readouterr().out
+    ids = {
+        name: [json.loads(row) for row in re.findall(rf"^  {name} ids  (\[.*\])$", out, re.M)]
+        for name in "xy"
+    }
+    x, y = Batches(tiny_data_dir, block_size=12).get_batch(
+        "validation", 3, generator=torch.Generator().manual_seed(5)
+    )
+    assert ids == {"x": x.tolist(), "y": y.tolist()}  # the batch training would draw
+    assert all(yr[:-1] == xr[1:] for xr, yr in zip(ids["x"], ids["y"], strict=True))
+    enc = get_encoding()
+    texts = re.findall(r"^  x text (.*)$", out, re.M)
+    assert texts == [repr(enc.decode(row)) for row in ids["x"]]
+    pairs = out.split("(context -> target):\n")[1].splitlines()
+    assert len(pairs) == batches.SHOWN_TARGETS
+    assert pairs[0] == f"  {enc.decode(ids['x'][0][:1])!r} -> {enc.decode(ids['y'][0][:1])!r}"
+
+
+def test_python_batches_py_bad_flags_are_usage_errors(tiny_data_dir, capsys):
+    for bad in (["--batch-size", "0"], ["--block-size", "-1"], ["--split", "test"]):
+        with pytest.raises(SystemExit) as e:
+            run_cli(batches.main, ["--data-dir", str(tiny_data_dir), *bad])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err

@@ -240,7 +240,7 @@ def test_errors_are_one_line(tmp_path, capsys):
     ]
     for argv in cases:
         code, _, err = run_eval(argv + ["--quiet"], capsys)
-        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, argv
+        assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, argv
 
 
 def test_cli_prints_one_json_object(tmp_path):

@@ -119,12 +119,12 @@ def test_model_without_biases_exports_exactly(tmp_path, capsys):
 
 
 def test_errors(tmp_path, capsys):
-    assert export_cli(tmp_path / "missing.pt", tmp_path / "hf", capsys) == 2
+    assert export_cli(tmp_path / "missing.pt", tmp_path / "hf", capsys) == 1
     small = save_checkpoint(tiny_model(vocab_size=1000), tmp_path / "v.pt", vocab_size=1000)
-    assert export_cli(small, tmp_path / "hf", capsys) == 2
+    assert export_cli(small, tmp_path / "hf", capsys) == 1
     (tmp_path / "file").write_text("x")
     ok = save_checkpoint(tiny_model(), tmp_path / "ok.pt")
-    assert export_cli(ok, tmp_path / "file", capsys) == 2
+    assert export_cli(ok, tmp_path / "file", capsys) == 1
 
 
 def test_a_disk_too_small_or_full_keeps_the_previous_export(tmp_path, monkeypatch, capsys):
@@ -137,7 +137,7 @@ def test_a_disk_too_small_or_full_keeps_the_previous_export(tmp_path, monkeypatc
         code, _, err = call_cli(
             export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys
         )
-    assert code == 2 and err.startswith(
+    assert code == 1 and err.startswith(
         f"error: not enough space in {out} for the export (8 files): about "
     )
     assert err.endswith("free space or pass another --out (nothing was started)\n")
@@ -146,7 +146,7 @@ def test_a_disk_too_small_or_full_keeps_the_previous_export(tmp_path, monkeypatc
         code, _, err = call_cli(
             export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys
         )
-    assert code == 2 and err.startswith(
+    assert code == 1 and err.startswith(
         f"error: no space left on device writing {out}/model.safetensors (more than "
     )
     assert err.endswith(

@@ -11,7 +11,7 @@ the run's directories and fails the Nth one. A clean run first checks that every
 or changed went through a patched call, so a write that goes round them is caught, not missed.
 For each N:
 
-- the run ends with one `error:` line and exit status 2 (run_cli's contract), never a traceback;
+- the run ends with one `error:` line and exit status 1 (run_cli's contract), never a traceback;
 - every file that existed before is byte-identical afterwards (training: or is a complete version
   this run
   renamed into place before the fault); nothing else is left, and no .tmp, .partial or .old;
@@ -458,7 +458,7 @@ def run_once(
 
 
 def check_failed_cleanly(o: Outcome, clean_after: dict[str, str], whole: bool) -> None:
-    """One error line and exit 2 (or, where a fault is absorbed by design, a complete run); every
+    """One error line and exit 1 (or, where a fault is absorbed by design, a complete run); every
     file as it was (whole: an output that is one whole), or as this run renamed it into place;
     nothing else left behind."""
     what = f"{errno.errorcode[o.fault]} at {o.fired}"
@@ -467,7 +467,7 @@ def check_failed_cleanly(o: Outcome, clean_after: dict[str, str], whole: bool) -
         assert set(o.after) == set(clean_after), what
         return
     lines = [line for line in o.err.splitlines() if line.strip()]
-    assert o.code == 2 and "Traceback" not in o.err, f"{what}: exit {o.code}\n{o.err}"
+    assert o.code == 1 and "Traceback" not in o.err, f"{what}: exit {o.code}\n{o.err}"
     assert (
         lines
         and lines[-1].startswith("error: ")
@@ -627,7 +627,7 @@ def one_error_line(capsys, main, argv) -> str:
     code = quiet_cli(main, argv)
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2 and "Traceback" not in err and lines[-1].startswith("error: "), err
+    assert code == 1 and "Traceback" not in err and lines[-1].startswith("error: "), err
     assert sum(line.startswith("error:") for line in lines) == 1, err
     return lines[-1]
 

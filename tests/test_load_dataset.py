@@ -1,7 +1,8 @@
 """Step 1: every source on small inputs the tests make, the raw .txt format, the bundled real sample
 (checked against its recorded hashes and the shared copy), reruns, atomic replacement, every bad
-input (exit 2, one line, nothing replaced), and the machine's faults: a full disk (blamed on the
-disk, never the input) and a second writer of the data directory."""
+input (one line, exit 2 for a bad command line and 1 for a bad file, nothing replaced), and the
+machine's faults: a full disk (blamed on the disk, never the input) and a second writer of the data
+directory."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from conftest import fake_free_space, no_space
 from test_model_usage import call_cli
 
 import load_dataset
-from slm.cli import CLIError, run_cli
+from slm.cli import CLIError, UsageError, run_cli
 from slm.datafiles import SPLITS, load_raw, read_source
 from slm.storyfiles import parse_raw_text
 
@@ -256,7 +257,7 @@ def test_a_damaged_bundled_file_is_one_clean_error(tmp_path, monkeypatch, capsys
                 ["--source", "sample", "--num-stories", "30", "--data-dir", str(tmp_path / "data")],
             )
         err = capsys.readouterr().err
-        assert e.value.code == 2, case
+        assert e.value.code == 1, case
         lines = err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: the bundled sample file"), (
             case,
@@ -487,7 +488,7 @@ def test_a_full_disk_while_reading_is_blamed_on_the_disk_not_the_input(
     # the cache under DATA/raw.partial
     monkeypatch.setattr(ArrowWriter, "write_examples_on_file", no_space)
     code, _, err = call_cli(load_dataset.main, [*args, "--force"], capsys)
-    assert code == 2 and re.fullmatch(full_disk_line(data), error_line(err)), err
+    assert code == 1 and re.fullmatch(full_disk_line(data), error_line(err)), err
     assert snapshot(data / "raw") == before and sorted(p.name for p in data.iterdir()) == ["raw"]
 
 
@@ -508,7 +509,7 @@ def test_a_full_disk_while_saving_is_one_line_and_keeps_the_old_raw(tmp_path, mo
         ["--source", "sample", "--num-stories", "50", "--data-dir", str(tmp_path)],
         capsys,
     )
-    assert code == 2 and re.fullmatch(full_disk_line(tmp_path), error_line(err)), err
+    assert code == 1 and re.fullmatch(full_disk_line(tmp_path), error_line(err)), err
     assert snapshot(tmp_path / "raw") == before and sorted(p.name for p in tmp_path.iterdir()) == [
         "raw"
     ]
@@ -521,7 +522,7 @@ def test_local_files_too_big_for_the_disk_are_refused_before_reading(
     before = snapshot(data / "raw")
     fake_free_space(monkeypatch, 100)
     code, _, err = call_cli(load_dataset.main, [*args, "--force"], capsys)
-    assert code == 2
+    assert code == 1
     assert err.startswith(
         f"error: not enough space in {data} for the dataset from train.txt and validation.txt: "
         "about "
@@ -536,7 +537,7 @@ def test_a_second_writer_of_the_data_dir_is_refused(tmp_path, lock_holder, capsy
         ["--source", "sample", "--num-stories", "10", "--data-dir", str(tmp_path)],
         capsys,
     )
-    assert code == 2
+    assert code == 1
     assert (
         err.startswith(f"error: another run is writing into {tmp_path} (pid {holder.pid}: ")
         and err.count("\n") == 1
@@ -585,6 +586,18 @@ def bad_inputs() -> dict[str, tuple[list[str], str]]:
     }
 
 
+# the bad inputs that are a wrong command line on any machine: exit 2
+USAGE = {
+    "not SPLIT=PATH",
+    "unknown split",
+    "validation only",
+    "local without files",
+    "files with sample",
+    "stories from the hub",
+    "too few stories",
+}
+
+
 @pytest.fixture(scope="module")
 def bad_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad")
@@ -624,7 +637,9 @@ def bad_dir(tmp_path_factory):
         "data dir is a file",
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_nothing_replaced(bad_dir, case):
+def test_bad_input_is_one_line_and_nothing_replaced(bad_dir, case):
+    """Exit 2 for a command line that is wrong anywhere (USAGE), 1 for a file or directory that is
+    wrong here."""
     args, expected = bad_inputs()[case]
     before = snapshot(bad_dir / "data" / "raw")
     if case in (
@@ -637,7 +652,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_replaced(bad_dir, case):
     ):
         # a few as real subprocesses: exit code, stderr
         proc = run_script(*args, "--data-dir", "data", cwd=bad_dir)
-        assert proc.returncode == 2, proc.stderr
+        assert proc.returncode == (2 if case in USAGE else 1), proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], (
             proc.stderr
@@ -653,7 +668,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_replaced(bad_dir, case):
                 load_dataset.main(args if "--data-dir" in args else [*args, "--data-dir", "data"])
         finally:
             os.chdir(cwd)
-        assert "\n" not in str(e.value)
+        assert "\n" not in str(e.value) and isinstance(e.value, UsageError) == (case in USAGE)
     assert snapshot(bad_dir / "data" / "raw") == before
     assert sorted(p.name for p in (bad_dir / "data").iterdir()) == ["raw"]
 

