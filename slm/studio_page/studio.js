@@ -168,8 +168,9 @@ async function generate(body) {
 function onEvent(event, started) {
   if (event.done) {
     state.seed = event.seed;
-    const how = event.reason === "end_of_text" ? "ended at <|endoftext|>" : event.reason;
-    setStatus(`${event.tokens} tokens in ${event.seconds} s (${how}), seed ${event.seed}`, "done");
+    const how = {end_of_text: "ended at <|endoftext|>", length: "reached its length"};
+    setStatus(`${state.tokens.length} tokens (${how[event.reason] || event.reason}); ` +
+      `${event.tokens} written in ${event.seconds} s, seed ${event.seed}`, "done");
     return;
   }
   const i = state.tokens.length;
