@@ -31,7 +31,7 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-LENGTH = 40
+LENGTH = 60
 WAIT_S = 60
 
 

@@ -12,9 +12,11 @@ const state = {
   selected: null,    // index of the token the inspector shows
 };
 
-// Confident tokens green, surprising ones red: the hue follows the probability.
+// Confident tokens green, surprising ones red. The hue follows log10(p) from 0.1% to 100%: most
+// probabilities a language model gives are small, and a linear scale would paint them all red.
 function shade(p) {
-  return `hsl(${Math.round(8 + 112 * p)}, 78%, 84%)`;
+  const t = Math.min(1, Math.max(0, 1 + Math.log10(Math.max(p, 1e-9)) / 3));
+  return `hsl(${Math.round(8 + 112 * t)}, 78%, 84%)`;
 }
 
 // Whitespace made visible, so " the" and "\n" can be told apart in the alternatives.
