@@ -191,9 +191,14 @@ class Studio:
         n, reason = 0, "length"
         with torch.no_grad(), autocast(self.device, self.dtype):
             stream = continue_story(
-                self.model, ids, s["max_new_tokens"], s["temperature"], s["top_k"], s["top_p"],
+                self.model,
+                ids,
+                s["max_new_tokens"],
+                s["temperature"],
+                s["top_k"],
+                s["top_p"],
                 generator,
-            )  # fmt: skip
+            )
             with contextlib.closing(stream):
                 for tok, logits in stream:
                     if gone():
@@ -202,7 +207,7 @@ class Studio:
                     probs = self.model.sampling_probs(
                         logits[None], s["temperature"], s["top_k"], s["top_p"]
                     )[0].float()  # (vocab,) the distribution tok was drawn from
-                    top_p, top_ids = probs.topk(TOP_N)  # (TOP_N,) each
+                    top_probs, top_ids = probs.topk(TOP_N)  # (TOP_N,) each
                     n += 1
                     yield {
                         "text": decoder.decode(self.enc.decode_single_token_bytes(tok)),
@@ -210,7 +215,7 @@ class Studio:
                         "p": _short(probs[tok].item()),
                         "top": [
                             {"text": self.token_text(i), "id": i, "p": _short(p)}
-                            for p, i in zip(top_p.tolist(), top_ids.tolist(), strict=True)
+                            for p, i in zip(top_probs.tolist(), top_ids.tolist(), strict=True)
                         ],
                     }
                 else:
@@ -236,7 +241,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "SLMStudio/1"
     timeout = SOCKET_TIMEOUT_S
 
-    def log_message(self, format, *args):  # noqa: A002 (the base class's name)
+    def log_message(self, format, *args):
         if self.server.verbose:
             super().log_message(format, *args)
 
@@ -275,7 +280,7 @@ class Handler(BaseHTTPRequestHandler):
         origin = self.headers.get("Origin")
         return origin is not None and origin != f"http://{self.headers.get('Host', '')}"
 
-    def do_GET(self):  # noqa: N802 (http.server's name)
+    def do_GET(self):
         path = self.path.split("?", 1)[0]
         if path == "/info":
             self.send_json(self.server.studio.facts)
@@ -294,7 +299,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.refuse(f"no such page: {path[:100]}", HTTPStatus.NOT_FOUND)
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         try:
             if self.path.split("?", 1)[0] != "/generate":
                 raise BadRequest(f"no such endpoint: {self.path[:100]}", HTTPStatus.NOT_FOUND)
