@@ -300,6 +300,24 @@ class GPT(nn.Module):
         step and no cache can be reused: from then on each step recomputes the last block_size
         tokens (exact, and as fast as generation without a cache).
         """
+        for nxt, _ in self.generate_stream_logits(
+            idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator
+        ):
+            yield nxt
+
+    def generate_stream_logits(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """generate_stream, each token with the logits it was sampled from: ((B,) ids, (B, vocab)
+        float32 logits). sampling_probs(logits, ...) is the distribution the token was drawn from.
+        """
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
         if temperature < 0:
@@ -327,7 +345,7 @@ class GPT(nn.Module):
                 # finished rows keep eos_id
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done |= nxt == eos_id
-            yield nxt
+            yield nxt, logits
             if eos_id is not None and bool(done.all()):
                 return
             ctx = torch.cat([ctx, nxt[:, None]], dim=1)  # (B, T+1)
@@ -368,6 +386,19 @@ class GPT(nn.Module):
         """
         if temperature == 0:
             return logits.argmax(dim=-1)  # (B,)
+        probs = GPT.sampling_probs(logits, temperature, top_k, top_p)  # (B, vocab)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+    @staticmethod
+    def sampling_probs(
+        logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None
+    ) -> torch.Tensor:
+        """logits (B, vocab) -> (B, vocab): the distribution _sample draws from, zero outside the
+        top_k / top_p set. Greedy (temperature 0) draws nothing and takes the argmax: its
+        distribution here is the model's own softmax, whose likeliest token is the one taken.
+        """
+        if temperature == 0:
+            return F.softmax(logits, dim=-1)  # (B, vocab)
         logits = logits / temperature  # (B, vocab)
         if top_k is not None and top_k < logits.size(-1):
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1) the k-th largest logit
@@ -380,8 +411,7 @@ class GPT(nn.Module):
             sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
             # (B, vocab)
             logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-        probs = F.softmax(logits, dim=-1)  # (B, vocab)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        return F.softmax(logits, dim=-1)  # (B, vocab)
 
 
 # ----------------------------------------------------------------------------- python model.py

@@ -3,7 +3,8 @@
 Edit `sentence` below, save, and run `python model_usage.py`. Flags override the file:
 
     python model_usage.py --prompt "Once upon a time" --temperature 0 --max-new-tokens 100
-    python model_usage.py --interactive     # load once, then a story for each prompt you type (or pipe in)
+    python model_usage.py --interactive  # load once, then a story per prompt typed (or piped in)
+    python model_usage.py --serve        # the story studio in a browser: http://127.0.0.1:8000
 
 The story comes from out/best_model_params.pt (written by `python training.py`) unless
 --checkpoint says otherwise. The line before the story names the checkpoint and the data it was
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import TextIO
 
-from config import EOT_ID, EOT_POSITION, Paths
+from config import EOT_ID, Paths
 from slm.checkpoint import check_vocab, describe_source, load_checkpoint
 from slm.cli import run_cli
 from slm.encoding import EOT_TEXT, get_encoding
@@ -30,6 +31,8 @@ from slm.sampling import (  # the sampling defaults evaluate.py uses too
     TEMPERATURE,
     TOP_K,
     TOP_P,
+    continue_story,
+    encode_prompt,
 )
 
 # The sentence the story starts from. Edit it and run `python model_usage.py`.
@@ -40,15 +43,6 @@ DEFAULT_CHECKPOINT = Paths.best_model
 
 # ----------------------------------------------------------------------------- the prompt and the
 # model
-
-
-def encode_prompt(enc, prompt: str) -> list[int]:
-    """[EOT] + the prompt's tokens: every training story follows an EOT, so a prompt starts a story.
-
-    encode_ordinary treats the characters <|endoftext|> in a prompt as text, never as token 50256.
-    """
-    assert EOT_POSITION == "before", "prompt encoding assumes one EOT before every story"
-    return [EOT_ID] + enc.encode_ordinary(prompt)
 
 
 def load_for_inference(path, device: str):
@@ -157,7 +151,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="load the model once, then write a story for each prompt typed (or one per line of a "
         "pipe); an empty line, Ctrl-D or Ctrl-C ends",
     )
+    add_studio_flags(p)
     args = p.parse_args(argv)
+    if args.serve and (args.interactive or args.prompt is not None or args.num_samples != 1):
+        p.error(
+            "--serve takes its prompts from the page: leave out --prompt, --interactive and "
+            "--num-samples"
+        )
+    if not 0 <= args.port <= 65535:
+        p.error("--port must be from 0 to 65535")
     if args.interactive and args.prompt is not None:
         p.error(
             "--prompt and --interactive do not go together: with --interactive, type the prompts"
@@ -175,6 +177,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def add_studio_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="load the model once and serve the story studio, a page that shows each token's "
+        "probability and the likeliest alternatives (slm/studio.py); Ctrl-C stops it",
+    )
+    p.add_argument(
+        "--port", type=int, default=8000, help="with --serve: the port (default: %(default)s)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="with --serve: the address to listen on (default: %(default)s, this machine only; "
+        "0.0.0.0 opens it to the network, with a warning)",
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     import torch
 
@@ -183,6 +203,13 @@ def main(argv: list[str] | None = None) -> None:
     device = pick_device(args.device)
     dtype = pick_dtype("auto", device)
     model, ckpt, enc = load_for_inference(args.checkpoint, device)
+    if args.serve:
+        from slm import studio
+
+        print(f"[{args.checkpoint} | {describe_source(ckpt)} | {device}, {dtype}]")
+        return studio.serve(
+            studio.Studio(model, ckpt, enc, args.checkpoint, device, dtype), args.host, args.port
+        )
 
     seed = args.seed if args.seed is not None else int(torch.randint(0, 2**31 - 1, ()).item())
     generator = torch.Generator(device=device).manual_seed(seed)
@@ -219,28 +246,22 @@ def tell(
         )
         ids = ids[-block_size:]
         shown = "..." + enc.decode(ids)
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    eos_id = None if args.no_stop_at_eot else EOT_ID
-
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"--- story {i + 1} of {args.num_samples} ---")
         sys.stdout.write(shown)
         with torch.no_grad(), autocast(device, dtype):
-            stream = model.generate_stream(
-                idx,
+            stream = continue_story(
+                model,
+                ids,
                 args.max_new_tokens,
-                temperature=args.temperature,
-                top_k=top_k,
-                top_p=args.top_p,
-                eos_id=eos_id,
-                generator=generator,
+                args.temperature,
+                top_k,
+                args.top_p,
+                generator,
+                stop_at_eot=not args.no_stop_at_eot,
             )
-            stream = (int(t) for t in stream)  # (1,) tensors -> ids
-            # generate_stream yields the EOT it stops at: end the story there without printing it.
-            if eos_id is not None:
-                stream = _until(stream, eos_id)
-            stream_text(stream, enc, sys.stdout)
+            stream_text((tok for tok, _ in stream), enc, sys.stdout)
         sys.stdout.write("\n")
         sys.stdout.flush()
 
@@ -271,13 +292,6 @@ def read_line(stream: TextIO) -> str:
     if not line:
         raise EOFError
     return line.rstrip("\r\n")
-
-
-def _until(tokens: Iterable[int], stop: int):
-    for t in tokens:
-        if t == stop:
-            return
-        yield t
 
 
 if __name__ == "__main__":

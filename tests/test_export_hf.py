@@ -5,6 +5,7 @@ computes.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from test_model_usage import call_cli, save_checkpoint, tiny_model
 import export_hf
 from config import EOT_ID
 from slm.cli import run_cli
+from slm.files import atomic_torch_save
 
 transformers = pytest.importorskip(
     "transformers", reason="transformers is a test dependency (requirements-dev.txt)"
@@ -35,8 +37,9 @@ def randomized(model):
     return model.eval()
 
 
-def export_cli(ckpt, out, capsys) -> int:
-    return call_cli(export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys)[0]
+def export_cli(ckpt, out, capsys, *flags) -> int:
+    argv = ["--checkpoint", str(ckpt), "--out-dir", str(out), *flags]
+    return call_cli(export_hf.main, argv, capsys)[0]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def exported(tmp_path_factory):
     d = tmp_path_factory.mktemp("export")
     ours = randomized(tiny_model(n_layer=2, block_size=64))
     ckpt = save_checkpoint(ours, d / "best_model_params.pt")
-    run_cli(export_hf.main, ["--checkpoint", str(ckpt), "--out", str(d / "hf")])
+    run_cli(export_hf.main, ["--checkpoint", str(ckpt), "--out", str(d / "hf")])  # the old flag
     return ours, d / "hf"
 
 
@@ -103,9 +106,62 @@ def test_greedy_generation_matches_ours(exported):
 def test_tokenizer_loads_offline_and_encodes_like_gpt2(exported):
     _, out = exported
     tok = transformers.AutoTokenizer.from_pretrained(out)
-    assert tok("Hello world")["input_ids"] == [15496, 995]
+    assert tok("Hello world", add_special_tokens=False)["input_ids"] == [15496, 995]
     assert tok.eos_token_id == EOT_ID and len(tok) == 50257
     assert tok.decode([EOT_ID, 7454, 2402]) == "<|endoftext|>Once upon"
+
+
+def test_the_tokenizer_puts_endoftext_before_a_prompt_as_model_usage_does(exported):
+    """Every training story follows an <|endoftext|>: AutoTokenizer (through tokenizer.json's
+    post-processor) and the slow GPT2Tokenizer (through add_bos_token) encode a prompt as
+    model_usage.py does, once, however the text is passed."""
+    from slm.encoding import get_encoding
+    from slm.sampling import encode_prompt
+
+    _, out = exported
+    expected = encode_prompt(get_encoding(), "Once upon a time, Lily")
+    fast = transformers.AutoTokenizer.from_pretrained(out)
+    slow = transformers.GPT2Tokenizer.from_pretrained(out)
+    for tok in (fast, slow):
+        assert tok("Once upon a time, Lily")["input_ids"] == expected
+        assert tok(["Once upon a time, Lily"])["input_ids"] == [expected]
+        assert tok.decode(tok("Hi")["input_ids"], skip_special_tokens=True) == "Hi"
+    config = json.loads((out / "tokenizer_config.json").read_text())
+    assert config["add_bos_token"] is True and config["bos_token"] == "<|endoftext|>"
+
+
+def test_auto_classes_load_the_export_offline_and_compute_our_logits(exported):
+    ours, out = exported
+    hf, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
+    assert not any(info.values()), info
+    idx = torch.randint(0, 50257, (2, 64), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(hf.eval()(idx).logits, ours(idx)[0], atol=1e-4, rtol=0)
+
+
+def test_pipeline_greedy_writes_model_usage_greedy_story(exported, capsys, monkeypatch):
+    """pipeline("text-generation") with greedy decoding, given the bare prompt, writes the tokens
+    `model_usage.py --temperature 0` writes (in float32 on both sides: a CPU with bf16 would
+    otherwise run model_usage.py in bf16, and greedy may flip on a near tie)."""
+    import model_usage
+
+    _, out = exported
+    monkeypatch.setattr(model_usage, "pick_dtype", lambda name, device: "float32")
+    argv = ["--checkpoint", str(out.parent / "best_model_params.pt"), "--prompt"]
+    code, printed, _ = call_cli(
+        model_usage.main,
+        argv + ["Once upon a time", "--max-new-tokens", "30", "--temperature", "0"],
+        capsys,
+    )
+    assert code == 0
+    story = printed.split("\n", 1)[1].removesuffix("\n")
+    write = transformers.pipeline("text-generation", model=str(out), device="cpu")
+    got = write("Once upon a time", max_new_tokens=30, do_sample=False, return_tensors=True)
+    ids = got[0]["generated_token_ids"]
+    assert ids[:5] == [EOT_ID, 7454, 2402, 257, 640]  # <|endoftext|>Once upon a time
+    assert write.tokenizer.decode(ids[1:]) == story and len(ids) == 5 + 30
+    text = write("Once upon a time", max_new_tokens=30, do_sample=False)[0]["generated_text"]
+    assert text == story
 
 
 def test_model_without_biases_exports_exactly(tmp_path, capsys):
@@ -138,9 +194,9 @@ def test_a_disk_too_small_or_full_keeps_the_previous_export(tmp_path, monkeypatc
             export_hf.main, ["--checkpoint", str(ckpt), "--out", str(out)], capsys
         )
     assert code == 1 and err.startswith(
-        f"error: not enough space in {out} for the export (8 files): about "
+        f"error: not enough space in {out} for the export (9 files): about "
     )
-    assert err.endswith("free space or pass another --out (nothing was started)\n")
+    assert err.endswith("free space or pass another --out-dir (nothing was started)\n")
     with monkeypatch.context() as m:  # fills up while writing model.safetensors
         m.setattr(Path, "write_bytes", no_space)
         code, _, err = call_cli(
@@ -150,6 +206,85 @@ def test_a_disk_too_small_or_full_keeps_the_previous_export(tmp_path, monkeypatc
         f"error: no space left on device writing {out}/model.safetensors (more than "
     )
     assert err.endswith(
-        "; free space or pass another --out; the previous model.safetensors is intact\n"
+        "; free space or pass another --out-dir; the previous model.safetensors is intact\n"
     )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+# ----------------------------------------------------------------------------- the model card
+
+
+def read_card(out) -> tuple[dict, str]:
+    """(the YAML front matter, the Markdown body) of the exported README.md."""
+    yaml = pytest.importorskip("yaml", reason="PyYAML comes with transformers")
+    _, front, body = (out / "README.md").read_text().split("---\n", 2)
+    return yaml.safe_load(front), body
+
+
+def fake_run(d: Path, **scores) -> Path:
+    """A run's folder as training.py and evaluate.py leave it: best_model_params.pt (step 7),
+    ckpt.pt with the training facts, report.md with its machine row, eval.json."""
+    model = tiny_model()
+    best = save_checkpoint(model, d / "best_model_params.pt")
+    facts = {"preset": "cpu", "history": [{"step": 0, "tokens": 0}, {"step": 7, "tokens": 7168}]}
+    facts["train_config"] = {"batch_size": 16, "grad_accum": 2, "dtype": "bfloat16"}
+    atomic_torch_save({"model": {}, "config": {}, **facts}, d / "ckpt.pt")
+    (d / "report.md").write_text(
+        "| | |\n|---|---|\n| machine | CPU Test (native bf16); 2 cores |\n"
+    )
+    result = {
+        "checkpoint": str(best),
+        "step": 7,
+        "scored": {"split": "validation", "data_dir": "data", "stories": 25},
+        "loss": 2.5,
+        "perplexity": math.exp(2.5),
+        "bits_per_byte": 0.875,
+        "tokens_scored": 1000,
+        "window": 32,
+        "stride": 32,
+        "windowing": "windows of 32 tokens every 32 tokens (non-overlapping)",
+    }
+    (d / "eval.json").write_text(json.dumps({**result, **scores}))
+    return best
+
+
+def test_default_out_dir_and_the_card_with_licence_data_scores_and_training(tmp_path, capsys):
+    best = fake_run(tmp_path)
+    code, out, _ = call_cli(export_hf.main, ["--checkpoint", str(best)], capsys)
+    assert code == 0 and f"to {tmp_path / 'hf'}/" in out
+    meta, body = read_card(tmp_path / "hf")
+    assert meta["license"] == "mit" and meta["pipeline_tag"] == "text-generation"
+    assert meta["datasets"] == ["roneneldan/TinyStories"] and meta["library_name"] == "transformers"
+    metrics = {m["type"]: m["value"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert metrics == {"loss": 2.5, "perplexity": round(math.exp(2.5), 3), "bits_per_byte": 0.875}
+    command = (
+        f"python evaluate.py --checkpoint {best} --data-dir data --split validation --num-samples 0"
+    )
+    assert f"`{command}`" in body and "| 2.5000 | 12.182 | 0.8750 |" in body
+    assert "- 7 steps, 7,168 tokens" in body and "16 x 2 sequences per step, bfloat16" in body
+    assert "CPU Test (native bf16); 2 cores" in body and "CDLA-Sharing-1.0" in body
+    assert "AutoModelForCausalLM.from_pretrained" in body and "pipeline(" in body
+
+
+def test_a_card_without_scores_says_how_to_measure_and_local_data_names_no_dataset(
+    tmp_path, capsys
+):
+    local = {"source": "local", "data_files": {"train": "a.txt", "validation": "b.txt"}}
+    best = save_checkpoint(tiny_model(), tmp_path / "best_model_params.pt", source=local)
+    assert export_cli(best, tmp_path / "card", capsys) == 0
+    meta, body = read_card(tmp_path / "card")
+    assert "datasets" not in meta and "model-index" not in meta and meta["license"] == "mit"
+    assert "trained on local files (train=a.txt, validation=b.txt)" in body
+    assert "Not measured at export" in body and "- 7 steps\n" in body
+
+
+def test_scores_of_another_step_or_a_missing_eval_file_are_one_error_line(tmp_path, capsys):
+    best = fake_run(tmp_path, step=6)
+    code, _, err = call_cli(export_hf.main, ["--checkpoint", str(best)], capsys)
+    assert code == 2 and "scored step 6, the checkpoint is step 7" in err and err.count("\n") == 1
+    argv = ["--checkpoint", str(best), "--eval", str(tmp_path / "none.json")]
+    code, _, err = call_cli(export_hf.main, argv, capsys)
+    assert code == 2 and err == f"error: --eval {tmp_path / 'none.json'} does not exist\n"
+    (tmp_path / "eval.json").write_text("{}")
+    code, _, err = call_cli(export_hf.main, ["--checkpoint", str(best)], capsys)
+    assert code == 2 and "is not evaluate.py's output" in err

@@ -309,17 +309,18 @@ def test_stops_at_eot_unless_told_not_to(ckpts, capsys):
 
 
 def record_prompts(monkeypatch) -> list[list[int]]:
-    """Record the token ids every generate_stream call starts from."""
+    """Record the token ids every story starts from (generate_stream_logits: the loop that
+    model_usage.py and generate_stream share)."""
     import model
 
     seen = []
-    original = model.GPT.generate_stream
+    original = model.GPT.generate_stream_logits
 
     def recording(self, idx, *args, **kwargs):
         seen.append(idx[0].tolist())
         return original(self, idx, *args, **kwargs)
 
-    monkeypatch.setattr(model.GPT, "generate_stream", recording)
+    monkeypatch.setattr(model.GPT, "generate_stream_logits", recording)
     return seen
 
 
