@@ -16,7 +16,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from config import PRESETS, GPTConfig, TrainConfig
-from slm.cli import ArgumentParser, CLIError
+from slm.cli import ArgumentParser, CLIError, UsageError
 
 FLAG_ALIASES = {"learning_rate": ["--lr"]}
 
@@ -123,14 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_model_config(mc: GPTConfig) -> None:
-    """One clear CLIError for the first model setting a GPT cannot be built with."""
+    """One clear UsageError for the first model setting a GPT cannot be built with."""
     for name in ("block_size", "n_layer", "n_head", "n_embd", "vocab_size"):
         if getattr(mc, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} {getattr(mc, name)} must be at least 1")
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(mc, name)} must be at least 1")
     if not 0 <= mc.dropout < 1:
-        raise CLIError(f"--dropout {mc.dropout} must be in [0, 1)")
+        raise UsageError(f"--dropout {mc.dropout} must be in [0, 1)")
     if mc.n_embd % mc.n_head:
-        raise CLIError(
+        raise UsageError(
             f"--n-embd {mc.n_embd} is not divisible by --n-head {mc.n_head}; pick a head count "
             f"that divides it (e.g. {math.gcd(mc.n_embd, mc.n_head)})"
         )
@@ -139,56 +139,60 @@ def check_model_config(mc: GPTConfig) -> None:
 def check_settings(
     mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flops: float | None = None
 ) -> None:
-    """One clear CLIError for the first bad setting; nothing has been built or written yet."""
+    """One clear UsageError for the first bad setting; nothing has been built or written yet."""
     from slm.budget import PROBE_TIMED_STEPS, PROBE_UNTIMED_STEPS
 
     for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"):
         if getattr(tc, name) < 1:
-            raise CLIError(f"--{name.replace('_', '-')} {getattr(tc, name)} must be at least 1")
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(tc, name)} must be at least 1")
     if not (tc.learning_rate > 0 and math.isfinite(tc.learning_rate)):
-        raise CLIError(f"--learning-rate {tc.learning_rate} must be a positive number")
+        raise UsageError(f"--learning-rate {tc.learning_rate} must be a positive number")
     if not (0 <= tc.min_lr <= tc.learning_rate):
-        raise CLIError(
+        raise UsageError(
             f"--min-lr {tc.min_lr} must be between 0 and the peak --learning-rate "
             f"{tc.learning_rate}, so the schedule decays"
         )
     if tc.warmup_iters < 0:
-        raise CLIError(f"--warmup-iters {tc.warmup_iters} must not be negative (0 = no warmup)")
+        raise UsageError(f"--warmup-iters {tc.warmup_iters} must not be negative (0 = no warmup)")
     if tc.max_minutes > 0 and tc.warmup_iters < PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS:
-        raise CLIError(
+        raise UsageError(
             f"--warmup-iters {tc.warmup_iters} is too short for --max-minutes {tc.max_minutes}: "
             f"the step count is fixed by timing the first "
             f"{PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS} warmup steps; use more warmup, or a set "
             "step count with --max-iters N --max-minutes 0"
         )
     if tc.max_minutes == 0 and tc.warmup_iters >= tc.max_iters:
-        raise CLIError(f"--warmup-iters {tc.warmup_iters} must be below --max-iters {tc.max_iters}")
+        raise UsageError(
+            f"--warmup-iters {tc.warmup_iters} must be below --max-iters {tc.max_iters}"
+        )
     if tc.weight_decay < 0:
-        raise CLIError(f"--weight-decay {tc.weight_decay} must not be negative")
+        raise UsageError(f"--weight-decay {tc.weight_decay} must not be negative")
     for flag, beta in (("--beta1", tc.beta1), ("--beta2", tc.beta2)):
         if not 0 <= beta < 1:
-            raise CLIError(f"{flag} {beta} must be in [0, 1)")
+            raise UsageError(f"{flag} {beta} must be in [0, 1)")
     if not 0 <= tc.ema < 1:
-        raise CLIError(f"--ema {tc.ema} must be in [0, 1) (0 = no average: the weights as trained)")
+        raise UsageError(
+            f"--ema {tc.ema} must be in [0, 1) (0 = no average: the weights as trained)"
+        )
     for flag, share, parts in (
         ("--quarter-context", tc.quarter_context, 4),
         ("--short-context", tc.short_context, 2),
     ):
         if not 0 <= share <= 1:
-            raise CLIError(f"{flag} {share} must be in [0, 1] (a share of the steps; 0 = never)")
+            raise UsageError(f"{flag} {share} must be in [0, 1] (a share of the steps; 0 = never)")
         if share > 0 and mc.block_size % parts:
-            raise CLIError(
+            raise UsageError(
                 f"{flag} needs a --block-size divisible by {parts} to cut each window in {parts}, "
                 f"not {mc.block_size}"
             )
     if tc.grad_clip < 0:
-        raise CLIError(f"--grad-clip {tc.grad_clip} must not be negative (0 disables clipping)")
+        raise UsageError(f"--grad-clip {tc.grad_clip} must not be negative (0 disables clipping)")
     if tc.max_minutes < 0:
-        raise CLIError(f"--max-minutes {tc.max_minutes} must not be negative (0 = no limit)")
+        raise UsageError(f"--max-minutes {tc.max_minutes} must not be negative (0 = no limit)")
     if stop_after < 0:
-        raise CLIError(f"--stop-after {stop_after} must not be negative (0 = no limit)")
+        raise UsageError(f"--stop-after {stop_after} must not be negative (0 = no limit)")
     if peak_flops is not None and not peak_flops > 0:
-        raise CLIError(f"--peak-flops {peak_flops} must be positive")
+        raise UsageError(f"--peak-flops {peak_flops} must be positive")
     check_model_config(mc)
 
 
@@ -266,7 +270,7 @@ def from_command_line(
         return None, mc, tc, given, f"settings from {Path(out_dir) / CKPT_FILE}{ignored}"
     preset, why, mc, tc = resolve(args.preset, model_over, train_over)
     if "max_iters" in train_over and tc.max_minutes > 0:
-        raise CLIError(
+        raise UsageError(
             f"--max-iters {tc.max_iters} and the {tc.max_minutes}-minute budget (--max-minutes) "
             f"both set the step count; add --max-minutes 0 to train exactly {tc.max_iters} steps"
         )

@@ -281,10 +281,10 @@ def test_a_card_without_scores_says_how_to_measure_and_local_data_names_no_datas
 def test_scores_of_another_step_or_a_missing_eval_file_are_one_error_line(tmp_path, capsys):
     best = fake_run(tmp_path, step=6)
     code, _, err = call_cli(export_hf.main, ["--checkpoint", str(best)], capsys)
-    assert code == 2 and "scored step 6, the checkpoint is step 7" in err and err.count("\n") == 1
+    assert code == 1 and "scored step 6, the checkpoint is step 7" in err and err.count("\n") == 1
     argv = ["--checkpoint", str(best), "--eval", str(tmp_path / "none.json")]
     code, _, err = call_cli(export_hf.main, argv, capsys)
-    assert code == 2 and err == f"error: --eval {tmp_path / 'none.json'} does not exist\n"
+    assert code == 1 and err == f"error: --eval {tmp_path / 'none.json'} does not exist\n"
     (tmp_path / "eval.json").write_text("{}")
     code, _, err = call_cli(export_hf.main, ["--checkpoint", str(best)], capsys)
-    assert code == 2 and "is not evaluate.py's output" in err
+    assert code == 1 and "is not evaluate.py's output" in err

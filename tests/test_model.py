@@ -753,21 +753,14 @@ def test_model_main_cpu_preset_and_flags(capsys):
     assert "on 2 x 16 random tokens" in out  # the check's sequence fits the context
 
 
-_SETTINGS_CHECK = pytest.mark.xfail(
-    strict=True, reason="exit 2 once slm/settings.py's check_model_config raises UsageError"
-)
-
-
 @pytest.mark.parametrize(
     "bad, words",
     [
         (["--bogus"], "unrecognized arguments: --bogus"),
         (["--n-layer", "x"], "invalid int value"),
         (["--preset", "huge"], "invalid choice"),
-        pytest.param(["--dropout", "1"], "--dropout 1.0 must be in", marks=_SETTINGS_CHECK),
-        pytest.param(
-            ["--n-head", "3"], "--n-embd 512 is not divisible by --n-head 3", marks=_SETTINGS_CHECK
-        ),
+        (["--dropout", "1"], "--dropout 1.0 must be in"),
+        (["--n-head", "3"], "--n-embd 512 is not divisible by --n-head 3"),
     ],
 )
 def test_python_model_py_bad_flags_are_one_line_exit_2(bad, words, capsys):

@@ -198,10 +198,6 @@ def test_data_dir_without_meta_json_stops_with_the_command_that_makes_it(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a usage error once slm/settings.py's check_settings raises UsageError, not CLIError",
-)
 def test_bad_setting_is_one_line_on_stderr_and_exit_status_2(tiny_data_dir, tmp_path):
     r = run_training(
         [
