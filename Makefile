@@ -1,4 +1,5 @@
-# Two commands do everything:  `make run` (install + whole pipeline)  and  `make test` (install + tests).
+# Two commands do everything:  `make run` (install + whole pipeline)  and  `make test` (install,
+# lint and format checks, tests).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -30,6 +31,8 @@ run: $(VENV)/.runtime
 	$(PY) model_usage.py --checkpoint $(OUT_DIR)/best_model_params.pt
 
 test: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q tests
 
 clean:

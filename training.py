@@ -32,18 +32,10 @@ from batches import Batches
 from config import GPTConfig, TrainConfig
 from model import GPT
 from slm import budget as time_budget
+from slm import checkpoint, settings
 from slm.averaging import WeightAverage, averaged_weights
 from slm.budget import past_budget
-from slm.checkpoint import (
-    BEST_FILE,
-    CKPT_FILE,
-    check_checkpoint_space,
-    data_facts,
-    model_file,
-    read_resume_checkpoint,
-    restore_progress,
-    save_resume_state,
-)
+from slm.checkpoint import BEST_FILE, CKPT_FILE
 from slm.cli import CLIError, StopRequest, run_cli
 from slm.distributed import Dist
 from slm.files import atomic_torch_save, dir_lock
@@ -56,14 +48,6 @@ from slm.report import save_progress, summarize, write_report
 from slm.run import Progress
 from slm.sampling import Glimpse
 from slm.schedule import evaluation_due, make_scheduler, short_context_note, window_cut
-from slm.settings import (
-    build_parser,
-    check_data,
-    check_settings,
-    format_settings,
-    from_command_line,
-    settle,
-)
 
 # Evaluation batches come from their own generators, seeded apart from the training one and drawn
 # afresh from the same seed at every evaluation: each evaluation scores the very same windows.
@@ -116,24 +100,25 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_fl
     summary["stopped"] is "done", "time" (past the time budget), "stop_after" or the signal's name
     (SIGINT, SIGTERM). A non-finite loss raises CLIError naming the step; the checkpoints on disk
     are left as they were. Rank 0 writes OUT/report.md at the end and at a clean stop."""
-    check_settings(mc, tc, stop_after, peak_flops)
-    facts = data_facts(check_data(mc, tc))
+    settings.check_settings(mc, tc, stop_after, peak_flops)
+    facts = checkpoint.data_facts(settings.check_data(mc, tc))
     t_start = time.time()
     dist = Dist(pick_device(tc.device))
     say = print if dist.master else (lambda *a, **k: None)
-    if dist.master:
-        print(format_settings(mc, tc, budget_fixes_steps=not resume and tc.max_minutes > 0))
+    if dist.master:  # the settings as given; the budget and the machine may settle them further
+        print(settings.format_settings(mc, tc, not resume and tc.max_minutes > 0))
     lock = dir_lock(tc.out_dir) if dist.master else contextlib.nullcontext()  # one run per OUT
     with dist, lock:
         machine = detect_machine(dist.device)
-        ckpt = read_resume_checkpoint(Path(tc.out_dir), tc, facts) if resume else None
+        ckpt = checkpoint.read_resume_checkpoint(Path(tc.out_dir), tc, facts) if resume else None
 
         def trial(shape: GPTConfig, compiled: bool = False) -> TrialPass:  # a throwaway model
             return trial_pass(shape, tc, dist.device, compiled)
 
         # the time budget's recipe and this machine's plan: mc and tc are final from here
-        mc, tc, recipe, budget = settle(preset, mc, tc, machine, given, resume=resume, say=say,
-                                        trial=trial, all_max=dist.all_max_list)  # fmt: skip
+        mc, tc, recipe, budget = settings.settle(preset, mc, tc, machine, given, resume=resume,
+                                                 say=say, trial=trial,
+                                                 all_max=dist.all_max_list)  # fmt: skip
         run = build(preset, mc, tc, dist, facts, samples)
         state, budget = start(run, ckpt, budget, say)
         del ckpt
@@ -156,8 +141,8 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_fl
 
 
 def trial_pass(mc: GPTConfig, tc: TrainConfig, device: str, compiled: bool) -> TrialPass:
-    """Forward and backward passes of a throwaway model of shape mc, for settle() to time a step
-    or to prove that a micro-batch fits a GPU. They change nothing the run keeps."""
+    """Forward and backward passes of a throwaway model of shape mc, for settle() to time a step or
+    to prove that a micro-batch fits a GPU. They change nothing the run keeps."""
     model = GPT(mc).to(device)
     batches = Batches(tc.data_dir, mc.block_size, device=device)
     model = torch.compile(model) if compiled else model
@@ -186,7 +171,9 @@ def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, sampl
     optimizer = make_optimizer(raw_model, tc, device)
     average = WeightAverage(raw_model, tc.ema) if tc.ema > 0 else None
     if dist.master:  # a run that cannot save its checkpoints must not train first
-        check_checkpoint_space(tc.out_dir, raw_model, BEST_FILE, CKPT_FILE, average is not None)
+        checkpoint.check_checkpoint_space(
+            tc.out_dir, raw_model, BEST_FILE, CKPT_FILE, average is not None
+        )
     model = torch.compile(raw_model) if tc.compile else raw_model
     train_model = model
     if dist.ddp:  # one process per GPU; DDP averages the gradients across them
@@ -220,7 +207,7 @@ def start(run: Run, ckpt: dict | None, budget, say) -> tuple[Progress, object]:
     if ckpt is None:
         fixed = {"max_iters": run.tc.max_iters, "fixed_by": "--max-iters"}
         return Progress(schedule=None if budget else fixed), budget
-    state = restore_progress(
+    state = checkpoint.restore_progress(
         ckpt, run.raw_model, run.optimizer, run.scheduler, run.scaler, run.batch_gen, run.average
     )
     if state.schedule is None:  # stopped while the time budget timed its first steps
@@ -242,9 +229,10 @@ def loop(run: Run, state: Progress, budget, recipe, speed, stop_after, progress,
     have fixed its step count, how it stopped, its first step, when training began)."""
     t_train, start_step, stopped = time.time(), state.step, "done"
     evaluated_at = state.history[-1]["step"] if state.history else -1
-    bar = progress_bar(total=time_budget.bar_total(budget, run.tc, state.step, time.time() - t_train),
-                       initial=state.step, desc="training", unit="step", dynamic_ncols=True,
-                       disable=not (progress and run.dist.master), file=sys.stderr)  # fmt: skip
+    total = time_budget.bar_total(budget, run.tc, state.step, elapsed=0.0)
+    bar = progress_bar(total=total, initial=state.step, desc="training", unit="step",
+                       dynamic_ncols=True, disable=not (progress and run.dist.master),
+                       file=sys.stderr)  # fmt: skip
     say = bar.write if run.dist.master else say
     eval_s = save_s = 0.0  # the last evaluation's seconds, and its files' (0: none yet)
     run.train_model.train()
@@ -397,7 +385,9 @@ def evaluate_and_save(run: Run, state: Progress, t_start: float, say) -> float:
         t_save = time.time()
         sample = run.glimpse(run.raw_model) if run.glimpse else ""  # (rank 0 only has a glimpse)
         if is_best and run.dist.master:
-            best = model_file(run.raw_model, run.mc, run.facts, state.step, state.best_val)
+            best = checkpoint.model_file(
+                run.raw_model, run.mc, run.facts, state.step, state.best_val
+            )
             atomic_torch_save(best, run.out_dir / BEST_FILE)
     state.history.append({
         "step": state.step, "train_loss": losses["train"], "val_loss": losses["validation"],
@@ -421,21 +411,22 @@ def evaluate_and_save(run: Run, state: Progress, t_start: float, say) -> float:
 def save_checkpoint(run: Run, state: Progress) -> None:
     """ckpt.pt: everything --resume needs to continue exactly (rank 0)."""
     if run.dist.master:
-        save_resume_state(run.out_dir / CKPT_FILE, model=run.raw_model, optimizer=run.optimizer,
-                          scheduler=run.scheduler, scaler=run.scaler, average=run.average,
-                          batch_gen=run.batch_gen, mc=run.mc, tc=run.tc, progress=state,
-                          facts=run.facts, preset=run.preset)  # fmt: skip
+        checkpoint.save_resume_state(run.out_dir / CKPT_FILE, model=run.raw_model,
+                                     optimizer=run.optimizer, scheduler=run.scheduler,
+                                     scaler=run.scaler, average=run.average,
+                                     batch_gen=run.batch_gen, mc=run.mc, tc=run.tc, progress=state,
+                                     facts=run.facts, preset=run.preset)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the script
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = build_parser().parse_args(argv)
+    args = settings.build_parser().parse_args(argv)
     if args.plot_only:
         print(f"drew {redraw(args.plot_only)} from its log.csv and steps.csv")
         return {}
-    preset, mc, tc, given, chosen = from_command_line(args)
+    preset, mc, tc, given, chosen = settings.from_command_line(args)
     master = int(os.environ.get("RANK", "0")) == 0
     if master:
         print(chosen)

@@ -92,20 +92,22 @@ def run_case(
     seen, times = {}, []
     step = training.train_step
 
-    def timed_step(run, wants_stop):
+    def timed_step(model, optimizer, scaler, batches, batch_gen, tc, dist, *rest):
         t0 = time.perf_counter()
-        stops = step(run, wants_stop)
+        result = step(model, optimizer, scaler, batches, batch_gen, tc, dist, *rest)
         times.append(time.perf_counter() - t0)
         if not seen:  # the run as the plan (and shrink_until_it_fits) left it
+            raw = getattr(model, "module", model)  # under DDP
+            raw = getattr(raw, "_orig_mod", raw)  # compiled
             seen.update(
-                flops=run.raw_model.flops_per_token(),
-                tokens=run.tokens_per_step,
-                dtype=run.dtype,
-                micro=run.tc.batch_size,
-                accum=run.tc.grad_accum,
-                compiled=run.model is not run.raw_model,
+                flops=raw.flops_per_token(),
+                tokens=tc.batch_size * tc.grad_accum * raw.config.block_size * dist.world,
+                dtype=tc.dtype,
+                micro=tc.batch_size,
+                accum=tc.grad_accum,
+                compiled=raw is not getattr(model, "module", model),
             )
-        return stops
+        return result
 
     training.train_step = timed_step
     argv = [

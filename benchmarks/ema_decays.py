@@ -45,14 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     trained: list[torch.nn.Module] = []  # the run's model, whose parameters the averages follow
     step = training.train_step
 
-    def step_and_average(run, wants_stop):
-        stop = step(run, wants_stop)
+    def step_and_average(model, *rest):
+        result = step(model, *rest)
         if not trained:
-            trained.append(run.raw_model)
-            averages.update({d: WeightAverage(run.raw_model, d) for d in decays})
+            trained.append(getattr(model, "_orig_mod", model))  # the uncompiled model
+            averages.update({d: WeightAverage(trained[0], d) for d in decays})
         for average in averages.values():
             average.update()
-        return stop
+        return result
 
     training.train_step = step_and_average
     summary = training.main(train_args + ["--no-progress"])

@@ -30,6 +30,7 @@ from benchmarks import (
     bench_training,
     ema_decays,
     recipe_search,
+    same_numbers,
     story_names,
 )
 from slm.cli import CLIError
@@ -573,3 +574,20 @@ def test_bench_gpu_runs_a_case_in_its_own_process_and_reports_it(tiny_data_dir, 
     assert "plan for CPU" in out  # the case's own output comes through
     with pytest.raises(CLIError, match="unknown t5"):
         bench_gpu.main(["--cases", "t4,t5"])
+
+
+def test_same_numbers_finds_a_changed_loss_or_weight_and_nothing_else(tmp_path):
+    runs = []
+    for name in ("old", "new"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "steps.csv").write_text("step,loss,lr\n1,10.5,0.001\n2,10.25,0.002\n")
+        weights = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3)}
+        torch.save({"model": weights, "step": 2}, d / "best_model_params.pt")
+        runs.append(d)
+    assert same_numbers.differences(*runs) == []
+    (runs[1] / "steps.csv").write_text("step,loss,lr\n1,10.5,0.001\n2,10.250001,0.002\n")
+    weights["w"][1, 2] += 1e-6
+    torch.save({"model": weights, "step": 2}, runs[1] / "best_model_params.pt")
+    found = same_numbers.differences(*runs)
+    assert len(found) == 2 and found[0].startswith("steps.csv differs") and "tensor w" in found[1]

@@ -28,10 +28,10 @@ from config import PRESETS, GPTConfig, TrainConfig
 from model import GPT
 from slm import budget, hardware, schedule
 from slm.checkpoint import config_to_dict, load_checkpoint
-from slm.settings import flags_given, resolve
 from slm.cli import CLIError
 from slm.progress import LOG_FILE, PLOT_FILE, mfu_peak, read_log
 from slm.schedule import context_switches, phase_ends, window_cut
+from slm.settings import check_settings, flags_given, resolve
 
 REPO = Path(__file__).resolve().parent.parent
 MODEL_FIELDS = {f.name for f in fields(GPTConfig)}
@@ -1247,7 +1247,7 @@ def test_every_preset_passes_its_checks_and_builds_its_model(name):
     from model import GPT
 
     p = PRESETS[name]
-    training.check_settings(p.model, p.train)
+    check_settings(p.model, p.train)
     model = GPT(p.model)
     _, loss = model(torch.zeros((1, 8), dtype=torch.long), torch.zeros((1, 8), dtype=torch.long))
     assert math.isfinite(loss.item())
