@@ -1,6 +1,7 @@
-"""Checkpoints written before the machinery moved into slm/ (main at 12c5a9a,
-tests/data/ckpt_12c5a9a/) still load, generate and resume with today's code: the format did not
-change."""
+"""Checkpoints written by older code still load, generate and resume with today's: main at 12c5a9a
+(before the machinery moved into slm/, tests/data/ckpt_12c5a9a/) and at 5330673 (before the
+settings were settled once, tests/data/ckpt_5330673/), whose resume must end on exactly the weights
+its own code reached without a stop."""
 
 from __future__ import annotations
 
@@ -48,3 +49,33 @@ def test_a_resume_state_from_main_12c5a9a_resumes_to_its_end(tmp_path):
     )
     assert s["stopped"] == "done" and s["step"] == 6 and s["max_iters"] == 6
     assert load_checkpoint(out / CKPT_FILE)["step"] == 6
+
+
+# ----------------------------------------------------------------------------- main at 5330673
+
+AT_5330673 = Path(__file__).parent / "data" / "ckpt_5330673"
+
+
+def test_a_best_model_from_main_5330673_loads_and_generates():
+    model = GPT.from_checkpoint(load_checkpoint(AT_5330673 / "best_model_params.pt")).eval()
+    out = model.generate(torch.tensor([[EOT_ID]]), max_new_tokens=8, temperature=0.0)
+    assert out.shape == (1, 9) and int(out.max()) < model.config.vocab_size
+
+
+def test_a_resume_state_from_main_5330673_ends_on_the_weights_of_its_run_never_stopped(tmp_path):
+    # ckpt.pt stopped at step 3 of 6 under 5330673's code; resumed with today's, the last three
+    # steps must land on exactly the weights and losses that 5330673's code reached without a stop
+    data, out = tmp_path / "data", tmp_path / "out"
+    load_dataset.prepare(source="sample", data_dir=data, num_stories=100)
+    tokenization.tokenize(data, num_proc=1)
+    out.mkdir()
+    shutil.copy(AT_5330673 / CKPT_FILE, out / CKPT_FILE)
+    argv = ["--resume", "--out-dir", str(out), "--data-dir", str(data), "--no-progress"]
+    s = training.main([*argv, "--no-samples"])
+    assert s["stopped"] == "done" and s["step"] == 6
+    resumed = load_checkpoint(out / CKPT_FILE)["model"]
+    never_stopped = torch.load(AT_5330673 / "weights_at_step_6.pt", weights_only=True)["model"]
+    assert resumed.keys() == never_stopped.keys()
+    assert all(torch.equal(resumed[k], never_stopped[k]) for k in resumed)
+    steps = (out / "steps.csv").read_text()
+    assert steps == (AT_5330673 / "steps_uninterrupted.csv").read_text()
