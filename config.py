@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-def setting(default, help: str):
-    """A dataclass field with its --help text."""
-    return field(default=default, metadata={"help": help})
+def setting(default, help: str, valid: str | None = None, zero: str | None = None):
+    """A dataclass field with its --help text, and the values it may take: valid is one of ">= 1",
+    ">= 0", "> 0", "[0, 1)", "[0, 1]" (slm/settings.py checks them), zero what 0 means."""
+    return field(default=default, metadata={"help": help, "valid": valid, "zero": zero})
 
 
 # ----------------------------------------------------------------------------- paths
@@ -40,12 +41,12 @@ EOT_POSITION = "before"
 
 @dataclass(frozen=True)
 class GPTConfig:
-    vocab_size: int = setting(VOCAB_SIZE, "vocabulary size; must match DATA/meta.json's")
-    block_size: int = setting(512, "context length in tokens")
-    n_layer: int = setting(8, "transformer blocks")
-    n_head: int = setting(8, "attention heads per block (must divide --n-embd)")
-    n_embd: int = setting(512, "width of the residual stream")
-    dropout: float = setting(0.1, "dropout on attention, residual branches and embeddings")
+    vocab_size: int = setting(VOCAB_SIZE, "vocabulary size; must match DATA/meta.json's", ">= 1")
+    block_size: int = setting(512, "context length in tokens", ">= 1")
+    n_layer: int = setting(8, "transformer blocks", ">= 1")
+    n_head: int = setting(8, "attention heads per block (must divide --n-embd)", ">= 1")
+    n_embd: int = setting(512, "width of the residual stream", ">= 1")
+    dropout: float = setting(0.1, "dropout on attention, residual branches, embeddings", "[0, 1)")
     bias: bool = setting(True, "biases in Linear and LayerNorm layers (as in GPT-2)")
     # The default is 51.2M parameters, the tied embedding / LM head matrix counted once.
 
@@ -59,40 +60,52 @@ class TrainConfig:
     data_dir: str = setting(Paths.data_dir, "directory of train.bin, validation.bin, meta.json")
     out_dir: str = setting(Paths.out_dir, "where checkpoints, log.csv and loss.png go")
     # optimisation
-    batch_size: int = setting(32, "sequences per micro-batch, per process")
-    grad_accum: int = setting(1, "micro-batches accumulated per optimizer step, per process")
+    batch_size: int = setting(32, "sequences per micro-batch, per process", ">= 1")
+    grad_accum: int = setting(1, "micro-batches summed per optimizer step, per process", ">= 1")
     max_iters: int = setting(
-        20000, "optimizer steps in all; the cosine ends here (a time budget fixes it instead)"
+        20000,
+        "optimizer steps in all; the cosine ends here (a time budget fixes it instead)",
+        ">= 1",
     )
-    learning_rate: float = setting(6e-4, "peak learning rate, reached at the end of warmup")
+    learning_rate: float = setting(6e-4, "peak learning rate, reached at the end of warmup", "> 0")
     min_lr: float = setting(6e-5, "learning rate at the end of the cosine (at most the peak)")
-    warmup_iters: int = setting(1000, "optimizer steps of linear warmup")
-    weight_decay: float = setting(0.1, "AdamW weight decay, on 2+-dimensional tensors only")
-    beta1: float = setting(0.9, "AdamW beta1")
-    beta2: float = setting(0.95, "AdamW beta2")
-    grad_clip: float = setting(1.0, "clip the global gradient norm to this (0 disables)")
+    warmup_iters: int = setting(1000, "optimizer steps of linear warmup", ">= 0", "0 = no warmup")
+    weight_decay: float = setting(0.1, "AdamW weight decay, on 2+-dimensional tensors only", ">= 0")
+    beta1: float = setting(0.9, "AdamW beta1", "[0, 1)")
+    beta2: float = setting(0.95, "AdamW beta2", "[0, 1)")
+    grad_clip: float = setting(
+        1.0, "clip the global gradient norm to this", ">= 0", "0 disables clipping"
+    )
     ema: float = setting(
         0.0,
         "decay of a moving average of the weights that evaluations score and "
         "best_model_params.pt keeps (0.99 averages the last ~100 steps; 0 = the weights as "
         "trained)",
+        "[0, 1)",
+        "0 = no average: the weights as trained",
     )
     quarter_context: float = setting(
         0.0,
         "share of the steps, from the first (and at least the warmup), whose windows are cut in "
         "four: a batch of B x T tokens trains as 4B x T/4 (0 = never)",
+        "[0, 1]",
+        "a share of the steps; 0 = never",
     )
     short_context: float = setting(
         0.0,
         "share of the steps, from the first (and at least the warmup), whose windows are cut in "
         "half: 2B x T/2, the same tokens with half the context; a short context learns faster "
         "early, the whole one late (0 = never)",
+        "[0, 1]",
+        "a share of the steps; 0 = never",
     )
     # evaluation
     eval_interval: int = setting(
-        500, "optimizer steps between evaluations (each saves ckpt.pt); the end evaluates too"
+        500,
+        "optimizer steps between evaluations (each saves ckpt.pt); the end evaluates too",
+        ">= 1",
     )
-    eval_iters: int = setting(50, "fixed batches per split in each evaluation")
+    eval_iters: int = setting(50, "fixed batches per split in each evaluation", ">= 1")
     # system
     seed: int = setting(1337, "seed of the initialisation, the batches and dropout")
     device: str = setting("auto", "auto | cpu | cuda | cuda:N | mps")
@@ -106,6 +119,8 @@ class TrainConfig:
         0.0,
         "train for this many minutes: the first warmup steps are timed and the step count that "
         "fills the budget is fixed, printed and saved (0 = no budget: --max-iters steps)",
+        ">= 0",
+        "0 = no limit",
     )
 
 

@@ -255,8 +255,8 @@ def loop(run: Run, state: Progress, budget, recipe, speed, stop_after, progress,
             lr = run.optimizer.param_groups[0]["lr"]  # this step's learning rate
             try:
                 loss, stops = train_step(run.train_model, run.optimizer, run.scaler, run.batches,
-                                         run.batch_gen, run.tc, run.dist, state.step,
-                                         wants_stop)  # fmt: skip
+                                         run.batch_gen, run.tc, run.dist,
+                                         window_cut(run.tc, state.step), wants_stop)  # fmt: skip
             except FloatingPointError as e:
                 raise diverged(e.args[0], lr, state, run.out_dir) from None
             if run.average is not None:
@@ -309,10 +309,10 @@ def fix_step_count(run: Run, state: Progress, budget, recipe, eval_s, save_s, t_
 # ----------------------------------------------------------------------------- one step
 
 
-def train_step(model, optimizer, scaler, batches, batch_gen, tc, dist, step, wants_stop):
-    """One optimizer step over grad_accum micro-batches: (its mean loss, whether any process
-    wants_stop()). A non-finite loss raises FloatingPointError before the weights are touched."""
-    parts = window_cut(tc, step)  # 4 or 2 in the short-context phases, else 1
+def train_step(model, optimizer, scaler, batches, batch_gen, tc, dist, parts, wants_stop):
+    """One optimizer step over grad_accum micro-batches, each window cut in `parts` (1: whole):
+    (its mean loss, whether any process wants_stop()). A non-finite loss raises
+    FloatingPointError before the weights are touched."""
     rows = slice(dist.rank * tc.batch_size, (dist.rank + 1) * tc.batch_size)
     device_type = dist.device.split(":")[0]
     loss_sum = torch.zeros((), dtype=torch.float32, device=dist.device)

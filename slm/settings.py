@@ -122,13 +122,29 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------- checks
 
 
+# what each `valid` of config.setting() allows, and how a value outside it is said
+VALID = {
+    ">= 1": (lambda v: v >= 1, "must be at least 1"),
+    ">= 0": (lambda v: v >= 0, "must not be negative"),
+    "> 0": (lambda v: v > 0 and math.isfinite(v), "must be a positive number"),
+    "[0, 1)": (lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    "[0, 1]": (lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+}
+
+
+def check_fields(config) -> None:
+    """One UsageError for the first field of a settings dataclass outside the values its
+    config.setting() allows."""
+    for f in fields(config):
+        valid, value = f.metadata.get("valid"), getattr(config, f.name)
+        if valid and not VALID[valid][0](value):
+            zero = f" ({f.metadata['zero']})" if f.metadata.get("zero") else ""
+            raise UsageError(f"--{f.name.replace('_', '-')} {value} {VALID[valid][1]}{zero}")
+
+
 def check_model_config(mc: GPTConfig) -> None:
     """One clear UsageError for the first model setting a GPT cannot be built with."""
-    for name in ("block_size", "n_layer", "n_head", "n_embd", "vocab_size"):
-        if getattr(mc, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(mc, name)} must be at least 1")
-    if not 0 <= mc.dropout < 1:
-        raise UsageError(f"--dropout {mc.dropout} must be in [0, 1)")
+    check_fields(mc)
     if mc.n_embd % mc.n_head:
         raise UsageError(
             f"--n-embd {mc.n_embd} is not divisible by --n-head {mc.n_head}; pick a head count "
@@ -139,56 +155,36 @@ def check_model_config(mc: GPTConfig) -> None:
 def check_settings(
     mc: GPTConfig, tc: TrainConfig, stop_after: int = 0, peak_flops: float | None = None
 ) -> None:
-    """One clear UsageError for the first bad setting; nothing has been built or written yet."""
+    """One clear UsageError for the first bad setting; nothing has been built or written yet. Each
+    field's own range comes from config.py; what follows are the settings that must agree."""
     from slm.budget import PROBE_TIMED_STEPS, PROBE_UNTIMED_STEPS
 
-    for name in ("batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"):
-        if getattr(tc, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} {getattr(tc, name)} must be at least 1")
-    if not (tc.learning_rate > 0 and math.isfinite(tc.learning_rate)):
-        raise UsageError(f"--learning-rate {tc.learning_rate} must be a positive number")
-    if not (0 <= tc.min_lr <= tc.learning_rate):
+    check_fields(tc)
+    if not 0 <= tc.min_lr <= tc.learning_rate:
         raise UsageError(
             f"--min-lr {tc.min_lr} must be between 0 and the peak --learning-rate "
             f"{tc.learning_rate}, so the schedule decays"
         )
-    if tc.warmup_iters < 0:
-        raise UsageError(f"--warmup-iters {tc.warmup_iters} must not be negative (0 = no warmup)")
-    if tc.max_minutes > 0 and tc.warmup_iters < PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS:
+    probe = PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS
+    if tc.max_minutes > 0 and tc.warmup_iters < probe:
         raise UsageError(
             f"--warmup-iters {tc.warmup_iters} is too short for --max-minutes {tc.max_minutes}: "
-            f"the step count is fixed by timing the first "
-            f"{PROBE_UNTIMED_STEPS + PROBE_TIMED_STEPS} warmup steps; use more warmup, or a set "
-            "step count with --max-iters N --max-minutes 0"
+            f"the step count is fixed by timing the first {probe} warmup steps; use more warmup, "
+            "or a set step count with --max-iters N --max-minutes 0"
         )
     if tc.max_minutes == 0 and tc.warmup_iters >= tc.max_iters:
         raise UsageError(
             f"--warmup-iters {tc.warmup_iters} must be below --max-iters {tc.max_iters}"
         )
-    if tc.weight_decay < 0:
-        raise UsageError(f"--weight-decay {tc.weight_decay} must not be negative")
-    for flag, beta in (("--beta1", tc.beta1), ("--beta2", tc.beta2)):
-        if not 0 <= beta < 1:
-            raise UsageError(f"{flag} {beta} must be in [0, 1)")
-    if not 0 <= tc.ema < 1:
-        raise UsageError(
-            f"--ema {tc.ema} must be in [0, 1) (0 = no average: the weights as trained)"
-        )
     for flag, share, parts in (
         ("--quarter-context", tc.quarter_context, 4),
         ("--short-context", tc.short_context, 2),
     ):
-        if not 0 <= share <= 1:
-            raise UsageError(f"{flag} {share} must be in [0, 1] (a share of the steps; 0 = never)")
         if share > 0 and mc.block_size % parts:
             raise UsageError(
                 f"{flag} needs a --block-size divisible by {parts} to cut each window in {parts}, "
                 f"not {mc.block_size}"
             )
-    if tc.grad_clip < 0:
-        raise UsageError(f"--grad-clip {tc.grad_clip} must not be negative (0 disables clipping)")
-    if tc.max_minutes < 0:
-        raise UsageError(f"--max-minutes {tc.max_minutes} must not be negative (0 = no limit)")
     if stop_after < 0:
         raise UsageError(f"--stop-after {stop_after} must not be negative (0 = no limit)")
     if peak_flops is not None and not peak_flops > 0:

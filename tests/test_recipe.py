@@ -13,9 +13,8 @@ from test_training import fake_clock
 import training
 from config import TrainConfig
 from slm import recipe
-from slm.checkpoint import load_checkpoint
 from slm.budget import PROBE_UNTIMED_STEPS, Budget
-from slm.schedule import window_cut
+from slm.checkpoint import load_checkpoint
 
 # A rule for the smoke preset, in the shape of the cpu preset's: a short step budget gets a small
 # batch, a shorter context (cut in half again for its first half) and its own schedule; a long one
@@ -177,8 +176,8 @@ def test_a_budget_of_cut_windows_prices_the_steps_it_did_not_time(
     # the second 1.5 s, the rest 2 s.
     cost = {4: 1.0, 2: 1.5, 1: 2.0} if quarter else {2: 1.0, 1: 2.0}
 
-    def charge(*args):  # train_step(model, ..., tc, dist, step, wants_stop)
-        clock.now += cost[window_cut(args[5], args[7])]
+    def charge(*args):  # train_step(model, ..., tc, dist, parts, wants_stop)
+        clock.now += cost[args[7]]
         return real_step(*args)
 
     clock = fake_clock(monkeypatch, step_s=0.0, eval_s=3.0)

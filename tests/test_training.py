@@ -768,6 +768,7 @@ class FakeClock:
 
     def __init__(self, step_s, eval_s: float):
         self.now, self.step_s, self.eval_s = 1000.0, step_s, eval_s
+        self.steps = 0  # train_step calls so far: a fresh run's step
 
     def time(self) -> float:
         return self.now
@@ -775,14 +776,13 @@ class FakeClock:
 
 def fake_clock(monkeypatch, step_s, eval_s: float) -> FakeClock:
     """Patch training.py's clock; step_s is seconds per step, or a function of the step about to
-    run.
-    """
+    run (of a run from step 0)."""
     clock = FakeClock(step_s, eval_s)
     real_step, real_evaluate = training.train_step, training.evaluate
 
-    def timed_step(*args):  # train_step(model, ..., tc, dist, step, wants_stop)
-        step = args[-2]
-        clock.now += clock.step_s(step) if callable(clock.step_s) else clock.step_s
+    def timed_step(*args):
+        step_s = clock.step_s(clock.steps) if callable(clock.step_s) else clock.step_s
+        clock.now, clock.steps = clock.now + step_s, clock.steps + 1
         return real_step(*args)
 
     def timed_evaluate(*a, **k):
