@@ -937,7 +937,7 @@ def test_the_probe_times_steps_until_warmup_ends_so_slow_first_steps_do_not_shri
     assert s["schedule"]["fixed_at_step"] == 40
     assert s["schedule"]["probe_ms_per_step"] == pytest.approx(1000 * (3 * 2 + 35 * 1) / 38)
 
-    monkeypatch.setattr(schedule, "PROBE_MAX_STEPS", 10)
+    monkeypatch.setattr(budget, "PROBE_MAX_STEPS", 10)
     mc, tc = smoke(
         tiny_data_dir, tmp_path / "out2", **{**BUDGET, "max_minutes": 2.0, "warmup_iters": 40}
     )
