@@ -86,12 +86,10 @@ def make_corpus(data_dir: Path, mb: float) -> dict:
     import load_dataset
     from slm.datafiles import SPLITS, read_source
     from slm.encoding import EOT_TEXT
+    from slm.sources import SAMPLE_DIR, SAMPLE_FILES
     from slm.storyfiles import iter_raw_file
 
-    stories = {
-        split: list(iter_raw_file(load_dataset.SAMPLE_DIR / load_dataset.SAMPLE_FILES[split][0]))
-        for split in SPLITS
-    }
+    stories = {split: list(iter_raw_file(SAMPLE_DIR / SAMPLE_FILES[split][0])) for split in SPLITS}
     chars = {split: sum(map(len, s)) for split, s in stories.items()}
     copies = max(1, math.ceil((mb * 1e6 - chars["validation"]) / chars["train"]))
     files = {}
