@@ -242,9 +242,9 @@ def loop(run: Run, state: Progress, budget, recipe, speed, stop_after, progress,
     have fixed its step count, how it stopped, its first step, when training began)."""
     t_train, start_step, stopped = time.time(), state.step, "done"
     evaluated_at = state.history[-1]["step"] if state.history else -1
-    bar = progress_bar(total=time_budget.bar_total(budget, run.tc, state.step, time.time() - t_train),
-                       initial=state.step, desc="training", unit="step", dynamic_ncols=True,
-                       disable=not (progress and run.dist.master), file=sys.stderr)  # fmt: skip
+    bar = progress_bar(initial=state.step, desc="training", unit="step", dynamic_ncols=True,
+        total=time_budget.bar_total(budget, run.tc, state.step, time.time() - t_train),
+        disable=not (progress and run.dist.master), file=sys.stderr)  # fmt: skip
     say = bar.write if run.dist.master else say
     eval_s = save_s = 0.0  # the last evaluation's seconds, and its files' (0: none yet)
     run.train_model.train()
