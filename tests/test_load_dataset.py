@@ -64,9 +64,11 @@ def test_raw_text_separator_is_a_line_holding_only_the_token():
     text = (
         "First story line one.\nA cat said <|endoftext|> and left.\n<|endoftext|>\n"
         # blank lines around a separator are not story text
+        "\n\nSecond story.\n\n  <|endoftext|>  \r\n"
         # two separators in a row: no empty story
-        "\n\nSecond story.\n\n  <|endoftext|>  \r\n<|endoftext|>\nThird, with\r\nCRLF "
-        "inside.\r\n<|endoftext|>\r\nFourth, no separator at the end of the file"
+        "<|endoftext|>\n"
+        "Third, with\r\nCRLF inside.\r\n<|endoftext|>\r\n"
+        "Fourth, no separator at the end of the file"
     )
     assert parse_raw_text(text) == [
         "First story line one.\nA cat said <|endoftext|> and left.",

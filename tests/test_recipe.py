@@ -13,8 +13,8 @@ from test_training import fake_clock
 import training
 from config import TrainConfig
 from slm import recipe
-from slm.checkpoint import load_checkpoint
 from slm.budget import PROBE_UNTIMED_STEPS, Budget
+from slm.checkpoint import load_checkpoint
 from slm.schedule import window_cut
 
 # A rule for the smoke preset, in the shape of the cpu preset's: a short step budget gets a small
@@ -34,7 +34,7 @@ SMOKE_RULE = [
     ),
     (math.inf, {}),
 ]
-# batch 8, warmup 5
+# the smoke preset (batch 8, warmup 5) under a one-minute budget
 FLAGS = [
     "--preset",
     "smoke",
