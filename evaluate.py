@@ -41,7 +41,7 @@ from slm.cli import CLIError, run_cli
 from slm.encoding import get_encoding
 from slm.hardware import autocast, pick_device, pick_dtype
 from slm.progress import progress_bar
-from slm.sampling import MAX_NEW_TOKENS, TEMPERATURE, TOP_K, TOP_P
+from slm.sampling import add_sampling_flags
 
 # positions per forward pass: bounds the (B, T, vocab) logits to ~200 MB
 EVAL_TOKENS_PER_BATCH = 1024
@@ -116,7 +116,6 @@ def score_tokens(
     """Sum the cross-entropy of every token after the first, each predicted once,
     deterministically."""
     import torch
-    import torch.nn.functional as F
 
     n = len(tokens)
     if n < 2:
@@ -140,16 +139,9 @@ def score_tokens(
     )
     for b in range(0, len(starts), batch_size):
         chunk = starts[b : b + batch_size]
-        # (B, T+1)
         rows = np.stack([np.asarray(tokens[s : s + length + 1], dtype=np.int64) for s in chunk])
-        rows = torch.from_numpy(rows)
-        x, y = rows[:, :-1], rows[:, 1:]  # (B, T) each
-        # (B, T) targets to score
-        mask = offsets[None, :] >= torch.tensor(first_new[b : b + batch_size])[:, None]
-        with torch.no_grad(), autocast(device, dtype):
-            logits, _ = model(x.to(device))  # (B, T, V)
-        ce = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="none")
-        ce = ce.view_as(y).cpu().double()  # (B, T)
+        ce, y = window_losses(model, torch.from_numpy(rows), device, dtype)  # (B, T) each
+        mask = offsets[None, :] >= torch.tensor(first_new[b : b + batch_size])[:, None]  # (B, T)
         is_story = y != EOT_ID
         nats += ce[mask].sum().item()
         story_nats += ce[mask & is_story].sum().item()
@@ -159,12 +151,6 @@ def score_tokens(
     bar.close()
     assert scored == n - 1, (scored, n)
     loss = nats / scored
-    overlap = (
-        "non-overlapping"
-        if stride == length
-        else f"overlapping: after the first window every scored token sees >= {length - stride} "
-        "tokens of context"
-    )
     return {
         "loss": loss,
         "perplexity": math.exp(loss),
@@ -175,9 +161,34 @@ def score_tokens(
         "windows": len(starts),
         "window": length,
         "stride": stride,
-        "windowing": f"windows of {length} tokens every {stride} tokens ({overlap}), the last one "
-        f"ending at the final token; each of the {scored} tokens after the first scored once",
+        "windowing": windowing(length, stride, scored),
     }
+
+
+def window_losses(model, rows, device: str, dtype: str):
+    """(the cross-entropy of each target, the targets), both (B, T), for windows rows (B, T+1)."""
+    import torch
+    import torch.nn.functional as F
+
+    x, y = rows[:, :-1], rows[:, 1:]  # (B, T) each
+    with torch.no_grad(), autocast(device, dtype):
+        logits, _ = model(x.to(device))  # (B, T, V)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten(), reduction="none")
+    return ce.view_as(y).cpu().double(), y
+
+
+def windowing(length: int, stride: int, scored: int) -> str:
+    """How the windows cover the text, said in one sentence for the report."""
+    overlap = (
+        "non-overlapping"
+        if stride == length
+        else f"overlapping: after the first window every scored token sees >= {length - stride} "
+        "tokens of context"
+    )
+    return (
+        f"windows of {length} tokens every {stride} tokens ({overlap}), the last one ending at "
+        f"the final token; each of the {scored} tokens after the first scored once"
+    )
 
 
 # ----------------------------------------------------------------------------- generated stories
@@ -314,39 +325,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--seed", type=int, default=1337, help="seed of the story sampler (default: %(default)s)"
     )
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=MAX_NEW_TOKENS,
-        help="most tokens per generated story (default: %(default)s)",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=TEMPERATURE,
-        help="sampling temperature; 0 is greedy (default: %(default)s)",
-    )
-    p.add_argument(
-        "--top-k",
-        type=int,
-        default=TOP_K,
-        help="sample among the k most likely tokens; 0: no limit (default: %(default)s)",
-    )
-    p.add_argument(
-        "--top-p", type=float, default=TOP_P, help="nucleus sampling threshold (default: off)"
-    )
+    add_sampling_flags(p)
     p.add_argument(
         "--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: %(default)s)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars on stderr")
     args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The ranges argparse cannot check itself: each a usage error (exit 2)."""
     if args.stride is not None and args.stride < 1:
         p.error("--stride must be at least 1")
     if args.batch_size is not None and args.batch_size < 1:
         p.error("--batch-size must be at least 1")
     if args.num_samples < 0 or args.max_new_tokens < 1:
         p.error("--num-samples must be 0 or more and --max-new-tokens at least 1")
-    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -360,17 +356,7 @@ def main(argv: list[str] | None = None) -> dict:
     check_vocab(ckpt, enc, args.checkpoint)
     model = GPT.from_checkpoint(ckpt, device).eval()
 
-    if args.text_file is not None:
-        tokens, num_stories = text_file_tokens(Path(args.text_file))
-        source = {"text_file": args.text_file, "stories": num_stories}
-    else:
-        tokens, info = split_tokens(args.data_dir, args.split)
-        source = {
-            "split": args.split,
-            "data_dir": str(args.data_dir),
-            "stories": info.get("stories"),
-        }
-
+    tokens, source = tokens_to_score(args)
     result = {
         "checkpoint": str(args.checkpoint),
         "step": ckpt.get("step"),
@@ -389,34 +375,46 @@ def main(argv: list[str] | None = None) -> dict:
             progress=not args.quiet,
         )
     )
-    if args.num_samples:
-        top_k = args.top_k or None
-        stories, ended = sample_stories(
-            model,
-            args.num_samples,
-            args.max_new_tokens,
-            args.seed,
-            args.temperature,
-            top_k,
-            args.top_p,
-            device,
-            dtype,
-            progress=not args.quiet,
-        )
-        result["samples"] = {
-            "num_samples": args.num_samples,
-            "seed": args.seed,
-            "max_new_tokens": args.max_new_tokens,
-            "temperature": args.temperature,
-            "top_k": top_k,
-            "top_p": args.top_p,
-            **story_metrics(stories, ended),
-            "example": enc.decode(stories[0]),
-        }
-    else:
-        result["samples"] = None
+    result["samples"] = story_figures(model, enc, args, device, dtype) if args.num_samples else None
     print(json.dumps(result, indent=2))
     return result
+
+
+def tokens_to_score(args: argparse.Namespace) -> tuple[np.ndarray, dict]:
+    """The tokens of --text-file or --split, and what the result says about where they came from."""
+    if args.text_file is not None:
+        tokens, num_stories = text_file_tokens(Path(args.text_file))
+        return tokens, {"text_file": args.text_file, "stories": num_stories}
+    tokens, info = split_tokens(args.data_dir, args.split)
+    source = {"split": args.split, "data_dir": str(args.data_dir), "stories": info.get("stories")}
+    return tokens, source
+
+
+def story_figures(model, enc, args: argparse.Namespace, device: str, dtype: str) -> dict:
+    """Generate --num-samples stories and measure them: the settings, the figures, one example."""
+    top_k = args.top_k or None
+    stories, ended = sample_stories(
+        model,
+        args.num_samples,
+        args.max_new_tokens,
+        args.seed,
+        args.temperature,
+        top_k,
+        args.top_p,
+        device,
+        dtype,
+        progress=not args.quiet,
+    )
+    return {
+        "num_samples": args.num_samples,
+        "seed": args.seed,
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": top_k,
+        "top_p": args.top_p,
+        **story_metrics(stories, ended),
+        "example": enc.decode(stories[0]),
+    }
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ Sources
   auto    local when --data-files is given; otherwise the hub, and when the hub cannot be reached,
           one line saying so and the bundled sample.
 
+The sources themselves (the hub probe, the loaders, the sample's check) live in slm/sources.py.
+
 The raw .txt format: stories separated by lines that hold only <|endoftext|>, UTF-8; each story
 is kept exactly but for the whitespace around it (the full rule, and the reader, in
 slm/storyfiles.py).
@@ -39,50 +41,25 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import lzma
 import os
 import platform
 import shutil
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 from config import Paths
-from slm.cli import CLIError, UsageError, first_line, run_cli
+from slm import sources
+from slm.cli import CLIError, UsageError, run_cli
 from slm.datafiles import SPLITS
 from slm.encoding import EOT_TEXT
 from slm.files import check_free_space, dir_lock, replace_together, write_errors
 from slm.progress import progress_bar, quiet_library_bars
-from slm.storyfiles import SUFFIXES, iter_raw_file, load_story_file, text_only
 
-HUB_DATASET = "roneneldan/TinyStories"
-SOURCES = ("auto", "hub", "local", "sample")
-# held out of train when no validation file is given (TinyStories' own ~1%)
-LOCAL_VALIDATION_FRACTION = 0.01
-HUB_PROBE_TIMEOUT_S = 5.0  # auto mode: how long to wait for the hub before using the bundled sample
 FORMAT_VERSION = 1  # of DATA/raw + source.json; bump when the layout changes
 SHA256_OF = (
     "each story's UTF-8 text followed by '\\n<|endoftext|>\\n', in split order "
     "(the raw .txt format)"
-)
-# The real TinyStories sample shipped with the project (see sample_data/tinystories/README.md): each
-# split's xz file and the sha256 of the raw .txt text it decompresses to. The text must hash to this
-# exactly.
-SAMPLE_REL = "sample_data/tinystories"  # in the repository
-SAMPLE_DIR = Path(__file__).resolve().parent / SAMPLE_REL
-SAMPLE_FILES = {
-    "train": ("train.txt.xz", "6f004d1bc0b4fac56874349ea3699aed129596e4c4961ea64b7de9bbb58b3b27"),
-    "validation": (
-        "validation.txt.xz",
-        "290ca8c65919533f17e6cf82e89736eed6d11c603b5a7f231be84d902032fdce",
-    ),
-}
-SAMPLE_NOTE = (
-    "a small real sample of TinyStories (Eldan & Li 2023; licence CDLA-Sharing-1.0) bundled with "
-    "the project in sample_data/tinystories, not the whole dataset; provenance in "
-    "sample_data/tinystories/README.md"
 )
 
 
@@ -111,46 +88,13 @@ def parse_data_files(items: list[str] | None) -> dict[str, str]:
     return files
 
 
-def _check_file(split: str, path: str) -> Path:
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise CLIError(
-            f"{split} file {path} does not exist; check the path in --data-files {split}=PATH"
-        )
-    if p.is_dir():
-        found = sorted(q.name for q in p.iterdir() if q.suffix in SUFFIXES)
-        hint = f", e.g. {p / found[0]}" if found else ""
-        raise CLIError(f"{split} file {path} is a directory; pass one file inside it{hint}")
-    if p.suffix.lower() not in SUFFIXES:
-        raise CLIError(
-            f"{split} file {path} has an unknown type {p.suffix!r}; use a raw .txt, .json, .jsonl "
-            "or .parquet file"
-        )
-    if p.stat().st_size == 0:
-        raise CLIError(f"{split} file {path} is empty; re-download it or pass another file")
-    return p.resolve()
-
-
-def _resolve_source(source: str, data_files: dict[str, str]) -> str:
-    if source not in SOURCES:
-        raise UsageError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
-    if data_files and source in ("hub", "sample"):
-        raise UsageError(
-            "--data-files only applies to --source local (or auto); drop it or use --source local"
-        )
-    if data_files and "train" not in data_files:
-        raise UsageError("--data-files has no train=PATH; a validation file alone is not enough")
-    if source == "local" and not data_files:
-        raise UsageError("--source local needs files: --data-files train=PATH [validation=PATH]")
-    return "local" if data_files else source
-
-
 def _request(source: str, files: dict[str, Path], num_stories: int | None, seed: int) -> dict:
     """What decides the contents of raw/: a rerun with an equal request has nothing to do."""
     req: dict = {"format_version": FORMAT_VERSION, "source": source}
     if source == "sample":
         req.update(
-            sha256={split: sha for split, (_, sha) in SAMPLE_FILES.items()}, num_stories=num_stories
+            sha256={split: sha for split, (_, sha) in sources.SAMPLE_FILES.items()},
+            num_stories=num_stories,
         )
     elif source == "local":
         req["data_files"] = {
@@ -158,125 +102,10 @@ def _request(source: str, files: dict[str, Path], num_stories: int | None, seed:
             for split, p in files.items()
         }
         if "validation" not in files:
-            req.update(validation_fraction=LOCAL_VALIDATION_FRACTION, seed=seed)
+            req.update(validation_fraction=sources.LOCAL_VALIDATION_FRACTION, seed=seed)
     elif source == "hub":
-        req["dataset"] = HUB_DATASET
+        req["dataset"] = sources.HUB_DATASET
     return req
-
-
-# -------------------------------------------------------------- the three sources (and the sample)
-
-
-def _hub_offline_reason() -> str | None:
-    """Why the hub cannot be reached right now (quickly), or None when it answers."""
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var} is set"
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    url = f"{endpoint}/api/datasets/{HUB_DATASET}"
-    try:
-        with urllib.request.urlopen(
-            urllib.request.Request(url, method="HEAD"), timeout=HUB_PROBE_TIMEOUT_S
-        ):
-            return None
-    except urllib.error.HTTPError as e:  # the hub answered; let datasets deal with what it said
-        return None if e.code < 500 else f"{endpoint} answered HTTP {e.code}"
-    except (OSError, ValueError) as e:  # DNS failure, refused, timeout, bad proxy, ...
-        reason = getattr(e, "reason", e)
-        return f"{endpoint} did not answer ({reason})"
-
-
-def _load_hub():
-    import datasets
-
-    try:
-        dd = datasets.load_dataset(HUB_DATASET)
-    except Exception as e:  # network errors come in many classes (requests, httpx, hub, datasets)
-        raise CLIError(
-            f"could not load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}: "
-            f"{first_line(e)}); check the connection, or use --source local --data-files "
-            "train=PATH, or --source sample (the bundled real sample)"
-        ) from None
-    missing = [s for s in SPLITS if s not in dd]
-    if missing:
-        raise CLIError(
-            f"{HUB_DATASET} from the hub has no {'/'.join(missing)} split (it has {list(dd)}); "
-            "download the files and use --source local"
-        )
-    return {s: text_only(dd[s], f"{HUB_DATASET} [{s}]") for s in SPLITS}
-
-
-def _load_local(files: dict[str, Path], seed: int, cache_dir: Path):
-    splits = {split: load_story_file(split, path, cache_dir) for split, path in files.items()}
-    if "validation" not in splits:
-        train = splits["train"]
-        if len(train) < 2:
-            raise CLIError(
-                f"train file {files['train']} holds 1 story, too few to hold out a validation "
-                "split; add validation=PATH to --data-files"
-            )
-        parts = train.train_test_split(test_size=LOCAL_VALIDATION_FRACTION, seed=seed, shuffle=True)
-        splits = {"train": parts["train"], "validation": parts["test"]}
-        print(
-            f"no validation file: held out {len(splits['validation']):,} of {len(train):,} train "
-            f"stories ({LOCAL_VALIDATION_FRACTION:.0%}, seed {seed})"
-        )
-    return splits
-
-
-def _read_sample_split(split: str) -> list[str]:
-    """Every story of one split of the bundled sample, after checking the sha256 of its decompressed
-    text.
-    """
-    name, expected = SAMPLE_FILES[split]
-    path = SAMPLE_DIR / name
-    restore = f"restore it with: git checkout -- {SAMPLE_REL}/{name}"
-    if not path.is_file():
-        raise CLIError(f"the bundled sample file {path} is missing; {restore}")
-    digest = hashlib.sha256()
-    try:
-        stories = list(iter_raw_file(path, digest=digest))
-    except CLIError as e:  # not UTF-8
-        raise CLIError(f"the bundled sample file {path} is damaged ({e}); {restore}") from None
-    except (lzma.LZMAError, EOFError, OSError) as e:  # corrupt or truncated xz data
-        raise CLIError(
-            f"the bundled sample file {path} is damaged ({first_line(e)}); {restore}"
-        ) from None
-    if digest.hexdigest() != expected:
-        raise CLIError(
-            f"the bundled sample file {path} decompresses to text with sha256 "
-            f"{digest.hexdigest()[:16]}..., not the recorded {expected[:16]}...; {restore}"
-        )
-    return stories
-
-
-def sample_counts(num_stories: int | None, n_train: int, n_validation: int) -> tuple[int, int]:
-    """(train, validation) stories kept from the sample: all, or the first num_stories train stories
-    and the same share of validation (at least one)."""
-    if num_stories is None or num_stories >= n_train:
-        return n_train, n_validation
-    return num_stories, min(n_validation, max(1, round(num_stories * n_validation / n_train)))
-
-
-def _load_sample(num_stories: int | None):
-    import datasets
-
-    stories = {split: _read_sample_split(split) for split in SPLITS}
-    n_train, n_validation = sample_counts(
-        num_stories, len(stories["train"]), len(stories["validation"])
-    )
-    if num_stories is not None:
-        print(
-            f"bundled sample: keeping the first {n_train:,} of {len(stories['train']):,} train "
-            f"and {n_validation:,} of {len(stories['validation']):,} validation stories "
-            f"(--num-stories {num_stories})"
-        )
-    features = datasets.Features({"text": datasets.Value("string")})
-    kept = {"train": stories["train"][:n_train], "validation": stories["validation"][:n_validation]}
-    return {
-        split: datasets.Dataset.from_dict({"text": kept[split]}, features=features)
-        for split in SPLITS
-    }
 
 
 # ------------------------------------------------------------------------ writing raw/, atomically
@@ -322,9 +151,7 @@ def _tool_versions() -> dict:
 
 
 def _write_raw(splits: dict, out: Path, facts: dict) -> dict:
-    """Save the DatasetDict into out, read it back, and write out/source.json; returns source.json's
-    dict.
-    """
+    """Save the DatasetDict into out, read it back, and write out/source.json; return its dict."""
     import datasets
 
     datasets.DatasetDict({s: splits[s] for s in SPLITS}).save_to_disk(str(out))
@@ -352,8 +179,7 @@ def _swap_in(new: Path, raw: Path) -> None:
 
 def _recover(raw: Path) -> None:
     """Tidy what an interrupted earlier run left: a half-built raw.partial, or raw moved aside
-    mid-swap.
-    """
+    mid-swap."""
     old = raw.with_name(raw.name + ".old")
     if not raw.exists() and old.exists():
         os.replace(old, raw)
@@ -367,9 +193,8 @@ def _recover(raw: Path) -> None:
 
 
 def _up_to_date(raw: Path, request: dict) -> dict | None:
-    """source.json's dict when raw/ holds exactly what request asks for and reads back whole; else
-    None.
-    """
+    """source.json's dict when raw/ holds exactly what request asks for and reads back whole;
+    else None."""
     try:
         info = json.loads((raw / "source.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -391,8 +216,8 @@ def _summary(info: dict) -> str:
     sp = info["splits"]
     mb = sum(sp[s]["chars"] for s in SPLITS) / 1e6
     what = {
-        "sample": f"the TinyStories sample bundled in {SAMPLE_REL}",
-        "hub": HUB_DATASET,
+        "sample": f"the TinyStories sample bundled in {sources.SAMPLE_REL}",
+        "hub": sources.HUB_DATASET,
         "local": "local files",
     }[info["source"]]
     return (
@@ -415,8 +240,8 @@ def prepare(
     """Write DATA/raw (DatasetDict train/validation, column text) and raw/source.json; return
     DATA/raw.
 
-    A CLIError (one line naming the problem and the fix) for every bad input; nothing is replaced
-    then."""
+    Every bad input is a CLIError (one line naming the problem and the fix), and then nothing is
+    replaced."""
     requested = source
     source, files, raw = _checked_inputs(source, data_dir, data_files, num_stories)
     _recover(raw)
@@ -452,8 +277,8 @@ def _checked_inputs(
                 f"unknown split {split!r} in data files; use train=PATH and optionally "
                 "validation=PATH"
             )
-    source = _resolve_source(source, data_files)
-    files = {split: _check_file(split, path) for split, path in data_files.items()}
+    source = sources.resolve_source(source, data_files)
+    files = {split: sources.check_file(split, path) for split, path in data_files.items()}
     if num_stories is not None and num_stories < 1:
         raise UsageError(
             f"--num-stories {num_stories} is too few; use at least 1 (or leave it out for the "
@@ -472,19 +297,19 @@ def _checked_inputs(
 def _auto_source(
     raw: Path, files: dict[str, Path], num_stories: int | None, seed: int, force: bool
 ) -> tuple[str, str | None]:
-    """--source auto without local files: (the hub or the bundled sample, why not the hub or
+    """--source auto without local files: (the hub or the bundled sample, why not the hub, or
     None)."""
     hub_request = _request("hub", files, num_stories, seed)
     if not force and _up_to_date(raw, hub_request) is not None:
         # the full dataset is already here: no need to ask the hub, never replace it by the sample
         return "hub", None
-    fallback_reason = _hub_offline_reason()
+    fallback_reason = sources.hub_offline_reason()
     if fallback_reason is None:
         return "hub", None
     print(
         f"the Hugging Face hub cannot be reached ({fallback_reason}): using the real TinyStories "
-        f"sample bundled in {SAMPLE_REL} instead, a few thousand stories rather than the whole "
-        "dataset (--source hub forces the hub, --source local reads downloaded files)",
+        f"sample bundled in {sources.SAMPLE_REL} instead, a few thousand stories rather than the "
+        "whole dataset (--source hub forces the hub, --source local reads downloaded files)",
         file=sys.stderr,
     )
     return "sample", fallback_reason
@@ -498,25 +323,24 @@ def _facts(
     num_stories: int | None,
     seed: int,
 ) -> dict:
-    """What source.json says about where the stories came from (_write_raw adds what the splits
-    hold).
-    """
+    """What source.json says about where the stories came from; _write_raw adds what the splits
+    hold."""
     facts: dict = {"source": source, "requested": requested}
     if fallback_reason:
         facts["fallback_reason"] = fallback_reason
     if source == "sample":
         facts.update(
             demo=False,
-            dataset=HUB_DATASET,
-            note=SAMPLE_NOTE,
+            dataset=sources.HUB_DATASET,
+            note=sources.SAMPLE_NOTE,
             num_stories=num_stories,
             sample_files={
-                split: {"file": f"{SAMPLE_REL}/{name}", "sha256": sha}
-                for split, (name, sha) in SAMPLE_FILES.items()
+                split: {"file": f"{sources.SAMPLE_REL}/{name}", "sha256": sha}
+                for split, (name, sha) in sources.SAMPLE_FILES.items()
             },
         )
     elif source == "hub":
-        facts.update(demo=False, dataset=HUB_DATASET)
+        facts.update(demo=False, dataset=sources.HUB_DATASET)
     else:
         facts.update(
             demo=False,
@@ -524,7 +348,7 @@ def _facts(
             validation=(
                 "file"
                 if "validation" in files
-                else f"{LOCAL_VALIDATION_FRACTION:.0%} of train held out, seed {seed}"
+                else f"{sources.LOCAL_VALIDATION_FRACTION:.0%} of train held out, seed {seed}"
             ),
         )
     return facts
@@ -537,8 +361,8 @@ def _build(
     DATA/raw; returns source.json's dict. A full or read-only disk is one line naming DATA/raw."""
     partial = raw.with_name(raw.name + ".partial")
     needed = None
-    # a cache of the stories under partial/, then the dataset itself: about twice the text
     if source == "local":
+        # a cache of the stories under partial/, then the dataset itself: about twice the text
         needed = 2 * sum(p.stat().st_size for p in files.values())
         check_free_space(
             raw.parent,
@@ -551,14 +375,13 @@ def _build(
         try:
             partial.mkdir(parents=True)
             if source == "sample":
-                splits = _load_sample(num_stories)
+                splits = sources.load_sample(num_stories)
             elif source == "hub":
-                splits = _load_hub()
+                splits = sources.load_hub()
             else:
-                splits = _load_local(files, seed, partial / "cache")
-            target.needed = sum(splits[s].data.nbytes for s in SPLITS) * (
-                2 if source == "local" else 1
-            )
+                splits = sources.load_local(files, seed, partial / "cache")
+            copies = 2 if source == "local" else 1
+            target.needed = copies * sum(splits[s].data.nbytes for s in SPLITS)
             info = _write_raw(splits, partial / "raw", facts)
             del splits  # the datasets may memory-map files under partial/cache
             _swap_in(partial / "raw", raw)
@@ -567,7 +390,7 @@ def _build(
     return info
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Step 1: write TinyStories (the hub, local files or the bundled real sample) "
         "to DATA/raw as a datasets DatasetDict {train, validation} with one column 'text', "
@@ -577,48 +400,52 @@ def main(argv: list[str] | None = None) -> None:
         "train=TinyStoriesV2-GPT4-train.txt validation=TinyStoriesV2-GPT4-valid.txt | python "
         "load_dataset.py --source sample --num-stories 500",
     )
-    parser.add_argument(
+    add = parser.add_argument
+    add(
         "--source",
-        choices=SOURCES,
+        choices=sources.SOURCES,
         default="auto",
         help="where the stories come from: auto (default) = local if --data-files is given, else "
-        f"the hub ({HUB_DATASET}), else the bundled sample when the hub cannot be reached; "
-        "hub; local (--data-files); sample (the real TinyStories sample shipped in "
-        f"{SAMPLE_REL}: no network, a few thousand stories)",
+        f"the hub ({sources.HUB_DATASET}), else the bundled sample when the hub cannot be "
+        "reached; hub; local (--data-files); sample (the real TinyStories sample shipped in "
+        f"{sources.SAMPLE_REL}: no network, a few thousand stories)",
     )
-    parser.add_argument(
+    add(
         "--data-files",
         nargs="+",
         metavar="SPLIT=PATH",
         help="local files: train=PATH [validation=PATH]; raw .txt, .json/.jsonl (field 'text') "
-        f"or .parquet; without validation, {LOCAL_VALIDATION_FRACTION:.0%}% of train is held "
-        "out",
+        f"or .parquet; without validation, {sources.LOCAL_VALIDATION_FRACTION:.0%}% of train "
+        "is held out",
     )
-    parser.add_argument(
+    add(
         "--data-dir",
         default=Paths.data_dir,
         help="output directory; the dataset goes to DATA_DIR/raw (default: %(default)s)",
     )
-    parser.add_argument(
+    add(
         "--force",
         action="store_true",
         help="rebuild even when DATA_DIR/raw already holds these inputs",
     )
-    parser.add_argument(
+    add(
         "--num-stories",
         type=int,
         default=None,
         help="bundled sample only: keep its first N train stories and the same share of its "
         "validation stories, for quick tries (default: all)",
     )
-    parser.add_argument(
+    add(
         "--seed",
         type=int,
         default=0,
         help="local without a validation file: hold-out seed (default: 0)",
     )
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     data_files = parse_data_files(args.data_files)
     if args.num_stories is not None and (args.source in ("hub", "local") or data_files):
         raise UsageError(

@@ -26,14 +26,7 @@ from slm.checkpoint import check_vocab, describe_source, load_checkpoint
 from slm.cli import run_cli
 from slm.encoding import EOT_TEXT, get_encoding
 from slm.hardware import autocast, pick_device, pick_dtype
-from slm.sampling import (  # the sampling defaults evaluate.py uses too
-    MAX_NEW_TOKENS,
-    TEMPERATURE,
-    TOP_K,
-    TOP_P,
-    continue_story,
-    encode_prompt,
-)
+from slm.sampling import add_sampling_flags, continue_story, encode_prompt
 
 # The sentence the story starts from. Edit it and run `python model_usage.py`.
 sentence = "Once upon a time, there was a little girl named Lily. She loved to play in the park."
@@ -99,32 +92,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=DEFAULT_CHECKPOINT,
         help="model file written by training.py (default: %(default)s)",
     )
-    p.add_argument(
-        "--max-new-tokens",
-        type=int,
-        default=MAX_NEW_TOKENS,
-        help="most tokens to generate per story (default: %(default)s)",
-    )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=TEMPERATURE,
-        help="sampling temperature; 0 is greedy, always the most likely token (default: "
-        "%(default)s)",
-    )
-    p.add_argument(
-        "--top-k",
-        type=int,
-        default=TOP_K,
-        help="sample only among the k most likely tokens; 0: no limit (default: %(default)s)",
-    )
-    p.add_argument(
-        "--top-p",
-        type=float,
-        default=TOP_P,
-        help="sample only among the most likely tokens whose probabilities sum to p (nucleus; "
-        "default: off)",
-    )
+    add_sampling_flags(p)
     p.add_argument(
         "--num-samples",
         type=int,
@@ -153,6 +121,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_studio_flags(p)
     args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The combinations and ranges argparse cannot check itself: each a usage error (exit 2)."""
     if args.serve and (args.interactive or args.prompt is not None or args.num_samples != 1):
         p.error(
             "--serve takes its prompts from the page: leave out --prompt, --interactive and "
@@ -174,7 +148,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--top-p must be in (0, 1]")
     if args.num_samples < 1:
         p.error("--num-samples must be at least 1")
-    return args
 
 
 def add_studio_flags(p: argparse.ArgumentParser) -> None:

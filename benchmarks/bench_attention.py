@@ -19,6 +19,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -115,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
             zip(
                 (0, chosen),
                 paired_rounds(
-                    lambda: step_ms(step, 0, args.steps),
-                    lambda: step_ms(step, chosen, args.steps),
+                    partial(step_ms, step, 0, args.steps),
+                    partial(step_ms, step, chosen, args.steps),
                     args.rounds,
                 ),
             )

@@ -209,13 +209,15 @@ def compare_head_pad(
             shaped = replace(mc, block_size=t)
             losses: dict[int, list[float]] = {1: [], pad: []}
 
+            # timed() and its run() are called within this iteration (paired_rounds just below),
+            # so the loop variables they read are this iteration's
             def timed(rows: int):
-                step = make_step(shaped, b, dtype, False, Batches(data_dir, t))
+                step = make_step(shaped, b, dtype, False, Batches(data_dir, t))  # noqa: B023
 
                 def run() -> float:
                     head_loss.HEAD_PAD = rows
                     try:
-                        return time_steps(lambda: losses[rows].append(step()), steps)
+                        return time_steps(lambda: losses[rows].append(step()), steps)  # noqa: B023
                     finally:
                         head_loss.HEAD_PAD = pad
 

@@ -17,6 +17,7 @@ import argparse
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -49,17 +50,16 @@ def main(argv: list[str] | None = None) -> None:
         f"slm/plot.py now against {args.against}; {args.out}: {len(history)} evaluations, "
         f"{len(steps)} steps"
     )
+
+    def drawing_s(module, h: list[dict], s: list[dict]) -> float:
+        t0 = time.perf_counter()
+        module.plot_run(target, h, s, title)
+        return time.perf_counter() - t0
+
     for case, (h, s) in cases.items():
-
-        def drawing_s(module) -> float:
-            t0 = time.perf_counter()
-            module.plot_run(target, h, s, title)
-            return time.perf_counter() - t0
-
-        drawing_s(plot_today), drawing_s(then)  # untimed: matplotlib's imports, the font cache
-        now, earlier = paired_rounds(
-            lambda: drawing_s(plot_today), lambda: drawing_s(then), args.rounds
-        )
+        draw_now, draw_then = partial(drawing_s, plot_today, h, s), partial(drawing_s, then, h, s)
+        draw_now(), draw_then()  # untimed: matplotlib's imports, the font cache
+        now, earlier = paired_rounds(draw_now, draw_then, args.rounds)
         print(
             f"  {case}: now {min(now):.3f} s, {args.against} {min(earlier):.3f} s (best of "
             f"{args.rounds}); median ratio {median_ratio(earlier, now):.2f}x"

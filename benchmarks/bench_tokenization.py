@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,12 +87,10 @@ def make_corpus(data_dir: Path, mb: float) -> dict:
     import load_dataset
     from slm.datafiles import SPLITS, read_source
     from slm.encoding import EOT_TEXT
+    from slm.sources import SAMPLE_DIR, SAMPLE_FILES
     from slm.storyfiles import iter_raw_file
 
-    stories = {
-        split: list(iter_raw_file(load_dataset.SAMPLE_DIR / load_dataset.SAMPLE_FILES[split][0]))
-        for split in SPLITS
-    }
+    stories = {split: list(iter_raw_file(SAMPLE_DIR / SAMPLE_FILES[split][0])) for split in SPLITS}
     chars = {split: sum(map(len, s)) for split, s in stories.items()}
     copies = max(1, math.ceil((mb * 1e6 - chars["validation"]) / chars["train"]))
     files = {}
@@ -231,10 +230,11 @@ def main(argv: list[str] | None = None) -> None:
     least_cpu: dict[str, float] = {}
     e2e = []
     for r in range(args.repeats):
+        common_due = r < args.common_repeats  # the common approach runs in the first rounds only
         for name, run in (
             ("limit", lambda: run_limit(texts, args.num_proc)),
             ("limit/procs", lambda: run_limit_procs(texts, args.num_proc)),
-            ("common", lambda: run_common(big, args.num_proc) if r < args.common_repeats else None),
+            ("common", partial(run_common, big, args.num_proc) if common_due else lambda: None),
             ("end to end", None),
         ):
             if run is None:

@@ -23,7 +23,7 @@ from slm.plan import TrialPass, resolve_dtype
 from slm.schedule import context_switches, evaluation_due, phase_ends
 
 # The probe: untimed steps first (memory allocation, torch.compile, autotuning), then timed ones,
-# all inside the LinearLR warmup, whose learning rates do not depend on the step count still unknown.
+# all inside the LinearLR warmup, whose learning rates do not depend on the step count (unknown).
 PROBE_UNTIMED_STEPS = 2
 # At least this many timed steps; the probe goes on timing until PROBE_MAX_STEPS or the end of
 # warmup, because a shared machine's speed drifts and a short probe misjudges a long run

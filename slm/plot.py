@@ -109,18 +109,44 @@ def plot_run(
         2, 1, figsize=(9, 6.5), dpi=100, sharex=True, gridspec_kw={"height_ratios": [4, 1]}
     )
     smoothed = smooth([r["train_loss"] for r in steps])
-    if steps:
-        xs = [r["step"] for r in steps]
-        ax.plot(
-            xs,
-            [r["train_loss"] for r in steps],
-            color="C0",
-            alpha=0.25,
-            lw=0.7,
-            label="train loss, each step",
-        )
-        ax.plot(xs, smoothed, color="C0", lw=1.8, label="train loss, smoothed")
+    draw_train_loss(ax, steps, smoothed)
     draw_evaluations(ax, history, ema)
+    loss_axis(ax, steps, smoothed, history)
+    mark_switches(ax, switches or [])
+    title = "\n".join(textwrap.fill(line, 110) for line in title.splitlines())
+    # pad: clears the tokens axis and its label above the plot (a pad of 30 touched them)
+    ax.set_title(title, fontsize=9, y=1, pad=38)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    tokens_axis(ax, history)
+    draw_lr(ax_lr, steps or history)
+    fixed_margins(fig, title.count("\n") + 1)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, png.getvalue())
+
+
+def draw_train_loss(ax, steps: list[dict], smoothed: list[float]) -> None:
+    """Each step's train loss, faint, and its smoothed curve over it."""
+    if not steps:
+        return
+    xs = [r["step"] for r in steps]
+    ax.plot(
+        xs,
+        [r["train_loss"] for r in steps],
+        color="C0",
+        alpha=0.25,
+        lw=0.7,
+        label="train loss, each step",
+    )
+    ax.plot(xs, smoothed, color="C0", lw=1.8, label="train loss, smoothed")
+
+
+def loss_axis(ax, steps: list[dict], smoothed: list[float], history: list[dict]) -> None:
+    """A log loss axis over the interesting range, and a note when the first steps lie above it."""
+    import matplotlib
+
     bottom, top, after = y_range(steps, smoothed, history)
     ax.set_yscale("log")
     ax.set_ylim(bottom, top)
@@ -128,6 +154,7 @@ def plot_run(
     ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     # the nice ticks alone: no unlabelled minor ones
     ax.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_ylabel("cross-entropy loss (log scale)")
     if after:
         first = history[0] if history else steps[0]
         ax.text(
@@ -141,9 +168,12 @@ def plot_run(
             fontsize=8,
             color="0.35",
         )
-    # before the last line the validation loss is high:
-    for i, (step, before, after) in enumerate(switches or []):
-        # the windows' later positions are not trained yet
+
+
+def mark_switches(ax, switches: list[tuple[int, int, int]]) -> None:
+    """A dotted line at each change of context. Before the last one the validation loss is high:
+    the windows' later positions are not trained yet."""
+    for i, (step, before, after) in enumerate(switches):
         ax.axvline(step, color="0.45", ls=":", lw=1.2)
         ax.text(
             step,
@@ -155,34 +185,29 @@ def plot_run(
             fontsize=8,
             color="0.35",
         )
-    ax.set_ylabel("cross-entropy loss (log scale)")
-    title = "\n".join(textwrap.fill(line, 110) for line in title.splitlines())
-    # pad: clears the tokens axis and its label above the plot (a pad of 30 touched them)
-    ax.set_title(title, fontsize=9, y=1, pad=38)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(loc="lower left", fontsize=8)
-    tokens_axis(ax, history)
-    lr_rows = steps or history
-    ax_lr.plot([r["step"] for r in lr_rows], [r["lr"] for r in lr_rows], color="C2", lw=1.2)
+
+
+def draw_lr(ax_lr, rows: list[dict]) -> None:
+    """The learning rate at each step (or each evaluation, for runs that logged no steps)."""
+    ax_lr.plot([r["step"] for r in rows], [r["lr"] for r in rows], color="C2", lw=1.2)
     ax_lr.set_ylabel("learning rate", fontsize=8)
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     ax_lr.grid(True, alpha=0.3)
     ax_lr.set_xlabel("optimizer step")
-    # fixed margins, in inches, for the tick labels, the axis labels and the title's lines above the
-    # tokens axis: fig.tight_layout() measures every text, and the plot is redrawn at every
-    # evaluation (the cost: benchmarks/training.md, "Drawing loss.png")
+
+
+def fixed_margins(fig, title_lines: int) -> None:
+    """Margins in inches for the tick labels, the axis labels and the title's lines above the
+    tokens axis. fig.tight_layout() would measure every text, and the plot is redrawn at every
+    evaluation (the cost: benchmarks/training.md, "Drawing loss.png")."""
     width, height = fig.get_size_inches()
     fig.subplots_adjust(
         left=0.75 / width,
         right=1 - 0.2 / width,
         bottom=0.5 / height,
         hspace=0.13,
-        top=1 - (0.55 + 0.17 * (title.count("\n") + 1)) / height,
+        top=1 - (0.55 + 0.17 * title_lines) / height,
     )
-    png = io.BytesIO()
-    fig.savefig(png, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, png.getvalue())
 
 
 def draw_evaluations(ax, history: list[dict], ema: float = 0.0) -> None:
@@ -278,11 +303,9 @@ def redraw(out_dir: str | Path) -> Path:
     tc = TrainConfig(
         **{k: v for k, v in saved.items() if k in {f.name for f in fields(TrainConfig)}}
     )
-    # None: stopped in a time budget's probe, the count not fixed yet
+    # schedule None: stopped in a time budget's probe, the count (so the switches) not fixed yet
     fixed = ckpt.get("schedule", {}) is not None
-    # where it changed
     switches = context_switches(tc, ckpt["config"]["block_size"]) if saved and fixed else None
-    # ema: evaluations scored the average
     plot_run(out / PLOT_FILE, history, steps, title, tc.ema, switches=switches)
     return out / PLOT_FILE
 
@@ -292,8 +315,7 @@ def saved_title(out: Path, history: list[dict]) -> str:
     tokens per step), or the log's path where there is no best model."""
     if not (out / BEST_FILE).is_file():
         return f"{out / LOG_FILE}"
-    # its config and tensor shapes, not its weights
-    best = load_checkpoint(out / BEST_FILE, mmap=True)
+    best = load_checkpoint(out / BEST_FILE, mmap=True)  # config and shapes, not the weights
     per_step = next((r["tokens"] // r["step"] for r in history if r["step"] > 0), None)
     return plot_title(
         config_from_dict(best["config"]),

@@ -197,20 +197,30 @@ def report_text(
     glimpse: str | None,
 ) -> str:
     """report.md's text (see the module's docstring)."""
-    import torch
+    lines = opening(summary, progress, mc, tc, num_params)
+    lines += facts_table(summary, progress, tc, machine, facts, mfu)
+    if progress.history:
+        lines += losses_section(progress)
+    lines += settings_section(progress.schedule, preset, mc, tc)
+    lines += samples_section(progress.history, glimpse)
+    return "\n".join(lines)
 
-    out, history = Path(tc.out_dir), progress.history
-    tokens_per_step = summary["tokens_per_step"]
+
+def opening(
+    summary: dict, progress: Progress, mc: GPTConfig, tc: TrainConfig, num_params: int
+) -> list[str]:
+    """The title, how and when the run ended, where its best model is, and how to continue it."""
+    out = Path(tc.out_dir)
     ended = HOW_IT_ENDED.get(summary["stopped"], summary["stopped"])
     of = f" of {summary['max_iters']:,}" if summary.get("max_iters") else ""
     resumed = f", resumed at step {summary['start_step']:,}" if summary.get("start_step") else ""
     lines = [
-        "# Training run: " + plot_title(mc, num_params, tokens_per_step, None),
+        "# Training run: " + plot_title(mc, num_params, summary["tokens_per_step"], None),
         "",
         f"{ended.capitalize()} at step {progress.step:,}{of} on "
         f"{datetime.date.today().isoformat()}{resumed}.",
     ]
-    if history:
+    if progress.history:
         lines.append(
             f"Best validation loss **{progress.best_val:.4f}** at step {progress.best_step:,}: "
             f"`{out / BEST_FILE}` (what `model_usage.py --checkpoint {out / BEST_FILE}` loads)."
@@ -225,6 +235,16 @@ def report_text(
             f"Continue with `python training.py --out-dir {out} --resume` (from "
             f"`{out / CKPT_FILE}`)."
         )
+    return lines
+
+
+def facts_table(
+    summary: dict, progress: Progress, tc: TrainConfig, machine, facts: dict, mfu: float | None
+) -> list[str]:
+    """The table of the machine, the software, the data, this session's speed and the totals."""
+    import torch
+
+    tokens_per_step = summary["tokens_per_step"]
     mfu_text = (
         f"MFU {mfu:.1%}"
         if mfu
@@ -235,7 +255,7 @@ def report_text(
         if summary.get("gpu_peak_gib") is not None
         else ""
     )
-    lines += [
+    return [
         "",
         "| | |",
         "|---|---|",
@@ -248,33 +268,35 @@ def report_text(
         f"({tokens_per_step:,} per step) |",
         "",
     ]
-    if history:
-        lines += [
-            "## Losses",
-            "",
-            *loss_rows(history, progress.steps),
-            "",
-            f"![train and validation loss]({PLOT_FILE})",
-            "",
-            f"Every evaluation is in `{LOG_FILE}`, every step's loss and learning rate in "
-            f"`{STEPS_FILE}`.",
-            "",
-        ]
-    lines += settings_section(progress.schedule, preset, mc, tc)
+
+
+def losses_section(progress: Progress) -> list[str]:
+    """The loss table at each evaluation, the plot, and where every figure is."""
+    return [
+        "## Losses",
+        "",
+        *loss_rows(progress.history, progress.steps),
+        "",
+        f"![train and validation loss]({PLOT_FILE})",
+        "",
+        f"Every evaluation is in `{LOG_FILE}`, every step's loss and learning rate in "
+        f"`{STEPS_FILE}`.",
+        "",
+    ]
+
+
+def samples_section(history: list[dict], glimpse: str | None) -> list[str]:
+    """The glimpse written at each evaluation, when there are any."""
     samples = [r for r in history if r.get("sample")]
-    if samples:
-        lines += [
-            "## Samples at each evaluation",
-            "",
-            f"{glimpse or 'One sample per evaluation'}:",
-            "",
-        ]
-        lines += [
-            f"- **step {r['step']:,}** (validation {r['val_loss']:.3f}): {escape(r['sample'])}"
-            for r in samples
-        ]
-        lines.append("")
-    return "\n".join(lines)
+    if not samples:
+        return []
+    lines = ["## Samples at each evaluation", "", f"{glimpse or 'One sample per evaluation'}:", ""]
+    lines += [
+        f"- **step {r['step']:,}** (validation {r['val_loss']:.3f}): {escape(r['sample'])}"
+        for r in samples
+    ]
+    lines.append("")
+    return lines
 
 
 def settings_section(

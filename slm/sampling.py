@@ -4,6 +4,7 @@ Step 6 prints. Glimpse is the short sample training.py prints (and logs) at each
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterator
 
 from config import EOT_ID, EOT_POSITION
@@ -20,6 +21,37 @@ TOP_P = None  # nucleus sampling threshold (None: off)
 # time, so one sample differs from the last only by what the model learned in between.
 GLIMPSE_PROMPT = "Once upon a time"
 GLIMPSE_TOKENS = 40
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    """--max-new-tokens, --temperature, --top-k and --top-p, with the defaults above: the flags
+    model_usage.py and evaluate.py share."""
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=MAX_NEW_TOKENS,
+        help="most tokens to generate per story (default: %(default)s)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=TEMPERATURE,
+        help="sampling temperature; 0 is greedy, always the most likely token (default: "
+        "%(default)s)",
+    )
+    p.add_argument(
+        "--top-k",
+        type=int,
+        default=TOP_K,
+        help="sample only among the k most likely tokens; 0: no limit (default: %(default)s)",
+    )
+    p.add_argument(
+        "--top-p",
+        type=float,
+        default=TOP_P,
+        help="sample only among the most likely tokens whose probabilities sum to p (nucleus; "
+        "default: off)",
+    )
 
 
 def encode_prompt(enc, prompt: str) -> list[int]:

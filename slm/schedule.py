@@ -1,8 +1,8 @@
-"""The learning-rate schedule and the time budget that fixes its length.
+"""The learning-rate schedule, when evaluations fall, and the phases of a cut context.
 
-LinearLR warmup then CosineAnnealingLR down to min_lr. With --max-minutes M the budget is the
-schedule: the steps of this machine are timed and the step count whose steps and evaluations fill
-M minutes is fixed, then the cosine is laid over exactly that many steps.
+LinearLR warmup then CosineAnnealingLR down to min_lr. With --max-minutes M the time budget
+(slm/budget.py) fixes the step count whose steps and evaluations fill M minutes, and the cosine is
+then laid over exactly that many steps (make_scheduler's at_step).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from config import TrainConfig
 
 WARMUP_START_FACTOR = 0.01  # the first warmup step runs at 1% of the peak learning rate
-# a periodic evaluation under eval_interval // NEAR_END steps before the end is left to the final
-# one
+# a periodic evaluation due less than eval_interval // NEAR_END steps before the end is left to
+# the final one
 NEAR_END = 10
 
 
@@ -38,7 +38,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, tc: TrainConfig, at_step: i
     it run from step 0.
     """
     for group in optimizer.param_groups:
-        # set by the first scheduler built on the optimizer
+        # initial_lr: the peak, set by the first scheduler built on the optimizer
         group["lr"] = group.get("initial_lr", group["lr"])
     cosine = CosineAnnealingLR(
         optimizer, T_max=max(1, tc.max_iters - tc.warmup_iters), eta_min=tc.min_lr
@@ -71,7 +71,7 @@ def phase_ends(tc: TrainConfig) -> tuple[int, int]:
 
 
 def window_cut(tc: TrainConfig, step: int) -> int:
-    """Into how many pieces each window of the step's batch is cut: 4, 2 or 1 (the whole context)."""
+    """Into how many pieces each window of the step's batch is cut: 4, 2 or 1 (whole context)."""
     quarter, half = phase_ends(tc)
     return 4 if step < quarter else 2 if step < half else 1
 
@@ -108,7 +108,7 @@ def short_context_note(
     why = ": the validation windows' later positions are not trained yet)"
     if not count_fixed:
         quarter, half = tc.quarter_context, tc.short_context
-        # share_steps' floor
+        # warmup is share_steps' floor
         warmup = f" and at least warmup's {tc.warmup_iters}" if tc.warmup_iters else ""
         parts = (
             [f"context {block_size // 4} for the first {quarter:.0%} of the steps{warmup}"]

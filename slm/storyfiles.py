@@ -169,20 +169,7 @@ def load_story_file(split: str, path: Path, cache_dir: Path):
             )
     try:
         if suffix in RAW_SUFFIXES:
-            st = path.stat()
-            features = datasets.Features({"text": datasets.Value("string")})
-            was_enabled = datasets.is_progress_bar_enabled()
-            datasets.disable_progress_bars()  # our own byte bar says more
-            try:
-                ds = datasets.Dataset.from_generator(
-                    _raw_file_rows,
-                    features=features,
-                    cache_dir=str(cache_dir),
-                    gen_kwargs={"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
-                )
-            finally:
-                if was_enabled:
-                    datasets.enable_progress_bars()
+            ds = _raw_file_dataset(path, cache_dir)
         else:
             kind = "parquet" if suffix in PARQUET_SUFFIXES else "json"
             ds = datasets.load_dataset(
@@ -217,3 +204,23 @@ def load_story_file(split: str, path: Path, cache_dir: Path):
     if len(ds) == 0:
         raise CLIError(f"{what} holds no stories; pass a file with stories in it")
     return ds
+
+
+def _raw_file_dataset(path: Path, cache_dir: Path):
+    """A raw .txt file streamed into a Dataset under cache_dir, with our byte bar, not datasets'."""
+    import datasets
+
+    st = path.stat()
+    features = datasets.Features({"text": datasets.Value("string")})
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # our own byte bar says more
+    try:
+        return datasets.Dataset.from_generator(
+            _raw_file_rows,
+            features=features,
+            cache_dir=str(cache_dir),
+            gen_kwargs={"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+        )
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()

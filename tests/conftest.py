@@ -26,7 +26,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def shared_tinystories() -> Path:
-    """Directory holding train.txt / validation.txt of the real sample; skips the test when absent."""
+    """The directory of the real sample's train.txt / validation.txt; skips the test when absent."""
     if not (SHARED_TINYSTORIES / "train.txt").is_file():
         pytest.skip(f"real TinyStories sample not found at {SHARED_TINYSTORIES}")
     return SHARED_TINYSTORIES

@@ -78,7 +78,7 @@ def test_uniform_logits_give_ln_vocab_and_hand_counted_bits_per_byte(tmp_path, e
 
 
 def test_windows_match_direct_computation(enc):
-    """Non-overlapping and strided scores equal the model's loss computed window by window, by hand."""
+    """Non-overlapping and strided scores equal the loss computed by hand, window by window."""
     model = tiny_model(seed=3, block_size=16)
     with torch.no_grad():
         for p in model.parameters():
@@ -190,7 +190,7 @@ def test_generated_story_figures_of_programmed_models(tmp_path, capsys):
 def test_split_scores_every_token_of_the_bin_and_matches_the_text_file(
     tiny_data_dir, tmp_path, capsys
 ):
-    """--split validation reads DATA/validation.bin; the same stories as a .txt file score the same."""
+    """--split validation reads DATA/validation.bin; the same stories as .txt score the same."""
     from slm.datafiles import load_raw, read_meta
 
     ckpt = save_checkpoint(tiny_model(seed=1), tmp_path / "m.pt")

@@ -374,7 +374,7 @@ def quiet_cli(main, argv) -> int:
 
 @pytest.fixture(scope="module")
 def worlds(tmp_path_factory) -> dict[str, Path]:
-    """A directory per kind of run, holding what exists before it: the previous outputs it replaces."""
+    """A directory per kind of run, holding what exists before it: the outputs it replaces."""
     base = tmp_path_factory.mktemp("worlds")
 
     def ok(main, argv):

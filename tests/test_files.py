@@ -107,13 +107,14 @@ def test_errors_that_are_not_the_disks_pass_through(tmp_path):
 
 def torch_save_on_a_full_disk(obj, f, *args, **kwargs):
     """torch.save as it fails on a full disk: its writer's OSError becomes the context of a
-    RuntimeError.
-    """
+    RuntimeError."""
     f.write(b"PK" * 100)
     try:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     except OSError:  # raised while handling it, as torch does: the OSError is its __context__
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+        raise RuntimeError(  # noqa: B904 (no "from", as in torch: the OSError is no __cause__)
+            "[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534"
+        )
 
 
 def test_torch_save_on_a_full_disk_names_the_file_and_the_space(tmp_path, monkeypatch):

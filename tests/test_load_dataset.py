@@ -21,6 +21,7 @@ from conftest import fake_free_space, no_space
 from test_model_usage import call_cli
 
 import load_dataset
+from slm import sources
 from slm.cli import CLIError, UsageError, run_cli
 from slm.datafiles import SPLITS, load_raw, read_source
 from slm.storyfiles import parse_raw_text
@@ -63,9 +64,11 @@ def test_raw_text_separator_is_a_line_holding_only_the_token():
     text = (
         "First story line one.\nA cat said <|endoftext|> and left.\n<|endoftext|>\n"
         # blank lines around a separator are not story text
+        "\n\nSecond story.\n\n  <|endoftext|>  \r\n"
         # two separators in a row: no empty story
-        "\n\nSecond story.\n\n  <|endoftext|>  \r\n<|endoftext|>\nThird, with\r\nCRLF "
-        "inside.\r\n<|endoftext|>\r\nFourth, no separator at the end of the file"
+        "<|endoftext|>\n"
+        "Third, with\r\nCRLF inside.\r\n<|endoftext|>\r\n"
+        "Fourth, no separator at the end of the file"
     )
     assert parse_raw_text(text) == [
         "First story line one.\nA cat said <|endoftext|> and left.",
@@ -166,24 +169,22 @@ def test_local_without_validation_holds_out_a_fixed_fraction(tmp_path):
 
 def sample_text(split: str) -> bytes:
     """A bundled sample file decompressed, independently of load_dataset's reader."""
-    return lzma.decompress(
-        (load_dataset.SAMPLE_DIR / load_dataset.SAMPLE_FILES[split][0]).read_bytes()
-    )
+    return lzma.decompress((sources.SAMPLE_DIR / sources.SAMPLE_FILES[split][0]).read_bytes())
 
 
 def sample_stories(split: str) -> list[str]:
-    """The stories of a bundled sample file, split by a regex rather than by the parser under test."""
+    """The stories of a bundled sample file, split by a regex, not by the parser under test."""
     text = sample_text(split).decode("utf-8")
     return [s.strip() for s in re.split(rf"(?m)^{re.escape(EOT)}$", text) if s.strip()]
 
 
 @pytest.mark.parametrize("split", SPLITS)
 def test_bundled_sample_decompresses_to_the_recorded_text(split):
-    name, recorded = load_dataset.SAMPLE_FILES[split]
+    name, recorded = sources.SAMPLE_FILES[split]
     assert hashlib.sha256(sample_text(split)).hexdigest() == recorded
     # the data note beside the files records the same hashes
-    assert f"`{name}`" in (load_dataset.SAMPLE_DIR / "README.md").read_text(encoding="utf-8")
-    assert recorded in (load_dataset.SAMPLE_DIR / "README.md").read_text(encoding="utf-8")
+    assert f"`{name}`" in (sources.SAMPLE_DIR / "README.md").read_text(encoding="utf-8")
+    assert recorded in (sources.SAMPLE_DIR / "README.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -192,17 +193,17 @@ def test_bundled_sample_equals_the_shared_copy(shared_tinystories, split):
 
 
 def test_sample_counts_keep_the_validation_share():
-    assert load_dataset.sample_counts(None, 4000, 250) == (4000, 250)
-    assert load_dataset.sample_counts(400, 4000, 250) == (400, 25)
-    assert load_dataset.sample_counts(1, 4000, 250) == (1, 1)  # never an empty validation split
-    assert load_dataset.sample_counts(10**6, 4000, 250) == (4000, 250)
+    assert sources.sample_counts(None, 4000, 250) == (4000, 250)
+    assert sources.sample_counts(400, 4000, 250) == (400, 25)
+    assert sources.sample_counts(1, 4000, 250) == (1, 1)  # never an empty validation split
+    assert sources.sample_counts(10**6, 4000, 250) == (4000, 250)
 
 
 def test_sample_source_writes_the_first_stories_of_the_real_sample(tmp_path):
     raw = load_dataset.prepare(source="sample", data_dir=tmp_path, num_stories=40)
     train, validation = texts(tmp_path, "train"), texts(tmp_path, "validation")
     all_train, all_validation = sample_stories("train"), sample_stories("validation")
-    n_val = load_dataset.sample_counts(40, len(all_train), len(all_validation))[1]
+    n_val = sources.sample_counts(40, len(all_train), len(all_validation))[1]
     assert train == all_train[:40]
     assert validation == all_validation[:n_val] and n_val >= 1
     info = json.loads((raw / "source.json").read_text())
@@ -217,13 +218,13 @@ def test_whole_sample_hashes_like_the_files(tmp_path):
     load_dataset.prepare(source="sample", data_dir=tmp_path)
     info = read_source(tmp_path)
     for split in SPLITS:
-        assert info["splits"][split]["sha256"] == load_dataset.SAMPLE_FILES[split][1]
+        assert info["splits"][split]["sha256"] == sources.SAMPLE_FILES[split][1]
         assert info["splits"][split]["stories"] == len(sample_stories(split))
 
 
 def damaged_copies(tmp_path) -> dict[str, Path]:
     """Copies of the sample directory, each with its train file damaged in one way."""
-    good = (load_dataset.SAMPLE_DIR / "train.txt.xz").read_bytes()
+    good = (sources.SAMPLE_DIR / "train.txt.xz").read_bytes()
     damage = {
         "flipped byte": good[: len(good) // 2]
         + bytes([good[len(good) // 2] ^ 0xFF])
@@ -236,7 +237,7 @@ def damaged_copies(tmp_path) -> dict[str, Path]:
     dirs = {}
     for case, data in damage.items():
         d = tmp_path / case.replace(" ", "_")
-        shutil.copytree(load_dataset.SAMPLE_DIR, d)
+        shutil.copytree(sources.SAMPLE_DIR, d)
         if data is None:
             (d / "train.txt.xz").unlink()
         else:
@@ -250,7 +251,7 @@ def test_a_damaged_bundled_file_is_one_clean_error(tmp_path, monkeypatch, capsys
     before = snapshot(tmp_path / "data" / "raw")
     capsys.readouterr()
     for case, d in damaged_copies(tmp_path).items():
-        monkeypatch.setattr(load_dataset, "SAMPLE_DIR", d)
+        monkeypatch.setattr(sources, "SAMPLE_DIR", d)
         with pytest.raises(SystemExit) as e:
             run_cli(
                 load_dataset.main,
@@ -329,14 +330,14 @@ def test_hub_failure_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_auto_uses_the_hub_when_it_answers(tmp_path, hub_stand_in, monkeypatch):
-    monkeypatch.setattr(load_dataset, "_hub_offline_reason", lambda: None)
+    monkeypatch.setattr(sources, "hub_offline_reason", lambda: None)
     load_dataset.prepare(source="auto", data_dir=tmp_path / "d")
     assert read_source(tmp_path / "d")["source"] == "hub"
 
 
 def test_auto_falls_back_to_the_bundled_sample_in_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(
-        load_dataset, "_hub_offline_reason", lambda: "huggingface.co did not answer (test)"
+        sources, "hub_offline_reason", lambda: "huggingface.co did not answer (test)"
     )
     load_dataset.prepare(source="auto", data_dir=tmp_path, num_stories=40)
     err = capsys.readouterr().err
@@ -362,7 +363,7 @@ def test_auto_keeps_a_hub_dataset_already_here_when_offline(
     before = snapshot(tmp_path / "raw")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(
-        load_dataset, "_hub_offline_reason", lambda: pytest.fail("no need to ask the hub")
+        sources, "hub_offline_reason", lambda: pytest.fail("no need to ask the hub")
     )
     capsys.readouterr()
     load_dataset.prepare(source="auto", data_dir=tmp_path)
@@ -379,9 +380,9 @@ def test_hub_probe_is_quick_when_nothing_answers(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
     monkeypatch.setenv("no_proxy", "*")  # straight to it, even where a proxy is configured
     t0 = time.perf_counter()
-    reason = load_dataset._hub_offline_reason()
+    reason = sources.hub_offline_reason()
     assert reason is not None and "127.0.0.1:9" in reason
-    assert time.perf_counter() - t0 < load_dataset.HUB_PROBE_TIMEOUT_S + 1
+    assert time.perf_counter() - t0 < sources.HUB_PROBE_TIMEOUT_S + 1
 
 
 # ----------------------------------------------------------------------------- reruns and atomic

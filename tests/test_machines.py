@@ -250,14 +250,19 @@ def test_a_budget_run_makes_no_float64_tensor_on_its_device_as_apples_mps_has_no
     from test_recipe import FLAGS, run_main
 
     made = []
-    for name in ("zeros", "ones", "full", "empty", "tensor", "as_tensor"):
 
-        def traced(*args, _real=getattr(torch, name), _name=name, **kwargs):
+    def tracing(name: str):
+        real = getattr(torch, name)
+
+        def traced(*args, **kwargs):
             if kwargs.get("dtype") is torch.float64 and kwargs.get("device") is not None:
-                made.append(_name)
-            return _real(*args, **kwargs)
+                made.append(name)
+            return real(*args, **kwargs)
 
-        monkeypatch.setattr(torch, name, traced)
+        return traced
+
+    for name in ("zeros", "ones", "full", "empty", "tensor", "as_tensor"):
+        monkeypatch.setattr(torch, name, tracing(name))
     double = torch.Tensor.double
     monkeypatch.setattr(
         torch.Tensor,

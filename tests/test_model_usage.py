@@ -23,6 +23,7 @@ from config import EOT_ID, GPTConfig
 from slm.checkpoint import config_to_dict
 from slm.cli import run_cli
 from slm.files import atomic_torch_save
+from slm.sampling import MAX_NEW_TOKENS
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(block_size=32, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
@@ -175,7 +176,7 @@ def test_default_sentence_and_default_checkpoint(tmp_path, ckpts):
     assert (
         "TinyStories sample bundled in sample_data/tinystories (real stories, 400 train" in header
     )
-    assert story == model_usage.sentence + " la" * model_usage.MAX_NEW_TOKENS
+    assert story == model_usage.sentence + " la" * MAX_NEW_TOKENS
 
 
 def test_edited_sentence_in_a_copy_of_the_script(tmp_path, ckpts):

@@ -33,7 +33,7 @@ SMOKE_RULE = [
     ),
     (math.inf, {}),
 ]
-# batch 8, warmup 5
+# the smoke preset (batch 8, warmup 5) under a one-minute budget
 FLAGS = [
     "--preset",
     "smoke",

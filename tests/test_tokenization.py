@@ -63,13 +63,11 @@ def make_raw(data_dir, train: list[str], validation: list[str], train_files: int
 
 def corpus(n: int = 150) -> tuple[list[str], list[str]]:
     """n real stories from the bundled sample (its first n train stories), plus the awkward ones."""
-    import load_dataset
+    from slm.sources import SAMPLE_DIR, SAMPLE_FILES
     from slm.storyfiles import parse_raw_text
 
     stories = parse_raw_text(
-        lzma.decompress(
-            (load_dataset.SAMPLE_DIR / load_dataset.SAMPLE_FILES["train"][0]).read_bytes()
-        ).decode("utf-8")
+        lzma.decompress((SAMPLE_DIR / SAMPLE_FILES["train"][0]).read_bytes()).decode("utf-8")
     )[:n]
     assert len(stories) == n
     train = stories[: n - 20] + SPECIAL_STORIES

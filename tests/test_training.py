@@ -1034,7 +1034,7 @@ def test_cpu_training_uses_fused_adamw_with_the_same_steps_as_foreach():
 
 def test_an_evaluation_just_before_the_end_is_left_to_the_final_one(tiny_data_dir, tmp_path):
     due = lambda step, n: schedule.evaluation_due(step, n, 500)  # noqa: E731
-    # 1,500: 12 steps before the end
+    # the one at 1,500 is 12 steps before the end: left to the final one
     assert [s for s in range(0, 1600, 250) if due(s, 1512)] == [0, 500, 1000]
     # 50 steps (a tenth) apart: both run
     assert due(1500, 1550) and due(1500, 1500) and not due(1500, 1549)
@@ -1068,7 +1068,7 @@ def test_steps_that_fit_counts_every_evaluation():
     # N=13 takes 6 x 1 + 7 x 2 = 20 s (round(6.5) is 6), N=14 takes 7 + 14 = 21 s.
     half = lambda n: (0, round(n / 2))  # noqa: E731
     assert budget.steps_that_fit(0, 20.0, 1.0, 0.0, 100, ends=half, costs=(1.0, 1.0, 2.0)) == 13
-    # 13 + 6.5 s; 27: 14 + 6.5
+    # N=26 takes 13 + 6.5 s; N=27 takes 14 + 6.5 s
     assert budget.steps_that_fit(0, 20.0, 1.0, 0.0, 100, ends=half, costs=(1.0, 1.0, 0.5)) == 26
     # Three phases, the first quarter at 1 s, to the half at 2 s, then 3 s; from step 2 (the first
     # two are done): N=12 takes (3-2) x 1 + 3 x 2 + 6 x 3 = 25 s, N=13 (ends 3 and 6) 1 + 6 + 21 =
