@@ -5,8 +5,9 @@ How it goes, in order:
 1. choose_recipe: before the run is built, a few forward/backward passes of the preset's shape are
    timed on a throwaway model; the steps that fit the budget pick the recipe (slm/recipe.py).
 2. Budget: the run's first warmup steps are timed (the probe); the progress bar shows an estimate.
-3. fix_step_count: at the end of the probe the count is fixed, once: the warmup -> cosine schedule
-   is laid over exactly those steps, and the command that repeats the run step for step is printed.
+3. fix: at the end of the probe the count is fixed, once (training.fix_step_count calls it): the
+   warmup -> cosine schedule is laid over exactly those steps, and the command that repeats the
+   run step for step is printed.
 4. stop_reason: a run that falls BUDGET_OVERRUN past its minutes evaluates, saves and stops.
 """
 
