@@ -76,7 +76,7 @@ OOM_WAYS_OUT = {
         ("evaluate.py", "score_tokens", "scoring", "lower --batch-size (windows per forward pass)"),
         (
             "model.py",
-            "GPT.generate_stream",
+            "GPT.generate_stream_logits",
             "generating",
             "lower --max-new-tokens (the context the model attends over, and its cache, grow with "
             "each new token)",
@@ -85,7 +85,7 @@ OOM_WAYS_OUT = {
     "model_usage": [
         (
             "model.py",
-            "GPT.generate_stream",
+            "GPT.generate_stream_logits",
             "generating",
             "lower --max-new-tokens or shorten the prompt (the context the model attends over, "
             "and its cache, grow with each new token)",

@@ -26,7 +26,7 @@ from test_model_usage import call_cli
 import training
 from config import PRESETS, GPTConfig, TrainConfig
 from model import GPT
-from slm import budget, hardware, schedule
+from slm import budget, hardware, schedule, settings
 from slm.checkpoint import config_to_dict, load_checkpoint
 from slm.cli import CLIError
 from slm.progress import LOG_FILE, PLOT_FILE, mfu_peak, read_log
@@ -147,7 +147,7 @@ def test_flags_override_the_preset_and_the_default_preset_is_cpu_without_cuda():
         mc.n_embd == PRESETS[preset].model.n_embd
         and tc.max_iters == PRESETS[preset].train.max_iters
     )
-    args = training.build_parser().parse_args(["--lr", "0.01", "--no-bias", "--dropout", "0"])
+    args = settings.build_parser().parse_args(["--lr", "0.01", "--no-bias", "--dropout", "0"])
     model_over, train_over = flags_given(args, GPTConfig), flags_given(args, TrainConfig)
     assert model_over == {"bias": False, "dropout": 0.0} and train_over == {"learning_rate": 0.01}
 
