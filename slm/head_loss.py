@@ -8,6 +8,8 @@ again ~1.1x (BENCHMARKS.md).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 # Positions per head-loss chunk where there is no gradient to compute the logits in (evaluation), so
@@ -47,14 +49,21 @@ class _HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, grad_enabled: bool
+        ctx,
+        h: torch.Tensor,
+        w: torch.Tensor,
+        targets: torch.Tensor,
+        grad_enabled: bool,
+        extra: float | None,
     ) -> torch.Tensor:
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         v, hl = w.size(0), h.to(dtype)  # (N, C) the matmul input, as autocast would cast it
-        # (Vp, C): in float32 the head, then zero rows to a multiple of HEAD_PAD; else the head cast
-        # (Vp = V)
-        wp = padded_head(w) if dtype == torch.float32 else w.to(dtype)
+        # (Vp, C): in float32, or with an extra logit, the head, then zero rows to a multiple of
+        # HEAD_PAD (the extra logit takes the first); else the head cast (Vp = V)
+        extras = extra_logits(extra, dtype) if extra is not None else []
+        padded = dtype == torch.float32 or extra is not None
+        wp = padded_head(w, dtype, spare=len(extras)) if padded else w.to(dtype)
         wl = wp[:v]  # (V, C) the head itself, cast as autocast would
         keep = targets != -1  # (N,)
         n = keep.sum().clamp(min=1).float()  # positions scored
@@ -79,12 +88,14 @@ class _HeadLoss(torch.autograd.Function):
             # (R, Vp) logits
             e = torch.mm(hl[rows], wp.t(), out=grad_logits[rows] if want_grad else None)
             e[:, v:] = -torch.inf  # the padding's logits: probability exactly 0, and so gradient 0
+            for i, a in enumerate(extras):  # their zero rows add nothing to grad_h; grad_w drops them
+                e[:, v + i] = a
             if to_float:
                 e = e.float()
             k = keep[rows, None]  # (R, 1)
             t = targets[rows, None].clamp(min=0)  # (R, 1)
             # e: (R, V) probabilities; log_p: (R, 1)
-            log_p = _softmax_at_targets_(e, t, k, hl[rows], wl)
+            log_p = _softmax_at_targets_(e, t, k, hl[rows], wl, extra)
             total -= torch.where(k, log_p, 0).sum()  # -log softmax at the target (0 if ignored)
             if want_grad:
                 # softmax - one_hot, by indexing: scatter_ and scatter_add_ copy a whole bfloat16
@@ -116,18 +127,41 @@ class _HeadLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors  # (N, C), (V, C)
-        return grad_h * grad_loss, grad_w * grad_loss, None, None
+        return grad_h * grad_loss, grad_w * grad_loss, None, None, None
 
 
-def padded_head(w: torch.Tensor) -> torch.Tensor:
-    """w (V, C) in the first V rows of a float32 (Vp, C) matrix, Vp the next multiple of HEAD_PAD,
-    whose other rows are zeros. On a CPU the same matrix every step, w copied into it."""
+def extra_logits(extra: float, dtype: torch.dtype, terms: int = 4) -> list[float]:
+    """Logits, each exact in dtype, whose e^logit sum to e^extra: in float32 extra itself; in a
+    16-bit dtype, where log(40,000) would be rounded by up to 0.03 (3% of the zero rows' share of
+    the softmax's sum), greedy terms each rounded down, the rest left to the next: the sum is
+    short by under 1e-4 of e^extra after 4 terms (each leaves at most 1 - e^-ulp of the rest)."""
+    if dtype == torch.float32:
+        return [extra]
+    out, rest = [], math.exp(extra)
+    down = torch.tensor(-math.inf, dtype=dtype)
+    for _ in range(terms):
+        a = torch.tensor(math.log(rest), dtype=torch.float64).to(dtype)
+        if math.exp(float(a)) > rest:
+            a = torch.nextafter(a, down)
+        out.append(float(a))
+        rest -= math.exp(float(a))
+        if rest <= 0:
+            break
+    return out
+
+
+def padded_head(
+    w: torch.Tensor, dtype: torch.dtype = torch.float32, spare: int = 0
+) -> torch.Tensor:
+    """w (V, C) in the first V rows of a (Vp, C) matrix of dtype, Vp the first multiple of HEAD_PAD
+    that leaves at least `spare` rows after them; the other rows are zeros. On a CPU the same
+    matrix every step, w copied into it."""
     v, c = w.shape
-    vp = -(-v // HEAD_PAD) * HEAD_PAD
+    vp = -(-(v + spare) // HEAD_PAD) * HEAD_PAD
     reuse = w.device.type == "cpu" and not torch.compiler.is_compiling()
     kept = _KEPT.get("head") if reuse else None
-    if kept is None or kept.shape != (vp, c):
-        kept = torch.zeros(vp, c, dtype=torch.float32, device=w.device)
+    if kept is None or kept.shape != (vp, c) or kept.dtype != dtype:
+        kept = torch.zeros(vp, c, dtype=dtype, device=w.device)
         if reuse:
             _KEPT["head"] = kept
     kept[:v].copy_(w)
@@ -157,7 +191,12 @@ def gradient_buffer(n: int, v: int, dtype: torch.dtype, device: torch.device) ->
 
 
 def _softmax_at_targets_(
-    e: torch.Tensor, t: torch.Tensor, k: torch.Tensor, h: torch.Tensor, w: torch.Tensor
+    e: torch.Tensor,
+    t: torch.Tensor,
+    k: torch.Tensor,
+    h: torch.Tensor,
+    w: torch.Tensor,
+    extra: float | None = None,
 ) -> torch.Tensor:
     """The logits e (R, V) -> their softmax, in e; returns log softmax (R, 1) at the targets t (R,
     1), float32.
@@ -178,7 +217,10 @@ def _softmax_at_targets_(
     lost = k & (p_t < torch.finfo(torch.float32).tiny)
     if lost.any():
         i = lost.nonzero()[:, 0]
-        log_p[i] = torch.log_softmax(torch.mm(h[i], w.t()).float(), -1).gather(1, t[i])
+        z = torch.mm(h[i], w.t()).float()  # (L, V)
+        if extra is not None:  # (L, V + 1) the extra logit after them, as in e
+            z = torch.cat([z, z.new_full((z.size(0), 1), extra)], 1)
+        log_p[i] = torch.log_softmax(z, -1).gather(1, t[i])
     return log_p
 
 
@@ -194,11 +236,17 @@ def _softmax_(x: torch.Tensor) -> torch.Tensor:
     return x.copy_(torch.softmax(x, -1))
 
 
-def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def head_loss(
+    h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, extra: float | None = None
+) -> torch.Tensor:
     """h (N, C) final hidden states, w (V, C) the LM head, targets (N,) with -1 ignored -> mean
     cross-entropy.
+
+    extra: the logit of one more class that has no row and is never a target, in every softmax:
+    log(n) stands in for n rows held at zero (logit 0 each), left out of w (model.GPT.forward's
+    rows).
     """
     # Inside forward grad mode is always off, so whether the caller wants a gradient is passed in:
     # under torch.no_grad the parameters still require grad, and the gradient would be computed for
     # nothing.
-    return _HeadLoss.apply(h, w, targets, torch.is_grad_enabled())
+    return _HeadLoss.apply(h, w, targets, torch.is_grad_enabled(), extra)
