@@ -229,6 +229,7 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         caches: list[dict] | None = None,
         return_logits: bool = True,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy when targets are
         given (targets (B, T); -1 marks positions to ignore). caches: see hidden_states.
@@ -236,8 +237,18 @@ class GPT(nn.Module):
         return_logits=False (with targets): logits come back as None and the loss, the same
         number, is computed by slm.head_loss with its gradient, the logits turned into that
         gradient in place (no second (B*T, vocab) tensor): on a CPU a training step about twice
-        as fast (see slm/head_loss.py)."""
+        as fast (see slm/head_loss.py).
+
+        rows (U,) sorted token ids (with targets): the head's other rows are taken to be zero
+        (zero_unused_rows) and are never computed. Each of them has logit 0, so together they
+        add n = vocab - U times e^0 to the softmax's sum: one constant logit log(n) stands in for
+        all of them. The loss is then the full-vocabulary cross-entropy of these weights, exact,
+        with the same gradients, and the unused rows get a zero gradient. Every target must be
+        in rows. No logits come back (None); return_logits picks the path: the plain logits over
+        the rows (True) or slm.head_loss (False)."""
         h = self.hidden_states(idx, caches)  # (B, T, C)
+        if targets is not None and rows is not None:
+            return None, self._used_rows_loss(h, targets, rows, fused=not return_logits)
         if targets is not None and not return_logits:
             return None, head_loss(h.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
         logits = self.lm_head(h)  # (B, T, vocab)
@@ -247,6 +258,33 @@ class GPT(nn.Module):
                 logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
             )
         return logits, loss
+
+    def _used_rows_loss(
+        self, h: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, fused: bool
+    ) -> torch.Tensor:
+        """The mean cross-entropy over the full vocabulary of h (B, T, C) against targets (B, T),
+        computed from the head's rows `rows` alone, the others zero (forward's rows)."""
+        vocab, used = self.config.vocab_size, rows.numel()
+        w = self.lm_head.weight.index_select(0, rows)  # (U, C) its gradient goes to these rows
+        # the logit that stands for the zero rows: log(n) = log of the sum of their e^0
+        extra = math.log(vocab - used) if used < vocab else None
+        local = targets_in_rows(targets, rows, vocab).reshape(-1)  # (B*T,) indices into rows
+        if fused:
+            return head_loss(h.flatten(0, 1), w, local, extra)
+        logits = F.linear(h, w).view(-1, used).float()  # (B*T, U)
+        if extra is not None:
+            logits = torch.cat([logits, logits.new_full((logits.size(0), 1), extra)], 1)
+        return F.cross_entropy(logits, local, ignore_index=-1)
+
+    @torch.no_grad()
+    def zero_unused_rows(self, rows: torch.Tensor) -> None:
+        """Set to zero every row of the tied token embedding / LM head that is not in rows (U,):
+        the tokens the training data never uses. They then stay zero in training with rows
+        (forward): never an input, never computed, their gradient is zero, and AdamW's update of
+        a zero row with zero moments, its decay included, is zero."""
+        unused = torch.ones(self.config.vocab_size, dtype=torch.bool, device=rows.device)
+        unused[rows] = False
+        self.lm_head.weight[unused.to(self.lm_head.weight.device)] = 0
 
     def hidden_states(self, idx: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
         """idx (B, T) -> the final LayerNorm's output (B, T, C); forward's logits are lm_head of
@@ -382,6 +420,15 @@ class GPT(nn.Module):
             logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
         probs = F.softmax(logits, dim=-1)  # (B, vocab)
         return torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+
+
+def targets_in_rows(targets: torch.Tensor, rows: torch.Tensor, vocab: int) -> torch.Tensor:
+    """targets (any shape; -1 ignored) -> the index of each target in rows (U,) sorted token ids,
+    -1 kept; a target not in rows becomes -1 too, so the caller must pass rows that hold every
+    target."""
+    where = torch.full((vocab,), -1, dtype=torch.long, device=rows.device)
+    where[rows] = torch.arange(rows.numel(), device=rows.device)  # (vocab,) token id -> index
+    return torch.where(targets >= 0, where[targets.clamp(min=0)], -1)
 
 
 # ----------------------------------------------------------------------------- python model.py
