@@ -88,7 +88,7 @@ class _HeadLoss(torch.autograd.Function):
             # (R, Vp) logits
             e = torch.mm(hl[rows], wp.t(), out=grad_logits[rows] if want_grad else None)
             e[:, v:] = -torch.inf  # the padding's logits: probability exactly 0, and so gradient 0
-            for i, a in enumerate(extras):  # their zero rows add nothing to grad_h; grad_w drops them
+            for i, a in enumerate(extras):  # zero rows: nothing to grad_h; grad_w drops them
                 e[:, v + i] = a
             if to_float:
                 e = e.float()
