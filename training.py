@@ -39,6 +39,7 @@ from slm.checkpoint import (
     CKPT_FILE,
     check_checkpoint_space,
     data_facts,
+    head_rows,
     model_file,
     read_resume_checkpoint,
     restore_progress,
@@ -89,6 +90,8 @@ class Run(NamedTuple):
     average: WeightAverage | None  # the weights' moving average (--ema): what is scored and kept
     batch_gen: torch.Generator  # draws the training batches; evaluation has its own generators
     glimpse: Glimpse | None  # writes the sample shown at each evaluation (rank 0)
+    # the LM head rows the training loss computes (GPT.forward's rows); None: every row
+    head_rows: torch.Tensor | None
 
     @property
     def out_dir(self) -> Path:
@@ -117,7 +120,8 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_fl
     (SIGINT, SIGTERM). A non-finite loss raises CLIError naming the step; the checkpoints on disk
     are left as they were. Rank 0 writes OUT/report.md at the end and at a clean stop."""
     check_settings(mc, tc, stop_after, peak_flops)
-    facts = data_facts(check_data(mc, tc))
+    meta = check_data(mc, tc)
+    facts = data_facts(meta)
     t_start = time.time()
     dist = Dist(pick_device(tc.device))
     say = print if dist.master else (lambda *a, **k: None)
@@ -127,14 +131,16 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_fl
     with dist, lock:
         machine = detect_machine(dist.device)
         ckpt = read_resume_checkpoint(Path(tc.out_dir), tc, facts) if resume else None
+        rows = head_rows(ckpt, tc.full_head, tc.data_dir, meta)  # train.bin's tokens, or None
+        rows = None if rows is None else rows.to(dist.device)
 
         def trial(shape: GPTConfig, compiled: bool = False) -> TrialPass:  # a throwaway model
-            return trial_pass(shape, tc, dist.device, compiled)
+            return trial_pass(shape, tc, dist.device, compiled, rows)
 
         # the time budget's recipe and this machine's plan: mc and tc are final from here
         mc, tc, recipe, budget = settle(preset, mc, tc, machine, given, resume=resume, say=say,
                                         trial=trial, all_max=dist.all_max_list)  # fmt: skip
-        run = build(preset, mc, tc, dist, facts, samples)
+        run = build(preset, mc, tc, dist, facts, samples, rows)
         state, budget = start(run, ckpt, budget, say)
         del ckpt
         announce(say, run.raw_model, dist.device, dist.world, tc, facts)
@@ -155,17 +161,19 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_fl
     return summary
 
 
-def trial_pass(mc: GPTConfig, tc: TrainConfig, device: str, compiled: bool) -> TrialPass:
+def trial_pass(mc: GPTConfig, tc: TrainConfig, device: str, compiled: bool, rows) -> TrialPass:
     """Forward and backward passes of a throwaway model of shape mc, for settle() to time a step
     or to prove that a micro-batch fits a GPU. They change nothing the run keeps."""
     model = GPT(mc).to(device)
     batches = Batches(tc.data_dir, mc.block_size, device=device)
     model = torch.compile(model) if compiled else model
-    return TrialPass(model, batches, device, return_logits=keep_logits(device))
+    return TrialPass(model, batches, device, return_logits=keep_logits(device), rows=rows)
 
 
-def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, samples: bool) -> Run:
-    """The run, from the seed: data, model, optimizer, schedule. Nothing is written."""
+def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, samples: bool,
+          rows: torch.Tensor | None) -> Run:  # fmt: skip
+    """The run, from the seed: data, model, optimizer, schedule. Nothing is written. With head
+    rows, the others start at zero (a resumed run's come from its checkpoint)."""
     device = dist.device
     if device == "cpu":
         keep_freed_memory()  # big tensors reuse freed heap memory instead of fresh zeroed pages
@@ -175,6 +183,8 @@ def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, sampl
     random.seed(tc.seed + dist.rank)
     np.random.seed(tc.seed + dist.rank)
     raw_model = GPT(mc).to(device)
+    if rows is not None:  # the rows the training loss never computes start, and stay, at zero
+        raw_model.zero_unused_rows(rows)
     optimizer = torch.optim.AdamW(
         raw_model.optim_groups(tc.weight_decay),  # weight decay on matrices only
         lr=tc.learning_rate,
@@ -208,6 +218,7 @@ def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, sampl
         average=average,
         batch_gen=torch.Generator().manual_seed(tc.seed),
         glimpse=Glimpse(device, tc.dtype, tc.seed) if samples and dist.master else None,
+        head_rows=rows,
     )
 
 
@@ -265,7 +276,7 @@ def loop(run: Run, state: Progress, budget, recipe, speed, stop_after, progress,
             try:
                 loss, stops = train_step(run.train_model, run.optimizer, run.scaler, run.batches,
                                          run.batch_gen, run.tc, run.dist, state.step,
-                                         wants_stop)  # fmt: skip
+                                         wants_stop, run.head_rows)  # fmt: skip
             except FloatingPointError as e:
                 raise diverged(e.args[0], lr, state, run.out_dir) from None
             if run.average is not None:
@@ -318,9 +329,11 @@ def fix_step_count(run: Run, state: Progress, budget, recipe, eval_s, save_s, t_
 # ----------------------------------------------------------------------------- one step
 
 
-def train_step(model, optimizer, scaler, batches, batch_gen, tc, dist, step, wants_stop):
+def train_step(model, optimizer, scaler, batches, batch_gen, tc, dist, step, wants_stop,
+               head_rows=None):  # fmt: skip
     """One optimizer step over grad_accum micro-batches: (its mean loss, whether any process
-    wants_stop()). A non-finite loss raises FloatingPointError before the weights are touched."""
+    wants_stop()). A non-finite loss raises FloatingPointError before the weights are touched.
+    head_rows: the LM head rows the loss computes (GPT.forward's rows; None: every row)."""
     parts = window_cut(tc, step)  # 4 or 2 in the short-context phases, else 1
     rows = slice(dist.rank * tc.batch_size, (dist.rank + 1) * tc.batch_size)
     device_type = dist.device.split(":")[0]
@@ -336,7 +349,7 @@ def train_step(model, optimizer, scaler, batches, batch_gen, tc, dist, step, wan
             # bfloat16 or float16 matmuls, float32 weights (float32: autocast off)
             half = tc.dtype != "float32"
             with torch.autocast(device_type, dtype=getattr(torch, tc.dtype), enabled=half):
-                _, loss = model(x, y, return_logits=keep_logits(dist.device))
+                _, loss = model(x, y, return_logits=keep_logits(dist.device), rows=head_rows)
                 loss = loss / tc.grad_accum  # the gradients add up over the micro-batches
             scaler.scale(loss).backward()  # float16: scaled up so small gradients survive
         loss_sum += loss.detach().float()
@@ -421,7 +434,8 @@ def save_checkpoint(run: Run, state: Progress) -> None:
         save_resume_state(run.out_dir / CKPT_FILE, model=run.raw_model, optimizer=run.optimizer,
                           scheduler=run.scheduler, scaler=run.scaler, average=run.average,
                           batch_gen=run.batch_gen, mc=run.mc, tc=run.tc, progress=state,
-                          facts=run.facts, preset=run.preset)  # fmt: skip
+                          facts=run.facts, preset=run.preset,
+                          head_rows=run.head_rows)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the script
