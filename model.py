@@ -1,8 +1,8 @@
 """Step 4: the GPT. Token + position embeddings, pre-LayerNorm blocks, tied LM head, KV-cached
 generation.
 
-    python model.py                      # the default 51M model (what training's gpu preset trains), described
-    python model.py --preset cpu         # another preset from config.py; model flags as in training.py
+    python model.py                 # the default 51M model (the gpu preset's), described
+    python model.py --preset cpu    # another preset from config.py; model flags as in training.py
     python model.py --n-layer 12 --n-embd 768 --n-head 12
 
 Run as a script it creates the model and prints its architecture, a parameter table per part (the
@@ -34,10 +34,9 @@ from slm.head_loss import head_loss
 __all__ = ["GPT", "GPTConfig"]
 
 # On a CPU in bfloat16, SDPA's flash kernel has a slow backward for short windows: with gradients,
-# windows up to this many tokens go to its math kernel (q @ k.T, softmax, @ v), 1.5-2.1x faster
-# forward and backward at 128 tokens (1.8-2.1x at the cpu preset's 32-wide heads), a cpu-preset step
-# ~1.06x faster; at 256 tokens and more, and without gradients, flash is as fast or faster
-# (BENCHMARKS.md, "The attention kernel on a CPU").
+# windows up to this many tokens go to its math kernel (q @ k.T, softmax, @ v); at 256 tokens and
+# more, and without gradients, flash is as fast or faster (benchmarks/machines.md, "The attention
+# kernel on a CPU").
 CPU_BF16_MATH_ATTENTION_MAX_T = 128
 
 
@@ -164,7 +163,7 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The one init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 n_layer)."""
+        """The one init: N(0, 0.02), zero biases, residual projections 1/sqrt(2 n_layer) of it."""
         if isinstance(module, nn.Linear):
             std = 0.02
             if module in self._residual_projections():
@@ -214,7 +213,7 @@ class GPT(nn.Module):
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 
     def optim_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: decay matrices and embeddings (2+ dims), never biases or LayerNorm gains."""
+        """AdamW groups: decay matrices and embeddings (2+ dims), not biases or LayerNorm gains."""
         params = [p for p in self.parameters() if p.requires_grad]
         return [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},

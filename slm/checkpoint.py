@@ -2,10 +2,12 @@
 
 One format for both files training writes:
   best_model_params.pt  {"model", "config", "data", "step", "val_loss"}
-  ckpt.pt               the same keys plus {"optimizer", "scheduler", "scaler", "rng", "train_config",
-                        "best_val_loss", "average", ...}: everything training needs to resume. With --ema,
-                        best_model_params.pt's "model" is the weights' average and ckpt.pt's the trained
-                        weights, the average beside them.
+  ckpt.pt               the same keys plus {"optimizer", "scheduler", "scaler", "rng",
+                        "train_config", "best_val_loss", "average", "head_rows", ...}: everything
+                        training needs to resume. With --ema, best_model_params.pt's "model" is
+                        the weights' average and ckpt.pt's the trained weights, the average
+                        beside them. "head_rows": the LM head rows the training loss computes
+                        (the token ids train.bin uses; None: every row).
 "config" is dataclasses.asdict(GPTConfig) and "data" the tokenizer/source facts of meta.json,
 both plain dicts, so torch.load(path, weights_only=True) reads every file. The model itself is
 rebuilt from a checkpoint by model.GPT.from_checkpoint; check_vocab refuses one whose token ids
@@ -53,7 +55,8 @@ def checkpoint_sizes(model, averaged: bool = False) -> tuple[int, int]:
 def check_checkpoint_space(
     out_dir: str | os.PathLike, model, best_file: str, ckpt_file: str, averaged: bool = False
 ) -> None:
-    """Refuse to start training (one line) when out_dir's disk cannot take the two checkpoint files."""
+    """Refuse to start training (one line) when out_dir's disk cannot take the two checkpoint
+    files."""
     weights, resume_state = checkpoint_sizes(model, averaged)
     needed = space_to_replace(out_dir, {best_file: weights, ckpt_file: resume_state})
     check_free_space(
@@ -117,7 +120,10 @@ def why_unreadable(path: Path, e: Exception) -> str:
     if head != b"PK\x03\x04":  # torch.save writes a zip archive
         return "is not a checkpoint: torch.save writes a zip archive, and this file is not one"
     if not zipfile.is_zipfile(path):
-        return "is truncated: its zip archive has no end (a save that was cut short, or an incomplete copy)"
+        return (
+            "is truncated: its zip archive has no end (a save that was cut short, or an "
+            "incomplete copy)"
+        )
     # what weights_only raises for anything but tensors and plain data
     if isinstance(e, pickle.UnpicklingError):
         return (
@@ -172,9 +178,13 @@ def describe_source(ckpt: dict) -> str:
         why = "; the hub could not be reached" if source.get("fallback_reason") else ""
         n = ((source.get("splits") or {}).get("train") or {}).get("stories")
         size = f", {n:,} train stories" if isinstance(n, int) else ""
-        return f"trained on the TinyStories sample bundled in sample_data/tinystories (real stories{size}{why})"
+        return (
+            "trained on the TinyStories sample bundled in sample_data/tinystories (real "
+            f"stories{size}{why})"
+        )
     if kind == "hub":
-        return f"trained on TinyStories from the Hugging Face hub ({source.get('dataset', 'roneneldan/TinyStories')})"
+        dataset = source.get("dataset", "roneneldan/TinyStories")
+        return f"trained on TinyStories from the Hugging Face hub ({dataset})"
     if kind == "local":
         files = ", ".join(
             f"{split}={path}" for split, path in (source.get("data_files") or {}).items()

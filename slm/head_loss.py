@@ -1,9 +1,8 @@
 """The LM head's loss on a CPU: the mean cross-entropy of softmax(h @ w.T) and its gradient,
 computed together, the logits turned into their own gradient in place (no second (positions,
 vocab) tensor). GPT.forward(..., return_logits=False) uses it; training does on a CPU
-(training.keep_logits), where it makes a step about twice as fast as the plain logits path
-(benchmarks/training.md), its fused in-place softmax another ~1.1x, and the same in bfloat16
-again ~1.1x (BENCHMARKS.md).
+(training.keep_logits), where it is faster than the plain logits path (benchmarks/training.md,
+"bfloat16 and the chunked head loss").
 """
 
 from __future__ import annotations
@@ -15,17 +14,14 @@ import torch
 # Positions per head-loss chunk where there is no gradient to compute the logits in (evaluation), so
 # a chunk's logits (and a bfloat16 chunk's float32 copy) are memory of their own: 512 bounds them at
 # 512 x 50,257 float32 (103 MB) however large the batch, and fewer chunks re-read the (V, C) head
-# fewer times. (Chosen when training steps were chunked too: against 32 rows, float32 1.12x at 512,
-# bfloat16 ~1.05x from 64 up; BENCHMARKS.md.)
+# fewer times (benchmarks/machines.md).
 HEAD_LOSS_ROWS = 512
 # In float32 the head's rows are multiplied as a matrix of a multiple of HEAD_PAD rows, zeros after
 # the 50,257 real ones, whose logits are set to -inf before the softmax: the loss and the gradients
 # are those over the real tokens, bit for bit (tested), and the products run faster with rows a
-# multiple of 64. Paired rounds of the cpu preset's steps (bench_cpu_step.py --head-pad,
-# BENCHMARKS.md "The head padded to 50,304 rows"): float32 1.13x at 16 x 64 and 1.12x at 16 x 128;
-# with MKL and ATen held to AVX2 (the kind that trains in float32) 1.17x at 16 x 64 and 1.15x at 8 x
-# 64. bfloat16 gained 1.01-1.02x and its losses moved by the rounding, so it stays unpadded. The
-# model, its checkpoints, generation and the export keep the 50,257 rows.
+# multiple of 64; bfloat16 gained little and stays unpadded (benchmarks/training.md, "The head
+# padded to 50,304 rows"). The model, its checkpoints, generation and the export keep the 50,257
+# rows.
 HEAD_PAD = 64
 # The tensors a training step reuses, kept for the next step: the (positions, vocab) one it computes
 # its logits and their gradient in (gradient_buffer), and the padded head (padded_head).
@@ -79,9 +75,8 @@ class _HeadLoss(torch.autograd.Function):
         to_float = dtype != torch.float32 and not want_grad
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         # With a gradient, the chunk is all rows, computed in the (N, V) gradient, which exists
-        # anyway: one chunk reads the head once (a float32 step 1.08x faster than 512-row chunks at
-        # 16 x 128, AVX2). Otherwise (evaluation's logits, or their float32 copy) chunks bound the
-        # memory.
+        # anyway: one chunk reads the head once. Otherwise (evaluation's logits, or their float32
+        # copy) chunks bound the memory.
         per_chunk = max(h.size(0), 1) if want_grad else HEAD_LOSS_ROWS
         for s in range(0, h.size(0), per_chunk):
             rows = slice(s, s + per_chunk)
@@ -176,8 +171,8 @@ def gradient_buffer(n: int, v: int, dtype: torch.dtype, device: torch.device) ->
     a freed block that big back to the operating system (glibc does, unless
     slm.hardware.keep_freed_memory raised its thresholds, which it cannot on macOS, Windows or
     musl), a fresh one is mapped page by page as it is first written, each page zeroed: ~50,000
-    page faults; a step 1.14-1.16x (float32) and 1.18-1.26x (bfloat16) slower here
-    (BENCHMARKS.md). One buffer is kept, the largest a step has asked for, until an evaluation;
+    page faults, a step measurably slower (benchmarks/machines.md). One buffer is kept, the
+    largest a step has asked for, until an evaluation;
     its contents never outlive the forward pass that fills them (the gradients are computed
     there)."""
     # (CUDA caches its own blocks; compile plans its own)

@@ -105,7 +105,7 @@ def test_optim_groups_decay_only_matrices_each_parameter_once():
 
 
 def to_hf(m: GPT):
-    """The same weights in transformers' GPT2LMHeadModel (Conv1D layers store weights transposed)."""
+    """The same weights in transformers' GPT2LMHeadModel (Conv1D stores weights transposed)."""
     transformers = pytest.importorskip("transformers")
     c = m.config
     hf_config = transformers.GPT2Config(
