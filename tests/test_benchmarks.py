@@ -24,6 +24,7 @@ from benchmarks import (
     bench_dtype,
     bench_gpu,
     bench_head_loss,
+    bench_head_rows,
     bench_model,
     bench_plot,
     bench_tokenization,
@@ -573,3 +574,31 @@ def test_bench_gpu_runs_a_case_in_its_own_process_and_reports_it(tiny_data_dir, 
     assert "plan for CPU" in out  # the case's own output comes through
     with pytest.raises(CLIError, match="unknown t5"):
         bench_gpu.main(["--cases", "t4,t5"])
+
+
+def test_bench_head_rows_times_both_heads_in_paired_runs_and_counts_distinct_tokens(
+    tiny_data_dir, capsys
+):
+    bench_head_rows.main(
+        [
+            "--data-dir",
+            str(tiny_data_dir),
+            "--rounds",
+            "1",
+            "--",
+            "--preset",
+            "smoke",
+            "--max-iters",
+            "8",
+            "--warmup-iters",
+            "2",
+            "--eval-iters",
+            "1",
+        ]  # fmt: skip
+    )
+    out = capsys.readouterr().out
+    assert re.search(rf"used rows {NUMBER}, full head {NUMBER}: {NUMBER}x", out), out
+    assert "load average" in out
+    bench_head_rows.main(["--data-dir", str(tiny_data_dir), "--growth"])
+    out = capsys.readouterr().out
+    assert re.search(rf"\| 58,558 \| {NUMBER} \|", out) and "Heaps' law" in out, out
