@@ -1261,7 +1261,9 @@ def test_bfloat16_on_cpu_trains_resumes_exactly_and_its_model_loads_in_evaluate_
         [loss for _, loss in straight["losses"]], abs=1e-6
     )
     rows = read_log(tmp_path / "halves" / "log.csv")
-    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.5  # 10.83 -> 10.09 in 16 steps
+    # 10.83 -> 10.68 in 16 steps with the used head rows (10.09 with --full-head: rows held at
+    # zero keep logit 0, so the used logits must climb above them; benchmarks/training.md)
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.1
 
     best = tmp_path / "halves" / training.BEST_FILE
     GPT.from_checkpoint(load_checkpoint(best))
