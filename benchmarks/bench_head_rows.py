@@ -14,11 +14,14 @@ with the used rows and once with --full-head, each in a process of its own, in a
 its training tokens/s two ways: over its optimizer steps alone (train_step timed, the first
 UNTIMED steps left out: the allocator and the kernels warm up), and training.py's own figure
 (every step and evaluation from the first step to the end). The ratio of the medians is printed
-with the load average. The environment (the AVX2 emulation above) reaches both sides alike.
+with the load average. The environment (the AVX2 emulation above, OMP_NUM_THREADS) reaches both
+sides alike: on a host shared with other jobs, two threads per run make step times swing
+several-fold with the others' load (a thread waits for its descheduled twin at every operator);
+one thread (OMP_NUM_THREADS=1) does not.
 
 --growth reads train.bin in order and prints how many distinct token ids the first n tokens use,
-n doubling, with a fit of Heaps' law (distinct = K n^b, on the upper half of the points) and its
-extrapolation to --extrapolate tokens (TinyStories' train split: about 470M).
+n growing by sqrt(2), with a fit of Heaps' law (distinct = K n^b, on the upper half of the points)
+and its extrapolation to --extrapolate tokens (TinyStories' train split: about 470M).
 """
 
 from __future__ import annotations
@@ -106,7 +109,8 @@ def paired(data_dir: str, rounds: int, extra: list[str]) -> None:
     load_after = os.getloadavg()
     print(f"\ncommand: training.py {' '.join(BASE + extra)} [--full-head], {rounds} paired rounds")
     env = {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                                      "MKL_ENABLE_INSTRUCTIONS") if k in os.environ}  # fmt: skip
+                                      "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS")
+           if k in os.environ}  # fmt: skip
     print(f"environment: {env or 'as is'}; torch threads {results[False][0]['threads']}")
     for key, what in (
         ("step_tokens_per_s", "over the steps"),
