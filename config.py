@@ -115,6 +115,12 @@ class TrainConfig:
         "natively, float16 on older GPUs, else float32)",
     )
     compile: bool = setting(False, "torch.compile the model")
+    full_head: bool = setting(
+        False,
+        "compute every row of the LM head in the training loss, as before; without it the rows "
+        "of tokens train.bin never uses are held at zero and left out: the same full-vocabulary "
+        "loss, several times faster on a CPU",
+    )
     max_minutes: float = setting(
         0.0,
         "train for this many minutes: the first warmup steps are timed and the step count that "

@@ -1,8 +1,8 @@
 """Step 4: the GPT. Token + position embeddings, pre-LayerNorm blocks, tied LM head, KV-cached
 generation.
 
-    python model.py                      # the default 51M model (what training's gpu preset trains), described
-    python model.py --preset cpu         # another preset from config.py; model flags as in training.py
+    python model.py                 # the default 51M model (the gpu preset's), described
+    python model.py --preset cpu    # another preset from config.py; model flags as in training.py
     python model.py --n-layer 12 --n-embd 768 --n-head 12
 
 Run as a script it creates the model and prints its architecture, a parameter table per part (the
@@ -29,15 +29,14 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from config import GPTConfig
-from slm.head_loss import head_loss
+from slm.head_loss import head_loss, rows_of, targets_in_rows
 
 __all__ = ["GPT", "GPTConfig"]
 
 # On a CPU in bfloat16, SDPA's flash kernel has a slow backward for short windows: with gradients,
-# windows up to this many tokens go to its math kernel (q @ k.T, softmax, @ v), 1.5-2.1x faster
-# forward and backward at 128 tokens (1.8-2.1x at the cpu preset's 32-wide heads), a cpu-preset step
-# ~1.06x faster; at 256 tokens and more, and without gradients, flash is as fast or faster
-# (BENCHMARKS.md, "The attention kernel on a CPU").
+# windows up to this many tokens go to its math kernel (q @ k.T, softmax, @ v); at 256 tokens and
+# more, and without gradients, flash is as fast or faster (benchmarks/machines.md, "The attention
+# kernel on a CPU").
 CPU_BF16_MATH_ATTENTION_MAX_T = 128
 
 
@@ -164,7 +163,7 @@ class GPT(nn.Module):
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The one init: N(0, 0.02), zero biases, residual projections scaled by 1/sqrt(2 n_layer)."""
+        """The one init: N(0, 0.02), zero biases, residual projections 1/sqrt(2 n_layer) of it."""
         if isinstance(module, nn.Linear):
             std = 0.02
             if module in self._residual_projections():
@@ -214,7 +213,7 @@ class GPT(nn.Module):
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 
     def optim_groups(self, weight_decay: float) -> list[dict]:
-        """AdamW groups: decay matrices and embeddings (2+ dims), never biases or LayerNorm gains."""
+        """AdamW groups: decay matrices and embeddings (2+ dims), not biases or LayerNorm gains."""
         params = [p for p in self.parameters() if p.requires_grad]
         return [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
@@ -229,6 +228,7 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         caches: list[dict] | None = None,
         return_logits: bool = True,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy when targets are
         given (targets (B, T); -1 marks positions to ignore). caches: see hidden_states.
@@ -236,8 +236,18 @@ class GPT(nn.Module):
         return_logits=False (with targets): logits come back as None and the loss, the same
         number, is computed by slm.head_loss with its gradient, the logits turned into that
         gradient in place (no second (B*T, vocab) tensor): on a CPU a training step about twice
-        as fast (see slm/head_loss.py)."""
+        as fast (see slm/head_loss.py).
+
+        rows (U,) sorted token ids (with targets): the head's other rows are taken to be zero
+        (zero_unused_rows) and are never computed. Each of them has logit 0, so together they
+        add n = vocab - U times e^0 to the softmax's sum: one constant logit log(n) stands in for
+        all of them. The loss is then the full-vocabulary cross-entropy of these weights, exact,
+        with the same gradients, and the unused rows get a zero gradient. Every target must be
+        in rows. No logits come back (None); return_logits picks the path: the plain logits over
+        the rows (True) or slm.head_loss (False)."""
         h = self.hidden_states(idx, caches)  # (B, T, C)
+        if targets is not None and rows is not None:
+            return None, self._used_rows_loss(h, targets, rows, fused=not return_logits)
         if targets is not None and not return_logits:
             return None, head_loss(h.flatten(0, 1), self.lm_head.weight, targets.reshape(-1))
         logits = self.lm_head(h)  # (B, T, vocab)
@@ -247,6 +257,33 @@ class GPT(nn.Module):
                 logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1
             )
         return logits, loss
+
+    def _used_rows_loss(
+        self, h: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, fused: bool
+    ) -> torch.Tensor:
+        """The mean cross-entropy over the full vocabulary of h (B, T, C) against targets (B, T),
+        computed from the head's rows `rows` alone, the others zero (forward's rows)."""
+        vocab, used = self.config.vocab_size, rows.numel()
+        w = rows_of(self.lm_head.weight, rows)  # (U, C) its gradient goes to these rows
+        # the logit that stands for the zero rows: log(n) = log of the sum of their e^0
+        extra = math.log(vocab - used) if used < vocab else None
+        local = targets_in_rows(targets, rows, vocab).reshape(-1)  # (B*T,) indices into rows
+        if fused:
+            return head_loss(h.flatten(0, 1), w, local, extra)
+        logits = F.linear(h, w).view(-1, used).float()  # (B*T, U)
+        if extra is not None:
+            logits = torch.cat([logits, logits.new_full((logits.size(0), 1), extra)], 1)
+        return F.cross_entropy(logits, local, ignore_index=-1)
+
+    @torch.no_grad()
+    def zero_unused_rows(self, rows: torch.Tensor) -> None:
+        """Set to zero every row of the tied token embedding / LM head that is not in rows (U,):
+        the tokens the training data never uses. They then stay zero in training with rows
+        (forward): never an input, never computed, their gradient is zero, and AdamW's update of
+        a zero row with zero moments, its decay included, is zero."""
+        unused = torch.ones(self.config.vocab_size, dtype=torch.bool, device=rows.device)
+        unused[rows] = False
+        self.lm_head.weight[unused.to(self.lm_head.weight.device)] = 0
 
     def hidden_states(self, idx: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
         """idx (B, T) -> the final LayerNorm's output (B, T, C); forward's logits are lm_head of
@@ -416,58 +453,13 @@ class GPT(nn.Module):
 
 # ----------------------------------------------------------------------------- python model.py
 
-# the forward/backward check: 2 sequences of up to 32 random tokens
-CHECK_BATCH, CHECK_TOKENS = 2, 32
-BYTES_FP32 = 4
-MIB = 2**20
-
-
-def parameter_table(model: GPT) -> list[tuple[str, int]]:
-    """(part, parameters) rows: every parameter in exactly one top-level row (the tied matrix once),
-    then indented rows splitting one block; the top-level rows sum to model.num_params()."""
-    c, t = model.config, model.transformer
-
-    def count(*modules: nn.Module) -> int:
-        return sum(p.numel() for m in modules for p in m.parameters())
-
-    block = t.h[0]
-    rows = [
-        ("token embedding = LM head (tied, counted once)", count(t.wte)),
-        ("position embedding", count(t.wpe)),
-        (f"{c.n_layer} blocks", count(t.h)),
-        ("  one block", count(block)),
-        ("    attention (qkv + output projection)", count(block.attn)),
-        ("    MLP (4x expansion + projection)", count(block.mlp)),
-        ("    2 LayerNorms", count(block.ln_1, block.ln_2)),
-        ("final LayerNorm", count(t.ln_f)),
-    ]
-    return rows + [("total", sum(n for part, n in rows if not part.startswith(" ")))]
-
-
-def forward_backward_check(model: GPT, seed: int) -> tuple[float, list[str]]:
-    """One training step's forward and backward on random tokens: (loss, names of parameters whose
-    gradient is missing or not finite)."""
-    g = torch.Generator().manual_seed(seed)
-    T = min(CHECK_TOKENS, model.config.block_size)
-    idx = torch.randint(model.config.vocab_size, (CHECK_BATCH, T), generator=g)  # (B, T)
-    targets = torch.randint(model.config.vocab_size, (CHECK_BATCH, T), generator=g)  # (B, T)
-    model.train()
-    model.zero_grad(set_to_none=True)
-    _, loss = model(idx, targets)
-    loss.backward()
-    bad = [
-        name
-        for name, p in model.named_parameters()
-        if p.grad is None or not torch.isfinite(p.grad).all()
-    ]
-    return loss.item(), bad
-
 
 def main(argv: list[str] | None = None) -> None:
-    from dataclasses import asdict, replace
+    from dataclasses import replace
 
     from config import PRESETS
     from slm.cli import ArgumentParser
+    from slm.describe import describe
     from slm.settings import add_model_flags, check_model_config, flags_given
 
     p = ArgumentParser(
@@ -485,67 +477,16 @@ def main(argv: list[str] | None = None) -> None:
         + "; ".join(f"{name}: {pr.description}" for name, pr in PRESETS.items()),
     )
     p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed of the initialisation and the random tokens (default: 0)",
+        "--seed", type=int, default=0, help="seed of the initialisation and the random tokens"
     )
     add_model_flags(p)
     args = p.parse_args(argv)
     given = flags_given(args, GPTConfig)
     config = replace(PRESETS[args.preset].model, **given)
     check_model_config(config)
-
     torch.manual_seed(args.seed)
-    model = GPT(config)
-    n = model.num_params()
-    changed = (
-        f" with {', '.join(f'{k}={v}' for k, v in given.items())} from the flags" if given else ""
-    )
-    print(
-        f"preset {args.preset}{changed}: "
-        + ", ".join(f"{k}={v}" for k, v in asdict(config).items())
-    )
-    print(model)
-
-    rows = parameter_table(model)
-    width = max(len(part) for part, _ in rows)
-    print(f"\n{'part':<{width}}  {'parameters':>12}  {'share':>6}")
-    for part, count in rows:
-        share = f"{100 * count / n:5.1f}%" if not part.startswith(" ") else ""
-        print(f"{part:<{width}}  {count:>12,}  {share:>6}".rstrip())
-    if rows[-1][1] != n:  # the table must account for every parameter exactly once
-        raise RuntimeError(f"parameter table total {rows[-1][1]:,} != GPT.num_params() {n:,}")
-    print("(total = GPT.num_params(): the shared matrix is one tensor)")
-
-    flops = model.flops_per_token()
-    print(
-        "\nFLOPs per token, training (forward + backward, 6N + attention at context "
-        f"{config.block_size}): {flops / 1e6:,.1f} M; forward only about {flops / 3e6:,.1f} M"
-    )
-    weights = n * BYTES_FP32
-    print(
-        f"memory, fp32: weights {weights / MIB:,.1f} MiB, gradients {weights / MIB:,.1f} MiB, "
-        f"AdamW moments (2 per parameter) {2 * weights / MIB:,.1f} MiB: {4 * weights / MIB:,.1f} "
-        "MiB in all for training, before activations (which grow with batch x context)"
-    )
-
-    loss, bad = forward_backward_check(model, args.seed)
-    T = min(CHECK_TOKENS, config.block_size)
-    print(
-        f"\nforward/backward on {CHECK_BATCH} x {T} random tokens: loss {loss:.4f} (ln "
-        f"{config.vocab_size} = {math.log(config.vocab_size):.4f} for an untrained model)"
-    )
-    if bad or not math.isfinite(loss):
-        print(
-            f"check FAILED: {len(bad)} parameters without a finite gradient (e.g. {bad[:3]}), "
-            f"loss {loss}"
-        )
+    if not describe(GPT(config), args.preset, given, args.seed):
         sys.exit(1)
-    print(
-        f"every parameter ({sum(1 for _ in model.parameters())} tensors, {n:,} values) got a "
-        "finite gradient"
-    )
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from config import EOT_ID, EOT_POSITION, TOKENIZER_NAME, VOCAB_SIZE, Paths
 from slm.cli import CLIError, run_cli
 from slm.datafiles import DTYPE, SPLITS, bin_path, load_raw, read_meta, read_source
@@ -263,12 +265,14 @@ class _BinWriter:
         self.file = open(self.tmp, "wb")
         self.sha256 = hashlib.sha256()
         self.tokens = 0
+        self.counts = np.zeros(VOCAB_SIZE, dtype=np.int64)  # how often each token id occurs
 
     def write(self, tokens) -> None:
         data = memoryview(tokens).cast("B")
         self.file.write(data)
         self.sha256.update(data)
         self.tokens += len(tokens)
+        self.counts += np.bincount(tokens, minlength=VOCAB_SIZE)
 
 
 def tokenize(
@@ -383,7 +387,7 @@ def _write_bins(
                 w.file.close()
             meta = describe(writers)
             target.path = data_dir / "meta.json"
-            meta_tmp.write_bytes((json.dumps(meta, indent=2) + "\n").encode())
+            meta_tmp.write_bytes((meta_json(meta) + "\n").encode())
             target.path = data_dir
             replace_together(
                 [(w.tmp, w.path) for w in writers.values()] + [(meta_tmp, data_dir / "meta.json")]
@@ -418,6 +422,9 @@ def _meta(
                 "stories": stories[split],
                 "tokens": w.tokens,
                 "sha256": w.sha256.hexdigest(),
+                "distinct_ids": int(np.count_nonzero(w.counts)),
+                # training holds the LM head's other rows at zero (model.GPT.forward's rows)
+                **({"used_ids": np.flatnonzero(w.counts).tolist()} if split == "train" else {}),
             }
             for split, w in writers.items()
         },
@@ -426,6 +433,16 @@ def _meta(
         "tokenizer_files": encoding_source(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def meta_json(meta: dict) -> str:
+    """meta.json's text: indented, with the train split's used_ids on one line (not one per id)."""
+    ids = meta["splits"]["train"]["used_ids"]
+    text = json.dumps(
+        {**meta, "splits": {**meta["splits"], "train": {**meta["splits"]["train"], "used_ids": 0}}},
+        indent=2,
+    )
+    return text.replace('"used_ids": 0', f'"used_ids": {json.dumps(ids)}', 1)
 
 
 def _counts(meta: dict) -> str:

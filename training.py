@@ -73,6 +73,7 @@ class Run(NamedTuple):
     average: WeightAverage | None  # the weights' moving average (--ema): what is scored and kept
     batch_gen: torch.Generator  # draws the training batches; evaluation has its own generators
     glimpse: Glimpse | None  # writes the sample shown at each evaluation (rank 0)
+    head_rows: torch.Tensor | None  # the LM head rows the training loss computes; None: all
 
     @property
     def out_dir(self) -> Path:
@@ -101,7 +102,8 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_fl
     (SIGINT, SIGTERM). A non-finite loss raises CLIError naming the step; the checkpoints on disk
     are left as they were. Rank 0 writes OUT/report.md at the end and at a clean stop."""
     settings.check_settings(mc, tc, stop_after, peak_flops)
-    facts = checkpoint.data_facts(settings.check_data(mc, tc))
+    meta = settings.check_data(mc, tc)
+    facts = checkpoint.data_facts(meta)
     t_start = time.time()
     dist = Dist(pick_device(tc.device))
     say = print if dist.master else (lambda *a, **k: None)
@@ -111,15 +113,18 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_fl
     with dist, lock:
         machine = detect_machine(dist.device)
         ckpt = checkpoint.read_resume_checkpoint(Path(tc.out_dir), tc, facts) if resume else None
+        # the LM head rows the training loss computes: the tokens train.bin uses (None: every row)
+        rows = checkpoint.head_rows(ckpt, tc.full_head, tc.data_dir, meta)
+        rows = None if rows is None else rows.to(dist.device)
 
         def trial(shape: GPTConfig, compiled: bool = False) -> TrialPass:  # a throwaway model
-            return trial_pass(shape, tc, dist.device, compiled)
+            return trial_pass(shape, tc, dist.device, compiled, rows)
 
         # the time budget's recipe and this machine's plan: mc and tc are final from here
         mc, tc, recipe, budget = settings.settle(preset, mc, tc, machine, given, resume=resume,
                                                  say=say, trial=trial,
                                                  all_max=dist.all_max_list)  # fmt: skip
-        run = build(preset, mc, tc, dist, facts, samples)
+        run = build(preset, mc, tc, dist, facts, samples, rows)
         state, budget = start(run, ckpt, budget, say)
         del ckpt
         announce(say, run.raw_model, dist.device, dist.world, tc, facts)
@@ -140,13 +145,13 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_fl
     return summary
 
 
-def trial_pass(mc: GPTConfig, tc: TrainConfig, device: str, compiled: bool) -> TrialPass:
+def trial_pass(mc: GPTConfig, tc: TrainConfig, device: str, compiled: bool, rows) -> TrialPass:
     """Forward and backward passes of a throwaway model of shape mc, for settle() to time a step or
     to prove that a micro-batch fits a GPU. They change nothing the run keeps."""
     model = GPT(mc).to(device)
     batches = Batches(tc.data_dir, mc.block_size, device=device)
     model = torch.compile(model) if compiled else model
-    return TrialPass(model, batches, device, return_logits=keep_logits(device))
+    return TrialPass(model, batches, device, return_logits=keep_logits(device), rows=rows)
 
 
 def make_optimizer(model: GPT, tc: TrainConfig, device: str) -> torch.optim.AdamW:
@@ -157,7 +162,8 @@ def make_optimizer(model: GPT, tc: TrainConfig, device: str) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=tc.learning_rate, betas=betas, fused=fused_adamw(device))
 
 
-def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, samples: bool) -> Run:
+def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, samples: bool,
+          rows: torch.Tensor | None) -> Run:  # fmt: skip
     """The run, from the seed: data, model, optimizer, schedule. Nothing is written."""
     device = dist.device
     if device == "cpu":
@@ -168,6 +174,8 @@ def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, sampl
     random.seed(tc.seed + dist.rank)
     np.random.seed(tc.seed + dist.rank)
     raw_model = GPT(mc).to(device)
+    if rows is not None:  # the head rows the loss never computes start, and stay, at zero
+        raw_model.zero_unused_rows(rows)
     optimizer = make_optimizer(raw_model, tc, device)
     average = WeightAverage(raw_model, tc.ema) if tc.ema > 0 else None
     if dist.master:  # a run that cannot save its checkpoints must not train first
@@ -182,23 +190,13 @@ def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, sampl
         train_model = DDP(
             model, device_ids=[dist.local_rank] if device.startswith("cuda") else None
         )
-    return Run(
-        preset=preset,
-        mc=mc,
-        tc=tc,
-        facts=facts,
-        dist=dist,
-        batches=Batches(tc.data_dir, mc.block_size, device=device),
-        raw_model=raw_model,
-        model=model,
-        train_model=train_model,
-        optimizer=optimizer,
-        scheduler=make_scheduler(optimizer, tc),  # LinearLR warmup, then CosineAnnealingLR
-        scaler=torch.amp.GradScaler("cuda", enabled=tc.dtype == "float16"),  # float16 underflows
-        average=average,
-        batch_gen=torch.Generator().manual_seed(tc.seed),
-        glimpse=Glimpse(device, tc.dtype, tc.seed) if samples and dist.master else None,
-    )
+    batches = Batches(tc.data_dir, mc.block_size, device=device)
+    scheduler = make_scheduler(optimizer, tc)  # LinearLR warmup, then CosineAnnealingLR
+    scaler = torch.amp.GradScaler("cuda", enabled=tc.dtype == "float16")  # float16 underflows
+    glimpse = Glimpse(device, tc.dtype, tc.seed) if samples and dist.master else None
+    return Run(preset, mc, tc, facts, dist, batches, raw_model, model, train_model, optimizer,
+               scheduler, scaler, average, torch.Generator().manual_seed(tc.seed), glimpse,
+               rows)  # fmt: skip
 
 
 def start(run: Run, ckpt: dict | None, budget, say) -> tuple[Progress, object]:
@@ -214,10 +212,8 @@ def start(run: Run, ckpt: dict | None, budget, say) -> tuple[Progress, object]:
         budget = time_budget.resumed(run.tc, run.out_dir / CKPT_FILE, state.step)
     if not run.dist.master:  # only rank 0's dropout RNG was saved; the others restart theirs
         torch.manual_seed(run.tc.seed + 1000 * run.dist.rank + state.step)
-    say(
-        f"resuming from {run.out_dir / CKPT_FILE} at step {state.step} (best validation loss "
-        f"{state.best_val:.4f} at step {state.best_step})"
-    )
+    say(f"resuming from {run.out_dir / CKPT_FILE} at step {state.step} (best validation loss "
+        f"{state.best_val:.4f} at step {state.best_step})")  # fmt: skip
     return state, budget
 
 
@@ -256,7 +252,8 @@ def loop(run: Run, state: Progress, budget, recipe, speed, stop_after, progress,
             try:
                 loss, stops = train_step(run.train_model, run.optimizer, run.scaler, run.batches,
                                          run.batch_gen, run.tc, run.dist,
-                                         window_cut(run.tc, state.step), wants_stop)  # fmt: skip
+                                         window_cut(run.tc, state.step), wants_stop,
+                                         run.head_rows)  # fmt: skip
             except FloatingPointError as e:
                 raise diverged(e.args[0], lr, state, run.out_dir) from None
             if run.average is not None:
@@ -309,10 +306,12 @@ def fix_step_count(run: Run, state: Progress, budget, recipe, eval_s, save_s, t_
 # ----------------------------------------------------------------------------- one step
 
 
-def train_step(model, optimizer, scaler, batches, batch_gen, tc, dist, parts, wants_stop):
+def train_step(model, optimizer, scaler, batches, batch_gen, tc, dist, parts, wants_stop,
+               head_rows=None):  # fmt: skip
     """One optimizer step over grad_accum micro-batches, each window cut in `parts` (1: whole):
-    (its mean loss, whether any process wants_stop()). A non-finite loss raises
-    FloatingPointError before the weights are touched."""
+    (its mean loss, whether any process wants_stop()). head_rows: the LM head rows the loss
+    computes (None: all). A non-finite loss raises FloatingPointError before the weights are
+    touched."""
     rows = slice(dist.rank * tc.batch_size, (dist.rank + 1) * tc.batch_size)
     device_type = dist.device.split(":")[0]
     loss_sum = torch.zeros((), dtype=torch.float32, device=dist.device)
@@ -327,7 +326,7 @@ def train_step(model, optimizer, scaler, batches, batch_gen, tc, dist, parts, wa
             # bfloat16 or float16 matmuls, float32 weights (float32: autocast off)
             half = tc.dtype != "float32"
             with torch.autocast(device_type, dtype=getattr(torch, tc.dtype), enabled=half):
-                _, loss = model(x, y, return_logits=keep_logits(dist.device))
+                _, loss = model(x, y, return_logits=keep_logits(dist.device), rows=head_rows)
                 loss = loss / tc.grad_accum  # the gradients add up over the micro-batches
             scaler.scale(loss).backward()  # float16: scaled up so small gradients survive
         loss_sum += loss.detach().float()
@@ -415,7 +414,8 @@ def save_checkpoint(run: Run, state: Progress) -> None:
                                      optimizer=run.optimizer, scheduler=run.scheduler,
                                      scaler=run.scaler, average=run.average,
                                      batch_gen=run.batch_gen, mc=run.mc, tc=run.tc, progress=state,
-                                     facts=run.facts, preset=run.preset)  # fmt: skip
+                                     facts=run.facts, preset=run.preset,
+                                     head_rows=run.head_rows)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the script

@@ -3,8 +3,9 @@
 One format for both files training writes:
   best_model_params.pt  {"model", "config", "data", "step", "val_loss"}
   ckpt.pt               the same keys plus {"optimizer", "scheduler", "scaler", "rng",
-                        "train_config", "best_val_loss", "average", ...}: everything training
-                        needs to resume.
+                        "train_config", "best_val_loss", "average", "head_rows", ...}:
+                        everything training needs to resume. "head_rows": the LM head rows the
+                        training loss computes (the token ids train.bin uses; None: every row).
 With --ema, best_model_params.pt's "model" is the weights' average and ckpt.pt's the trained
 weights, the average beside them.
 "config" is dataclasses.asdict(GPTConfig) and "data" the tokenizer/source facts of meta.json,
@@ -236,10 +237,11 @@ def save_resume_state(
     progress: Progress,
     facts: dict,
     preset: str | None,
+    head_rows=None,
 ) -> None:
     """ckpt.pt: the model file plus everything --resume needs to continue exactly, the per-step
     losses and learning rates (steps.csv) included, as one float64 tensor of (step, loss, lr)
-    rows."""
+    rows, and the LM head rows the training loss computes (head_rows; None: all of them)."""
     import torch
 
     last_val = progress.history[-1]["val_loss"] if progress.history else math.nan
@@ -258,8 +260,23 @@ def save_resume_state(
         schedule=progress.schedule,
         preset=preset,
         average=average.state_dict() if average is not None else None,
+        head_rows=None if head_rows is None else head_rows.cpu(),
     )
     atomic_torch_save(state, path)
+
+
+def head_rows(ckpt: dict | None, full_head: bool, data_dir, meta: dict):
+    """The LM head rows a run's training loss computes (model.GPT.forward's rows), a LongTensor,
+    or None for all of them. A fresh run: train.bin's tokens, unless full_head. A resumed run:
+    the checkpoint's, None where it trained every row (--full-head, or written before
+    head_rows): its other rows are not zero."""
+    import torch
+
+    from slm.datafiles import used_ids
+
+    if ckpt is not None:
+        return ckpt.get("head_rows")
+    return None if full_head else torch.from_numpy(used_ids(data_dir, meta))
 
 
 def read_resume_checkpoint(out_dir: Path, tc: TrainConfig, facts: dict) -> dict:

@@ -141,3 +141,28 @@ def file_sha256(path) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
+
+
+def used_ids(data_dir, meta: dict):
+    """The token ids that occur in DATA/train.bin, sorted (a numpy int64 array): meta.json's
+    splits.train.used_ids, or for a meta.json from before it recorded them, counted from
+    train.bin."""
+    import numpy as np
+
+    ids = meta["splits"]["train"].get("used_ids")
+    if ids is None:
+        tokens = np.memmap(bin_path(data_dir, "train", meta), dtype=DTYPE, mode="r")
+        return np.flatnonzero(np.bincount(tokens, minlength=VOCAB_SIZE))
+    ids = np.asarray(ids, dtype=np.int64)
+    if (
+        ids.ndim != 1
+        or ids.size == 0
+        or ids[0] < 0
+        or ids[-1] >= VOCAB_SIZE
+        or (np.diff(ids) <= 0).any()
+    ):
+        raise CLIError(
+            f"{Path(data_dir) / 'meta.json'} has a damaged used_ids list (not sorted ids below "
+            f"{VOCAB_SIZE}); rebuild it with: {_fix(data_dir)}"
+        )
+    return ids

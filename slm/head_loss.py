@@ -1,29 +1,27 @@
 """The LM head's loss on a CPU: the mean cross-entropy of softmax(h @ w.T) and its gradient,
 computed together, the logits turned into their own gradient in place (no second (positions,
 vocab) tensor). GPT.forward(..., return_logits=False) uses it; training does on a CPU
-(training.keep_logits), where it makes a step about twice as fast as the plain logits path
-(benchmarks/training.md), its fused in-place softmax another ~1.1x, and the same in bfloat16
-again ~1.1x (BENCHMARKS.md).
+(training.keep_logits), where it is faster than the plain logits path (benchmarks/training.md,
+"bfloat16 and the chunked head loss").
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 # Positions per head-loss chunk where there is no gradient to compute the logits in (evaluation), so
 # a chunk's logits (and a bfloat16 chunk's float32 copy) are memory of their own: 512 bounds them at
 # 512 x 50,257 float32 (103 MB) however large the batch, and fewer chunks re-read the (V, C) head
-# fewer times. (Chosen when training steps were chunked too: against 32 rows, float32 1.12x at 512,
-# bfloat16 ~1.05x from 64 up; BENCHMARKS.md.)
+# fewer times (benchmarks/machines.md).
 HEAD_LOSS_ROWS = 512
 # In float32 the head's rows are multiplied as a matrix of a multiple of HEAD_PAD rows, zeros after
 # the 50,257 real ones, whose logits are set to -inf before the softmax: the loss and the gradients
 # are those over the real tokens, bit for bit (tested), and the products run faster with rows a
-# multiple of 64. Paired rounds of the cpu preset's steps (bench_cpu_step.py --head-pad,
-# BENCHMARKS.md "The head padded to 50,304 rows"): float32 1.13x at 16 x 64 and 1.12x at 16 x 128;
-# with MKL and ATen held to AVX2 (the kind that trains in float32) 1.17x at 16 x 64 and 1.15x at 8 x
-# 64. bfloat16 gained 1.01-1.02x and its losses moved by the rounding, so it stays unpadded. The
-# model, its checkpoints, generation and the export keep the 50,257 rows.
+# multiple of 64; bfloat16 gained little and stays unpadded (benchmarks/training.md, "The head
+# padded to 50,304 rows"). The model, its checkpoints, generation and the export keep the 50,257
+# rows.
 HEAD_PAD = 64
 # The tensors a training step reuses, kept for the next step: the (positions, vocab) one it computes
 # its logits and their gradient in (gradient_buffer), and the padded head (padded_head).
@@ -47,14 +45,21 @@ class _HeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, grad_enabled: bool
+        ctx,
+        h: torch.Tensor,
+        w: torch.Tensor,
+        targets: torch.Tensor,
+        grad_enabled: bool,
+        extra: float | None,
     ) -> torch.Tensor:
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         v, hl = w.size(0), h.to(dtype)  # (N, C) the matmul input, as autocast would cast it
-        # (Vp, C): in float32 the head, then zero rows to a multiple of HEAD_PAD; else the head cast
-        # (Vp = V)
-        wp = padded_head(w) if dtype == torch.float32 else w.to(dtype)
+        # (Vp, C): in float32, or with an extra logit, the head, then zero rows to a multiple of
+        # HEAD_PAD (the extra logit takes the first); else the head cast (Vp = V)
+        extras = extra_logits(extra, dtype) if extra is not None else []
+        padded = dtype == torch.float32 or extra is not None
+        wp = padded_head(w, dtype, spare=len(extras)) if padded else w.to(dtype)
         wl = wp[:v]  # (V, C) the head itself, cast as autocast would
         keep = targets != -1  # (N,)
         n = keep.sum().clamp(min=1).float()  # positions scored
@@ -70,21 +75,22 @@ class _HeadLoss(torch.autograd.Function):
         to_float = dtype != torch.float32 and not want_grad
         total = torch.zeros((), dtype=torch.float32, device=h.device)
         # With a gradient, the chunk is all rows, computed in the (N, V) gradient, which exists
-        # anyway: one chunk reads the head once (a float32 step 1.08x faster than 512-row chunks at
-        # 16 x 128, AVX2). Otherwise (evaluation's logits, or their float32 copy) chunks bound the
-        # memory.
+        # anyway: one chunk reads the head once. Otherwise (evaluation's logits, or their float32
+        # copy) chunks bound the memory.
         per_chunk = max(h.size(0), 1) if want_grad else HEAD_LOSS_ROWS
         for s in range(0, h.size(0), per_chunk):
             rows = slice(s, s + per_chunk)
             # (R, Vp) logits
             e = torch.mm(hl[rows], wp.t(), out=grad_logits[rows] if want_grad else None)
             e[:, v:] = -torch.inf  # the padding's logits: probability exactly 0, and so gradient 0
+            for i, a in enumerate(extras):  # zero rows: nothing to grad_h; grad_w drops them
+                e[:, v + i] = a
             if to_float:
                 e = e.float()
             k = keep[rows, None]  # (R, 1)
             t = targets[rows, None].clamp(min=0)  # (R, 1)
             # e: (R, V) probabilities; log_p: (R, 1)
-            log_p = _softmax_at_targets_(e, t, k, hl[rows], wl)
+            log_p = _softmax_at_targets_(e, t, k, hl[rows], wl, extra)
             total -= torch.where(k, log_p, 0).sum()  # -log softmax at the target (0 if ignored)
             if want_grad:
                 # softmax - one_hot, by indexing: scatter_ and scatter_add_ copy a whole bfloat16
@@ -93,41 +99,65 @@ class _HeadLoss(torch.autograd.Function):
                 if not k.all():
                     e.masked_fill_(~k, 0)  # ignored positions give no gradient
         if want_grad:
-            grad_h = torch.mm(grad_logits, wp)  # (N, C)
-            if dtype == torch.float32:
-                # (V, C): the padding's rows (zeros) left out
-                grad_w = torch.mm(grad_logits.t(), hl)[:v]
-            # bfloat16 (oneDNN) is faster as (C, N) @ (N, V), float32 (MKL) as above, and with the
-            # (C, N)
-            else:
-                # operand laid out in its own rows: hl.t() copied (0.5 MB at 16 x 128), not a
-                # transposed view
-                grad_w = torch.mm(hl.t().contiguous(), grad_logits).t()[:v]
-            # Divided by n here, in (N, C) and (V, C) and in float32 (h's and w's dtype under
-            # autocast), not over (N, V): a pass saved. (One copy: the cast writes grad_w in w's
-            # row-major layout, whatever the product left.)
-            grad_h = grad_h.to(torch.float32).div_(n).to(h.dtype)
-            grad_w = (
-                grad_w.to(torch.float32, memory_format=torch.contiguous_format).div_(n).to(w.dtype)
-            )
+            grad_h, grad_w = gradients(grad_logits, wp, hl, v, n, h.dtype, w.dtype)
             ctx.save_for_backward(grad_h, grad_w)
         return total / n
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         grad_h, grad_w = ctx.saved_tensors  # (N, C), (V, C)
-        return grad_h * grad_loss, grad_w * grad_loss, None, None
+        return grad_h * grad_loss, grad_w * grad_loss, None, None, None
 
 
-def padded_head(w: torch.Tensor) -> torch.Tensor:
-    """w (V, C) in the first V rows of a float32 (Vp, C) matrix, Vp the next multiple of HEAD_PAD,
-    whose other rows are zeros. On a CPU the same matrix every step, w copied into it."""
+def gradients(grad_logits, wp, hl, v: int, n, h_dtype, w_dtype):
+    """(grad_h (N, C), grad_w (V, C)) of the mean loss from the (N, Vp) softmax - one_hot."""
+    grad_h = torch.mm(grad_logits, wp)  # (N, C)
+    if grad_logits.dtype == torch.float32:
+        grad_w = torch.mm(grad_logits.t(), hl)[:v]  # (V, C): the padding's rows (zeros) left out
+    else:
+        # bfloat16 (oneDNN) is faster as (C, N) @ (N, V), with the (C, N) operand laid out in its
+        # own rows: hl.t() copied (0.5 MB at 16 x 128), not a transposed view
+        grad_w = torch.mm(hl.t().contiguous(), grad_logits).t()[:v]
+    # Divided by n here, in (N, C) and (V, C) and in float32 (h's and w's dtype under autocast),
+    # not over (N, V): a pass saved. (One copy: the cast writes grad_w in w's row-major layout,
+    # whatever the product left.)
+    grad_h = grad_h.to(torch.float32).div_(n).to(h_dtype)
+    grad_w = grad_w.to(torch.float32, memory_format=torch.contiguous_format).div_(n).to(w_dtype)
+    return grad_h, grad_w
+
+
+def extra_logits(extra: float, dtype: torch.dtype, terms: int = 4) -> list[float]:
+    """Logits, each exact in dtype, whose e^logit sum to e^extra: in float32 extra itself; in a
+    16-bit dtype, where log(40,000) would be rounded by up to 0.03 (3% of the zero rows' share of
+    the softmax's sum), greedy terms each rounded down, the rest left to the next: the sum is
+    short by under 1e-4 of e^extra after 4 terms (each leaves at most 1 - e^-ulp of the rest)."""
+    if dtype == torch.float32:
+        return [extra]
+    out, rest = [], math.exp(extra)
+    down = torch.tensor(-math.inf, dtype=dtype)
+    for _ in range(terms):
+        a = torch.tensor(math.log(rest), dtype=torch.float64).to(dtype)
+        if math.exp(float(a)) > rest:
+            a = torch.nextafter(a, down)
+        out.append(float(a))
+        rest -= math.exp(float(a))
+        if rest <= 0:
+            break
+    return out
+
+
+def padded_head(
+    w: torch.Tensor, dtype: torch.dtype = torch.float32, spare: int = 0
+) -> torch.Tensor:
+    """w (V, C) in the first V rows of a (Vp, C) matrix of dtype, Vp the first multiple of HEAD_PAD
+    that leaves at least `spare` rows after them; the other rows are zeros. On a CPU the same
+    matrix every step, w copied into it."""
     v, c = w.shape
-    vp = -(-v // HEAD_PAD) * HEAD_PAD
+    vp = -(-(v + spare) // HEAD_PAD) * HEAD_PAD
     reuse = w.device.type == "cpu" and not torch.compiler.is_compiling()
     kept = _KEPT.get("head") if reuse else None
-    if kept is None or kept.shape != (vp, c):
-        kept = torch.zeros(vp, c, dtype=torch.float32, device=w.device)
+    if kept is None or kept.shape != (vp, c) or kept.dtype != dtype:
+        kept = torch.zeros(vp, c, dtype=dtype, device=w.device)
         if reuse:
             _KEPT["head"] = kept
     kept[:v].copy_(w)
@@ -142,8 +172,8 @@ def gradient_buffer(n: int, v: int, dtype: torch.dtype, device: torch.device) ->
     a freed block that big back to the operating system (glibc does, unless
     slm.hardware.keep_freed_memory raised its thresholds, which it cannot on macOS, Windows or
     musl), a fresh one is mapped page by page as it is first written, each page zeroed: ~50,000
-    page faults; a step 1.14-1.16x (float32) and 1.18-1.26x (bfloat16) slower here
-    (BENCHMARKS.md). One buffer is kept, the largest a step has asked for, until an evaluation;
+    page faults, a step measurably slower (benchmarks/machines.md). One buffer is kept, the
+    largest a step has asked for, until an evaluation;
     its contents never outlive the forward pass that fills them (the gradients are computed
     there)."""
     # (CUDA caches its own blocks; compile plans its own)
@@ -157,7 +187,12 @@ def gradient_buffer(n: int, v: int, dtype: torch.dtype, device: torch.device) ->
 
 
 def _softmax_at_targets_(
-    e: torch.Tensor, t: torch.Tensor, k: torch.Tensor, h: torch.Tensor, w: torch.Tensor
+    e: torch.Tensor,
+    t: torch.Tensor,
+    k: torch.Tensor,
+    h: torch.Tensor,
+    w: torch.Tensor,
+    extra: float | None = None,
 ) -> torch.Tensor:
     """The logits e (R, V) -> their softmax, in e; returns log softmax (R, 1) at the targets t (R,
     1), float32.
@@ -178,7 +213,10 @@ def _softmax_at_targets_(
     lost = k & (p_t < torch.finfo(torch.float32).tiny)
     if lost.any():
         i = lost.nonzero()[:, 0]
-        log_p[i] = torch.log_softmax(torch.mm(h[i], w.t()).float(), -1).gather(1, t[i])
+        z = torch.mm(h[i], w.t()).float()  # (L, V)
+        if extra is not None:  # (L, V + 1) the extra logit after them, as in e
+            z = torch.cat([z, z.new_full((z.size(0), 1), extra)], 1)
+        log_p[i] = torch.log_softmax(z, -1).gather(1, t[i])
     return log_p
 
 
@@ -194,11 +232,49 @@ def _softmax_(x: torch.Tensor) -> torch.Tensor:
     return x.copy_(torch.softmax(x, -1))
 
 
-def head_loss(h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def head_loss(
+    h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, extra: float | None = None
+) -> torch.Tensor:
     """h (N, C) final hidden states, w (V, C) the LM head, targets (N,) with -1 ignored -> mean
     cross-entropy.
+
+    extra: the logit of one more class that has no row and is never a target, in every softmax:
+    log(n) stands in for n rows held at zero (logit 0 each), left out of w (model.GPT.forward's
+    rows).
     """
     # Inside forward grad mode is always off, so whether the caller wants a gradient is passed in:
     # under torch.no_grad the parameters still require grad, and the gradient would be computed for
     # nothing.
-    return _HeadLoss.apply(h, w, targets, torch.is_grad_enabled())
+    return _HeadLoss.apply(h, w, targets, torch.is_grad_enabled(), extra)
+
+
+class _RowsOf(torch.autograd.Function):
+    """w (V, C), rows (U,) distinct ids -> w[rows] (U, C); the gradient is copied back into those
+    rows of a zero (V, C) one. (index_select's own backward adds with scatter_add, which allows
+    repeated ids and is several times slower on a CPU.)"""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(rows)
+        ctx.vocab = w.size(0)
+        return w.index_select(0, rows)  # (U, C)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (rows,) = ctx.saved_tensors
+        out = grad.new_zeros(ctx.vocab, grad.size(1))  # (V, C)
+        return out.index_copy_(0, rows, grad), None
+
+
+def targets_in_rows(targets: torch.Tensor, rows: torch.Tensor, vocab: int) -> torch.Tensor:
+    """targets (any shape; -1 ignored) -> the index of each target in rows (U,) sorted token ids,
+    -1 kept; a target not in rows becomes -1 too, so the caller must pass rows that hold every
+    target."""
+    where = torch.full((vocab,), -1, dtype=torch.long, device=rows.device)
+    where[rows] = torch.arange(rows.numel(), device=rows.device)  # (vocab,) token id -> index
+    return torch.where(targets >= 0, where[targets.clamp(min=0)], -1)
+
+
+def rows_of(w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """w[rows] for distinct sorted rows, its gradient copied back into those rows (_RowsOf)."""
+    return _RowsOf.apply(w, rows)

@@ -24,6 +24,7 @@ from benchmarks import (
     bench_dtype,
     bench_gpu,
     bench_head_loss,
+    bench_head_rows,
     bench_model,
     bench_plot,
     bench_tokenization,
@@ -591,3 +592,31 @@ def test_same_numbers_finds_a_changed_loss_or_weight_and_nothing_else(tmp_path):
     torch.save({"model": weights, "step": 2}, runs[1] / "best_model_params.pt")
     found = same_numbers.differences(*runs)
     assert len(found) == 2 and found[0].startswith("steps.csv differs") and "tensor w" in found[1]
+
+
+def test_bench_head_rows_times_both_heads_in_paired_runs_and_counts_distinct_tokens(
+    tiny_data_dir, capsys
+):
+    bench_head_rows.main(
+        [
+            "--data-dir",
+            str(tiny_data_dir),
+            "--rounds",
+            "1",
+            "--",
+            "--preset",
+            "smoke",
+            "--max-iters",
+            "8",
+            "--warmup-iters",
+            "2",
+            "--eval-iters",
+            "1",
+        ]  # fmt: skip
+    )
+    out = capsys.readouterr().out
+    assert re.search(rf"used rows {NUMBER}, full head {NUMBER}: {NUMBER}x", out), out
+    assert "load average" in out
+    bench_head_rows.main(["--data-dir", str(tiny_data_dir), "--growth"])
+    out = capsys.readouterr().out
+    assert re.search(rf"\| 58,558 \| {NUMBER} \|", out) and "Heaps' law" in out, out

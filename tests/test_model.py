@@ -690,6 +690,147 @@ def test_head_loss_skips_its_gradient_under_no_grad_and_chunks_only_where_a_chun
     assert matmuls(True, torch.bfloat16)[1:] == (1 + 2, 0)
 
 
+# ----------------------------------------------------------------------------- the used rows
+
+
+def used_rows_model(seed: int = 0) -> tuple[GPT, torch.Tensor]:
+    """SMALL, perturbed, with the rows of all but ~1,000 token ids set to zero, and those ids."""
+    m = make(SMALL, seed=seed, scale=0.05)
+    rows = torch.unique(random_ids((1200,), seed=seed + 10))  # (U,) sorted
+    m.zero_unused_rows(rows)
+    return m, rows
+
+
+def used_ids_batch(rows: torch.Tensor, shape, seed: int) -> torch.Tensor:
+    """Token ids drawn from rows only, as training's inputs and targets are."""
+    return rows[random_ids(shape, seed=seed, vocab=rows.numel())]
+
+
+@pytest.mark.parametrize("return_logits", [True, False], ids=["plain-logits", "head-loss"])
+def test_the_used_rows_loss_is_the_full_vocabulary_cross_entropy_with_its_gradients(
+    return_logits,
+):
+    """forward(rows=...) against F.cross_entropy over all 50,257 logits of the same weights (their
+    other rows zero), in float32: the loss, and the gradients of the used rows and of the hidden
+    state, to 1e-5, ignored targets included. Both paths: the plain logits over the rows (a GPU's)
+    and slm.head_loss (a CPU's). The two sides sum their softmax in different orders (one
+    constant log(n) against ~49,000 zeros; GEMM kernels block by the matrix's shape), so they
+    agree to a tolerance, not bit for bit. The unused rows' gradient is exactly zero."""
+    m, rows = used_rows_model()
+    x, y = used_ids_batch(rows, (2, 35), seed=3), used_ids_batch(rows, (2, 35), seed=4)
+    y[0, :9] = -1
+    kept = []
+
+    def keep(module, inputs, out) -> None:  # the hidden state, its gradient kept
+        out.retain_grad()
+        kept.append(out)
+
+    hook = m.transformer.ln_f.register_forward_hook(keep)
+    results = []
+    for kw in ({}, {"rows": rows, "return_logits": return_logits}):
+        m.zero_grad()
+        kept.clear()
+        logits, loss = m(x, y, **kw)
+        if not kw:  # the reference: the full logits, and F.cross_entropy over them
+            assert logits.shape == (2, 35, 50257)
+            loss = F.cross_entropy(logits.view(-1, 50257), y.view(-1), ignore_index=-1)
+        else:
+            assert logits is None
+        loss.backward()
+        results.append((loss.item(), kept[0].grad.clone(), m.lm_head.weight.grad.clone()))
+    hook.remove()
+    (loss_full, grad_h_full, grad_w_full), (loss_rows, grad_h_rows, grad_w_rows) = results
+    assert loss_rows == pytest.approx(loss_full, abs=1e-5)
+    torch.testing.assert_close(grad_h_rows, grad_h_full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_w_rows[rows], grad_w_full[rows], rtol=1e-5, atol=1e-5)
+    unused = torch.ones(50257, dtype=torch.bool)
+    unused[rows] = False
+    assert not grad_w_rows[unused].any()
+    # every other parameter gets the same gradient as well
+    m.zero_grad()
+    m(x, y)[1].backward()
+    full = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    m(x, y, rows=rows, return_logits=return_logits)[1].backward()
+    for name, p in m.named_parameters():
+        if name != "transformer.wte.weight":
+            torch.testing.assert_close(p.grad, full[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_the_used_rows_loss_under_bfloat16_autocast_is_the_full_loss_to_its_rounding():
+    """The same under bfloat16 autocast (a bf16 CPU's training), both paths, against
+    F.cross_entropy over the full logits: to the 1e-4 that bfloat16 probabilities allow (the zero
+    rows' logit log(n) would be rounded by up to 0.03 in bfloat16: head_loss spreads it over
+    terms exact in bfloat16, slm.head_loss.extra_logits)."""
+    for seed in range(3):
+        m, rows = used_rows_model(seed=seed)
+        x, y = used_ids_batch(rows, (2, 40), seed=5), used_ids_batch(rows, (2, 40), seed=6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            full = m(x, y)[1].item()
+            for return_logits in (True, False):
+                used = m(x, y, rows=rows, return_logits=return_logits)[1].item()
+                assert used == pytest.approx(full, rel=1e-4), (seed, return_logits)
+
+
+@pytest.mark.parametrize("return_logits", [True, False], ids=["plain-logits", "head-loss"])
+def test_the_unused_rows_stay_exactly_zero_through_50_adamw_steps_with_weight_decay(
+    return_logits,
+):
+    """50 AdamW steps (weight decay 0.1, the gradient clipped, as training does) with the used
+    rows' loss: every unused row of the tied embedding / LM head is still exactly zero (never an
+    input, a zero gradient, zero moments, and decoupled decay of 0 is 0), while the used rows
+    moved. The model stays an ordinary GPT: the same state_dict keys."""
+    m, rows = used_rows_model(seed=2)
+    keys = set(m.state_dict())
+    m.train()
+    before = m.lm_head.weight[rows].clone()
+    opt = torch.optim.AdamW(m.optim_groups(0.1), lr=1e-2, betas=(0.9, 0.99), fused=True)
+    for step in range(50):
+        x = used_ids_batch(rows, (2, 16), seed=100 + step)
+        y = used_ids_batch(rows, (2, 16), seed=200 + step)
+        _, loss = m(x, y, rows=rows, return_logits=return_logits)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(m.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    unused = torch.ones(50257, dtype=torch.bool)
+    unused[rows] = False
+    assert torch.equal(m.lm_head.weight[unused], torch.zeros(int(unused.sum()), SMALL.n_embd))
+    assert (m.lm_head.weight[rows] - before).abs().amin(dim=1).gt(0).all()
+    assert set(m.state_dict()) == keys
+
+
+def test_targets_in_rows_maps_ids_to_their_place_and_keeps_ignored_positions():
+    rows = torch.tensor([3, 7, 50256])
+    targets = torch.tensor([[7, -1, 3], [50256, 3, -1]])
+    assert head_loss_module.targets_in_rows(targets, rows, 50257).tolist() == [
+        [1, -1, 0],
+        [2, 0, -1],
+    ]
+
+
+def test_the_head_loss_with_an_extra_logit_is_the_cross_entropy_with_one_more_class():
+    """slm.head_loss's extra logit: one more class with that logit and no row, never a target,
+    against F.cross_entropy over the logits with that column appended: loss and gradients, in
+    float32 and in the kept-buffer path's second call."""
+    h = torch.randn(30, 16, requires_grad=True)
+    w = torch.randn(100, 16, requires_grad=True)
+    t = random_ids((30,), seed=2, vocab=100)
+    t[:3] = -1
+    extra = math.log(5000.0)
+    want = []
+    z = torch.cat([h @ w.t(), torch.full((30, 1), extra)], 1)
+    loss = F.cross_entropy(z, t, ignore_index=-1)
+    loss.backward()
+    want = [loss.detach(), h.grad.clone(), w.grad.clone()]
+    for _ in range(2):
+        h.grad = w.grad = None
+        loss = head_loss_module.head_loss(h, w, t, extra)
+        loss.backward()
+        for g, x in zip([loss.detach(), h.grad, w.grad], want):
+            torch.testing.assert_close(g, x, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- python model.py
 
 REPO = Path(model.__file__).resolve().parent

@@ -252,6 +252,29 @@ def test_meta_describes_the_files(tokenized):
     assert not list(data_dir.glob("*.tmp"))
 
 
+def test_meta_records_the_token_ids_train_bin_uses_on_one_line(tokenized, tmp_path):
+    """splits.train.used_ids: the sorted ids that occur in train.bin (what training keeps of the LM
+    head), written on one line; each split counts its distinct ids. A meta.json from before
+    used_ids gets them counted from train.bin; a damaged list is refused in one line."""
+    data_dir, _, _ = tokenized
+    text = (data_dir / "meta.json").read_text()
+    meta = json.loads(text)
+    for split in ("train", "validation"):
+        ids = np.unique(read_bin(data_dir, split))
+        assert meta["splits"][split]["distinct_ids"] == len(ids)
+    assert meta["splits"]["train"]["used_ids"] == np.unique(read_bin(data_dir, "train")).tolist()
+    assert len(text.splitlines()) < 100  # not one line per id
+    assert datafiles.used_ids(data_dir, meta).tolist() == meta["splits"]["train"]["used_ids"]
+
+    old = json.loads(text)
+    del old["splits"]["train"]["used_ids"]
+    assert datafiles.used_ids(data_dir, old).tolist() == meta["splits"]["train"]["used_ids"]
+    for bad in ([5, 3], [], [VOCAB_SIZE], [-1, 2]):
+        old["splits"]["train"]["used_ids"] = bad
+        with pytest.raises(CLIError, match="damaged used_ids .* python tokenization.py"):
+            datafiles.used_ids(data_dir, old)
+
+
 def test_same_bytes_whatever_num_proc(tokenized, tmp_path, monkeypatch):
     data_dir, train, validation = tokenized
     make_raw(tmp_path, train, validation, train_files=2)  # other Arrow files, same rows
