@@ -222,14 +222,9 @@ class GPT(nn.Module):
 
     # ------------------------------------------------------------------------- forward
 
-    def forward(
-        self,
-        idx: torch.Tensor,
-        targets: torch.Tensor | None = None,
-        caches: list[dict] | None = None,
-        return_logits: bool = True,
-        rows: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                caches: list[dict] | None = None, return_logits: bool = True,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor | None, ...]:  # fmt: skip
         """idx (B, T) token ids -> logits (B, T, vocab), and the mean cross-entropy when targets are
         given (targets (B, T); -1 marks positions to ignore). caches: see hidden_states.
 
@@ -238,13 +233,9 @@ class GPT(nn.Module):
         gradient in place (no second (B*T, vocab) tensor): on a CPU a training step about twice
         as fast (see slm/head_loss.py).
 
-        rows (U,) sorted token ids (with targets): the head's other rows are taken to be zero
-        (zero_unused_rows) and are never computed. Each of them has logit 0, so together they
-        add n = vocab - U times e^0 to the softmax's sum: one constant logit log(n) stands in for
-        all of them. The loss is then the full-vocabulary cross-entropy of these weights, exact,
-        with the same gradients, and the unused rows get a zero gradient. Every target must be
-        in rows. No logits come back (None); return_logits picks the path: the plain logits over
-        the rows (True) or slm.head_loss (False)."""
+        rows (U,) sorted token ids (with targets): the head's other rows are zero and never
+        computed; the loss is still the exact full-vocabulary one (_used_rows_loss). No logits
+        come back; return_logits picks the path, as above."""
         h = self.hidden_states(idx, caches)  # (B, T, C)
         if targets is not None and rows is not None:
             return None, self._used_rows_loss(h, targets, rows, fused=not return_logits)
@@ -262,7 +253,11 @@ class GPT(nn.Module):
         self, h: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, fused: bool
     ) -> torch.Tensor:
         """The mean cross-entropy over the full vocabulary of h (B, T, C) against targets (B, T),
-        computed from the head's rows `rows` alone, the others zero (forward's rows)."""
+        computed from the head's rows `rows` alone, the others zero (zero_unused_rows). Each zero
+        row has logit 0, so together they add n = vocab - U times e^0 to the softmax's sum: one
+        constant logit log(n) stands in for all of them. The loss and the gradients are those of
+        the full softmax of these weights, exact, and the zero rows get a zero gradient. Every
+        target must be in rows."""
         vocab, used = self.config.vocab_size, rows.numel()
         w = rows_of(self.lm_head.weight, rows)  # (U, C) its gradient goes to these rows
         # the logit that stands for the zero rows: log(n) = log of the sum of their e^0

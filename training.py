@@ -308,10 +308,9 @@ def fix_step_count(run: Run, state: Progress, budget, recipe, eval_s, save_s, t_
 
 def train_step(model, optimizer, scaler, batches, batch_gen, tc, dist, parts, wants_stop,
                head_rows=None):  # fmt: skip
-    """One optimizer step over grad_accum micro-batches, each window cut in `parts` (1: whole):
-    (its mean loss, whether any process wants_stop()). head_rows: the LM head rows the loss
-    computes (None: all). A non-finite loss raises FloatingPointError before the weights are
-    touched."""
+    """One optimizer step over grad_accum micro-batches, windows cut in `parts`, the loss over the
+    head's rows head_rows (None: all): (mean loss, whether any process wants_stop()). A non-finite
+    loss raises FloatingPointError before the weights are touched."""
     rows = slice(dist.rank * tc.batch_size, (dist.rank + 1) * tc.batch_size)
     device_type = dist.device.split(":")[0]
     loss_sum = torch.zeros((), dtype=torch.float32, device=dist.device)
