@@ -145,7 +145,7 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_fl
     return summary
 
 
-def trial_pass(mc: GPTConfig, tc: TrainConfig, device: str, compiled: bool, rows) -> TrialPass:
+def trial_pass(mc: GPTConfig, tc: TrainConfig, device: str, compiled: bool, rows=None) -> TrialPass:
     """Forward and backward passes of a throwaway model of shape mc, for settle() to time a step or
     to prove that a micro-batch fits a GPU. They change nothing the run keeps."""
     model = GPT(mc).to(device)

@@ -230,9 +230,12 @@ def test_loss_falls_and_the_outputs_are_complete(tiny_data_dir, tmp_path):
     assert [r["step"] for r in rows] == [0, 15, 30]
     # untrained: ~uniform
     assert rows[0]["val_loss"] == pytest.approx(math.log(mc.vocab_size), abs=0.5)
+    # The head's rows of tokens train.bin never uses are held at zero: the first steps fall more
+    # slowly than with --full-head (10.8 -> 10.2 here, against ~9 for the full head), a lag the
+    # extra steps per minute more than repay (benchmarks/training.md, "The head over the rows").
     assert (
-        rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.5
-        and rows[-1]["train_loss"] < rows[0]["train_loss"] - 1.5
+        rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.4
+        and rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.4
     )
     assert (
         s["stopped"] == "done"
@@ -281,7 +284,8 @@ def test_real_tinystories_sample_loss_falls(shared_tinystories, tmp_path):
     mc, tc = smoke(data, tmp_path / "out", max_iters=40)
     training.train(mc, tc, progress=False)
     rows = read_log(Path(tc.out_dir) / LOG_FILE)
-    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 2.0
+    # used head rows: 10.8 -> 9.7 in 40 steps (the full head's first steps fall faster, see above)
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.8
 
 
 # quarter: steps 0-4 (the warmup: see share_steps), short: to step 9 of 12; stopped at 6, between
