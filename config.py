@@ -118,8 +118,8 @@ class TrainConfig:
     full_head: bool = setting(
         False,
         "compute every row of the LM head in the training loss, as before; without it the rows "
-        "of tokens train.bin never uses are held at zero and left out: the same full-vocabulary "
-        "loss, several times faster on a CPU",
+        "of tokens train.bin never uses are held equal to one shared row, computed once: the "
+        "same full-vocabulary loss, several times faster on a CPU",
     )
     max_minutes: float = setting(
         0.0,

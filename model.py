@@ -233,9 +233,10 @@ class GPT(nn.Module):
         gradient in place (no second (B*T, vocab) tensor): on a CPU a training step about twice
         as fast (see slm/head_loss.py).
 
-        rows (U,) sorted token ids (with targets): the head's other rows are zero and never
-        computed; the loss is still the exact full-vocabulary one (_used_rows_loss). No logits
-        come back; return_logits picks the path, as above."""
+        rows (U + 1,) token ids (with targets): the ids the training data uses, then one unused
+        id whose row stands for every unused row (they are equal): only these rows are
+        computed, and the loss is still the exact full-vocabulary one (_used_rows_loss). No
+        logits come back; return_logits picks the path, as above."""
         h = self.hidden_states(idx, caches)  # (B, T, C)
         if targets is not None and rows is not None:
             return None, self._used_rows_loss(h, targets, rows, fused=not return_logits)
@@ -253,32 +254,37 @@ class GPT(nn.Module):
         self, h: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor, fused: bool
     ) -> torch.Tensor:
         """The mean cross-entropy over the full vocabulary of h (B, T, C) against targets (B, T),
-        computed from the head's rows `rows` alone, the others zero (zero_unused_rows). Each zero
-        row has logit 0, so together they add n = vocab - U times e^0 to the softmax's sum: one
-        constant logit log(n) stands in for all of them. The loss and the gradients are those of
-        the full softmax of these weights, exact, and the zero rows get a zero gradient. Every
-        target must be in rows."""
-        vocab, used = self.config.vocab_size, rows.numel()
-        w = rows_of(self.lm_head.weight, rows)  # (U, C) its gradient goes to these rows
-        # the logit that stands for the zero rows: log(n) = log of the sum of their e^0
-        extra = math.log(vocab - used) if used < vocab else None
+        computed from the head's rows `rows` alone (U + 1,): the ids the training data uses, then
+        one unused id whose row r every unused row equals (share_unused_rows). Each of the n
+        unused rows has logit h . r, so r's logit plus log(n) stands for all of them: the loss and
+        the gradients are those of the full softmax of these weights, exact. r's gradient is one
+        unused row's (its sum over the n rows divided by n), so AdamW moves r as it would move
+        each of them. Every target must be in rows."""
+        vocab, computed = self.config.vocab_size, rows.numel()
+        share = vocab - computed + 1  # the unused rows r stands for
+        w = rows_of(self.lm_head.weight, rows, share)  # (U + 1, C) its gradient goes to these rows
         local = targets_in_rows(targets, rows, vocab).reshape(-1)  # (B*T,) indices into rows
         if fused:
-            return head_loss(h.flatten(0, 1), w, local, extra)
-        logits = F.linear(h, w).view(-1, used).float()  # (B*T, U)
-        if extra is not None:
-            logits = torch.cat([logits, logits.new_full((logits.size(0), 1), extra)], 1)
+            return head_loss(h.flatten(0, 1), w, local, math.log(share))
+        logits = F.linear(h, w).view(-1, computed).float()  # (B*T, U + 1)
+        logits = torch.cat([logits[:, :-1], logits[:, -1:] + math.log(share)], 1)
         return F.cross_entropy(logits, local, ignore_index=-1)
 
     @torch.no_grad()
-    def zero_unused_rows(self, rows: torch.Tensor) -> None:
-        """Set to zero every row of the tied token embedding / LM head that is not in rows (U,):
-        the tokens the training data never uses. They then stay zero in training with rows
-        (forward): never an input, never computed, their gradient is zero, and AdamW's update of
-        a zero row with zero moments, its decay included, is zero."""
-        unused = torch.ones(self.config.vocab_size, dtype=torch.bool, device=rows.device)
-        unused[rows] = False
-        self.lm_head.weight[unused.to(self.lm_head.weight.device)] = 0
+    def share_unused_rows(self, rows: torch.Tensor | None, zero: bool = False) -> None:
+        """Set every row of the tied token embedding / LM head that rows (U + 1,) does not list as
+        used (rows[:-1]) to the shared row rows[-1], or to zero (zero=True: how they start); with
+        rows None (every row trained) nothing.
+
+        Training with rows reads only the shared row of them (none is ever an input, and its
+        logit stands for all), so the others are written from it when the weights are read as a
+        whole: before an evaluation and before a save (training.py)."""
+        if rows is None:
+            return
+        w = self.lm_head.weight
+        unused = torch.ones(self.config.vocab_size, dtype=torch.bool, device=w.device)
+        unused[rows[:-1].to(w.device)] = False
+        w[unused] = 0 if zero else w[rows[-1]].clone()
 
     def hidden_states(self, idx: torch.Tensor, caches: list[dict] | None = None) -> torch.Tensor:
         """idx (B, T) -> the final LayerNorm's output (B, T, C); forward's logits are lm_head of

@@ -423,7 +423,7 @@ def _meta(
                 "tokens": w.tokens,
                 "sha256": w.sha256.hexdigest(),
                 "distinct_ids": int(np.count_nonzero(w.counts)),
-                # training holds the LM head's other rows at zero (model.GPT.forward's rows)
+                # training computes the LM head's other rows as one (model.GPT.forward's rows)
                 **({"used_ids": np.flatnonzero(w.counts).tolist()} if split == "train" else {}),
             }
             for split, w in writers.items()

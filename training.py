@@ -40,6 +40,7 @@ from slm.cli import CLIError, StopRequest, run_cli
 from slm.distributed import Dist
 from slm.files import atomic_torch_save, dir_lock
 from slm.hardware import autocast, detect_machine, fused_adamw, keep_freed_memory, pick_device
+from slm.head_loss import with_shared_row
 from slm.plan import TrialPass
 from slm.plot import plot_title, redraw
 from slm.progress import Speedometer, announce, print_end, progress_bar
@@ -113,9 +114,10 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_fl
     with dist, lock:
         machine = detect_machine(dist.device)
         ckpt = checkpoint.read_resume_checkpoint(Path(tc.out_dir), tc, facts) if resume else None
-        # the LM head rows the training loss computes: the tokens train.bin uses (None: every row)
-        rows = checkpoint.head_rows(ckpt, tc.full_head, tc.data_dir, meta)
-        rows = None if rows is None else rows.to(dist.device)
+        # the LM head rows the training loss computes: the tokens train.bin uses, then one row that
+        # every unused row equals (None: every row)
+        used = checkpoint.head_rows(ckpt, tc.full_head, tc.data_dir, meta)
+        rows = None if used is None else with_shared_row(used.to(dist.device), mc.vocab_size)
 
         def trial(shape: GPTConfig, compiled: bool = False) -> TrialPass:  # a throwaway model
             return trial_pass(shape, tc, dist.device, compiled, rows)
@@ -174,8 +176,7 @@ def build(preset, mc: GPTConfig, tc: TrainConfig, dist: Dist, facts: dict, sampl
     random.seed(tc.seed + dist.rank)
     np.random.seed(tc.seed + dist.rank)
     raw_model = GPT(mc).to(device)
-    if rows is not None:  # the head rows the loss never computes start, and stay, at zero
-        raw_model.zero_unused_rows(rows)
+    raw_model.share_unused_rows(rows, zero=True)  # the unused rows start equal, at zero
     optimizer = make_optimizer(raw_model, tc, device)
     average = WeightAverage(raw_model, tc.ema) if tc.ema > 0 else None
     if dist.master:  # a run that cannot save its checkpoints must not train first
@@ -375,6 +376,7 @@ def evaluate_and_save(run: Run, state: Progress, t_start: float, say) -> float:
     steps.csv and loss.png. With --ema the weights scored and kept are the average. Returns the
     seconds the sample and the files took (the time budget counts them)."""
     with averaged_weights(run.average):
+        run.raw_model.share_unused_rows(run.head_rows)  # the unused rows, as training left them
         losses = evaluate(run.model, run.batches, run.tc, run.dist)
         elapsed = round(time.time() - t_start, 2)
         is_best = losses["validation"] < state.best_val
@@ -409,12 +411,14 @@ def evaluate_and_save(run: Run, state: Progress, t_start: float, say) -> float:
 def save_checkpoint(run: Run, state: Progress) -> None:
     """ckpt.pt: everything --resume needs to continue exactly (rank 0)."""
     if run.dist.master:
+        run.raw_model.share_unused_rows(run.head_rows)
+        used = None if run.head_rows is None else run.head_rows[:-1]  # the last is the shared row
         checkpoint.save_resume_state(run.out_dir / CKPT_FILE, model=run.raw_model,
                                      optimizer=run.optimizer, scheduler=run.scheduler,
                                      scaler=run.scaler, average=run.average,
                                      batch_gen=run.batch_gen, mc=run.mc, tc=run.tc, progress=state,
                                      facts=run.facts, preset=run.preset,
-                                     head_rows=run.head_rows)  # fmt: skip
+                                     head_rows=used)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- the script

@@ -7,8 +7,6 @@ vocab) tensor). GPT.forward(..., return_logits=False) uses it; training does on 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 # Positions per head-loss chunk where there is no gradient to compute the logits in (evaluation), so
@@ -50,16 +48,14 @@ class _HeadLoss(torch.autograd.Function):
         w: torch.Tensor,
         targets: torch.Tensor,
         grad_enabled: bool,
-        extra: float | None,
+        log_share: float | None,
     ) -> torch.Tensor:
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         v, hl = w.size(0), h.to(dtype)  # (N, C) the matmul input, as autocast would cast it
-        # (Vp, C): in float32, or with an extra logit, the head, then zero rows to a multiple of
-        # HEAD_PAD (the extra logit takes the first); else the head cast (Vp = V)
-        extras = extra_logits(extra, dtype) if extra is not None else []
-        padded = dtype == torch.float32 or extra is not None
-        wp = padded_head(w, dtype, spare=len(extras)) if padded else w.to(dtype)
+        # (Vp, C): in float32 the head, then zero rows to a multiple of HEAD_PAD; else the head
+        # cast (Vp = V)
+        wp = padded_head(w, dtype) if dtype == torch.float32 else w.to(dtype)
         wl = wp[:v]  # (V, C) the head itself, cast as autocast would
         keep = targets != -1  # (N,)
         n = keep.sum().clamp(min=1).float()  # positions scored
@@ -83,14 +79,14 @@ class _HeadLoss(torch.autograd.Function):
             # (R, Vp) logits
             e = torch.mm(hl[rows], wp.t(), out=grad_logits[rows] if want_grad else None)
             e[:, v:] = -torch.inf  # the padding's logits: probability exactly 0, and so gradient 0
-            for i, a in enumerate(extras):  # zero rows: nothing to grad_h; grad_w drops them
-                e[:, v + i] = a
             if to_float:
                 e = e.float()
+            if log_share is not None:  # the last row stands for n rows: e^logit counted n times
+                e[:, v - 1] += log_share
             k = keep[rows, None]  # (R, 1)
             t = targets[rows, None].clamp(min=0)  # (R, 1)
             # e: (R, V) probabilities; log_p: (R, 1)
-            log_p = _softmax_at_targets_(e, t, k, hl[rows], wl, extra)
+            log_p = _softmax_at_targets_(e, t, k, hl[rows], wl, log_share)
             total -= torch.where(k, log_p, 0).sum()  # -log softmax at the target (0 if ignored)
             if want_grad:
                 # softmax - one_hot, by indexing: scatter_ and scatter_add_ copy a whole bfloat16
@@ -126,34 +122,11 @@ def gradients(grad_logits, wp, hl, v: int, n, h_dtype, w_dtype):
     return grad_h, grad_w
 
 
-def extra_logits(extra: float, dtype: torch.dtype, terms: int = 4) -> list[float]:
-    """Logits, each exact in dtype, whose e^logit sum to e^extra: in float32 extra itself; in a
-    16-bit dtype, where log(40,000) would be rounded by up to 0.03 (3% of the zero rows' share of
-    the softmax's sum), greedy terms each rounded down, the rest left to the next: the sum is
-    short by under 1e-4 of e^extra after 4 terms (each leaves at most 1 - e^-ulp of the rest)."""
-    if dtype == torch.float32:
-        return [extra]
-    out, rest = [], math.exp(extra)
-    down = torch.tensor(-math.inf, dtype=dtype)
-    for _ in range(terms):
-        a = torch.tensor(math.log(rest), dtype=torch.float64).to(dtype)
-        if math.exp(float(a)) > rest:
-            a = torch.nextafter(a, down)
-        out.append(float(a))
-        rest -= math.exp(float(a))
-        if rest <= 0:
-            break
-    return out
-
-
-def padded_head(
-    w: torch.Tensor, dtype: torch.dtype = torch.float32, spare: int = 0
-) -> torch.Tensor:
-    """w (V, C) in the first V rows of a (Vp, C) matrix of dtype, Vp the first multiple of HEAD_PAD
-    that leaves at least `spare` rows after them; the other rows are zeros. On a CPU the same
-    matrix every step, w copied into it."""
+def padded_head(w: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """w (V, C) in the first V rows of a (Vp, C) matrix of dtype, Vp the first multiple of
+    HEAD_PAD; the other rows are zeros. On a CPU the same matrix every step, w copied into it."""
     v, c = w.shape
-    vp = -(-(v + spare) // HEAD_PAD) * HEAD_PAD
+    vp = -(-v // HEAD_PAD) * HEAD_PAD
     reuse = w.device.type == "cpu" and not torch.compiler.is_compiling()
     kept = _KEPT.get("head") if reuse else None
     if kept is None or kept.shape != (vp, c) or kept.dtype != dtype:
@@ -192,7 +165,7 @@ def _softmax_at_targets_(
     k: torch.Tensor,
     h: torch.Tensor,
     w: torch.Tensor,
-    extra: float | None = None,
+    log_share: float | None = None,
 ) -> torch.Tensor:
     """The logits e (R, V) -> their softmax, in e; returns log softmax (R, 1) at the targets t (R,
     1), float32.
@@ -214,8 +187,8 @@ def _softmax_at_targets_(
     if lost.any():
         i = lost.nonzero()[:, 0]
         z = torch.mm(h[i], w.t()).float()  # (L, V)
-        if extra is not None:  # (L, V + 1) the extra logit after them, as in e
-            z = torch.cat([z, z.new_full((z.size(0), 1), extra)], 1)
+        if log_share is not None:  # the last row's logit counted n times, as in e
+            z[:, -1] += log_share
         log_p[i] = torch.log_softmax(z, -1).gather(1, t[i])
     return log_p
 
@@ -233,48 +206,65 @@ def _softmax_(x: torch.Tensor) -> torch.Tensor:
 
 
 def head_loss(
-    h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, extra: float | None = None
+    h: torch.Tensor, w: torch.Tensor, targets: torch.Tensor, log_share: float | None = None
 ) -> torch.Tensor:
     """h (N, C) final hidden states, w (V, C) the LM head, targets (N,) with -1 ignored -> mean
     cross-entropy.
 
-    extra: the logit of one more class that has no row and is never a target, in every softmax:
-    log(n) stands in for n rows held at zero (logit 0 each), left out of w (model.GPT.forward's
-    rows).
+    log_share: log(n), where w's last row stands for n equal rows that are left out of w (the
+    unused rows, model.GPT.forward's rows): its logit is counted n times in every softmax, by
+    adding log(n) to it. The loss is then that of the full head; the last row's gradient is the
+    sum of the n rows' (rows_of divides it by n). Under bfloat16 autocast the sum is rounded as
+    a bfloat16 logit near log(n) is: by up to 3% of those rows' share of the softmax.
     """
     # Inside forward grad mode is always off, so whether the caller wants a gradient is passed in:
     # under torch.no_grad the parameters still require grad, and the gradient would be computed for
     # nothing.
-    return _HeadLoss.apply(h, w, targets, torch.is_grad_enabled(), extra)
+    return _HeadLoss.apply(h, w, targets, torch.is_grad_enabled(), log_share)
 
 
 class _RowsOf(torch.autograd.Function):
     """w (V, C), rows (U,) distinct ids -> w[rows] (U, C); the gradient is copied back into those
-    rows of a zero (V, C) one. (index_select's own backward adds with scatter_add, which allows
-    repeated ids and is several times slower on a CPU.)"""
+    rows of a zero (V, C) one, the last row's divided by share (the rows it stands for).
+    (index_select's own backward adds with scatter_add, which allows repeated ids and is several
+    times slower on a CPU.)"""
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, w: torch.Tensor, rows: torch.Tensor, share: int) -> torch.Tensor:
         ctx.save_for_backward(rows)
-        ctx.vocab = w.size(0)
+        ctx.vocab, ctx.share = w.size(0), share
         return w.index_select(0, rows)  # (U, C)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (rows,) = ctx.saved_tensors
         out = grad.new_zeros(ctx.vocab, grad.size(1))  # (V, C)
-        return out.index_copy_(0, rows, grad), None
+        out.index_copy_(0, rows, grad)
+        if ctx.share != 1:
+            out[rows[-1]] /= ctx.share
+        return out, None, None
 
 
 def targets_in_rows(targets: torch.Tensor, rows: torch.Tensor, vocab: int) -> torch.Tensor:
-    """targets (any shape; -1 ignored) -> the index of each target in rows (U,) sorted token ids,
-    -1 kept; a target not in rows becomes -1 too, so the caller must pass rows that hold every
-    target."""
+    """targets (any shape; -1 ignored) -> the index of each target in rows (U,) distinct token
+    ids, -1 kept; a target not in rows becomes -1 too, so the caller must pass rows that hold
+    every target."""
     where = torch.full((vocab,), -1, dtype=torch.long, device=rows.device)
     where[rows] = torch.arange(rows.numel(), device=rows.device)  # (vocab,) token id -> index
     return torch.where(targets >= 0, where[targets.clamp(min=0)], -1)
 
 
-def rows_of(w: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """w[rows] for distinct sorted rows, its gradient copied back into those rows (_RowsOf)."""
-    return _RowsOf.apply(w, rows)
+def rows_of(w: torch.Tensor, rows: torch.Tensor, share: int = 1) -> torch.Tensor:
+    """w[rows] for distinct rows, its gradient copied back into those rows, the last row's divided
+    by share (_RowsOf)."""
+    return _RowsOf.apply(w, rows, share)
+
+
+def with_shared_row(used: torch.Tensor, vocab: int) -> torch.Tensor | None:
+    """used (U,) sorted distinct token ids -> (U + 1,): them, then the smallest id not among them,
+    whose row stands for every unused row (model.GPT.forward's rows); None when every id is used."""
+    if used.numel() >= vocab:
+        return None
+    # ids equal their index up to the first gap: the first unused id is how many do
+    first_unused = int((used == torch.arange(used.numel(), device=used.device)).sum())
+    return torch.cat([used, used.new_tensor([first_unused])])

@@ -230,12 +230,9 @@ def test_loss_falls_and_the_outputs_are_complete(tiny_data_dir, tmp_path):
     assert [r["step"] for r in rows] == [0, 15, 30]
     # untrained: ~uniform
     assert rows[0]["val_loss"] == pytest.approx(math.log(mc.vocab_size), abs=0.5)
-    # The head's rows of tokens train.bin never uses are held at zero: the first steps fall more
-    # slowly than with --full-head (10.8 -> 10.2 here, against ~9 for the full head), a lag the
-    # extra steps per minute more than repay (benchmarks/training.md, "The head over the rows").
     assert (
-        rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.4
-        and rows[-1]["train_loss"] < rows[0]["train_loss"] - 0.4
+        rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.5
+        and rows[-1]["train_loss"] < rows[0]["train_loss"] - 1.5
     )
     assert (
         s["stopped"] == "done"
@@ -284,8 +281,7 @@ def test_real_tinystories_sample_loss_falls(shared_tinystories, tmp_path):
     mc, tc = smoke(data, tmp_path / "out", max_iters=40)
     training.train(mc, tc, progress=False)
     rows = read_log(Path(tc.out_dir) / LOG_FILE)
-    # used head rows: 10.8 -> 9.7 in 40 steps (the full head's first steps fall faster, see above)
-    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 0.8
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 2.0
 
 
 # quarter: steps 0-4 (the warmup: see share_steps), short: to step 9 of 12; stopped at 6, between
@@ -501,14 +497,14 @@ def unused_rows(data_dir) -> torch.Tensor:
     return unused
 
 
-def test_the_rows_train_bin_never_uses_start_and_stay_exactly_zero_and_full_head_trains_all(
+def test_the_rows_train_bin_never_uses_start_at_zero_and_stay_equal_and_full_head_trains_all(
     tiny_data_dir, tmp_path
 ):
-    """By default the head's rows of tokens train.bin never uses are zero from the start and after
-    50 steps (AdamW, weight decay 0.1, clipping), in both files (best_model_params.pt holds the
-    weights' average, --ema); ckpt.pt
-    keeps the used rows, and the state_dict is an ordinary GPT's. --full-head trains every row
-    and keeps none."""
+    """By default the head's rows of the tokens train.bin never uses start at zero and move as one
+    shared row: after 50 steps (AdamW, weight decay 0.1, clipping) they are all equal, and not
+    zero, in both files (best_model_params.pt holds the weights' average, --ema). ckpt.pt keeps the
+    used ids, and the state_dict is an ordinary GPT's. --full-head trains every row and keeps
+    none."""
     unused = unused_rows(tiny_data_dir)
     files = {}
     for name, over in (("used", {}), ("full", {"full_head": True})):
@@ -523,7 +519,9 @@ def test_the_rows_train_bin_never_uses_start_and_stay_exactly_zero_and_full_head
     for f in ("ckpt.pt", BEST):
         assert set(used[f]["model"]) == set(full[f]["model"]) == set(GPT(mc).state_dict())
         wte = used[f]["model"]["transformer.wte.weight"]
-        assert not wte[unused].any() and wte[~unused].abs().amin(dim=1).gt(0).all()
+        shared = wte[unused][0]
+        assert torch.equal(wte[unused], shared.expand(int(unused.sum()), -1))
+        assert shared.abs().gt(0).all() and wte[~unused].abs().amin(dim=1).gt(0).all()
         assert full[f]["model"]["transformer.wte.weight"][unused].abs().amin(dim=1).gt(0).all()
 
 
