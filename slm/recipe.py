@@ -33,13 +33,13 @@ RULES: dict[str, list[tuple[float, dict]]] = {
         # under ~440 steps (a CPU half as fast as an AVX2 laptop): 512 tokens per step
         (440, dict(batch_size=8, block_size=64, learning_rate=3e-3, min_lr=1.2e-3,
                    warmup_iters=200, ema=0.98, quarter_context=0.0, short_context=0.0,
-                   dropout=0.0)),
+                   weight_decay=0.1)),
         # under ~890 steps (a CPU without native bf16, float32): 1,024 tokens per step, the
         # whole (short) context throughout
         (890, dict(batch_size=16, block_size=64, warmup_iters=200, ema=0.98, quarter_context=0.0,
-                   short_context=0.0, dropout=0.0)),
-        # 890 steps and up: the preset as it is (recipe_search.md's winner; dropout since the used
-        # head rows, training.md "The freed steps")
+                   short_context=0.0, weight_decay=0.1)),
+        # 890 steps and up: the preset as it is (recipe_search.md's winner; with the used head rows
+        # ~4,000 steps on a bf16 CPU: training.md, "The freed steps")
         (math.inf, {}),
     ],
 }  # fmt: skip
