@@ -22,6 +22,17 @@ from slm.progress import read_steps
 OLD = Path(__file__).parent / "data" / "ckpt_12c5a9a"
 
 
+def resume_args(tmp_path, fixture: Path) -> list[str]:
+    """training.main's flags to resume fixture's ckpt.pt on the data it was made on (the sample's
+    first 100 stories), from a copy in tmp_path/out."""
+    data, out = tmp_path / "data", tmp_path / "out"
+    load_dataset.prepare(source="sample", data_dir=data, num_stories=100)
+    tokenization.tokenize(data, num_proc=1)
+    out.mkdir()
+    shutil.copy(fixture / CKPT_FILE, out / CKPT_FILE)
+    return ["--resume", "--out-dir", str(out), "--data-dir", str(data), "--no-progress"]
+
+
 def test_a_best_model_from_main_12c5a9a_loads_and_generates():
     ckpt = load_checkpoint(OLD / "best_model_params.pt")
     model = GPT.from_checkpoint(ckpt).eval()
@@ -32,25 +43,9 @@ def test_a_best_model_from_main_12c5a9a_loads_and_generates():
 
 
 def test_a_resume_state_from_main_12c5a9a_resumes_to_its_end(tmp_path):
-    # the data it was made on: the sample's first 100 stories
-    data, out = tmp_path / "data", tmp_path / "out"
-    load_dataset.prepare(source="sample", data_dir=data, num_stories=100)
-    tokenization.tokenize(data, num_proc=1)
-    out.mkdir()
-    shutil.copy(OLD / CKPT_FILE, out / CKPT_FILE)
-    s = training.main(
-        [
-            "--resume",
-            "--out-dir",
-            str(out),
-            "--data-dir",
-            str(data),
-            "--no-progress",
-            "--no-samples",
-        ]
-    )
+    s = training.main([*resume_args(tmp_path, OLD), "--no-samples"])
     assert s["stopped"] == "done" and s["step"] == 6 and s["max_iters"] == 6
-    assert load_checkpoint(out / CKPT_FILE)["step"] == 6
+    assert load_checkpoint(tmp_path / "out" / CKPT_FILE)["step"] == 6
 
 
 # ----------------------------------------------------------------------------- main at 5330673
@@ -67,13 +62,8 @@ def test_a_best_model_from_main_5330673_loads_and_generates():
 def test_a_resume_state_from_main_5330673_ends_on_the_weights_of_its_run_never_stopped(tmp_path):
     # ckpt.pt stopped at step 3 of 6 under 5330673's code; resumed with today's, the last three
     # steps must land on exactly the weights and losses that 5330673's code reached without a stop
-    data, out = tmp_path / "data", tmp_path / "out"
-    load_dataset.prepare(source="sample", data_dir=data, num_stories=100)
-    tokenization.tokenize(data, num_proc=1)
-    out.mkdir()
-    shutil.copy(AT_5330673 / CKPT_FILE, out / CKPT_FILE)
-    argv = ["--resume", "--out-dir", str(out), "--data-dir", str(data), "--no-progress"]
-    s = training.main([*argv, "--no-samples"])
+    out = tmp_path / "out"
+    s = training.main([*resume_args(tmp_path, AT_5330673), "--no-samples"])
     assert s["stopped"] == "done" and s["step"] == 6
     resumed = load_checkpoint(out / CKPT_FILE)["model"]
     never_stopped = torch.load(AT_5330673 / "weights_at_step_6.pt", weights_only=True)["model"]
