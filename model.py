@@ -343,6 +343,7 @@ class GPT(nn.Module):
         ):
             yield nxt
 
+    @torch.no_grad()
     def generate_stream_logits(
         self,
         idx: torch.Tensor,

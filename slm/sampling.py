@@ -77,7 +77,8 @@ def continue_story(
     loop of model_usage.py and the studio, so one seed gives both the same story.
     model.sampling_probs(logits[None], ...) is the distribution each token was drawn from. The
     context keeps its last block_size tokens; the EOT that ends a story is not yielded (with
-    stop_at_eot False, generation goes on through it). Call under torch.no_grad() and autocast.
+    stop_at_eot False, generation goes on through it). Call under autocast (generation runs
+    without gradients by itself).
     """
     import torch
 
