@@ -226,7 +226,7 @@ def loop(run: Run, state: Progress, budget, recipe, speed, stop_after, progress,
     have fixed its step count, how it stopped, its first step, when training began)."""
     t_train, start_step, stopped = time.time(), state.step, "done"
     evaluated_at = state.history[-1]["step"] if state.history else -1
-    total = time_budget.bar_total(budget, run.tc, state.step, elapsed=0.0)
+    total = time_budget.bar_total(budget, run.tc, state.step, elapsed=t_train - t_start)
     bar = progress_bar(total=total, initial=state.step, desc="training", unit="step",
                        dynamic_ncols=True, disable=not (progress and run.dist.master),
                        file=sys.stderr)  # fmt: skip
@@ -245,7 +245,8 @@ def loop(run: Run, state: Progress, budget, recipe, speed, stop_after, progress,
                 break
 
             def wants_stop() -> bool:  # a signal, or the time budget overrun
-                late = past_budget(run.tc.max_minutes, time.time() - t_train, eval_s)  # noqa: B023
+                # the budget's clock is train()'s: the calibration and the build count too
+                late = past_budget(run.tc.max_minutes, time.time() - t_start, eval_s)  # noqa: B023
                 return stop.signal is not None or late
 
             t0 = time.time()
@@ -267,9 +268,9 @@ def loop(run: Run, state: Progress, budget, recipe, speed, stop_after, progress,
             if budget is not None:  # the time budget's probe: the count is fixed once
                 budget.record(step_s)
                 if budget.ready(state.step):
-                    run = fix_step_count(run, state, budget, recipe, eval_s, save_s, t_train, say)
+                    run = fix_step_count(run, state, budget, recipe, eval_s, save_s, t_start, say)
                     budget = None
-                bar.total = time_budget.bar_total(budget, run.tc, state.step, time.time() - t_train)
+                bar.total = time_budget.bar_total(budget, run.tc, state.step, time.time() - t_start)
             asked = (stop.signal or "time") if stops else None
             stopped = time_budget.stop_reason(asked, state, run.tc, stop_after, start_step, say)
             if stopped in ("SIGINT", "SIGTERM", "stop_after"):  # saved, not evaluated
@@ -289,7 +290,7 @@ def diverged(loss: float, lr: float, state: Progress, out_dir: Path) -> CLIError
     )
 
 
-def fix_step_count(run: Run, state: Progress, budget, recipe, eval_s, save_s, t_train, say) -> Run:
+def fix_step_count(run: Run, state: Progress, budget, recipe, eval_s, save_s, t_start, say) -> Run:
     """The time budget's one change: max_iters fixed at the steps that fill the rest of the
     budget, evaluations included, and the schedule rebuilt at this step (warmup's rates do not
     depend on max_iters: they are those of --max-iters N --max-minutes 0)."""
@@ -297,7 +298,7 @@ def fix_step_count(run: Run, state: Progress, budget, recipe, eval_s, save_s, t_
         t0 = time.time()
         evaluate(run.model, run.batches, run.tc, run.dist)  # timed only: the result is unused
         eval_s = time.time() - t0 + save_s
-    tc, state.schedule, line = time_budget.fix(budget, run.tc, state.step, time.time() - t_train,
+    tc, state.schedule, line = time_budget.fix(budget, run.tc, state.step, time.time() - t_start,
                                                eval_s, recipe, run.preset, run.mc,
                                                all_max=run.dist.all_max_list, say=say)  # fmt: skip
     say(line)

@@ -13,7 +13,7 @@ from test_training import fake_clock
 import training
 from config import TrainConfig
 from slm import recipe
-from slm.budget import PROBE_UNTIMED_STEPS, Budget
+from slm.budget import BUDGET_OVERRUN, PROBE_UNTIMED_STEPS, Budget
 from slm.checkpoint import load_checkpoint
 
 # A rule for the smoke preset, in the shape of the cpu preset's: a short step budget gets a small
@@ -351,7 +351,8 @@ def test_a_budget_that_ends_inside_warmup_says_the_rate_never_decayed(
         ],
     )
     assert s["stopped"] == "time" and s["max_iters"] is None and s["step"] < 100
-    end = next(line for line in lines if line.startswith("cut 5% past the 1.0-minute budget"))
+    cut = f"cut {BUDGET_OVERRUN:.0%} past the 1.0-minute budget"
+    end = next(line for line in lines if line.startswith(cut))
     assert (
         f"at step {s['step']} before its warmup ended (the learning rate never decayed: give more "
         "minutes or fewer --warmup-iters)"

@@ -898,6 +898,26 @@ def test_the_time_budget_fixes_the_step_count_and_the_cosine_ends_at_min_lr(
     assert ckpt["schedule"]["max_iters"] == ckpt["train_config"]["max_iters"] == 48
 
 
+def test_the_budget_counts_the_time_before_the_first_step(tiny_data_dir, tmp_path, monkeypatch):
+    # 10 s pass while the run is built (on a CPU: the calibration's passes, the model, the files):
+    # the budget's minute is train()'s, so fewer steps fit. 18 s before the count is fixed (10 s,
+    # the step-0 evaluation, 5 probe steps) leave 42 s: N = 41 steps (36 more steps and the
+    # evaluations at 20 and 41; the one at 40 is left to the final one) = 36 + 6 s.
+    clock = fake_clock(monkeypatch, step_s=1.0, eval_s=3.0)
+    real_build = training.build
+
+    def slow_build(*args):
+        clock.now += 10.0
+        return real_build(*args)
+
+    monkeypatch.setattr(training, "build", slow_build)
+    mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET)
+    start = clock.now
+    s = training.train(mc, tc, progress=False)
+    assert s["stopped"] == "done" and s["step"] == s["max_iters"] == 41
+    assert clock.now - start == pytest.approx(60.0), "the run, its build included, fills a minute"
+
+
 def test_before_the_budget_fixes_the_count_the_short_phases_are_told_as_shares_not_steps(
     tiny_data_dir, tmp_path, monkeypatch, capsys
 ):
@@ -1048,25 +1068,25 @@ def test_a_budget_run_resumes_with_its_step_count_and_matches_the_printed_reprod
 def test_a_machine_that_slows_down_is_cut_just_past_the_budget_with_everything_saved(
     tiny_data_dir, tmp_path, monkeypatch
 ):
-    # The probe measures 1 s per step and fixes 48 steps; then each step takes 3 s. Step 22 ends at
-    # 62 s (8 s to step 5, 17 steps of 3 s, the evaluation at 20), and 62 s + the last evaluation's
-    # 3 s passes 1.05 minutes (63 s): evaluate at step 22, save, stop. (Step 21 ended at 59 s: 62 s
-    # with an evaluation, still inside.)
+    # The probe measures 1 s per step and fixes 48 steps; then each step takes 3 s. Step 21 ends at
+    # 59 s (8 s to step 5, 16 steps of 3 s, the evaluation at 20), and 59 s + the last evaluation's
+    # 3 s passes 1.03 minutes (61.8 s): evaluate at step 21, save, stop. (Step 20 ended at 53 s:
+    # 56 s with an evaluation, still inside.)
     fake_clock(monkeypatch, step_s=lambda step: 1.0 if step < 5 else 3.0, eval_s=3.0)
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET)
     s = training.train(mc, tc, progress=False)
-    assert s["stopped"] == "time" and s["step"] == 22 and s["max_iters"] == 48
-    assert [r["step"] for r in read_log(tmp_path / "out" / "log.csv")] == [0, 20, 22]
-    assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["step"] == 22
+    assert s["stopped"] == "time" and s["step"] == 21 and s["max_iters"] == 48
+    assert [r["step"] for r in read_log(tmp_path / "out" / "log.csv")] == [0, 20, 21]
+    assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["step"] == 21
 
 
 def test_a_run_whose_last_step_ends_past_the_budget_is_done_not_cut(
     tiny_data_dir, tmp_path, monkeypatch, capsys
 ):
-    # The probe measures 1 s per step and fixes 48 steps; then each step takes 1.08 s. Step 47 ends
-    # at 59.4 s (62.4 s with an evaluation: inside 1.05 minutes), step 48, the last, at 60.4 s (63.4
-    # s: past it).
-    fake_clock(monkeypatch, step_s=lambda step: 1.0 if step < 5 else 1.08, eval_s=3.0)
+    # The probe measures 1 s per step and fixes 48 steps; then each step takes 1.05 s. Step 47 ends
+    # at 58.1 s (61.1 s with an evaluation: inside 1.03 minutes, 61.8 s), step 48, the last, at
+    # 59.15 s (62.15 s: past it).
+    fake_clock(monkeypatch, step_s=lambda step: 1.0 if step < 5 else 1.05, eval_s=3.0)
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET)
     s = training.train(mc, tc, progress=False)
     assert s["stopped"] == "done" and s["step"] == s["max_iters"] == 48
