@@ -1070,7 +1070,7 @@ def test_a_machine_that_slows_down_is_cut_just_past_the_budget_with_everything_s
 ):
     # The probe measures 1 s per step and fixes 48 steps; then each step takes 3 s. Step 21 ends at
     # 59 s (8 s to step 5, 16 steps of 3 s, the evaluation at 20), and 59 s + the last evaluation's
-    # 3 s passes 1.03 minutes (61.8 s): evaluate at step 21, save, stop. (Step 20 ended at 53 s:
+    # 3 s passes 1.02 minutes (61.2 s): evaluate at step 21, save, stop. (Step 20 ended at 53 s:
     # 56 s with an evaluation, still inside.)
     fake_clock(monkeypatch, step_s=lambda step: 1.0 if step < 5 else 3.0, eval_s=3.0)
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET)
@@ -1083,10 +1083,10 @@ def test_a_machine_that_slows_down_is_cut_just_past_the_budget_with_everything_s
 def test_a_run_whose_last_step_ends_past_the_budget_is_done_not_cut(
     tiny_data_dir, tmp_path, monkeypatch, capsys
 ):
-    # The probe measures 1 s per step and fixes 48 steps; then each step takes 1.05 s. Step 47 ends
-    # at 58.1 s (61.1 s with an evaluation: inside 1.03 minutes, 61.8 s), step 48, the last, at
-    # 59.15 s (62.15 s: past it).
-    fake_clock(monkeypatch, step_s=lambda step: 1.0 if step < 5 else 1.05, eval_s=3.0)
+    # The probe measures 1 s per step and fixes 48 steps; then each step takes 1.04 s. Step 47 ends
+    # at 57.68 s (60.68 s with an evaluation: inside 1.02 minutes, 61.2 s), step 48, the last, at
+    # 58.72 s (61.72 s: past it).
+    fake_clock(monkeypatch, step_s=lambda step: 1.0 if step < 5 else 1.04, eval_s=3.0)
     mc, tc = smoke(tiny_data_dir, tmp_path / "out", **BUDGET)
     s = training.train(mc, tc, progress=False)
     assert s["stopped"] == "done" and s["step"] == s["max_iters"] == 48
