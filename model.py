@@ -204,12 +204,15 @@ class GPT(nn.Module):
         """Parameters, the tied embedding / LM head matrix counted once."""
         return sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
 
-    def flops_per_token(self) -> float:
+    def flops_per_token(self, head_rows: int | None = None) -> float:
         """Training FLOPs per token: 6N for the matmuls plus attention (PaLM appendix B; nanoGPT's
-        MFU).
+        MFU). head_rows: the rows of the head the training loss multiplies (the used rows and the
+        shared one, slm/head_loss.py); None: all vocab_size of them.
         """
         c = self.config
         n = self.num_params() - self.transformer.wpe.weight.numel()
+        if head_rows is not None:  # the head's skipped rows cost no FLOPs
+            n -= (c.vocab_size - head_rows) * c.n_embd
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
 
     def optim_groups(self, weight_decay: float) -> list[dict]:

@@ -85,6 +85,9 @@ def test_init_statistics_and_flops():
     # nanoGPT's estimate_mfu leaves position embeddings out
     n = m.num_params() - c.block_size * c.n_embd
     assert m.flops_per_token() == 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+    # the used-rows head multiplies head_rows of the tied matrix's vocab_size rows
+    skipped = 6 * (c.vocab_size - 100) * c.n_embd
+    assert m.flops_per_token(head_rows=100) == m.flops_per_token() - skipped
 
 
 def test_optim_groups_decay_only_matrices_each_parameter_once():

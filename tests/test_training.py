@@ -525,6 +525,23 @@ def test_the_rows_train_bin_never_uses_start_at_zero_and_stay_equal_and_full_hea
         assert full[f]["model"]["transformer.wte.weight"][unused].abs().amin(dim=1).gt(0).all()
 
 
+def test_the_mfu_counts_the_flops_of_the_head_rows_the_run_multiplies(
+    tiny_data_dir, tmp_path, capsys
+):
+    """The used-rows head multiplies the used rows and the shared one: the announced FLOPs and the
+    report's MFU count those, not the 50,257 rows --full-head multiplies."""
+    head_rows = int((~unused_rows(tiny_data_dir)).sum()) + 1
+    for name, rows in (("used", head_rows), ("full", None)):
+        mc, tc = smoke(tiny_data_dir, tmp_path / name, max_iters=8, full_head=rows is None)
+        s = training.train(mc, tc, progress=False, samples=False, peak_flops=1e9)
+        flops = GPT(mc).flops_per_token(rows)
+        out = capsys.readouterr().out
+        said = "" if rows is None else f", the head over {rows:,} rows"
+        assert f"{flops / 1e6:.1f} MFLOPs per training token{said}\n" in out
+        report = (tmp_path / name / "report.md").read_text()
+        assert f"MFU {flops * s['tokens_per_s'] / 1e9:.1%}" in report
+
+
 def test_resume_keeps_the_checkpoints_head_and_an_old_checkpoint_resumes_with_the_full_head(
     tiny_data_dir, tmp_path
 ):
