@@ -123,8 +123,10 @@ class TrainConfig:
     )
     max_minutes: float = setting(
         0.0,
-        "train for this many minutes: the first warmup steps are timed and the step count that "
-        "fills the budget is fixed, printed and saved (0 = no budget: --max-iters steps)",
+        "train for this many minutes, counted from the start of training (timing and building "
+        "the model included): the first warmup steps are timed and the step count that fills the "
+        "budget is fixed, printed and saved; a run that falls 2% behind is evaluated, saved and "
+        "stopped (0 = no budget: --max-iters steps)",
         ">= 0",
         "0 = no limit",
     )

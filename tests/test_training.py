@@ -1097,6 +1097,13 @@ def test_a_machine_that_slows_down_is_cut_just_past_the_budget_with_everything_s
     assert load_checkpoint(tmp_path / "out" / training.CKPT_FILE)["step"] == 21
 
 
+def test_the_help_of_max_minutes_names_the_cut_the_budget_makes():
+    """config.py cannot import slm/budget.py (imports point one way), so its help repeats the cut's
+    share: this keeps the two equal."""
+    help_text = next(f.metadata["help"] for f in fields(TrainConfig) if f.name == "max_minutes")
+    assert f"falls {budget.BUDGET_OVERRUN:.0%} behind" in help_text
+
+
 def test_a_run_whose_last_step_ends_past_the_budget_is_done_not_cut(
     tiny_data_dir, tmp_path, monkeypatch, capsys
 ):
