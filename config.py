@@ -160,9 +160,9 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         description="10 minutes of this machine (the step count fills the budget): a small "
         "model that writes readable stories",
-        # no dropout: on a CPU the attention's leaves its fused kernel (~45% slower steps), which
-        # costs more than it gains in 10 minutes; weight decay 0.5 instead (benchmarks/training.md,
-        # "The freed steps")
+        # no dropout: on a CPU, attention dropout moves SDPA off its fused kernel (~45% slower
+        # steps), which costs more than it gains in 10 minutes; weight decay 0.5 instead
+        # (benchmarks/training.md, "The freed steps")
         model=GPTConfig(block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0),
         train=TrainConfig(
             batch_size=16,

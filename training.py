@@ -129,12 +129,12 @@ def train(mc: GPTConfig, tc: TrainConfig, *, resume=False, stop_after=0, peak_fl
         run = build(preset, mc, tc, dist, facts, samples, rows)
         state, budget = start(run, ckpt, budget, say)
         del ckpt
-        head_rows = None if rows is None else len(rows)  # the MFU counts the FLOPs done
-        announce(say, run.raw_model, dist.device, dist.world, tc, facts, head_rows)
+        head_rows = None if rows is None else len(rows)
+        flops = run.raw_model.flops_per_token(head_rows)  # the FLOPs a step does: the MFU's
+        announce(say, run.raw_model, dist.device, dist.world, tc, facts, flops, head_rows)
         if dist.master and not resume and (run.out_dir / CKPT_FILE).exists():
             say(f"note: starting afresh; {run.out_dir / CKPT_FILE} will be overwritten")
-        speed = Speedometer(dist.device, run.raw_model.flops_per_token(head_rows),
-                            run.tokens_per_step, dist.world, peak_flops, say)  # fmt: skip
+        speed = Speedometer(dist.device, flops, run.tokens_per_step, dist.world, peak_flops, say)
         run, stopped, start_step, t_train = loop(
             run, state, budget, recipe, speed, stop_after, progress, t_start, say
         )

@@ -33,9 +33,9 @@ PROBE_UNTIMED_STEPS = 2
 PROBE_TIMED_STEPS = 3
 PROBE_MAX_STEPS = 300
 # A budget run this far past its minutes (the machine slowed down) evaluates, saves and stops. The
-# minutes are training.py's own, from train()'s start (the calibration counts); 2% leaves `make
-# run`'s other steps (~11 s on the sample, 6.5 of them the story) inside 10 minutes +5%. The steps
-# it cuts are the last ones, at the cosine's floor, where the rate hardly moves.
+# minutes are training.py's own, from train()'s start (the calibration counts); 2% leaves room for
+# `make run`'s other steps (the data, the story) inside 10 minutes +5% (benchmarks/training.md,
+# "Ten minutes ±5%"). The steps it cuts are the cosine's last, at its floor.
 BUDGET_OVERRUN = 0.02
 
 

@@ -237,11 +237,11 @@ def print_end(summary: dict, out: Path, max_minutes: float) -> None:
         )
 
 
-def announce(say, model, device: str, world: int, tc, facts: dict, head_rows=None) -> None:
-    """Say what is about to train, on what (head_rows: the rows the training loss computes, None:
-    all)."""
+def announce(say, model, device: str, world: int, tc, facts: dict, flops: float,
+             head_rows: int | None) -> None:  # fmt: skip
+    """Say what is about to train, on what: flops per training token, over head_rows of the LM
+    head (None: all)."""
     tokens = tc.batch_size * tc.grad_accum * model.config.block_size * world
-    flops = model.flops_per_token(head_rows)
     rows = "" if head_rows is None else f", the head over {head_rows:,} rows"
     say(
         f"model: {model.num_params() / 1e6:.2f}M parameters, {flops / 1e6:.1f} MFLOPs per "
